@@ -1,0 +1,185 @@
+"""The one place that wires config → source → pipeline → sinks → HTTP, and the main loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from daemon import __version__
+from daemon.config import Config
+from daemon.exposition import InferwatchCollector, LoopStats
+from daemon.http import HttpServer
+from daemon.invalid import DeadLetterSink, InvalidRecords
+from daemon.kafka_source import KafkaDeadLetter, KafkaSource
+from daemon.lifecycle import Shutdown, Watchdog, exit_after
+from daemon.logs import SampledLog
+from daemon.monitors import Histogram
+from daemon.pipeline import Pipeline
+from daemon.sources import Source, TopicPartition
+
+log = structlog.get_logger(__name__)
+
+# Batch processing takes ~1-50 ms at normal batch sizes; the top buckets catch stalls.
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+# Backoff between attempts to reach the broker at start-up.
+CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def build_pipeline(config: Config, dead_letter: DeadLetterSink | None = None) -> Pipeline:
+    sampled = SampledLog(config.logging.invalid_sample_seconds)
+    return Pipeline(config, InvalidRecords(sampled, dead_letter))
+
+
+class Daemon:
+    """Consume, process, flush, commit; serve HTTP throughout; drain within the deadline on exit.
+
+    `source_factory` builds the source; it may raise KafkaError while the broker is away, and is
+    retried with backoff while /healthz and /readyz keep answering.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        source_factory: Callable[[Daemon], Source] | None = None,
+    ) -> None:
+        self.config = config
+        self.started = time.time()
+        self.source_errors: dict[str, int] = {}
+        self.dead_letter_counts: dict[str, int] = {"sent": 0, "failed": 0}
+        self.sampled = SampledLog(config.logging.invalid_sample_seconds)
+        self.dead_letter: KafkaDeadLetter | None = None
+        if config.dead_letter.topic:
+            self.dead_letter = KafkaDeadLetter(
+                config.source.kafka.bootstrap_servers, config.dead_letter.topic, self.dead_letter_counts
+            )
+        self.pipeline = build_pipeline(config, self.dead_letter)
+        self.batch_duration = Histogram(BATCH_BUCKETS)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(InferwatchCollector(self.pipeline, config.metrics, self._loop_stats))
+        self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
+        self.shutdown = Shutdown()
+        self.http = HttpServer(config.http.host, config.http.port, self.registry, self.watchdog, self.status)
+        self._source_factory = source_factory or _kafka_source
+        self._source: Source | None = None
+        self._lag: Mapping[TopicPartition, int] = {}
+        # Processed, not yet committed: kept across failed commits (broker away) and retried.
+        self._pending: dict[TopicPartition, int] = {}
+
+    def _loop_stats(self) -> LoopStats:
+        return LoopStats(
+            lag=dict(self._lag),
+            source_errors=dict(self.source_errors),
+            dead_letter=dict(self.dead_letter_counts),
+            batch_duration=self.batch_duration,
+        )
+
+    def status(self) -> dict[str, Any]:
+        p = self.pipeline
+        with p.lock:
+            keys = [s.summary(k) for k, s in p.keys.items()]
+            invalid = dict(p.invalid.counts)
+            overflow = dict(p.overflow.counts)
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "events": sum(k.events for k in keys),
+            "invalid": {r: n for r, n in invalid.items() if n},
+            "overflow": overflow,
+            "lag": {f"{t}/{p}": n for (t, p), n in sorted(self._lag.items())},
+            "keys": [asdict(k) for k in keys],
+        }
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            self.shutdown.install()
+        with ExitStack() as stack:
+            self.http.start()
+            stack.callback(self.http.stop)
+            if self.dead_letter is not None:
+                stack.callback(self.dead_letter.close)
+            log.info(
+                "started",
+                version=__version__,
+                http_port=self.http.port,
+                topics=self.config.source.kafka.topics,
+            )
+            self.watchdog.ready = True
+            source = self._connect()
+            if source is None:
+                return 0
+            stack.callback(source.close)
+            self._loop(source)
+            self.watchdog.ready = False
+            done = threading.Event()
+            exit_after(self.config.lifecycle.shutdown_timeout_seconds, done)
+            committed = self._flush_and_commit(source)
+            log.info("stopped", committed=committed, pending=len(self._pending))
+            done.set()
+        return 0
+
+    def _connect(self) -> Source | None:
+        attempt = 0
+        while not self.shutdown.requested:
+            self.watchdog.beat()
+            try:
+                source = self._source_factory(self)
+            except KafkaError as exc:
+                self.source_errors["connect"] = self.source_errors.get("connect", 0) + 1
+                delay = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
+                log.warning("source_unavailable", error=repr(exc), retry_in_seconds=delay)
+                attempt += 1
+                self.shutdown.wait(delay)
+                continue
+            self._source = source
+            return source
+        return None
+
+    def _loop(self, source: Source) -> None:
+        timeout_s = self.config.source.kafka.poll_timeout_ms / 1000.0
+        process = self.pipeline.process
+        while not self.shutdown.requested:
+            self.watchdog.beat()
+            records = source.poll(timeout_s)
+            if records:
+                t0 = time.perf_counter()
+                self._pending.update(process(records))
+                self.batch_duration.observe(time.perf_counter() - t0)
+            if self._pending:
+                self._flush_and_commit(source)
+            self._lag = source.lag()
+
+    def _flush_and_commit(self, source: Source) -> bool:
+        """Sinks first, then offsets: never commit a record whose dead-letter copy may be lost."""
+        if not self._pending:
+            return True
+        if self.dead_letter is not None and not self.dead_letter.flush(
+            self.config.lifecycle.shutdown_timeout_seconds / 2
+        ):
+            return False
+        if source.commit(self._pending):
+            self._pending.clear()
+            return True
+        return False
+
+    def before_revoke(self, partitions: list[TopicPartition]) -> None:
+        if self._source is not None:
+            self._flush_and_commit(self._source)
+        # What could not be committed now belongs to the partition's next owner.
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+
+def _kafka_source(daemon: Daemon) -> Source:
+    source = KafkaSource(daemon.config.source.kafka, daemon.source_errors, daemon.sampled)
+    source.before_revoke = daemon.before_revoke
+    return source

@@ -1,0 +1,158 @@
+"""The `inferwatch` command: run, demo, replay, check-config, generate, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load
+from daemon.logs import configure
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"inferwatch: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.app import Daemon
+
+    config = _load(args.config)
+    configure(config.logging.level, config.logging.format)
+    return Daemon(config).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"{args.file}: ok (topics {', '.join(config.source.kafka.topics)}, http port {config.http.port})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from daemon.replay import replay
+
+    config = _load(args.config)
+    configure("warning", config.logging.format)
+    if not Path(args.file).is_file():
+        print(f"inferwatch: replay input {args.file} is not a file", file=sys.stderr)
+        return 2
+    report = replay(args.file, config)
+    Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"replayed {report['events']} events ({report['invalid']} invalid) → {args.report}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from daemon.generator import TrafficGenerator, TrafficSpec, parse_change, parse_model
+
+    try:
+        spec = TrafficSpec(
+            models=tuple(parse_model(m) for m in args.model) if args.model else TrafficSpec.models,
+            rate=args.rate,
+            duration_s=args.duration,
+            seed=args.seed,
+            changes=tuple(parse_change(c) for c in args.change),
+            start_time=args.start_time,
+        )
+    except ValueError as exc:
+        print(f"inferwatch generate: {exc}", file=sys.stderr)
+        return 2
+    gen = TrafficGenerator(spec)
+    if args.output:
+        with open(args.output, "wb") as f:
+            for _, value in gen.encoded():
+                f.write(value + b"\n")
+        print(f"wrote {spec.n_events} events to {args.output}")
+        return 0
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers.split(","), linger_ms=20)
+    n = 0
+    try:
+        for key, value in gen.paced() if not args.fast else gen.encoded():
+            producer.send(args.topic, key=key, value=value)
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        producer.flush()
+        producer.close()
+    print(f"produced {n} events to {args.topic}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    # The terminal summary tells the story; the daemon's own lines would drown it.
+    configure("error", "auto")
+    return run_demo(args.duration, args.http_port, args.rate, args.summary_every, args.seed)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from daemon.events import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="inferwatch", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"inferwatch {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the daemon")
+    p.add_argument("--config", help="YAML config (default: built-in defaults + INFERWATCH__* env)")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 0 or print what is wrong")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_check_config)
+
+    p = sub.add_parser("replay", help="run the pipeline over a JSONL file and write a JSON report")
+    p.add_argument("file")
+    p.add_argument("--report", required=True, help="where to write the JSON report")
+    p.add_argument("--config")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("generate", help="seeded synthetic traffic, to Kafka or to a JSONL file")
+    p.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    p.add_argument("--model", action="append", help="name or name:variant,variant (repeatable)")
+    p.add_argument("--change", action="append", default=[], help="e.g. 'after=3m model=m feature=f0 shift=1'")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--start-time", type=float, help="unix time of the first event (default: now)")
+    p.add_argument("--output", help="write JSONL here instead of producing to Kafka")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    p.add_argument("--topic", default="inference-logs")
+    p.add_argument("--fast", action="store_true", help="produce as fast as possible, ignoring --rate pacing")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("demo", help="embedded broker + synthetic traffic + the daemon")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--http-port", type=int, help="port for /metrics (default: a free one)")
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("schema", help="print the event JSON Schema")
+    p.set_defaults(fn=cmd_schema)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.fn(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The one config tree: pydantic, frozen, unknown keys rejected; YAML plus environment overrides.
+
+Environment overrides use the prefix ``INFERWATCH__`` and ``__`` between levels, for example
+``INFERWATCH__SOURCE__KAFKA__BOOTSTRAP_SERVERS=kafka-0:9092,kafka-1:9092``. Values are read as
+YAML scalars, so numbers and booleans work as expected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "INFERWATCH__"
+
+# Prometheus client_python's default buckets, in seconds: familiar to every dashboard author.
+DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Time to first token is usually 50 ms - 5 s for hosted LLMs.
+DEFAULT_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DEFAULT_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ConfigError(Exception):
+    """Bad config: the message names each field, the bad value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    topics: tuple[str, ...] = ("inference-logs",)
+    group_id: str = "inferwatch"
+    client_id: str = "inferwatch"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Bounds the work in hand per poll; at >=100k events/s a 2,000-record batch is ~20 ms,
+    # far inside max_poll_interval_ms.
+    max_poll_records: int = Field(2000, ge=1, le=100_000)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    poll_timeout_ms: int = Field(500, ge=10, le=10_000)
+    request_timeout_ms: int = Field(305_000, ge=1_000)
+
+    @field_validator("bootstrap_servers", "topics", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+    @field_validator("bootstrap_servers", "topics")
+    @classmethod
+    def _non_empty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one entry")
+        return v
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> KafkaConfig:
+        if self.request_timeout_ms <= self.session_timeout_ms:
+            raise ValueError(
+                f"request_timeout_ms ({self.request_timeout_ms}) must exceed session_timeout_ms "
+                f"({self.session_timeout_ms}), as kafka-python requires"
+            )
+        return self
+
+
+class SourceConfig(_Section):
+    kafka: KafkaConfig = KafkaConfig()
+
+
+class DeadLetterConfig(_Section):
+    # None disables the dead-letter copy; invalid records are still counted and sampled in logs.
+    topic: str | None = None
+
+
+class HttpConfig(_Section):
+    # All interfaces, like other exporters: Prometheus scrapes the pod IP.
+    host: str = "0.0.0.0"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class MetricsConfig(_Section):
+    latency_buckets_seconds: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+    ttft_buckets_seconds: tuple[float, ...] = DEFAULT_TTFT_BUCKETS
+    score_buckets: tuple[float, ...] = DEFAULT_SCORE_BUCKETS
+
+    @field_validator("latency_buckets_seconds", "ttft_buckets_seconds", "score_buckets")
+    @classmethod
+    def _increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v:
+            raise ValueError("needs at least one bucket bound")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("bucket bounds must be strictly increasing")
+        return v
+
+
+class LimitsConfig(_Section):
+    """Cardinality caps. Past a cap, new values fold into `__other__` and a counter says so."""
+
+    max_keys: int = Field(1000, ge=1, description="distinct (model, version, variant)")
+    max_classes: int = Field(20, ge=1, description="prediction classes per key")
+    max_features: int = Field(64, ge=1, description="features per key")
+    max_error_types: int = Field(20, ge=1, description="error types per key")
+    max_event_bytes: int = Field(1_048_576, ge=64, description="larger records are invalid")
+
+
+class LifecycleConfig(_Section):
+    shutdown_timeout_seconds: float = Field(10.0, gt=0)
+    # /healthz fails when the main loop has not completed an iteration for this long.
+    watchdog_timeout_seconds: float = Field(30.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    # At most one log line per invalid-record reason per this many seconds.
+    invalid_sample_seconds: float = Field(10.0, ge=0)
+
+
+class Config(_Section):
+    source: SourceConfig = SourceConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    http: HttpConfig = HttpConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _is_section(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _describe(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent: Any = Config
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if _is_section(parent) else None
+            parent = field.annotation if field is not None else None
+        allowed = ", ".join(parent.model_fields) if _is_section(parent) else "see config/inferwatch.example.yaml"
+        return f"{loc}: unknown key. Allowed keys here: {allowed}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, Mapping) else "{...}"
+    return f"{loc}: {err['msg']} (got {shown[:80]})"
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e, data) for e in exc.errors(include_url=False)]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load `path` (YAML; None means defaults), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    env = os.environ if environ is None else environ
+    return from_mapping(_merge(data, _env_overrides(env)))

@@ -1,0 +1,76 @@
+"""The inference event schema: its single definition, and the JSON Schema generated from it.
+
+`docs/event-schema.md` documents these fields; `docs/event-schema.json` is generated from
+`InferenceEvent` by `inferwatch schema` and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+# Identifiers become Prometheus label values, so they are bounded: a 1 MB model name is bad
+# input, not a new series.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="Identifier, 1-128 chars.")]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+FeatureValue = float | str | bool | None
+Label = float | str | bool
+
+# Values used when an event leaves out `version` or `variant`.
+DEFAULT_VERSION = "unknown"
+DEFAULT_VARIANT = "default"
+
+
+class InferenceEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One inference logged by a model server. Unknown fields are ignored."""
+
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    model: Name
+    version: Name = DEFAULT_VERSION
+    variant: Name = DEFAULT_VARIANT
+    # Unix seconds or RFC 3339. When absent, the Kafka record timestamp is used.
+    timestamp: float | dt.datetime | None = None
+    latency_ms: NonNegative | None = None
+    status: Literal["ok", "error"] = "ok"
+    error_type: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    prediction: float | str | bool | None = None
+    probabilities: dict[str, float] | None = None
+    score: float | None = None
+    features: dict[str, FeatureValue] | None = None
+    label: Label | None = None
+    ttft_ms: NonNegative | None = None
+    tokens_in: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tokens_out: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class LabelEvent(msgspec.Struct, frozen=True):
+    """Ground truth that arrives later, on its own topic."""
+
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    model: Name
+    label: Label
+    timestamp: float | dt.datetime | None = None
+
+
+def event_time(ts: float | dt.datetime | None, fallback: float | None) -> float | None:
+    """Unix seconds of an event: its own timestamp, else the record's. Naive datetimes are UTC."""
+    if ts is None:
+        return fallback
+    if isinstance(ts, dt.datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=dt.UTC)
+        return ts.timestamp()
+    return float(ts)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the inference and label events."""
+    (inference, label), defs = msgspec.json.schema_components([InferenceEvent, LabelEvent])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "inferwatch events",
+        "anyOf": [inference, label],
+        "$defs": defs,
+    }

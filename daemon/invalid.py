@@ -1,0 +1,50 @@
+"""Invalid records: counted by reason, logged in samples, optionally copied to a dead-letter topic."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+
+from daemon.decode import REASONS, DecodeFailure
+from daemon.logs import SampledLog
+from daemon.sources import RawRecord
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetterSink(Protocol):
+    def send(self, record: RawRecord, failure: DecodeFailure) -> None: ...
+
+    def flush(self, timeout_s: float) -> bool:
+        """Block until every record sent so far is durable. False on timeout or failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InvalidRecords:
+    def __init__(self, sampled: SampledLog, dead_letter: DeadLetterSink | None = None) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._sampled = sampled
+        self.dead_letter = dead_letter
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def record(self, record: RawRecord, failure: DecodeFailure) -> None:
+        self.counts[failure.reason] = self.counts.get(failure.reason, 0) + 1
+        suppressed = self._sampled.should_log(failure.reason)
+        if suppressed is not None:
+            log.warning(
+                "invalid_record",
+                reason=failure.reason,
+                detail=failure.detail,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                suppressed_since_last=suppressed,
+            )
+        if self.dead_letter is not None:
+            self.dead_letter.send(record, failure)

@@ -1,0 +1,169 @@
+"""Kafka source (kafka-python): consumer group, manual commits, lag from the high watermark.
+
+Values stay bytes here: parsing happens in the pipeline, because a deserializer exception would
+escape `poll()` (references.md, Kafka consumers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTP
+
+from daemon.config import KafkaConfig
+from daemon.decode import DecodeFailure
+from daemon.logs import SampledLog
+from daemon.sources import RawRecord, TopicPartition
+
+log = structlog.get_logger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: list[KafkaTP]) -> None:
+        self._source.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: list[KafkaTP]) -> None:
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+class KafkaSource:
+    """Polls batches and commits explicit offsets; survives broker outages without a restart.
+
+    `before_revoke` is called with the partitions about to be taken away, while their offsets
+    are still ours to commit: the app flushes its sinks and commits there.
+    """
+
+    def __init__(self, config: KafkaConfig, errors: dict[str, int], sampled: SampledLog) -> None:
+        self.config = config
+        self.errors = errors
+        self._sampled = sampled
+        self.before_revoke: Callable[[list[TopicPartition]], None] | None = None
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=list(config.bootstrap_servers),
+            group_id=config.group_id,
+            client_id=config.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=config.auto_offset_reset,
+            max_poll_records=config.max_poll_records,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(config.session_timeout_ms // 3, 100),
+            request_timeout_ms=config.request_timeout_ms,
+        )
+        self._consumer.subscribe(topics=list(config.topics), listener=_Rebalance(self))
+
+    def _error(self, operation: str, exc: BaseException) -> None:
+        self.errors[operation] = self.errors.get(operation, 0) + 1
+        suppressed = self._sampled.should_log(f"kafka_{operation}")
+        if suppressed is not None:
+            log.warning("kafka_error", operation=operation, error=repr(exc), suppressed_since_last=suppressed)
+
+    def poll(self, timeout_s: float) -> list[RawRecord]:
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            self._error("poll", exc)
+            return []
+        out: list[RawRecord] = []
+        for tp, records in polled.items():
+            topic, partition = tp.topic, tp.partition
+            out.extend(
+                RawRecord(
+                    topic,
+                    partition,
+                    r.offset,
+                    r.timestamp / 1000.0 if r.timestamp >= 0 else None,
+                    r.key,
+                    r.value,
+                )
+                for r in records
+            )
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
+        """Commit next-offsets of partitions still assigned. False when the broker refused."""
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        todo = {KafkaTP(*tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items() if tp in assigned}
+        if not todo:
+            return True
+        try:
+            self._consumer.commit(todo)
+        except KafkaError as exc:
+            self._error("commit", exc)
+            return False
+        return True
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions))
+        if self.before_revoke is not None:
+            self.before_revoke(partitions)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        c = self._consumer
+        for tp in c.assignment():
+            # The high watermark from fetch responses, not end_offsets(): correct on every
+            # broker, and free (architecture.md, test broker quirks).
+            hw = c.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = c.position(tp, timeout_ms=0)
+            except Exception:
+                continue
+            if pos is not None:
+                out[(tp.topic, tp.partition)] = max(hw - pos, 0)
+        return out
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as exc:
+            self._error("close", exc)
+
+
+class KafkaDeadLetter:
+    """Copies invalid records to a topic with Kafka Connect's error headers."""
+
+    def __init__(self, bootstrap_servers: tuple[str, ...], topic: str, counts: dict[str, int]) -> None:
+        self.topic = topic
+        self.counts = counts
+        self._producer = KafkaProducer(bootstrap_servers=list(bootstrap_servers), acks="all", linger_ms=5)
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def send(self, record: RawRecord, failure: DecodeFailure) -> None:
+        headers = [
+            ("__connect.errors.topic", record.topic.encode()),
+            ("__connect.errors.partition", str(record.partition).encode()),
+            ("__connect.errors.offset", str(record.offset).encode()),
+            ("__connect.errors.exception.class.name", f"inferwatch.{failure.reason}".encode()),
+            ("__connect.errors.exception.message", failure.detail.encode("utf-8", "replace")),
+        ]
+        try:
+            fut = self._producer.send(self.topic, value=record.value, key=record.key, headers=headers)
+        except KafkaError:
+            self._count("failed")
+            return
+        fut.add_callback(lambda _md: self._count("sent"))
+        fut.add_errback(lambda _exc: self._count("failed"))
+
+    def flush(self, timeout_s: float) -> bool:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            log.warning("dead_letter_flush_failed", error=repr(exc))
+            return False
+        return True
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

@@ -1,0 +1,78 @@
+"""Shutdown as in uvicorn: the first signal sets a flag, a second SIGINT forces the exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Shutdown:
+    """Set by SIGTERM/SIGINT; the main loop checks it on every poll."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._signals = 0
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self, reason: str = "requested") -> None:
+        if not self._event.is_set():
+            log.info("shutdown_requested", reason=reason)
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._event.wait(timeout_s)
+
+    def install(self) -> None:
+        """Install handlers; only from the main thread."""
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1 and signum == signal.SIGINT:
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(130)
+        self.request(signal.Signals(signum).name)
+
+
+class Watchdog:
+    """/healthz is true while the main loop has beaten within `timeout_s`."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._last = time.monotonic()
+        self.ready = False
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    @property
+    def seconds_since_beat(self) -> float:
+        return time.monotonic() - self._last
+
+    @property
+    def healthy(self) -> bool:
+        return self.seconds_since_beat < self.timeout_s
+
+
+def exit_after(deadline_s: float, done: threading.Event) -> threading.Thread:
+    """Hard stop if a graceful shutdown overruns its deadline: better a restart than a hang."""
+
+    def _guard() -> None:
+        if not done.wait(deadline_s):
+            log.error("shutdown_deadline_exceeded", deadline_seconds=deadline_s)
+            os._exit(1)
+
+    t = threading.Thread(target=_guard, name="shutdown-deadline", daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,246 @@
+"""Per-key state that the pipeline updates in batches and the collector reads at scrape time."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.config import LimitsConfig, MetricsConfig
+from daemon.events import InferenceEvent
+from detectors.quantiles import QuantileSketch
+
+OTHER = "__other__"
+# Longer class names and feature names are folded into OTHER: they become label values.
+MAX_LABEL_VALUE_CHARS = 128
+
+
+class Overflow:
+    """Counts values folded into OTHER because a cap was reached, by dimension."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, dimension: str, n: int = 1) -> None:
+        self.counts[dimension] = self.counts.get(dimension, 0) + n
+
+
+class Histogram:
+    """Bucket counts with Prometheus semantics: bucket i counts values ≤ bounds[i]."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.counts: npt.NDArray[np.int64] = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self.sum = 0.0
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        if values.size:
+            np.add.at(self.counts, np.searchsorted(self.bounds, values, side="left"), 1)
+            self.sum += float(values.sum())
+
+    def observe(self, value: float) -> None:
+        self.counts[int(np.searchsorted(self.bounds, value, side="left"))] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, cumulative count)] including +Inf, as an exposition wants it."""
+        cum = np.cumsum(self.counts).tolist()
+        les = [repr(b) for b in self.bounds.tolist()] + ["+Inf"]
+        return list(zip(les, cum, strict=True))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": self.counts.tolist(), "sum": self.sum}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counts = np.asarray(state["counts"], dtype=np.int64)
+        self.sum = float(state["sum"])
+
+
+class CappedCounts:
+    """name → count for at most `cap` names; later names fold into OTHER."""
+
+    def __init__(self, cap: int, dimension: str, overflow: Overflow) -> None:
+        self.cap = cap
+        self.dimension = dimension
+        self.counts: dict[str, int] = {}
+        self._overflow = overflow
+
+    def add(self, name: str, n: int = 1) -> None:
+        counts = self.counts
+        if name in counts:
+            counts[name] += n
+        elif len(counts) < self.cap and len(name) <= MAX_LABEL_VALUE_CHARS and name != OTHER:
+            counts[name] = n
+        else:
+            counts[OTHER] = counts.get(OTHER, 0) + n
+            self._overflow.add(self.dimension, n)
+
+
+@dataclass(slots=True)
+class FeatureStats:
+    # Events of this key before the feature was first seen: they do not count as missing it.
+    first_seen_at: int
+    present: int = 0
+
+    def missing(self, events: int) -> int:
+        return events - self.first_seen_at - self.present
+
+
+@dataclass(slots=True)
+class KeySummary:
+    """Final figures for one key: /v1/status and the replay report's summary."""
+
+    model: str
+    version: str
+    variant: str
+    events: int
+    errors: int
+    error_rate: float
+    latency_seconds: dict[str, float | None]
+    last_event_timestamp: float | None
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class KeyStats:
+    """Streaming traffic, error, latency, prediction and feature-completeness figures of one key."""
+
+    def __init__(self, metrics: MetricsConfig, limits: LimitsConfig, overflow: Overflow) -> None:
+        self.events = 0
+        self.errors = CappedCounts(limits.max_error_types, "error_type", overflow)
+        self.latency = Histogram(metrics.latency_buckets_seconds)
+        self.latency_sketch = QuantileSketch()
+        self.ttft = Histogram(metrics.ttft_buckets_seconds)
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.score = Histogram(metrics.score_buckets)
+        self.classes = CappedCounts(limits.max_classes, "class", overflow)
+        self.features: dict[str, FeatureStats] = {}
+        self.max_features = limits.max_features
+        self.last_event_timestamp: float | None = None
+        self._overflow = overflow
+        self._known_patterns: set[tuple[str, ...]] = set()
+
+    def update(self, events: Sequence[InferenceEvent], times: Sequence[float | None]) -> None:
+        """Fold a batch of this key's events in; `times` are their unix-second timestamps.
+
+        One pass per field rather than one branchy pass per event: list comprehensions and
+        Counter run at C speed, which is what keeps the pipeline above 150k events/s.
+        """
+        if not events:
+            return
+        lat = [x for e in events if (x := e.latency_ms) is not None]
+        if lat:
+            arr = np.asarray(lat, dtype=np.float64) / 1000.0
+            self.latency.observe_many(arr)
+            self.latency_sketch.update_many(arr)
+        for error_type, n in Counter([e.error_type or "unknown" for e in events if e.status == "error"]).items():
+            self.errors.add(error_type, n)
+        scores = [x for e in events if (x := e.score) is not None]
+        for e in events:
+            if e.probabilities and e.score is None:
+                best = max(e.probabilities.items(), key=_second)
+                scores.append(best[1])
+                if e.prediction is None:
+                    self.classes.add(best[0])
+        if scores:
+            self.score.observe_many(np.asarray(scores, dtype=np.float64))
+        for pred, n in Counter([p for e in events if (p := e.prediction) is not None]).items():
+            cls = _class_name(pred)
+            if cls is not None:
+                self.classes.add(cls, n)
+        self._update_features(events)
+        if any(e.ttft_ms is not None or e.tokens_in is not None or e.tokens_out is not None for e in events):
+            ttft = [x for e in events if (x := e.ttft_ms) is not None]
+            self.ttft.observe_many(np.asarray(ttft, dtype=np.float64) / 1000.0)
+            self.tokens_in += sum(x for e in events if (x := e.tokens_in) is not None)
+            self.tokens_out += sum(x for e in events if (x := e.tokens_out) is not None)
+        self.events += len(events)
+        newest = max((t for t in times if t is not None), default=None)
+        if newest is not None and (self.last_event_timestamp is None or newest > self.last_event_timestamp):
+            self.last_event_timestamp = newest
+
+    def _update_features(self, events: Sequence[InferenceEvent]) -> None:
+        # Events of one key nearly always carry the same feature names, so count each distinct
+        # set of non-null names once per batch instead of touching every feature of every event.
+        patterns: dict[tuple[str, ...], int] = {}
+        known = self._known_patterns
+        n = self.events
+        for e in events:
+            feats = e.features
+            if feats:
+                pattern = tuple(feats)
+                if None in feats.values():
+                    pattern = tuple(k for k, v in feats.items() if v is not None)
+                    if pattern not in known:
+                        self._register(tuple(feats), n)
+                if pattern not in known:
+                    self._register(pattern, n)
+                patterns[pattern] = patterns.get(pattern, 0) + 1
+            n += 1
+        features = self.features
+        for pattern, count in patterns.items():
+            for name in pattern:
+                fs = features.get(name)
+                if fs is not None:
+                    fs.present += count
+                else:
+                    self._overflow.add("feature", count)
+
+    def _register(self, names: tuple[str, ...], events_before: int) -> None:
+        for name in names:
+            if name not in self.features:
+                if len(self.features) >= self.max_features or len(name) > MAX_LABEL_VALUE_CHARS:
+                    continue
+                self.features[name] = FeatureStats(first_seen_at=events_before)
+        # Only a cache of "every name here is registered"; bounded against adversarial subsets.
+        if len(self._known_patterns) >= 1024:
+            self._known_patterns.clear()
+        self._known_patterns.add(names)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.counts.values())
+
+    def summary(self, key: tuple[str, str, str]) -> KeySummary:
+        errors = self.error_count
+        sk = self.latency_sketch
+        quantiles = {f"p{int(q * 100)}": _finite(sk.quantile(q)) for q in (0.5, 0.95, 0.99)}
+        return KeySummary(
+            model=key[0],
+            version=key[1],
+            variant=key[2],
+            events=self.events,
+            errors=errors,
+            error_rate=errors / self.events if self.events else 0.0,
+            latency_seconds=quantiles,
+            last_event_timestamp=self.last_event_timestamp,
+            errors_by_type=dict(self.errors.counts),
+        )
+
+
+def _class_name(pred: float | str | bool) -> str | None:
+    """Class label of a prediction; None for a non-integral number (a regression output)."""
+    if pred is True or pred is False:
+        return "true" if pred else "false"
+    if isinstance(pred, str):
+        return pred
+    if pred.is_integer() and abs(pred) < 1e15:
+        return str(int(pred))
+    return None
+
+
+def _second(item: tuple[str, float]) -> float:
+    return item[1]
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
