@@ -55,11 +55,11 @@ class QuantileSketch:
         self.update_many(np.array([value], dtype=np.float64))
 
     def quantile(self, q: float) -> float:
-        """The q-quantile (0 ≤ q ≤ 1); NaN when empty."""
+        """The q-quantile (0 ≤ q ≤ 1) by nearest rank, ⌈q·n⌉, as MLPerf reports tails; NaN when empty."""
         if self._n == 0:
             return math.nan
-        rank = q * (self._n - 1)
-        i = int(np.searchsorted(np.cumsum(self._counts), rank, side="right"))
+        rank = max(1, math.ceil(q * self._n))
+        i = int(np.searchsorted(np.cumsum(self._counts), rank, side="left"))
         i = min(i, self._n_buckets - 1)
         # Midpoint (in the relative sense) of bucket i: 2γ^k / (γ + 1).
         gamma = math.exp(self._gamma_log)

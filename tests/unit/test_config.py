@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from daemon.config import Config, ConfigError, from_mapping, load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_file_gives_documented_defaults() -> None:
+    c = load(None, environ={})
+    assert c == Config()
+    assert c.source.kafka.topics == ("inference-logs",)
+    assert c.source.kafka.auto_offset_reset == "earliest"
+    assert c.http.port == 9108 and c.limits.max_keys == 1000
+
+
+def test_env_overrides_nested_fields_and_csv_lists(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("http:\n  port: 9000\nsource:\n  kafka:\n    group_id: from-file\n")
+    c = load(
+        f,
+        environ={
+            "INFERWATCH__HTTP__PORT": "9200",
+            "INFERWATCH__SOURCE__KAFKA__BOOTSTRAP_SERVERS": "k0:9092, k1:9092",
+            "INFERWATCH__LIMITS__MAX_KEYS": "50",
+            "UNRELATED": "x",
+        },
+    )
+    assert c.http.port == 9200
+    assert c.source.kafka.bootstrap_servers == ("k0:9092", "k1:9092")
+    assert c.source.kafka.group_id == "from-file"
+    assert c.limits.max_keys == 50
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(Exception, match="frozen"):
+        Config().http.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"source": {"kafka": {"max_poll_records": 0}}}, ["source.kafka.max_poll_records", "greater than or equal to 1", "0"]),
+        ({"source": {"kafak": {}}}, ["source.kafak", "unknown key", "Allowed keys here: kafka"]),
+        ({"limits": {"max_key": 5}}, ["limits.max_key", "unknown key", "max_keys"]),
+        ({"source": {"kafka": {"auto_offset_reset": "newest"}}}, ["auto_offset_reset", "'earliest' or 'latest'", "newest"]),
+        ({"metrics": {"latency_buckets_seconds": [1, 0.5]}}, ["latency_buckets_seconds", "strictly increasing"]),
+        ({"source": {"kafka": {"topics": []}}}, ["source.kafka.topics", "at least one"]),
+        (
+            {"source": {"kafka": {"session_timeout_ms": 50000, "request_timeout_ms": 40000}}},
+            ["request_timeout_ms", "must exceed session_timeout_ms"],
+        ),
+    ],
+)
+def test_errors_name_field_value_and_fix(data: dict[str, object], expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping(data)
+    for fragment in expected:
+        assert fragment in str(info.value)
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("source:\n  kafka:\n    topics: [a, b]\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("http:\n  port: 70000\n")
+    with pytest.raises(SystemExit) as info:
+        main(["check-config", str(bad)])
+    assert info.value.code == 2
+    assert "http.port" in capsys.readouterr().err
+
+    for text in ("- a list\n", "a: [unclosed\n"):
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            main(["check-config", str(bad)])
+    with pytest.raises(SystemExit):
+        main(["check-config", str(tmp_path / "missing.yaml")])
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    example = ROOT / "config" / "inferwatch.example.yaml"
+    assert load(example, environ={}) == Config(), "the example should spell out the defaults"
+    text = example.read_text()
+    for section, model in Config.model_fields.items():
+        assert f"{section}:" in text
+        sub = model.annotation
+        for key in getattr(sub, "model_fields", {}):
+            if key != "kafka":
+                assert f"{key}:" in text, f"example config lacks {section}.{key}"

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.app import Daemon
+from daemon.config import from_mapping
+from daemon.exposition import FAMILIES
+from daemon.sources import RawRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _record(i: int, **fields: object) -> RawRecord:
+    body = {"request_id": f"r{i}", "model": "m", **fields}
+    return RawRecord("t", 0, i, 1000.0 + i, None, json.dumps(body).encode())
+
+
+@pytest.fixture
+def daemon() -> Daemon:
+    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": {"max_keys": 2}}))
+    records = [
+        _record(0, variant="a", latency_ms=5, features={"x": 1}, score=0.3),
+        _record(1, variant="a", latency_ms=50, status="error", error_type="oom", features={"x": None}),
+        _record(2, variant="b", latency_ms=500, prediction="yes", ttft_ms=40, tokens_in=4, tokens_out=9),
+        _record(3, variant="c"),  # third key: over max_keys=2
+        RawRecord("t", 0, 4, None, None, b"{broken"),
+        RawRecord("t", 0, 5, None, None, b'{"model": "m"}'),
+    ]
+    d.pipeline.process(records)
+    return d
+
+
+def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(d.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def key(variant: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"model": "m", "version": "unknown", "variant": variant, **extra}.items()))
+
+
+def test_scrape_reflects_state_exactly(daemon: Daemon) -> None:
+    s = scrape(daemon)
+    assert s[("inferwatch_events_total", key("a"))] == 2
+    assert s[("inferwatch_events_total", key("b"))] == 1
+    assert s[("inferwatch_events_total", key("__other__", model="__other__", version="__other__"))] == 1
+    assert s[("inferwatch_errors_total", key("a", error_type="oom"))] == 1
+    assert s[("inferwatch_request_latency_seconds_bucket", key("a", le="0.005"))] == 1
+    assert s[("inferwatch_request_latency_seconds_bucket", key("a", le="0.05"))] == 2
+    assert s[("inferwatch_request_latency_seconds_count", key("a"))] == 2
+    assert s[("inferwatch_request_latency_seconds_sum", key("a"))] == pytest.approx(0.055)
+    assert s[("inferwatch_feature_missing_total", key("a", feature="x"))] == 1
+    assert s[("inferwatch_prediction_score_count", key("a"))] == 1
+    assert s[("inferwatch_predictions_total", key("b", **{"class": "yes"}))] == 1
+    assert s[("inferwatch_llm_time_to_first_token_seconds_count", key("b"))] == 1
+    assert s[("inferwatch_llm_output_tokens_total", key("b"))] == 9
+    assert s[("inferwatch_last_event_timestamp_seconds", key("b"))] == 1002.0
+    assert s[("inferwatch_events_invalid_total", (("reason", "malformed_json"),))] == 1
+    assert s[("inferwatch_events_invalid_total", (("reason", "missing_field"),))] == 1
+    assert s[("inferwatch_cardinality_overflow_total", (("dimension", "key"),))] == 1
+    assert s[("inferwatch_build_info", (("python_version", _py()), ("version", _ver())))] == 1
+
+
+def _py() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+def _ver() -> str:
+    from daemon import __version__
+
+    return __version__
+
+
+def test_keys_without_llm_or_scores_emit_no_empty_histograms(daemon: Daemon) -> None:
+    s = scrape(daemon)
+    assert ("inferwatch_llm_time_to_first_token_seconds_count", key("a")) not in s
+    assert ("inferwatch_prediction_score_count", key("b")) not in s
+
+
+def test_metric_names_follow_conventions() -> None:
+    for name, (kind, _doc, labels) in FAMILIES.items():
+        assert name.startswith("inferwatch_")
+        assert not name.endswith("_total"), "counters get _total from the exposition"
+        assert "request_id" not in labels
+        if kind == "histogram" and "latency" in name:
+            assert name.endswith("_seconds")
+
+
+def test_docs_list_every_family_and_no_other() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\|\s*`(inferwatch_[a-z_]+)`", text, flags=re.M))
+    exposed = {n + "_total" if k == "counter" else n for n, (k, _, _) in FAMILIES.items()}
+    assert documented == exposed
+
+
+def test_status_json_summarises_keys(daemon: Daemon) -> None:
+    st = daemon.status()
+    assert st["events"] == 4
+    assert st["invalid"] == {"malformed_json": 1, "missing_field": 1}
+    a = next(k for k in st["keys"] if k["variant"] == "a")
+    assert a["errors"] == 1 and a["error_rate"] == 0.5
+    assert a["latency_seconds"]["p99"] == pytest.approx(0.05, rel=0.02)
+    json.dumps(st)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import itertools
+import statistics
+
+import pytest
+
+from daemon.generator import TrafficGenerator, TrafficSpec, parse_change, parse_duration, parse_model
+
+
+def test_same_seed_same_traffic() -> None:
+    spec = TrafficSpec(rate=100, duration_s=5, seed=3, start_time=1.0)
+    a = list(TrafficGenerator(spec).encoded())
+    assert a == list(TrafficGenerator(spec).encoded())
+    assert len(a) == 500
+
+
+def test_events_are_realistic() -> None:
+    events = list(TrafficGenerator(TrafficSpec(rate=1000, duration_s=10, start_time=0.0)).events())
+    assert {e["model"] for e in events} == {"fraud-detector", "recsys-ranker"}
+    assert {e.get("variant") for e in events if e["model"] == "fraud-detector"} == {"control", "canary"}
+    assert all(len(e["features"]) >= 8 for e in events)
+    error_rate = sum(e["status"] == "error" for e in events) / len(events)
+    assert 0.005 < error_rate < 0.02
+    assert events[-1]["timestamp"] == pytest.approx(9.999)
+
+
+def test_change_plan_applies_from_its_time() -> None:
+    spec = TrafficSpec(
+        models=(("m", ("control", "canary")),),
+        rate=1000,
+        duration_s=20,
+        start_time=0.0,
+        changes=(parse_change("after=10s model=m variant=canary latency=+30%"), parse_change("after=10s feature=f0 shift=2")),
+    )
+    events = list(TrafficGenerator(spec).events())
+
+    def med(variant: str, late: bool) -> float:
+        return statistics.median(
+            e["latency_ms"] for e in events if e["variant"] == variant and (e["timestamp"] >= 10) == late
+        )
+
+    assert med("canary", False) / med("control", False) == pytest.approx(1.0, abs=0.08)
+    assert med("canary", True) / med("control", True) == pytest.approx(1.3, abs=0.1)
+    early = statistics.mean(e["features"]["f0"] for e in events if e["timestamp"] < 10)
+    late = statistics.mean(e["features"]["f0"] for e in events if e["timestamp"] >= 10)
+    sd = statistics.stdev(e["features"]["f0"] for e in itertools.islice(events, 5000))
+    assert (late - early) / sd == pytest.approx(2.0, abs=0.2)
+
+
+def test_parsers_reject_bad_specs() -> None:
+    assert parse_duration("3m") == 180 and parse_duration("90s") == 90 and parse_duration("250ms") == 0.25
+    assert parse_model("m:a,b") == ("m", ("a", "b")) and parse_model("m") == ("m", ())
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        parse_change("after=1m colour=red")
+    with pytest.raises(ValueError, match="needs shift"):
+        parse_change("feature=f0")
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_change("after=soon")
