@@ -1,0 +1,47 @@
+# The two commands that matter: `make demo` and `make test`. Each sets up what it needs on a
+# fresh machine: the venv, the package, and (for tests) Debian's prometheus for promtool.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck unit integration bench tools clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus (promtool)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/inferwatch demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon detectors tests bench
+	$(BIN)/ruff format --check daemon detectors tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) tools
+	$(BIN)/pytest tests/integration
+
+test: $(STAMP) tools lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/kafka_e2e.py
+	$(BIN)/python bench/scrape.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -1,0 +1,47 @@
+"""`inferwatch demo` headless: both models and both variants show up on /metrics."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from daemon.broker import free_port
+from tests.integration.support import get, parse, total, wait_for
+
+
+def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "demo", "--duration", "40", "--http-port", str(port), "--summary-every", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: _up(url), 30, "demo /metrics")
+        time.sleep(30)
+        samples = parse(get(url)[1].decode())
+        for model, variant in (("fraud-detector", "control"), ("fraud-detector", "canary"), ("recsys-ranker", "default")):
+            assert total(samples, "inferwatch_events_total", model=model, variant=variant) > 0, (model, variant)
+            assert total(samples, "inferwatch_request_latency_seconds_count", model=model, variant=variant) > 0
+        assert total(samples, "inferwatch_events_invalid_total") > 0  # the demo injects malformed records
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out.decode()[-2000:]
+        text = out.decode()
+        assert f"http://127.0.0.1:{port}/metrics" in text and "/v1/status" in text
+        assert "fraud-detector" in text and "canary" in text  # the live summary
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _up(url: str) -> bool:
+    try:
+        return get(url)[0] == 200
+    except OSError:
+        return False

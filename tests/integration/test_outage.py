@@ -1,0 +1,57 @@
+"""Broker away at start-up and mid-run: HTTP keeps answering, the daemon reconnects by itself."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from daemon.broker import TansuBroker, free_port
+from daemon.generator import TrafficGenerator, TrafficSpec
+from tests.integration.support import get, produce, running_daemon, total, wait_for
+
+
+def _events(n_seconds: int, seed: int) -> list[tuple[bytes | None, bytes]]:
+    spec = TrafficSpec(rate=20, duration_s=n_seconds, seed=seed)
+    return [(e["model"].encode(), json.dumps(e).encode()) for e in TrafficGenerator(spec).events()]
+
+
+def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
+    port = free_port()
+    config = {
+        "source": {
+            "kafka": {
+                "bootstrap_servers": [f"127.0.0.1:{port}"],
+                "topics": ["logs"],
+                "group_id": "outage",
+                "session_timeout_ms": 6000,
+            }
+        }
+    }
+    with running_daemon(tmp_path, config) as d:
+        # No broker yet: ready and healthy anyway (readiness never depends on Kafka).
+        time.sleep(3)
+        assert get(d.url + "/readyz")[0] == 200
+        assert get(d.url + "/healthz")[0] == 200
+        assert total(d.scrape(), "inferwatch_source_errors_total", operation="connect") >= 1
+
+        first = _events(5, seed=1)
+        with TansuBroker(port) as broker:
+            broker.create_topics(["logs"])
+            produce(broker.bootstrap, "logs", first)
+            wait_for(lambda: total(d.scrape(), "inferwatch_events_total") == len(first), 60, "first batch")
+
+        # Broker gone (and, being in-memory, its data with it).
+        time.sleep(4)
+        assert get(d.url + "/healthz")[0] == 200
+
+        second = _events(3, seed=2)
+        with TansuBroker(port) as broker:
+            broker.create_topics(["logs"])
+            produce(broker.bootstrap, "logs", second)
+            wait_for(
+                lambda: total(d.scrape(), "inferwatch_events_total") == len(first) + len(second),
+                90,
+                "events after the broker came back",
+            )
+        assert d.stop() == 0
