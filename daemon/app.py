@@ -147,13 +147,18 @@ class Daemon:
     def _loop(self, source: Source) -> None:
         timeout_s = self.config.source.kafka.poll_timeout_ms / 1000.0
         process = self.pipeline.process
+        # Half the poll interval: past it, the group could evict us before the next poll.
+        slow_batch_s = self.config.source.kafka.max_poll_interval_ms / 2000.0
         while not self.shutdown.requested:
             self.watchdog.beat()
             records = source.poll(timeout_s)
             if records:
                 t0 = time.perf_counter()
                 self._pending.update(process(records))
-                self.batch_duration.observe(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                self.batch_duration.observe(elapsed)
+                if elapsed > slow_batch_s:
+                    log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
             if self._pending:
                 self._flush_and_commit(source)
             self._lag = source.lag()

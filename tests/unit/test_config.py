@@ -54,6 +54,10 @@ def test_config_is_frozen() -> None:
             {"source": {"kafka": {"session_timeout_ms": 50000, "request_timeout_ms": 40000}}},
             ["request_timeout_ms", "must exceed session_timeout_ms"],
         ),
+        (
+            {"source": {"kafka": {"max_poll_records": 50000, "max_poll_interval_ms": 10000}}},
+            ["max_poll_interval_ms (10000) must be at least max_poll_records (50000)", "lower max_poll_records"],
+        ),
     ],
 )
 def test_errors_name_field_value_and_fix(data: dict[str, object], expected: list[str]) -> None:
