@@ -24,7 +24,11 @@ def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
         wait_for(lambda: _up(url), 30, "demo /metrics")
         time.sleep(30)
         samples = parse(get(url)[1].decode())
-        for model, variant in (("fraud-detector", "control"), ("fraud-detector", "canary"), ("recsys-ranker", "default")):
+        for model, variant in (
+            ("fraud-detector", "control"),
+            ("fraud-detector", "canary"),
+            ("recsys-ranker", "default"),
+        ):
             assert total(samples, "inferwatch_events_total", model=model, variant=variant) > 0, (model, variant)
             assert total(samples, "inferwatch_request_latency_seconds_count", model=model, variant=variant) > 0
         assert total(samples, "inferwatch_events_invalid_total") > 0  # the demo injects malformed records

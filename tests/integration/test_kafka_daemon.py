@@ -115,7 +115,9 @@ def test_every_exported_count_is_exact(first_run: FirstRun) -> None:
     for (model, version, variant), n in by_key.items():
         labels = {"model": model, "version": version, "variant": variant}
         assert total(s, "inferwatch_events_total", **labels) == n
-        mine = [e for e in events if (e["model"], e["version"], e.get("variant", "default")) == (model, version, variant)]
+        mine = [
+            e for e in events if (e["model"], e["version"], e.get("variant", "default")) == (model, version, variant)
+        ]
         for error_type, k in Counter(e["error_type"] for e in mine if e["status"] == "error").items():
             assert total(s, "inferwatch_errors_total", error_type=error_type, **labels) == k
         assert total(s, "inferwatch_request_latency_seconds_count", **labels) == n
@@ -179,7 +181,9 @@ def test_dead_letter_copies_carry_connect_headers(first_run: FirstRun, broker: T
     assert len(got) == sum(first_run.bad.values())
     headers = dict(got[0].headers)
     assert headers["__connect.errors.topic"] == first_run.topic.encode()
-    assert {"__connect.errors.partition", "__connect.errors.offset", "__connect.errors.exception.message"} <= set(headers)
+    assert {"__connect.errors.partition", "__connect.errors.offset", "__connect.errors.exception.message"} <= set(
+        headers
+    )
     reasons = Counter(dict(r.headers)["__connect.errors.exception.class.name"].decode() for r in got)
     assert reasons == Counter({f"inferwatch.{k}": v for k, v in first_run.bad.items()})
 

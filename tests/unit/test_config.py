@@ -44,10 +44,16 @@ def test_config_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"source": {"kafka": {"max_poll_records": 0}}}, ["source.kafka.max_poll_records", "greater than or equal to 1", "0"]),
+        (
+            {"source": {"kafka": {"max_poll_records": 0}}},
+            ["source.kafka.max_poll_records", "greater than or equal to 1", "0"],
+        ),
         ({"source": {"kafak": {}}}, ["source.kafak", "unknown key", "Allowed keys here: kafka"]),
         ({"limits": {"max_key": 5}}, ["limits.max_key", "unknown key", "max_keys"]),
-        ({"source": {"kafka": {"auto_offset_reset": "newest"}}}, ["auto_offset_reset", "'earliest' or 'latest'", "newest"]),
+        (
+            {"source": {"kafka": {"auto_offset_reset": "newest"}}},
+            ["auto_offset_reset", "'earliest' or 'latest'", "newest"],
+        ),
         ({"metrics": {"latency_buckets_seconds": [1, 0.5]}}, ["latency_buckets_seconds", "strictly increasing"]),
         ({"source": {"kafka": {"topics": []}}}, ["source.kafka.topics", "at least one"]),
         (

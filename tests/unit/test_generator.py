@@ -31,7 +31,10 @@ def test_change_plan_applies_from_its_time() -> None:
         rate=1000,
         duration_s=20,
         start_time=0.0,
-        changes=(parse_change("after=10s model=m variant=canary latency=+30%"), parse_change("after=10s feature=f0 shift=2")),
+        changes=(
+            parse_change("after=10s model=m variant=canary latency=+30%"),
+            parse_change("after=10s feature=f0 shift=2"),
+        ),
     )
     events = list(TrafficGenerator(spec).events())
 
