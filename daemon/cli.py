@@ -93,7 +93,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # The terminal summary tells the story; the daemon's own lines would drown it.
     configure("error", "auto")
-    return run_demo(args.duration, args.http_port, args.rate, args.summary_every, args.seed)
+    try:
+        return run_demo(args.duration, args.http_port, args.rate, args.summary_every, args.seed)
+    except RuntimeError as exc:  # the embedded broker is missing or would not start
+        print(f"inferwatch demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

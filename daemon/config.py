@@ -33,7 +33,8 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # coerce_numbers_to_str: `group_id: 123` (or INFERWATCH__..._GROUP_ID=123) means the string.
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 
 
 class KafkaConfig(_Section):
@@ -49,6 +50,9 @@ class KafkaConfig(_Section):
     session_timeout_ms: int = Field(10_000, ge=1_000)
     poll_timeout_ms: int = Field(500, ge=10, le=10_000)
     request_timeout_ms: int = Field(305_000, ge=1_000)
+    # A commit that cannot finish (broker away) gives up after this and is retried later, so the
+    # loop keeps turning and /healthz stays truthful.
+    commit_timeout_ms: int = Field(5_000, ge=100)
 
     @field_validator("bootstrap_servers", "topics", mode="before")
     @classmethod

@@ -86,11 +86,14 @@ def run_demo(duration_s: float | None, http_port: int | None, rate: float, every
         print("Ctrl-C stops everything.", flush=True)
 
         def reporter() -> None:
-            while not daemon.shutdown.wait(every_s):
-                if duration_s is not None and time.time() - started >= duration_s:
+            next_summary = started + every_s
+            end = started + duration_s if duration_s is not None else float("inf")
+            while not daemon.shutdown.wait(max(min(next_summary, end) - time.time(), 0.0)):
+                if time.time() >= end:
                     daemon.shutdown.request("demo_duration_reached")
                     return
                 _print_summary(daemon, started)
+                next_summary += every_s
 
         threading.Thread(target=reporter, name="reporter", daemon=True).start()
         rc = daemon.run()

@@ -15,6 +15,9 @@ import msgspec
 # input, not a new series.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="Identifier, 1-128 chars.")]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+# Bounded so that sums stay exact floats in the exposition (an unbounded JSON integer would
+# overflow float() at scrape time); no real request has a billion tokens.
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
 FeatureValue = float | str | bool | None
 Label = float | str | bool
 
@@ -41,8 +44,8 @@ class InferenceEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     features: dict[str, FeatureValue] | None = None
     label: Label | None = None
     ttft_ms: NonNegative | None = None
-    tokens_in: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    tokens_out: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tokens_in: TokenCount | None = None
+    tokens_out: TokenCount | None = None
 
 
 class LabelEvent(msgspec.Struct, frozen=True):
@@ -68,6 +71,11 @@ def event_time(ts: float | dt.datetime | None, fallback: float | None) -> float 
 def json_schema() -> dict[str, Any]:
     """JSON Schema (2020-12) of the inference and label events."""
     (inference, label), defs = msgspec.json.schema_components([InferenceEvent, LabelEvent])
+    # msgspec drops the string format inside a union; the decoder only takes RFC 3339 there.
+    for definition in defs.values():
+        for branch in definition["properties"]["timestamp"]["anyOf"]:
+            if branch.get("type") == "string":
+                branch["format"] = "date-time"
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "inferwatch events",

@@ -95,7 +95,7 @@ class KafkaSource:
         if not todo:
             return True
         try:
-            self._consumer.commit(todo)
+            self._consumer.commit(todo, timeout_ms=self.config.commit_timeout_ms)
         except KafkaError as exc:
             self._error("commit", exc)
             return False
@@ -136,7 +136,11 @@ class KafkaDeadLetter:
     def __init__(self, bootstrap_servers: tuple[str, ...], topic: str, counts: dict[str, int]) -> None:
         self.topic = topic
         self.counts = counts
-        self._producer = KafkaProducer(bootstrap_servers=list(bootstrap_servers), acks="all", linger_ms=5)
+        # max_block_ms: send() must not stall the loop for kafka-python's default 60 s when the
+        # topic's metadata is unavailable; the record is counted as failed instead.
+        self._producer = KafkaProducer(
+            bootstrap_servers=list(bootstrap_servers), acks="all", linger_ms=5, max_block_ms=1000
+        )
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1

@@ -65,10 +65,16 @@ class Watchdog:
         return self.seconds_since_beat < self.timeout_s
 
 
-def exit_after(deadline_s: float, done: threading.Event) -> threading.Thread:
-    """Hard stop if a graceful shutdown overruns its deadline: better a restart than a hang."""
+def arm_deadline(shutdown: Shutdown, deadline_s: float, done: threading.Event) -> threading.Thread:
+    """From the moment shutdown is requested, allow `deadline_s` for `done`; then exit hard.
+
+    Better a restart than a hang: a stuck commit or close must not outlive the grace period.
+    """
 
     def _guard() -> None:
+        while not shutdown.wait(1.0):
+            if done.is_set():
+                return
         if not done.wait(deadline_s):
             log.error("shutdown_deadline_exceeded", deadline_seconds=deadline_s)
             os._exit(1)

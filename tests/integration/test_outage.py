@@ -26,7 +26,9 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
                 "group_id": "outage",
                 "session_timeout_ms": 6000,
             }
-        }
+        },
+        # The dead-letter producer must wait for the broker too, not crash the start-up.
+        "dead_letter": {"topic": "logs-dlq"},
     }
     with running_daemon(tmp_path, config) as d:
         # No broker yet: ready and healthy anyway (readiness never depends on Kafka).
@@ -37,9 +39,14 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
 
         first = _events(5, seed=1)
         with TansuBroker(port) as broker:
-            broker.create_topics(["logs"])
-            produce(broker.bootstrap, "logs", first)
+            broker.create_topics(["logs", "logs-dlq"])
+            produce(broker.bootstrap, "logs", [*first, (None, b"{not json")])
             wait_for(lambda: total(d.scrape(), "inferwatch_events_total") == len(first), 60, "first batch")
+            wait_for(
+                lambda: total(d.scrape(), "inferwatch_dead_letter_records_total", outcome="sent") == 1,
+                30,
+                "dead letter sent",
+            )
 
         # Broker gone (and, being in-memory, its data with it).
         time.sleep(4)

@@ -61,6 +61,7 @@ def test_full_event_round_trips_types() -> None:
         (b'{"request_id": "r", "model": "m", "status": "maybe"}', "out_of_range"),
         (b'{"request_id": "r", "model": "' + b"x" * 129 + b'"}', "out_of_range"),
         (b'{"request_id": "r", "model": "' + b"x" * 5000 + b'"}', "oversize"),
+        (b'{"request_id": "r", "model": "m", "tokens_in": 1' + b"0" * 400 + b"}", "out_of_range"),
         (None, "malformed_json"),
     ],
 )
