@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
 import structlog
 from kafka.errors import KafkaError
-from prometheus_client import CollectorRegistry
 
 from daemon import __version__
 from daemon.config import Config
-from daemon.exposition import InferwatchCollector, LoopStats
+from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
 from daemon.http import HttpServer
 from daemon.invalid import DeadLetterSink, InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
@@ -27,8 +26,6 @@ from daemon.sources import Source, TopicPartition
 
 log = structlog.get_logger(__name__)
 
-# Batch processing takes ~1-50 ms at normal batch sizes; the top buckets catch stalls.
-BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 # Backoff between attempts to reach the broker at start-up.
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -41,15 +38,11 @@ def build_pipeline(config: Config, dead_letter: DeadLetterSink | None = None) ->
 class Daemon:
     """Consume, process, flush, commit; serve HTTP throughout; drain within the deadline on exit.
 
-    `source_factory` builds the source; it may raise KafkaError while the broker is away, and is
-    retried with backoff while /healthz and /readyz keep answering.
+    The Kafka clients are built in `run()`, retried with backoff while the broker is away, and
+    /healthz and /readyz keep answering meanwhile.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        source_factory: Callable[[Daemon], Source] | None = None,
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.started = time.time()
         self.source_errors: dict[str, int] = {}
@@ -59,12 +52,10 @@ class Daemon:
         self.dead_letter: KafkaDeadLetter | None = None
         self.pipeline = build_pipeline(config)
         self.batch_duration = Histogram(BATCH_BUCKETS)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(InferwatchCollector(self.pipeline, config.metrics, self._loop_stats))
+        self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
         self.shutdown = Shutdown()
-        self.http = HttpServer(config.http.host, config.http.port, self.registry, self.watchdog, self.status)
-        self._source_factory = source_factory or _kafka_source
+        self.http = HttpServer(config.http.host, config.http.port, self.exposition.render, self.watchdog, self.status)
         self._source: Source | None = None
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
@@ -136,7 +127,8 @@ class Daemon:
                         self.dead_letter_counts,
                     )
                     self.pipeline.invalid.dead_letter = self.dead_letter
-                source = self._source_factory(self)
+                source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled)
+                source.before_revoke = self.before_revoke
             except KafkaError as exc:
                 self.source_errors["connect"] = self.source_errors.get("connect", 0) + 1
                 delay = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
@@ -168,7 +160,11 @@ class Daemon:
             self._lag = source.lag()
 
     def _flush_and_commit(self, source: Source) -> bool:
-        """Sinks first, then offsets: never commit a record whose dead-letter copy may be lost."""
+        """Sinks first, then offsets: never commit a record whose dead-letter copy is in flight.
+
+        A copy the broker refused is counted (outcome="failed") and not retried: a missing
+        dead-letter topic must not stop ingestion.
+        """
         if not self._pending:
             return True
         if self.dead_letter is not None and not self.dead_letter.flush(
@@ -186,9 +182,3 @@ class Daemon:
         # What could not be committed now belongs to the partition's next owner.
         for tp in partitions:
             self._pending.pop(tp, None)
-
-
-def _kafka_source(daemon: Daemon) -> Source:
-    source = KafkaSource(daemon.config.source.kafka, daemon.source_errors, daemon.sampled)
-    source.before_revoke = daemon.before_revoke
-    return source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections.abc import Callable
@@ -9,9 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
+from daemon.exposition import CONTENT_TYPE
 from daemon.lifecycle import Watchdog
 
 log = structlog.get_logger(__name__)
@@ -22,7 +22,7 @@ class HttpServer:
         self,
         host: str,
         port: int,
-        registry: CollectorRegistry,
+        render_metrics: Callable[[], bytes],
         watchdog: Watchdog,
         status: Callable[[], dict[str, Any]],
     ) -> None:
@@ -35,7 +35,7 @@ class HttpServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per scrape is noise; errors are logged by the routes
 
-        self.registry = registry
+        self.render_metrics = render_metrics
         self.watchdog = watchdog
         self.status = status
         self._httpd = ThreadingHTTPServer((host, port), Handler)
@@ -57,12 +57,14 @@ class HttpServer:
         path = req.path.split("?", 1)[0]
         try:
             if path == "/metrics":
-                encoder, content_type = choose_encoder(req.headers.get("Accept", ""))
-                self._send(req, 200, encoder(self.registry), content_type)
+                body = self.render_metrics()
+                gzipped = "gzip" in req.headers.get("Accept-Encoding", "")
+                # Level 1: ~10x smaller for a few ms; the scrape is CPU we take from ingestion.
+                self._send(req, 200, gzip.compress(body, 1) if gzipped else body, CONTENT_TYPE, gzipped)
             elif path == "/healthz":
                 ok = self.watchdog.healthy
-                body = {"ok": ok, "seconds_since_loop": round(self.watchdog.seconds_since_beat, 3)}
-                self._json(req, 200 if ok else 503, body)
+                since = round(self.watchdog.seconds_since_beat, 3)
+                self._json(req, 200 if ok else 503, {"ok": ok, "seconds_since_loop": since})
             elif path == "/readyz":
                 # Never depends on Kafka: a sidecar's readiness gates the whole Pod.
                 ready = self.watchdog.ready
@@ -80,9 +82,11 @@ class HttpServer:
         HttpServer._send(req, code, json.dumps(body).encode(), "application/json")
 
     @staticmethod
-    def _send(req: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str) -> None:
+    def _send(req: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
         req.send_response(code)
         req.send_header("Content-Type", content_type)
+        if gzipped:
+            req.send_header("Content-Encoding", "gzip")
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
         req.wfile.write(body)

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.app import Daemon
@@ -37,7 +36,7 @@ def daemon() -> Daemon:
 
 
 def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(d.registry).decode()
+    text = d.exposition.render().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for fam in text_string_to_metric_families(text)
@@ -113,3 +112,15 @@ def test_status_json_summarises_keys(daemon: Daemon) -> None:
     assert a["errors"] == 1 and a["error_rate"] == 0.5
     assert a["latency_seconds"]["p99"] == pytest.approx(0.05, rel=0.02)
     json.dumps(st)
+
+
+def test_label_values_are_escaped_and_round_trip() -> None:
+    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
+    odd = 'we"ird\\mo%del\nname %d'
+    body = {"request_id": "r", "model": odd, "status": "error", "error_type": "50%", "features": {'f"%s': None}}
+    d.pipeline.process([RawRecord("t", 0, 0, 1.0, None, json.dumps(body).encode())])
+    s = scrape(d)
+    labels = {"model": odd, "version": "unknown", "variant": "default"}
+    assert s[("inferwatch_events_total", tuple(sorted(labels.items())))] == 1
+    assert s[("inferwatch_errors_total", tuple(sorted({**labels, "error_type": "50%"}.items())))] == 1
+    assert s[("inferwatch_feature_missing_total", tuple(sorted({**labels, "feature": 'f"%s'}.items())))] == 1
