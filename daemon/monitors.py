@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,6 @@ class KeyStats:
         self.max_features = limits.max_features
         self.last_event_timestamp: float | None = None
         self._overflow = overflow
-        self._known_patterns: set[tuple[str, ...]] = set()
 
     def update(self, events: Sequence[InferenceEvent], times: Sequence[float | None]) -> None:
         """Fold a batch of this key's events in; `times` are their unix-second timestamps.
@@ -145,12 +145,11 @@ class KeyStats:
         for error_type, n in Counter([e.error_type or "unknown" for e in events if e.status == "error"]).items():
             self.errors.add(error_type, n)
         scores = [x for e in events if (x := e.score) is not None]
-        for e in events:
-            if e.probabilities and e.score is None:
-                best = max(e.probabilities.items(), key=_second)
-                scores.append(best[1])
-                if e.prediction is None:
-                    self.classes.add(best[0])
+        for e in [e for e in events if e.probabilities and e.score is None]:
+            best = max(e.probabilities.items(), key=_second)  # type: ignore[union-attr]
+            scores.append(best[1])
+            if e.prediction is None:
+                self.classes.add(best[0])
         if scores:
             self.score.observe_many(np.asarray(scores, dtype=np.float64))
         for pred, n in Counter([p for e in events if (p := e.prediction) is not None]).items():
@@ -158,53 +157,48 @@ class KeyStats:
             if cls is not None:
                 self.classes.add(cls, n)
         self._update_features(events)
-        if any(e.ttft_ms is not None or e.tokens_in is not None or e.tokens_out is not None for e in events):
-            ttft = [x for e in events if (x := e.ttft_ms) is not None]
+        ttft = [x for e in events if (x := e.ttft_ms) is not None]
+        if ttft:
             self.ttft.observe_many(np.asarray(ttft, dtype=np.float64) / 1000.0)
-            self.tokens_in += sum(x for e in events if (x := e.tokens_in) is not None)
-            self.tokens_out += sum(x for e in events if (x := e.tokens_out) is not None)
+        tokens = [e for e in events if e.tokens_in is not None or e.tokens_out is not None]
+        if tokens:
+            self.tokens_in += sum([e.tokens_in or 0 for e in tokens])
+            self.tokens_out += sum([e.tokens_out or 0 for e in tokens])
         self.events += len(events)
-        newest = max((t for t in times if t is not None), default=None)
+        newest = max(filter(None, times), default=None)
         if newest is not None and (self.last_event_timestamp is None or newest > self.last_event_timestamp):
             self.last_event_timestamp = newest
 
     def _update_features(self, events: Sequence[InferenceEvent]) -> None:
-        # Events of one key nearly always carry the same feature names, so count each distinct
-        # set of non-null names once per batch instead of touching every feature of every event.
-        patterns: dict[tuple[str, ...], int] = {}
-        known = self._known_patterns
-        n = self.events
-        for e in events:
-            feats = e.features
-            if feats:
-                pattern = tuple(feats)
-                if None in feats.values():
-                    pattern = tuple(k for k, v in feats.items() if v is not None)
-                    if pattern not in known:
-                        self._register(tuple(feats), n)
-                if pattern not in known:
-                    self._register(pattern, n)
-                patterns[pattern] = patterns.get(pattern, 0) + 1
-            n += 1
+        # Count names with C-level Counter/chain instead of touching every feature of every
+        # event in Python; nulls are rare and counted on a slow path.
+        feats = [f for e in events if (f := e.features)]
+        if not feats:
+            return
+        seen = Counter(chain.from_iterable(feats))
+        nulls = Counter([k for f in [f for f in feats if None in f.values()] for k, v in f.items() if v is None])
         features = self.features
-        for pattern, count in patterns.items():
-            for name in pattern:
-                fs = features.get(name)
-                if fs is not None:
-                    fs.present += count
-                else:
-                    self._overflow.add("feature", count)
+        new = [name for name in seen if name not in features]
+        if new:
+            self._register(new, events)
+        for name, n in seen.items():
+            fs = features.get(name)
+            if fs is not None:
+                fs.present += n - nulls[name]
+            else:
+                self._overflow.add("feature", n)
 
-    def _register(self, names: tuple[str, ...], events_before: int) -> None:
-        for name in names:
-            if name not in self.features:
-                if len(self.features) >= self.max_features or len(name) > MAX_LABEL_VALUE_CHARS:
-                    continue
-                self.features[name] = FeatureStats(first_seen_at=events_before)
-        # Only a cache of "every name here is registered"; bounded against adversarial subsets.
-        if len(self._known_patterns) >= 1024:
-            self._known_patterns.clear()
-        self._known_patterns.add(names)
+    def _register(self, names: list[str], events: Sequence[InferenceEvent]) -> None:
+        """Start counting `names`, each from the first event of this batch that carries it."""
+        todo = set(names)
+        for i, e in enumerate(events):
+            if e.features:
+                for name in [n for n in e.features if n in todo]:  # in order: the cap keeps the first
+                    todo.discard(name)
+                    if len(self.features) < self.max_features and len(name) <= MAX_LABEL_VALUE_CHARS:
+                        self.features[name] = FeatureStats(first_seen_at=self.events + i)
+                if not todo:
+                    return
 
     @property
     def error_count(self) -> int:
