@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 
 import pytest
@@ -60,3 +61,16 @@ def test_parsers_reject_bad_specs() -> None:
         parse_change("feature=f0")
     with pytest.raises(ValueError, match="bad duration"):
         parse_change("after=soon")
+
+
+def test_generate_cli_writes_jsonl_and_rejects_bad_plans(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from daemon.cli import main
+
+    out = tmp_path / "events.jsonl"
+    args = ["generate", "--rate", "50", "--duration", "2", "--model", "a:x,y", "--output", str(out)]
+    assert main([*args, "--change", "after=1s model=a variant=y latency=+50%"]) == 0
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 100
+    assert {json.loads(line)["variant"] for line in lines} == {"x", "y"}
+    assert main([*args, "--change", "after=1s speed=fast"]) == 2
+    assert "unknown key 'speed'" in capsys.readouterr().err
