@@ -1,0 +1,192 @@
+"""Pipeline throughput: decode + route + per-key metrics over in-memory batches, on one core.
+
+The generator's events (8 features each) become `RawRecord`s in batches of 2,000, the
+default `max_poll_records`, and go through `build_pipeline(Config()).process(batch)`, the
+call the daemon's loop makes. No Kafka and no HTTP: this is the ceiling of the loop.
+
+Baselines over the same bytes in the same run: a plain `json.loads` pass, and msgspec's
+typed decode alone (the pipeline's first step). Repetitions rotate between the variants so
+that a noisy neighbour hurts all of them alike.
+
+Also measured, with no target in the issue: the same pipeline fed 1,000 distinct keys
+(`limits.max_keys` default), where a 2,000-record batch holds ~2 events per key. The
+generator's traffic has only 3 keys, so the headline figure does not show per-key costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import msgspec
+from _common import (
+    GENERATOR_START_TIME,
+    fmt_rate,
+    generator_values,
+    keyed_events,
+    latency_stats,
+    parse_args,
+    pin_to_one_core,
+    rate_stats,
+    timed,
+    verdict,
+    write_result,
+)
+
+from daemon.app import build_pipeline
+from daemon.config import Config
+from daemon.events import InferenceEvent
+from daemon.sources import RawRecord
+
+NAME = "pipeline_throughput"
+TARGET_EVENTS_PER_S = 150_000  # the Foundation issue's target, one core
+BATCH_SIZE = 2000  # KafkaConfig.max_poll_records default
+MANY_KEYS = 1000  # LimitsConfig.max_keys default
+TOPIC = "inference-logs"
+PARTITIONS = 3
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, help="events per pass (default 200,000; 40,000 with --quick)")
+    p.add_argument("--repeats", type=int, default=7, help="timed passes of each variant (default 7)")
+    p.add_argument("--cpu", type=int, help="CPU to pin to (default: the highest allowed)")
+
+
+def main() -> None:
+    args = parse_args(__doc__, _add_args)
+    n = args.events or (40_000 if args.quick else 200_000)
+    repeats = max(args.repeats if not args.quick else 5, 5)
+    cpu = pin_to_one_core(args.cpu)
+
+    t0 = time.perf_counter()
+    pairs = generator_values(n)
+    gen_s = time.perf_counter() - t0
+    values = [v for _, v in pairs]
+    # Spread over partitions and give every record a broker timestamp, as KafkaSource does.
+    records = [
+        RawRecord(TOPIC, i % PARTITIONS, i // PARTITIONS, GENERATOR_START_TIME + i / 1000.0, k, v)
+        for i, (k, v) in enumerate(pairs)
+    ]
+    batches = [records[i : i + BATCH_SIZE] for i in range(0, n, BATCH_SIZE)]
+    config = Config()
+
+    batch_seconds: list[float] = []
+    checks: dict[str, Any] = {}
+
+    def run_pipeline() -> None:
+        pipeline = build_pipeline(config)
+        process = pipeline.process
+        clock = time.perf_counter
+        for batch in batches:
+            b0 = clock()
+            process(batch)
+            batch_seconds.append(clock() - b0)
+        checks["events"] = pipeline.events
+        checks["invalid"] = pipeline.invalid.total
+        checks["keys"] = len(pipeline.keys)
+
+    loads = json.loads
+
+    def run_json() -> None:
+        for v in values:
+            loads(v)
+
+    decode = msgspec.json.Decoder(InferenceEvent).decode
+
+    def run_msgspec() -> None:
+        for v in values:
+            decode(v)
+
+    per_key = 10 if args.quick else 30
+    many_values = keyed_events(MANY_KEYS, per_key)
+    many_batches = [
+        [
+            RawRecord(TOPIC, 0, i + j, GENERATOR_START_TIME, None, v)
+            for j, v in enumerate(many_values[i : i + BATCH_SIZE])
+        ]
+        for i in range(0, len(many_values), BATCH_SIZE)
+    ]
+
+    def run_many_keys() -> None:
+        pipeline = build_pipeline(config)
+        for batch in many_batches:
+            pipeline.process(batch)
+        checks["many_keys"] = len(pipeline.keys)
+
+    variants = {
+        "pipeline": run_pipeline,
+        "json_loads": run_json,
+        "msgspec_decode": run_msgspec,
+        "pipeline_1000_keys": run_many_keys,
+    }
+    sizes = {"pipeline": n, "json_loads": n, "msgspec_decode": n, "pipeline_1000_keys": len(many_values)}
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():  # warm-up: first-touch allocations, imports, caches
+        fn()
+    batch_seconds.clear()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            rates[name].append(sizes[name] / timed(fn))
+    if checks["events"] != n or checks["invalid"] != 0 or checks["many_keys"] != MANY_KEYS:
+        raise SystemExit(f"pipeline counted {checks} for {n} generated events")
+
+    stats = {k: rate_stats(v) for k, v in rates.items()}
+    pipe = stats["pipeline"]
+    ratio_json = pipe["median"] / stats["json_loads"]["median"]
+    ratio_msgspec = pipe["median"] / stats["msgspec_decode"]["median"]
+    ok = pipe["median"] >= TARGET_EVENTS_PER_S
+    summary = (
+        f"{NAME}: {fmt_rate(pipe['median'])} events/s median (best {fmt_rate(pipe['best'])}, {repeats} runs, "
+        f"1 core) vs target >= {fmt_rate(TARGET_EVENTS_PER_S)}: {verdict(ok)} | baselines: "
+        f"{ratio_json:.2f}x json.loads ({fmt_rate(stats['json_loads']['median'])}/s), "
+        f"{ratio_msgspec:.2f}x msgspec decode alone ({fmt_rate(stats['msgspec_decode']['median'])}/s) | "
+        f"info: {fmt_rate(stats['pipeline_1000_keys']['median'])}/s with {MANY_KEYS:,} keys"
+        + (" [quick]" if args.quick else "")
+    )
+    write_result(
+        NAME,
+        args.quick,
+        {
+            "unit": "events/s",
+            "target": {"metric": "pipeline median events/s on one core", "min": TARGET_EVENTS_PER_S},
+            "pass": ok,
+            "verdict_on": "median of the timed runs",
+            "setup": {
+                "events_per_run": n,
+                "batch_size": BATCH_SIZE,
+                "batches": len(batches),
+                "repeats": repeats,
+                "pinned_cpu": cpu,
+                "mean_event_bytes": round(sum(map(len, values)) / n, 1),
+                "keys": checks["keys"],
+                "generator_seconds": round(gen_s, 2),
+                "config": "Config() defaults",
+                "gc": "enabled; gc.collect() before each timed run",
+            },
+            "pipeline": stats["pipeline"],
+            "json_loads": stats["json_loads"],
+            "msgspec_decode": stats["msgspec_decode"],
+            "ratios_of_medians": {
+                "pipeline_over_json_loads": ratio_json,
+                "pipeline_over_msgspec_decode": ratio_msgspec,
+            },
+            "ratios_of_best": {
+                "pipeline_over_json_loads": pipe["best"] / stats["json_loads"]["best"],
+                "pipeline_over_msgspec_decode": pipe["best"] / stats["msgspec_decode"]["best"],
+            },
+            "pipeline_batch_latency": latency_stats(batch_seconds),
+            "pipeline_1000_keys": {
+                **stats["pipeline_1000_keys"],
+                "note": "informational, no target: 1,000 keys x "
+                f"{per_key} events (bench/_common.keyed_events), batches of {BATCH_SIZE}",
+                "events_per_run": len(many_values),
+            },
+        },
+        summary,
+    )
+
+
+if __name__ == "__main__":
+    main()

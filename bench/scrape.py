@@ -1,0 +1,297 @@
+"""Scrape cost with 1,000 keys: /metrics latency over HTTP, and peak RSS.
+
+A `Daemon` (limits.max_keys = 1000, HTTP on 127.0.0.1, port 0) is fed events for 1,000
+distinct (model, version, variant) keys through `daemon.pipeline.process`: 8 features, a
+score, a 0/1 prediction, ~5% errors of three types, as the generator makes them. Only its
+HTTP server is started, no Kafka. Then /metrics is fetched with urllib, one request at a
+time, as Prometheus would:
+
+- idle: no ingestion, no compression. This is the figure the target is checked on.
+- gzip: `Accept-Encoding: gzip`, which Prometheus sends on every scrape.
+- under ingest: while a second thread keeps feeding the same keys through the pipeline,
+  as the daemon's loop does; scrapes contend for the GIL and the pipeline lock.
+
+The render alone (`daemon.exposition.render()`, no HTTP) is timed too, and profiled when
+the p99 misses, so that a miss comes with its reasons.
+
+Peak RSS is measured in fresh interpreters: one that only populates (the target), one that
+populates and renders one scrape, and one that only imports `daemon.app` (the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gzip
+import json
+import math
+import pstats
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from _common import (
+    REPO_ROOT,
+    keyed_events,
+    latency_stats,
+    parse_args,
+    peak_rss_mb,
+    percentile,
+    run_children_json,
+    verdict,
+    write_result,
+)
+
+NAME = "scrape"
+KEYS = 1000
+TARGET_P99_MS = 100.0
+TARGET_RSS_MB = 150.0
+BATCH_SIZE = 2000
+WARMUP_SCRAPES = 2
+CHILD_MODES = ("bare-import", "populate", "populate-scrape")
+GZIP = {"Accept-Encoding": "gzip"}
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scrapes", type=int, help="timed idle scrapes (default 200; 10 with --quick)")
+    p.add_argument("--events-per-key", type=int, help="events fed per key (default 30; 10 with --quick)")
+    p.add_argument(
+        "--profile", action="store_true", help="profile one scrape even when the target is met, or in --quick"
+    )
+    # Internal: the RSS measurements run this script again in a fresh interpreter.
+    p.add_argument("--child", choices=CHILD_MODES, help=argparse.SUPPRESS)
+
+
+def build_daemon() -> Any:
+    from daemon.app import Daemon
+    from daemon.config import from_mapping
+
+    config = from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": {"max_keys": KEYS}})
+    return Daemon(config)
+
+
+def batches_of(values: list[bytes], offset0: int = 0) -> list[list[Any]]:
+    from daemon.sources import RawRecord
+
+    records = [RawRecord("inference-logs", 0, offset0 + i, None, None, v) for i, v in enumerate(values)]
+    return [records[i : i + BATCH_SIZE] for i in range(0, len(records), BATCH_SIZE)]
+
+
+def populate(daemon: Any, per_key: int) -> dict[str, Any]:
+    values = keyed_events(KEYS, per_key)
+    t0 = time.perf_counter()
+    for batch in batches_of(values):
+        daemon.pipeline.process(batch)
+    seconds = time.perf_counter() - t0
+    p = daemon.pipeline
+    if len(p.keys) != KEYS or p.overflow.counts or p.invalid.total:
+        raise RuntimeError(
+            f"populate: {len(p.keys)} keys, overflow {p.overflow.counts}, invalid {p.invalid.total}; want {KEYS} clean"
+        )
+    return {"events": len(values), "keys": len(p.keys), "seconds": round(seconds, 3)}
+
+
+def child(mode: str, per_key: int) -> None:
+    """One RSS measurement in this fresh interpreter; prints one JSON line."""
+    import daemon.app  # noqa: F401  (the baseline: what importing the daemon costs)
+
+    out: dict[str, Any] = {"mode": mode}
+    if mode != "bare-import":
+        d = build_daemon()
+        out["populate"] = populate(d, per_key)
+        if mode == "populate-scrape":
+            out["scrape_bytes"] = len(d.exposition.render())
+        # No d.http.stop(): HttpServer.stop() blocks forever when start() was never called
+        # (socketserver's shutdown() waits for serve_forever); the socket dies with the process.
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(out))
+
+
+def scrape(url: str, headers: dict[str, str] | None = None) -> tuple[float, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status}")
+    return time.perf_counter() - t0, body
+
+
+def series_count(body: bytes) -> dict[str, int]:
+    lines = body.decode().splitlines()
+    samples = [ln for ln in lines if ln and not ln.startswith("#")]
+    families = [ln for ln in lines if ln.startswith("# TYPE ")]
+    return {"samples": len(samples), "families": len(families), "bytes": len(body)}
+
+
+def profile_render(render: Callable[[], bytes], top: int = 20) -> list[dict[str, Any]]:
+    """cProfile of one render (what the HTTP handler calls), top functions by own time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    render()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        short = filename.split("site-packages/")[-1].replace(str(REPO_ROOT) + "/", "")
+        rows.append(
+            {
+                "function": f"{short}:{line}({func})",
+                "calls": nc,
+                "own_ms": round(tt * 1000, 2),
+                "cumulative_ms": round(ct * 1000, 2),
+            }
+        )
+    rows.sort(key=lambda r: r["own_ms"], reverse=True)
+    return rows[:top]
+
+
+def render_no_http(render: Callable[[], bytes], url: str, reps: int) -> dict[str, float]:
+    """The render alone, and gzip level 1 (what the handler adds for Prometheus), interleaved with
+    HTTP scrapes so that the difference is HTTP's share and not the VM's mood of the moment."""
+    render_s, gzip_s, http_s = [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        body = render()
+        render_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        gzip.compress(body, 1)
+        gzip_s.append(time.perf_counter() - t0)
+        http_s.append(scrape(url)[0])
+    return {
+        "reps": reps,
+        "render_p50_ms": round(percentile(render_s, 50) * 1000, 2),
+        "render_min_ms": round(min(render_s) * 1000, 2),
+        "gzip_level1_p50_ms": round(percentile(gzip_s, 50) * 1000, 2),
+        "http_scrape_p50_ms_interleaved": round(percentile(http_s, 50) * 1000, 2),
+        "http_share_p50_ms": round((percentile(http_s, 50) - percentile(render_s, 50)) * 1000, 2),
+    }
+
+
+def scrapes(url: str, n: int, budget_s: float, headers: dict[str, str] | None = None) -> tuple[list[float], bytes]:
+    """Up to n scrapes one after another, stopping early once budget_s is spent (at least 5)."""
+    latencies: list[float] = []
+    body = b""
+    t0 = time.perf_counter()
+    while len(latencies) < n and (len(latencies) < 5 or time.perf_counter() - t0 < budget_s):
+        s, body = scrape(url, headers)
+        latencies.append(s)
+    return latencies, body
+
+
+def scrapes_under_ingest(daemon: Any, url: str, n: int, budget_s: float, per_key: int) -> dict[str, Any]:
+    """Scrape while another thread feeds the pipeline non-stop, as the daemon's loop would."""
+    batches = batches_of(keyed_events(KEYS, per_key, seed=8), offset0=10**9)
+    stop = threading.Event()
+    fed = [0]
+
+    def ingest() -> None:
+        while not stop.is_set():
+            for batch in batches:
+                if stop.is_set():
+                    return
+                daemon.pipeline.process(batch)
+                fed[0] += len(batch)
+
+    worker = threading.Thread(target=ingest, name="ingest", daemon=True)
+    worker.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    fed0 = fed[0]
+    latencies, _ = scrapes(url, n, budget_s)
+    wall = time.perf_counter() - t0
+    fed_during = fed[0] - fed0
+    stop.set()
+    worker.join()
+    return {**latency_stats(latencies), "ingest_events_per_s_during": round(fed_during / wall)}
+
+
+def main() -> None:
+    args = parse_args(__doc__, _add_args)
+    per_key = args.events_per_key or (10 if args.quick else 30)
+    if args.child:
+        child(args.child, per_key)
+        return
+    # The issue asks for >= 200 idle scrapes. The side scenarios stop at a count or a time
+    # budget, whichever comes first, so a slow exposition cannot push the run past ~3 minutes.
+    n_idle = args.scrapes or (20 if args.quick else 200)
+    n_other, budget_s = (10, 4.0) if args.quick else (100, 30.0)
+
+    # Peak RSS first, in fresh interpreters side by side (RSS does not care about CPU contention,
+    # and the timed scrapes below should not share the CPUs with them).
+    rss_bare, rss_pop, rss_pop_scrape = run_children_json(
+        [[__file__, "--child", mode, "--events-per-key", str(per_key)] for mode in CHILD_MODES]
+    )
+
+    daemon = build_daemon()
+    populated = populate(daemon, per_key)
+    daemon.http.start()
+    url = f"http://127.0.0.1:{daemon.http.port}/metrics"
+    try:
+        for _ in range(WARMUP_SCRAPES):  # first-call imports and allocations
+            scrape(url)
+        idle_s, body = scrapes(url, n_idle, math.inf)
+        shape = series_count(body)
+        gz_s, gz_body = scrapes(url, n_other, budget_s, GZIP)
+        if gzip.decompress(gz_body).count(b"\n") != body.count(b"\n"):
+            raise RuntimeError("the gzip scrape does not hold the same exposition as the plain one")
+        no_http = render_no_http(daemon.exposition.render, url, reps=3 if args.quick else 20)
+        under_ingest = scrapes_under_ingest(daemon, url, n_other, budget_s, per_key)
+    finally:
+        daemon.http.stop()
+
+    idle = latency_stats(idle_s)
+    gz = latency_stats(gz_s)
+    p99_ok = idle["p99_ms"] < TARGET_P99_MS
+    # The profile costs a few seconds (cProfile slows the render ~3x): full runs only, unless asked.
+    want_profile = args.profile or (not p99_ok and not args.quick)
+    profile = profile_render(daemon.exposition.render) if want_profile else None
+
+    rss_ok = rss_pop["peak_rss_mb"] <= TARGET_RSS_MB
+    ok = p99_ok and rss_ok
+
+    summary = (
+        f"{NAME}: /metrics with {KEYS:,} keys ({shape['samples']:,} samples, {shape['bytes'] / 1e6:.1f} MB) "
+        f"p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f}, {idle['n']} scrapes) "
+        f"vs target < {TARGET_P99_MS:.0f} ms: "
+        f"{verdict(p99_ok)}; peak RSS {rss_pop['peak_rss_mb']:.0f} MB (bare import {rss_bare['peak_rss_mb']:.0f} MB) "
+        f"vs target <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}" + (" [quick]" if args.quick else "")
+    )
+    write_result(
+        NAME,
+        args.quick,
+        {
+            "target": {"p99_ms_below": TARGET_P99_MS, "peak_rss_mb_at_most": TARGET_RSS_MB, "keys": KEYS},
+            "pass": ok,
+            "pass_p99": p99_ok,
+            "pass_rss": rss_ok,
+            "setup": {
+                "keys": KEYS,
+                "events_per_key": per_key,
+                "populate": populated,
+                "http": "daemon.http (ThreadingHTTPServer) on 127.0.0.1, urllib client, one request at a time",
+                "warmup_scrapes": WARMUP_SCRAPES,
+            },
+            "exposition": shape,
+            "gzip_bytes": len(gz_body),
+            "idle_text_0_0_4": idle,
+            "idle_gzip": gz,
+            "under_ingest_text_0_0_4": under_ingest,
+            "render_no_http": no_http,
+            "peak_rss_mb": {
+                "populate_only": rss_pop["peak_rss_mb"],
+                "populate_and_one_scrape": rss_pop_scrape["peak_rss_mb"],
+                "bare_import_daemon_app": rss_bare["peak_rss_mb"],
+                "keys_cost": round(rss_pop["peak_rss_mb"] - rss_bare["peak_rss_mb"], 1),
+                "how": "resource.getrusage(RUSAGE_SELF).ru_maxrss in a fresh interpreter per figure",
+            },
+            "profile_one_render_top_by_own_time": profile,
+        },
+        summary,
+    )
+
+
+if __name__ == "__main__":
+    main()
