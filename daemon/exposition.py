@@ -115,9 +115,9 @@ class _KeyCopy:
         return cls(
             events=ev,
             errors=dict(s.errors.counts),
-            latency=(s.latency.counts.tolist(), s.latency.sum),
-            ttft=(s.ttft.counts.tolist(), s.ttft.sum),
-            score=(s.score.counts.tolist(), s.score.sum),
+            latency=(list(s.latency.counts), s.latency.sum),
+            ttft=(list(s.ttft.counts), s.ttft.sum),
+            score=(list(s.score.counts), s.score.sum),
             tokens=(s.tokens_in, s.tokens_out) if s.tokens_in or s.tokens_out else None,
             classes=dict(s.classes.counts),
             missing={name: fs.missing(ev) for name, fs in s.features.items()},
@@ -256,7 +256,7 @@ class MetricsExposition:
         out.extend([f'inferwatch_dead_letter_records_total{{outcome="{o}"}} {n}' for o, n in loop.dead_letter.items()])
         _header(out, "inferwatch_batch_duration_seconds")
         bd = loop.batch_duration
-        add(_histogram(self._batch_template, bd.counts.tolist(), bd.sum))
+        add(_histogram(self._batch_template, list(bd.counts), bd.sum))
         add("")
         return "\n".join(out).encode()
 

@@ -50,7 +50,8 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever(), which may never have run
+            self._httpd.shutdown()
         self._httpd.server_close()
 
     def _route(self, req: BaseHTTPRequestHandler) -> None:

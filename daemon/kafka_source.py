@@ -57,6 +57,9 @@ class KafkaSource:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(config.session_timeout_ms // 3, 100),
             request_timeout_ms=config.request_timeout_ms,
+            # kafka-python 2.2 caps a response frame at 1 MB, below one fetch of two busy
+            # partitions (~2 MB): every catch-up then logged InvalidReceiveError and reconnected.
+            receive_message_max_bytes=100 * 1024 * 1024,
         )
         self._consumer.subscribe(topics=list(config.topics), listener=_Rebalance(self))
 

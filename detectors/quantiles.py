@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,40 +37,55 @@ class QuantileSketch:
         self._reset()
 
     def _reset(self) -> None:
-        self._counts: npt.NDArray[np.int64] = np.zeros(self._n_buckets, dtype=np.int64)
+        # Sparse: bucket index → count. Real latency streams touch a few hundred buckets.
+        self._counts: dict[int, int] = {}
         self._n = 0
 
     @property
     def n(self) -> int:
         return self._n
 
-    def update_many(self, values: npt.NDArray[np.float64]) -> None:
-        if values.size == 0:
+    def update_many(self, values: Sequence[float] | npt.NDArray[np.float64]) -> None:
+        n = len(values)
+        if n == 0:
             return
-        clipped = np.clip(values, self.min_value, self.max_value)
-        idx = np.ceil(np.log(clipped) / self._gamma_log).astype(np.int64) - self._offset
-        np.add.at(self._counts, np.clip(idx, 0, self._n_buckets - 1), 1)
-        self._n += int(values.size)
+        counts = self._counts
+        if n < 32:  # numpy's per-call overhead dominates small batches
+            lo, hi, g, off, top = self.min_value, self.max_value, self._gamma_log, self._offset, self._n_buckets - 1
+            for v in values:
+                i = math.ceil(math.log(min(max(v, lo), hi)) / g) - off
+                i = 0 if i < 0 else top if i > top else i
+                counts[i] = counts.get(i, 0) + 1
+        else:
+            clipped = np.clip(np.asarray(values, dtype=np.float64), self.min_value, self.max_value)
+            idx = np.ceil(np.log(clipped) / self._gamma_log).astype(np.int64) - self._offset
+            uniq, cnt = np.unique(np.clip(idx, 0, self._n_buckets - 1), return_counts=True)
+            for i, c in zip(uniq.tolist(), cnt.tolist(), strict=True):
+                counts[i] = counts.get(i, 0) + c
+        self._n += n
 
     def update(self, value: float) -> None:
-        self.update_many(np.array([value], dtype=np.float64))
+        self.update_many([value])
 
     def quantile(self, q: float) -> float:
         """The q-quantile (0 ≤ q ≤ 1) by nearest rank, ⌈q·n⌉, as MLPerf reports tails; NaN when empty."""
         if self._n == 0:
             return math.nan
         rank = max(1, math.ceil(q * self._n))
-        i = int(np.searchsorted(np.cumsum(self._counts), rank, side="left"))
-        i = min(i, self._n_buckets - 1)
+        seen = 0
+        for i in sorted(self._counts):
+            seen += self._counts[i]
+            if seen >= rank:
+                break
         # Midpoint (in the relative sense) of bucket i: 2γ^k / (γ + 1).
         gamma = math.exp(self._gamma_log)
         return 2 * gamma ** (i + self._offset) / (gamma + 1)
 
     def snapshot(self) -> dict[str, Any]:
-        nz = np.flatnonzero(self._counts)
-        return {"n": self._n, "index": nz.tolist(), "count": self._counts[nz].tolist()}
+        index = sorted(self._counts)
+        return {"n": self._n, "index": index, "count": [self._counts[i] for i in index]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._counts[np.asarray(state["index"], dtype=np.int64)] = np.asarray(state["count"], dtype=np.int64)
+        self._counts = {int(i): int(c) for i, c in zip(state["index"], state["count"], strict=True)}
         self._n = int(state["n"])

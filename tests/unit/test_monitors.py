@@ -125,3 +125,17 @@ def test_quantile_sketch_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError, match="relative_accuracy"):
         QuantileSketch(relative_accuracy=1.5)
     assert np.isnan(QuantileSketch().quantile(0.5))
+
+
+def test_small_and_large_batches_give_the_same_state() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(-3, 1, 500).tolist()
+    h_small, h_large = Histogram((0.01, 0.05, 0.1)), Histogram((0.01, 0.05, 0.1))
+    s_small, s_large = QuantileSketch(), QuantileSketch()
+    for i in range(0, len(values), 5):
+        h_small.observe_many(values[i : i + 5])
+        s_small.update_many(values[i : i + 5])
+    h_large.observe_many(values)
+    s_large.update_many(np.asarray(values))
+    assert h_small.counts == h_large.counts and h_small.sum == pytest.approx(h_large.sum)
+    assert s_small.snapshot() == s_large.snapshot()
