@@ -145,6 +145,8 @@ class Daemon:
         process = self.pipeline.process
         # Half the poll interval: past it, the group could evict us before the next poll.
         slow_batch_s = self.config.source.kafka.max_poll_interval_ms / 2000.0
+        commit_interval_s = self.config.source.kafka.commit_interval_ms / 1000.0
+        next_commit = 0.0
         while not self.shutdown.requested:
             self.watchdog.beat()
             records = source.poll(timeout_s)
@@ -155,8 +157,9 @@ class Daemon:
                 self.batch_duration.observe(elapsed)
                 if elapsed > slow_batch_s:
                     log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
-            if self._pending:
+            if self._pending and time.monotonic() >= next_commit:
                 self._flush_and_commit(source)
+                next_commit = time.monotonic() + commit_interval_s
             self._lag = source.lag()
 
     def _flush_and_commit(self, source: Source) -> bool:

@@ -53,6 +53,9 @@ class KafkaConfig(_Section):
     # A commit that cannot finish (broker away) gives up after this and is retried later, so the
     # loop keeps turning and /healthz stays truthful.
     commit_timeout_ms: int = Field(5_000, ge=100)
+    # Processed offsets are committed at most this often (and always on revoke and shutdown):
+    # a synchronous commit per batch cost ~5% of end-to-end throughput. 0 commits every batch.
+    commit_interval_ms: int = Field(1_000, ge=0)
 
     @field_validator("bootstrap_servers", "topics", mode="before")
     @classmethod
