@@ -181,6 +181,18 @@ def scrapes(url: str, n: int, budget_s: float, headers: dict[str, str] | None = 
     return latencies, body
 
 
+def scrapes_all_keys_changed(daemon: Any, url: str, n: int) -> list[float]:
+    """Scrapes each preceded (untimed) by one event for every key, so no key's lines are cached:
+    the render cost of a fleet where every key saw traffic since the last scrape."""
+    touch = batches_of(keyed_events(KEYS, 1, seed=9), offset0=10**8)
+    latencies = []
+    for _ in range(n):
+        for batch in touch:
+            daemon.pipeline.process(batch)
+        latencies.append(scrape(url)[0])
+    return latencies
+
+
 def scrapes_under_ingest(daemon: Any, url: str, n: int, budget_s: float, per_key: int) -> dict[str, Any]:
     """Scrape while another thread feeds the pipeline non-stop, as the daemon's loop would."""
     batches = batches_of(keyed_events(KEYS, per_key, seed=8), offset0=10**9)
@@ -237,14 +249,18 @@ def main() -> None:
         gz_s, gz_body = scrapes(url, n_other, budget_s, GZIP)
         if gzip.decompress(gz_body).count(b"\n") != body.count(b"\n"):
             raise RuntimeError("the gzip scrape does not hold the same exposition as the plain one")
+        changed_s = scrapes_all_keys_changed(daemon, url, n_idle)
         no_http = render_no_http(daemon.exposition.render, url, reps=3 if args.quick else 20)
         under_ingest = scrapes_under_ingest(daemon, url, n_other, budget_s, per_key)
     finally:
         daemon.http.stop()
 
     idle = latency_stats(idle_s)
+    changed = latency_stats(changed_s)
     gz = latency_stats(gz_s)
-    p99_ok = idle["p99_ms"] < TARGET_P99_MS
+    # The verdict is on the worse of the two quiet cases: every key changed since the last scrape.
+    # Scrapes while another thread ingests flat out are reported beside it (GIL sharing).
+    p99_ok = changed["p99_ms"] < TARGET_P99_MS
     # The profile costs a few seconds (cProfile slows the render ~3x): full runs only, unless asked.
     want_profile = args.profile or (not p99_ok and not args.quick)
     profile = profile_render(daemon.exposition.render) if want_profile else None
@@ -254,7 +270,8 @@ def main() -> None:
 
     summary = (
         f"{NAME}: /metrics with {KEYS:,} keys ({shape['samples']:,} samples, {shape['bytes'] / 1e6:.1f} MB) "
-        f"p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f}, {idle['n']} scrapes) "
+        f"p99 {changed['p99_ms']:.1f} ms with every key changed (idle {idle['p99_ms']:.1f}, "
+        f"{under_ingest['p99_ms']:.0f} under full ingest; {idle['n']} scrapes each) "
         f"vs target < {TARGET_P99_MS:.0f} ms: "
         f"{verdict(p99_ok)}; peak RSS {rss_pop['peak_rss_mb']:.0f} MB (bare import {rss_bare['peak_rss_mb']:.0f} MB) "
         f"vs target <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}" + (" [quick]" if args.quick else "")
@@ -266,6 +283,7 @@ def main() -> None:
             "target": {"p99_ms_below": TARGET_P99_MS, "peak_rss_mb_at_most": TARGET_RSS_MB, "keys": KEYS},
             "pass": ok,
             "pass_p99": p99_ok,
+            "all_keys_changed_text_0_0_4": changed,
             "pass_rss": rss_ok,
             "setup": {
                 "keys": KEYS,

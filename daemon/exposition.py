@@ -95,36 +95,6 @@ class LoopStats:
     batch_duration: Histogram
 
 
-@dataclass(slots=True)
-class _KeyCopy:
-    """One key's figures, copied under the pipeline lock so rendering can happen outside it."""
-
-    events: int
-    errors: dict[str, int]
-    latency: tuple[list[int], float]
-    ttft: tuple[list[int], float]
-    score: tuple[list[int], float]
-    tokens: tuple[int, int] | None
-    classes: dict[str, int]
-    missing: dict[str, int]
-    last_ts: float | None
-
-    @classmethod
-    def of(cls, s: KeyStats) -> _KeyCopy:
-        ev = s.events
-        return cls(
-            events=ev,
-            errors=dict(s.errors.counts),
-            latency=(list(s.latency.counts), s.latency.sum),
-            ttft=(list(s.ttft.counts), s.ttft.sum),
-            score=(list(s.score.counts), s.score.sum),
-            tokens=(s.tokens_in, s.tokens_out) if s.tokens_in or s.tokens_out else None,
-            classes=dict(s.classes.counts),
-            missing={name: fs.missing(ev) for name, fs in s.features.items()},
-            last_ts=s.last_event_timestamp,
-        )
-
-
 def escape(value: str) -> str:
     """A label value as the text format wants it."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -146,6 +116,17 @@ KEY_HISTOGRAMS = (
     ("ttft", "inferwatch_llm_time_to_first_token_seconds"),
     ("score", "inferwatch_prediction_score"),
 )
+# The per-key families, in exposition order; _KeyLines.render() returns one chunk for each.
+KEY_FAMILIES = (
+    "inferwatch_events",
+    "inferwatch_errors",
+    *(family for _, family in KEY_HISTOGRAMS),
+    "inferwatch_llm_input_tokens",
+    "inferwatch_llm_output_tokens",
+    "inferwatch_predictions",
+    "inferwatch_feature_missing",
+    "inferwatch_last_event_timestamp_seconds",
+)
 
 
 class _KeyLines:
@@ -154,7 +135,7 @@ class _KeyLines:
     One C-level `template % values` per (family, key) is what keeps a 1,000-key scrape fast.
     """
 
-    __slots__ = ("_labelled", "events", "histograms", "last_ts", "lbl", "llm")
+    __slots__ = ("_labelled", "events", "histograms", "last_ts", "lbl", "llm", "rendered")
 
     def __init__(self, key: Key, les: Mapping[str, Sequence[str]]) -> None:
         model, version, variant = map(escape, key)
@@ -165,6 +146,27 @@ class _KeyLines:
         self.histograms = {h: histogram_template(family, lbl, les[h]) for h, family in KEY_HISTOGRAMS}
         # family → (label values, template); rebuilt when a key gains a class, feature or error type.
         self._labelled: dict[str, tuple[tuple[str, ...], str]] = {}
+        # (KeyStats.version, one chunk per KEY_FAMILIES entry): an idle key is not re-rendered.
+        self.rendered: tuple[int, list[str]] = (-1, [])
+
+    def render(self, s: KeyStats) -> list[str]:
+        """This key's lines, one chunk per KEY_FAMILIES entry ("" where it has none)."""
+        hist = [
+            _histogram(self.histograms[name], h.counts, h.sum) if name == "latency" or h.sum or any(h.counts) else ""
+            for name, h in (("latency", s.latency), ("ttft", s.ttft), ("score", s.score))
+        ]
+        tokens = s.tokens_in or s.tokens_out
+        missing = {name: fs.missing(s.events) for name, fs in s.features.items()}
+        return [
+            self.events + str(s.events),
+            self.labelled("inferwatch_errors_total", "error_type", s.errors.counts) if s.errors.counts else "",
+            *hist,
+            self.llm[0] + str(s.tokens_in) if tokens else "",
+            self.llm[1] + str(s.tokens_out) if tokens else "",
+            self.labelled("inferwatch_predictions_total", "class", s.classes.counts) if s.classes.counts else "",
+            self.labelled("inferwatch_feature_missing_total", "feature", missing) if missing else "",
+            self.last_ts + _num(s.last_event_timestamp) if s.last_event_timestamp is not None else "",
+        ]
 
     def labelled(self, family: str, label: str, counts: Mapping[str, int]) -> str:
         names = tuple(counts)
@@ -210,7 +212,15 @@ class MetricsExposition:
     def render(self) -> bytes:
         p = self._pipeline
         with p.lock:
-            rows = [(self._key_lines(key), _KeyCopy.of(s)) for key, s in p.keys.items()]
+            # Only keys that changed since the last scrape are formatted, under the lock: that
+            # is ~45 ms for 1,000 changed keys once a scrape interval, and cheaper than copying
+            # the state out first.
+            rows = []
+            for key, s in p.keys.items():
+                kl = self._key_lines(key)
+                if kl.rendered[0] != s.version:
+                    kl.rendered = (s.version, kl.render(s))
+                rows.append(kl)
             invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
         loop = self._loop_stats()
@@ -219,28 +229,10 @@ class MetricsExposition:
 
         _header(out, "inferwatch_build_info")
         add(f'inferwatch_build_info{{version="{escape(__version__)}",python_version="{platform.python_version()}"}} 1')
-
-        _header(out, "inferwatch_events")
-        out.extend([kl.events + str(k.events) for kl, k in rows])
-        _header(out, "inferwatch_errors")
-        out.extend([kl.labelled("inferwatch_errors_total", "error_type", k.errors) for kl, k in rows if k.errors])
-        for h, family in KEY_HISTOGRAMS:
+        chunks = [kl.rendered[1] for kl in rows]
+        for i, family in enumerate(KEY_FAMILIES):
             _header(out, family)
-            for kl, k in rows:
-                counts, total = getattr(k, h)
-                if h == "latency" or any(counts):
-                    add(_histogram(kl.histograms[h], counts, total))
-        for i, family in enumerate(("inferwatch_llm_input_tokens", "inferwatch_llm_output_tokens")):
-            _header(out, family)
-            out.extend([kl.llm[i] + str(k.tokens[i]) for kl, k in rows if k.tokens is not None])
-        _header(out, "inferwatch_predictions")
-        out.extend([kl.labelled("inferwatch_predictions_total", "class", k.classes) for kl, k in rows if k.classes])
-        _header(out, "inferwatch_feature_missing")
-        out.extend(
-            [kl.labelled("inferwatch_feature_missing_total", "feature", k.missing) for kl, k in rows if k.missing]
-        )
-        _header(out, "inferwatch_last_event_timestamp_seconds")
-        out.extend([kl.last_ts + _num(k.last_ts) for kl, k in rows if k.last_ts is not None])
+            out.extend([chunk for c in chunks if (chunk := c[i])])
 
         _header(out, "inferwatch_events_invalid")
         out.extend([f'inferwatch_events_invalid_total{{reason="{r}"}} {n}' for r, n in invalid.items()])

@@ -140,15 +140,18 @@ class KeyStats:
         self.max_features = limits.max_features
         self.last_event_timestamp: float | None = None
         self._overflow = overflow
+        # Bumped by every update: the exposition re-renders a key only when it has moved.
+        self.version = 0
 
     def update(self, events: Sequence[InferenceEvent], times: Sequence[float | None]) -> None:
         """Fold a batch of this key's events in; `times` are their unix-second timestamps.
 
         One pass per field rather than one branchy pass per event: list comprehensions and
-        Counter run at C speed, which is what keeps the pipeline above 150k events/s.
+        Counter run at C speed (bench/pipeline_throughput.py).
         """
         if not events:
             return
+        self.version += 1
         lat = [x / 1000.0 for e in events if (x := e.latency_ms) is not None]
         if lat:
             self.latency.observe_many(lat)
