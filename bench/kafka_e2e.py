@@ -165,14 +165,20 @@ def run_raw(bootstrap: str, n: int, broker_pid: int) -> dict[str, Any]:
     assert t_first is not None and cpu is not None
     wall = t_end - t_first
     return {
-        "kind": "raw",
-        "events_per_s": (count - first_batch) / wall,
-        "timed_records": count - first_batch,
-        "timed_seconds": round(wall, 3),
-        "time_to_first_record_s": round(t_first - t_created, 2),
+        **_timing("raw", count - first_batch, wall, t_first - t_created),
         "records": count,
         "polls": polls,
         **cpu.read(wall),
+    }
+
+
+def _timing(kind: str, timed_records: int, wall: float, to_first_record: float) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "events_per_s": timed_records / wall,
+        "timed_records": timed_records,
+        "timed_seconds": round(wall, 3),
+        "time_to_first_record_s": round(to_first_record, 2),
     }
 
 
@@ -224,11 +230,7 @@ def run_e2e(bootstrap: str, n: int, broker_pid: int) -> dict[str, Any]:
     finally:
         reader.close()
     return {
-        "kind": "e2e",
-        "events_per_s": (n - first_batch) / wall,
-        "timed_records": n - first_batch,
-        "timed_seconds": round(wall, 3),
-        "time_to_first_record_s": round(t_first - t_created, 2),
+        **_timing("e2e", n - first_batch, wall, t_first - t_created),
         "records": pipeline.records,
         "committed_offsets": {f"{TOPIC}/{p}": off for p, off in sorted(committed.items()) if off},
         "batch_seconds_total": round(daemon.batch_duration.sum, 3),
