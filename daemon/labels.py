@@ -1,0 +1,290 @@
+"""Join ground-truth labels, which arrive late on their own topic, to their predictions by request_id.
+
+Memory is bounded by time and by entries whatever the labels do: every store is an insertion-
+ordered dict whose front is its oldest entry, so expiry and eviction pop from the front in
+amortized O(1) and never scan the store.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from daemon.events import Label
+from daemon.routing import Key
+
+COUNTS = ("joined", "late", "unmatched", "expired", "evicted", "duplicate")
+SNAPSHOT_VERSION = 1
+
+# (request_id, model, label, unix-second timestamp): one record of the label topic.
+LabelRecord = tuple[str, str, Label, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPrediction:
+    """A prediction waiting for its label. `slices` is opaque here: it is for per-slice accuracy."""
+
+    request_id: str
+    key: Key
+    prediction: Label | None
+    score: float | None = None
+    probabilities: dict[str, float] | None = None
+    timestamp: float | None = None
+    slices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedLabel:
+    """A prediction and the label that grades it."""
+
+    prediction: PendingPrediction
+    label: Label
+    label_timestamp: float | None
+
+    @property
+    def request_id(self) -> str:
+        return self.prediction.request_id
+
+    @property
+    def key(self) -> Key:
+        return self.prediction.key
+
+
+class _Held(NamedTuple):
+    """A label that came before its prediction."""
+
+    at: float
+    model: str
+    label: Label
+    timestamp: float | None
+
+
+class LabelJoin:
+    """Joins labels to predictions by request_id, in either order, in bounded memory.
+
+    >>> now = [0.0]
+    >>> join = LabelJoin(ttl_s=60, max_entries=1000, label_hold_s=30, clock=lambda: now[0])
+    >>> join.add_labels([("r1", "m", "cat", None)])  # the label comes first: it is held
+    []
+    >>> [j.label for j in join.add_predictions([PendingPrediction("r1", ("m", "v1", "a"), "dog")])]
+    ['cat']
+    >>> now[0] = 61.0
+    >>> join.add_predictions([PendingPrediction("r2", ("m", "v1", "a"), "dog")])
+    []
+    >>> join.counts["joined"], len(join)
+    (1, 1)
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int,
+        label_hold_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("ttl_s", ttl_s), ("label_hold_s", label_hold_s)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        self.ttl_s = float(ttl_s)
+        self.max_entries = max_entries
+        self.label_hold_s = float(label_hold_s)
+        self.clock = clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        # OrderedDict rather than dict: popping a plain dict's front leaves dummy slots that
+        # the next `next(iter(d))` must skip, which turns steady expiry quadratic.
+        self._predictions: OrderedDict[str, tuple[float, PendingPrediction]] = OrderedDict()
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        # Recently joined ids, to tell a duplicate label from an early one.
+        self._joined: OrderedDict[str, float] = OrderedDict()
+        # Ids whose prediction expired or was evicted, to tell a late label from an unmatched one.
+        self._gone: OrderedDict[str, float] = OrderedDict()
+
+    def add_predictions(self, items: Iterable[PendingPrediction]) -> list[JoinedLabel]:
+        """Store predictions; return those that a held label joins now."""
+        now = self.clock()
+        self._expire(now)
+        counts, predictions, held_labels = self.counts, self._predictions, self._held
+        joined: list[JoinedLabel] = []
+        for p in items:
+            rid = p.request_id
+            # A redelivered prediction (Kafka is at-least-once) must not reopen a closed join.
+            if rid in predictions or rid in self._joined:
+                counts["duplicate"] += 1
+                continue
+            held = held_labels.pop(rid, None)
+            if held is not None:
+                if held.model == p.key[0]:
+                    joined.append(JoinedLabel(p, held.label, held.timestamp))
+                    counts["joined"] += 1
+                    self._remember(self._joined, rid, now)
+                    continue
+                # The held label was for another model; this prediction may still get its own.
+                counts["unmatched"] += 1
+            if len(predictions) >= self.max_entries:
+                old, _ = predictions.popitem(last=False)
+                counts["evicted"] += 1
+                self._remember(self._gone, old, now)
+            self._gone.pop(rid, None)
+            predictions[rid] = (now, p)
+        return joined
+
+    def add_labels(self, items: Iterable[LabelRecord]) -> list[JoinedLabel]:
+        """Join labels to stored predictions; hold those whose prediction has not come yet."""
+        now = self.clock()
+        self._expire(now)
+        counts, predictions, held_labels = self.counts, self._predictions, self._held
+        joined: list[JoinedLabel] = []
+        for rid, model, label, ts in items:
+            entry = predictions.get(rid)
+            if entry is not None:
+                if entry[1].key[0] == model:
+                    del predictions[rid]
+                    joined.append(JoinedLabel(entry[1], label, ts))
+                    counts["joined"] += 1
+                    self._remember(self._joined, rid, now)
+                else:
+                    counts["unmatched"] += 1
+            elif rid in self._joined or rid in held_labels:
+                counts["duplicate"] += 1
+            elif rid in self._gone:
+                counts["late"] += 1
+            else:
+                if len(held_labels) >= self.max_entries:
+                    held_labels.popitem(last=False)
+                    counts["evicted"] += 1
+                held_labels[rid] = _Held(now, model, label, ts)
+        return joined
+
+    def expire(self) -> None:
+        """Drop what has outlived its TTL or hold. add_* do this too; call it when idle."""
+        self._expire(self.clock())
+
+    def _expire(self, now: float) -> None:
+        # An entry lives `limit` seconds: it goes once now - inserted >= limit.
+        counts, ttl_s = self.counts, self.ttl_s
+        predictions = self._predictions
+        while predictions:
+            rid, (at, _) = next(iter(predictions.items()))
+            if now - at < ttl_s:
+                break
+            del predictions[rid]
+            counts["expired"] += 1
+            self._remember(self._gone, rid, now)
+        held_labels = self._held
+        while held_labels:
+            rid, held = next(iter(held_labels.items()))
+            if now - held.at < self.label_hold_s:
+                break
+            del held_labels[rid]
+            counts["unmatched"] += 1
+        for memory in (self._joined, self._gone):
+            while memory:
+                rid, at = next(iter(memory.items()))
+                if now - at < ttl_s:
+                    break
+                del memory[rid]
+
+    def _remember(self, memory: OrderedDict[str, float], rid: str, now: float) -> None:
+        # Pop first so a re-remembered id moves to the back and the front stays the oldest.
+        memory.pop(rid, None)
+        memory[rid] = now
+        if len(memory) > self.max_entries:
+            memory.popitem(last=False)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "predictions": len(self._predictions),
+            "held_labels": len(self._held),
+            "joined_ids": len(self._joined),
+            "gone_ids": len(self._gone),
+        }
+
+    def __len__(self) -> int:
+        """Entries waiting for their other half: pending predictions and held labels."""
+        return len(self._predictions) + len(self._held)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state. Times are stored as ages, so a restore in a new process works.
+
+        Nothing expires here: a snapshot must not change what an uninterrupted run would do.
+        """
+        now = self.clock()
+        return {
+            "version": SNAPSHOT_VERSION,
+            "counts": dict(self.counts),
+            # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
+            # probabilities, timestamp, slices].
+            "predictions": [
+                [
+                    rid,
+                    now - at,
+                    list(p.key),
+                    p.prediction,
+                    p.score,
+                    None if p.probabilities is None else dict(p.probabilities),
+                    p.timestamp,
+                    list(p.slices),
+                ]
+                for rid, (at, p) in self._predictions.items()
+            ],
+            "held_labels": [[rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items()],
+            "joined_ids": [[rid, now - at] for rid, at in self._joined.items()],
+            "gone_ids": [[rid, now - at] for rid, at in self._gone.items()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's. Entries beyond this join's max_entries are evicted."""
+        if state.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"label join snapshot version must be {SNAPSHOT_VERSION}, got {state.get('version')!r}; "
+                "delete the checkpoint to start the join afresh"
+            )
+        self._reset()
+        now = self.clock()
+        for name in COUNTS:
+            self.counts[name] = int(state["counts"].get(name, 0))
+        # Ages are oldest first, so now - age keeps each store's front the oldest entry.
+        for rid, age, key, prediction, score, probabilities, ts, slices in state["predictions"]:
+            p = PendingPrediction(
+                request_id=rid,
+                key=(str(key[0]), str(key[1]), str(key[2])),
+                prediction=prediction,
+                score=score,
+                probabilities=probabilities,
+                timestamp=ts,
+                slices=tuple(slices),
+            )
+            self._predictions[rid] = (now - float(age), p)
+        for rid, age, model, label, ts in state["held_labels"]:
+            self._held[rid] = _Held(now - float(age), model, label, ts)
+        for rid, age in state["joined_ids"]:
+            self._joined[rid] = now - float(age)
+        for rid, age in state["gone_ids"]:
+            self._gone[rid] = now - float(age)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """Hold every store to max_entries, oldest out first (after a restore with a smaller cap)."""
+        while len(self._predictions) > self.max_entries:
+            rid, _ = self._predictions.popitem(last=False)
+            self.counts["evicted"] += 1
+            self._remember(self._gone, rid, now)
+        while len(self._held) > self.max_entries:
+            self._held.popitem(last=False)
+            self.counts["evicted"] += 1
+        for memory in (self._joined, self._gone):
+            while len(memory) > self.max_entries:
+                memory.popitem(last=False)

@@ -1,0 +1,368 @@
+"""Per-feature distribution tests of tumbling windows against a reference taken from the stream.
+
+A `WindowedTest` keeps the first `reference_size` values as its reference, then tests each
+tumbling window of `window_size` values against it. State is bounded: the reference plus one
+window. As with River's detectors, the update after a detection resets everything, so the
+next `reference_size` values become the new reference and a lasting shift is reported once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from detectors.base import InputKind, Parametrised, check_float, check_int, check_state
+
+FloatArray = npt.NDArray[np.float64]
+
+# Category for levels the reference never saw; a level with this exact name shares its bucket.
+OTHER = "__other__"
+# Floor for bin proportions in PSI so that an empty bin gives a large finite term, not ln(0)
+# (Evidently uses the same 1e-4).
+PSI_EPS = 1e-4
+# Floor for the reference std in the normed Wasserstein distance, as Evidently does, so that a
+# constant reference does not divide by zero.
+MIN_STD = 1e-3
+
+
+def psi(reference: FloatArray, current: FloatArray) -> float:
+    """Population stability index of two proportion vectors over the same bins."""
+    r = np.clip(reference, PSI_EPS, None)
+    c = np.clip(current, PSI_EPS, None)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+class WindowedTest(Parametrised):
+    """Base class: reference collection, tumbling windows, reset-after-drift and snapshots.
+
+    Subclasses set `input_kind`, `_param_names`, and implement `_prepare()` (derive whatever the
+    test needs from the reference) and `_test()` (statistic and p-value, or None, of a window).
+    """
+
+    input_kind: ClassVar[InputKind]
+
+    def __init__(self, reference_size: int, window_size: int) -> None:
+        check_int("reference_size", reference_size, 2)
+        check_int("window_size", window_size, 2)
+        self.reference_size = reference_size
+        self.window_size = window_size
+
+    def _reset(self) -> None:
+        self._reference: list[Any] | None = None
+        self._buffer: list[Any] = []
+        self._score: float | None = None
+        self._p_value: float | None = None
+        self._drift = False
+
+    # -- subclass hooks -------------------------------------------------------------------------
+
+    def _accept(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        raise NotImplementedError
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        raise NotImplementedError
+
+    def _passes(self, statistic: float, p_value: float | None) -> bool:
+        raise NotImplementedError
+
+    # -- the Detector protocol ------------------------------------------------------------------
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    @property
+    def score(self) -> float | None:
+        """The last window's statistic; None until the first window ends."""
+        return self._score
+
+    @property
+    def p_value(self) -> float | None:
+        """The last window's p-value, for tests that have one."""
+        return self._p_value
+
+    def update(self, x: Any) -> None:
+        v = self._accept(x)
+        if v is None:
+            return
+        if self._drift:
+            self._reset()
+        self._buffer.append(v)
+        if self._reference is None:
+            if len(self._buffer) == self.reference_size:
+                self._reference, self._buffer = self._buffer, []
+                self._prepare()
+        elif len(self._buffer) == self.window_size:
+            window, self._buffer = self._buffer, []
+            self._score, self._p_value = self._test(window)
+            self._drift = self._passes(self._score, self._p_value)
+
+    def update_many(self, xs: Iterable[Any]) -> list[int]:
+        hits: list[int] = []
+        for i, x in enumerate(xs):
+            if self._accept(x) is None:
+                continue
+            self.update(x)
+            if self._drift:
+                hits.append(i)
+        return hits
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "kind": type(self).__name__,
+            "params": self._params(),
+            "reference": None if self._reference is None else list(self._reference),
+            "buffer": list(self._buffer),
+            "score": self._score,
+            "p_value": self._p_value,
+            "drift": self._drift,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        check_state(state, type(self).__name__, self._params())
+        self._reset()
+        ref = state["reference"]
+        self._buffer = [self._accept(v) for v in state["buffer"]]
+        if ref is not None:
+            self._reference = [self._accept(v) for v in ref]
+            self._prepare()
+        self._score, self._p_value, self._drift = state["score"], state["p_value"], bool(state["drift"])
+
+
+class _NumericTest(WindowedTest):
+    input_kind: ClassVar[InputKind] = "numeric"
+
+    def _accept(self, x: Any) -> Any:
+        v = float(x)
+        return v if math.isfinite(v) else None
+
+    def _prepare(self) -> None:
+        self._ref = np.asarray(self._reference, dtype=np.float64)
+
+
+class _PValueTest:
+    """Mixin: drift when p < alpha."""
+
+    alpha: float
+
+    def _passes(self, statistic: float, p_value: float | None) -> bool:
+        return p_value is not None and p_value < self.alpha
+
+
+class _ThresholdTest:
+    """Mixin: drift when the statistic exceeds threshold."""
+
+    threshold: float
+
+    def _passes(self, statistic: float, p_value: float | None) -> bool:
+        return statistic > self.threshold
+
+
+class KSTest(_PValueTest, _NumericTest):
+    """Two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) of each window against the reference.
+
+    `alpha` is the false-alarm probability per window, so the expected run time on stationary
+    data is about window_size / alpha events (500k with the defaults).
+
+    >>> import random
+    >>> rng = random.Random(0)
+    >>> t = KSTest(reference_size=500, window_size=200)
+    >>> t.update_many([rng.gauss(0, 1) for _ in range(1100)] + [rng.gauss(1, 1) for _ in range(200)])
+    [1299]
+    >>> 0.3 < t.score < 0.6
+    True
+    """
+
+    _param_names = ("reference_size", "window_size", "alpha")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, alpha: float = 0.001) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("alpha", alpha, 0, 1, low_open=True, high_open=True)
+        self.alpha = alpha
+        self._reset()
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        r = stats.ks_2samp(self._ref, np.asarray(window, dtype=np.float64))
+        return float(r.statistic), float(r.pvalue)
+
+
+class WassersteinTest(_ThresholdTest, _NumericTest):
+    """Wasserstein-1 distance between window and reference, in units of the reference's std.
+
+    Threshold 0.1 is Evidently's default for its normed Wasserstein drift test.
+
+    >>> t = WassersteinTest(reference_size=4, window_size=4)
+    >>> t.update_many([0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0])
+    [11]
+    >>> round(t.score, 3)  # a shift of 1 over a std of 1.118
+    0.894
+    """
+
+    _param_names = ("reference_size", "window_size", "threshold")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, threshold: float = 0.1) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("threshold", threshold, 0, math.inf, low_open=True, high_open=True)
+        self.threshold = threshold
+        self._reset()
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        # Centre before the std so that huge offsets do not overflow the sum of squares.
+        self._norm = max(float(np.std(self._ref - np.median(self._ref))), MIN_STD)
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        # Scale both samples first: the distance of the scaled samples is the normed distance,
+        # and it stays finite for values near the float limits.
+        scale = 1.0 / self._norm
+        w = np.asarray(window, dtype=np.float64)
+        return float(stats.wasserstein_distance(self._ref * scale, w * scale)), None
+
+
+class PSITest(_ThresholdTest, _NumericTest):
+    """Population stability index over `n_bins` quantile bins of the reference.
+
+    Threshold 0.2: the usual rule of thumb reads PSI < 0.1 as stable and > 0.25 as a major shift.
+
+    >>> t = PSITest(reference_size=100, window_size=100, n_bins=4)
+    >>> t.update_many([float(i) for i in range(100)] * 2 + [float(i) for i in range(50, 150)])
+    [299]
+    """
+
+    _param_names = ("reference_size", "window_size", "threshold", "n_bins")
+
+    def __init__(
+        self, reference_size: int = 1000, window_size: int = 500, threshold: float = 0.2, n_bins: int = 10
+    ) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("threshold", threshold, 0, math.inf, low_open=True, high_open=True)
+        check_int("n_bins", n_bins, 2, reference_size)
+        self.threshold = threshold
+        self.n_bins = n_bins
+        self._reset()
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        # Interior quantile edges; ties in the reference merge bins rather than leave empty ones.
+        qs = np.quantile(self._ref, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+        self._edges = np.unique(qs)
+        self._ref_p = self._proportions(self._ref)
+
+    def _proportions(self, x: FloatArray) -> FloatArray:
+        idx = np.searchsorted(self._edges, x, side="right")
+        counts = np.bincount(idx, minlength=len(self._edges) + 1).astype(np.float64)
+        return counts / len(x)
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        return psi(self._ref_p, self._proportions(np.asarray(window, dtype=np.float64))), None
+
+
+class _CategoricalTest(WindowedTest):
+    input_kind: ClassVar[InputKind] = "categorical"
+
+    def _accept(self, x: Any) -> Any:
+        return str(x)
+
+    def _prepare(self) -> None:
+        assert self._reference is not None
+        counts = Counter(self._reference)
+        self._levels = {level: i for i, level in enumerate(sorted(counts))}
+        # Reference counts over the levels plus the OTHER bucket (last).
+        ref = np.zeros(len(self._levels) + 1)
+        for level, c in counts.items():
+            ref[self._levels[level]] = c
+        self._ref_counts = ref
+
+    def _window_counts(self, window: list[Any]) -> FloatArray:
+        other = len(self._levels)
+        idx = np.fromiter((self._levels.get(v, other) for v in window), dtype=np.int64, count=len(window))
+        return np.bincount(idx, minlength=other + 1).astype(np.float64)
+
+
+class Chi2Test(_PValueTest, _CategoricalTest):
+    """Chi-squared goodness of fit of the window's level counts to the reference's proportions.
+
+    Levels the reference never saw count under "__other__". Reference counts get +0.5 each
+    (so "__other__" and rare levels have a small, non-zero expected count).
+
+    >>> t = Chi2Test(reference_size=300, window_size=300)
+    >>> t.update_many(["a", "b", "c"] * 200 + ["a", "a", "b"] * 100)
+    [899]
+    """
+
+    _param_names = ("reference_size", "window_size", "alpha")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, alpha: float = 0.001) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("alpha", alpha, 0, 1, low_open=True, high_open=True)
+        self.alpha = alpha
+        self._reset()
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        smoothed = self._ref_counts + 0.5
+        self._ref_p = smoothed / smoothed.sum()
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        r = stats.chisquare(self._window_counts(window), self._ref_p * len(window))
+        return float(r.statistic), float(r.pvalue)
+
+
+class JensenShannonTest(_ThresholdTest, _CategoricalTest):
+    """Jensen-Shannon distance (base 2, so in [0, 1]) between window and reference level proportions.
+
+    Threshold 0.1 is Evidently's default.
+
+    >>> t = JensenShannonTest(reference_size=4, window_size=4)
+    >>> t.update_many(["a", "b"] * 4 + ["c"] * 4)
+    [11]
+    >>> t.score
+    1.0
+    """
+
+    _param_names = ("reference_size", "window_size", "threshold")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, threshold: float = 0.1) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("threshold", threshold, 0, 1, low_open=True)
+        self.threshold = threshold
+        self._reset()
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        d = jensenshannon(self._ref_counts, self._window_counts(window), base=2)
+        # Identical distributions can come out as a tiny NaN-prone negative under the sqrt.
+        return (0.0 if not math.isfinite(d) else float(d)), None
+
+
+class CategoricalPSITest(_ThresholdTest, _CategoricalTest):
+    """Population stability index over the reference's levels plus "__other__".
+
+    >>> t = CategoricalPSITest(reference_size=100, window_size=100)
+    >>> t.update_many(["a", "b"] * 100 + ["a"] * 100)
+    [299]
+    """
+
+    _param_names = ("reference_size", "window_size", "threshold")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, threshold: float = 0.2) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("threshold", threshold, 0, math.inf, low_open=True, high_open=True)
+        self.threshold = threshold
+        self._reset()
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self._ref_p = self._ref_counts / self._ref_counts.sum()
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        return psi(self._ref_p, self._window_counts(window) / len(window)), None

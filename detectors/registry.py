@@ -1,0 +1,43 @@
+"""Name → detector class, for the config loader. A new detector is one module plus one entry here."""
+
+from __future__ import annotations
+
+from detectors.distribution import (
+    CategoricalPSITest,
+    Chi2Test,
+    JensenShannonTest,
+    KSTest,
+    PSITest,
+    WassersteinTest,
+)
+from detectors.river_adapters import (
+    ADWINDetector,
+    DDMDetector,
+    EDDMDetector,
+    FHDDMDetector,
+    HDDMADetector,
+    HDDMWDetector,
+    KSWINDetector,
+    PageHinkleyDetector,
+)
+
+DETECTORS: dict[str, type] = {
+    # River, numeric input
+    "adwin": ADWINDetector,
+    "page_hinkley": PageHinkleyDetector,
+    "kswin": KSWINDetector,
+    # River, binary input (True = error)
+    "ddm": DDMDetector,
+    "eddm": EDDMDetector,
+    "hddm_a": HDDMADetector,
+    "hddm_w": HDDMWDetector,
+    "fhddm": FHDDMDetector,
+    # Window-vs-reference tests, numeric input
+    "ks": KSTest,
+    "wasserstein": WassersteinTest,
+    "psi": PSITest,
+    # Window-vs-reference tests, categorical input
+    "chi2": Chi2Test,
+    "jensen_shannon": JensenShannonTest,
+    "psi_categorical": CategoricalPSITest,
+}
