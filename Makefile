@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/kafka_e2e.py
 	$(BIN)/python bench/scrape.py
+	$(BIN)/python bench/calibration.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
