@@ -7,7 +7,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -45,10 +45,6 @@ class Histogram:
         self.counts: list[int] = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
     def observe_many(self, values: Sequence[float]) -> None:
         if len(values) < SMALL_BATCH:
             for v in values:
@@ -64,11 +60,6 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """[(le, cumulative count)] including +Inf, as an exposition wants it."""
-        les = [repr(b) for b in self.bounds] + ["+Inf"]
-        return list(zip(les, accumulate(self.counts), strict=True))
 
     def snapshot(self) -> dict[str, Any]:
         return {"counts": list(self.counts), "sum": self.sum}
