@@ -16,7 +16,7 @@ from daemon import __version__
 from daemon.config import Config
 from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
 from daemon.http import HttpServer
-from daemon.invalid import DeadLetterSink, InvalidRecords
+from daemon.invalid import InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
 from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
 from daemon.logs import SampledLog
@@ -30,9 +30,9 @@ log = structlog.get_logger(__name__)
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
-def build_pipeline(config: Config, dead_letter: DeadLetterSink | None = None) -> Pipeline:
-    sampled = SampledLog(config.logging.invalid_sample_seconds)
-    return Pipeline(config, InvalidRecords(sampled, dead_letter))
+def build_pipeline(config: Config, sampled: SampledLog | None = None) -> Pipeline:
+    """The pipeline alone (replay, benchmarks); `sampled` rate-limits its invalid-record lines."""
+    return Pipeline(config, InvalidRecords(sampled or SampledLog(config.logging.invalid_sample_seconds)))
 
 
 class Daemon:
@@ -50,7 +50,7 @@ class Daemon:
         self.sampled = SampledLog(config.logging.invalid_sample_seconds)
         # Created with the source, under the same retry: the broker may be away at start-up.
         self.dead_letter: KafkaDeadLetter | None = None
-        self.pipeline = build_pipeline(config)
+        self.pipeline = build_pipeline(config, self.sampled)
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)

@@ -14,7 +14,7 @@ import numpy as np
 
 from daemon.config import LimitsConfig, MetricsConfig
 from daemon.events import InferenceEvent
-from detectors.quantiles import QuantileSketch
+from detectors.quantiles import SMALL_BATCH, QuantileSketch
 
 OTHER = "__other__"
 # Longer class names and feature names are folded into OTHER: they become label values.
@@ -29,11 +29,6 @@ class Overflow:
 
     def add(self, dimension: str, n: int = 1) -> None:
         self.counts[dimension] = self.counts.get(dimension, 0) + n
-
-
-# Below this many values a Python loop beats numpy's per-call overhead (~20 us a call), which
-# matters when a batch spreads over many keys: at 1,000 keys most get one or two events.
-SMALL_BATCH = 32
 
 
 class Histogram:

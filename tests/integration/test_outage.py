@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,9 +10,9 @@ from daemon.generator import TrafficGenerator, TrafficSpec
 from tests.integration.support import get, produce, running_daemon, total, wait_for
 
 
-def _events(n_seconds: int, seed: int) -> list[tuple[bytes | None, bytes]]:
+def _events(n_seconds: int, seed: int) -> list[tuple[bytes, bytes]]:
     spec = TrafficSpec(rate=20, duration_s=n_seconds, seed=seed)
-    return [(e["model"].encode(), json.dumps(e).encode()) for e in TrafficGenerator(spec).events()]
+    return list(TrafficGenerator(spec).encoded())
 
 
 def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:

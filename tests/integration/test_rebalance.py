@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,9 +10,9 @@ from daemon.generator import TrafficGenerator, TrafficSpec
 from tests.integration.support import produce, running_daemon, total, wait_for
 
 
-def _items(seed: int, models: int) -> list[tuple[bytes | None, bytes]]:
+def _items(seed: int, models: int) -> list[tuple[bytes, bytes]]:
     spec = TrafficSpec(models=tuple((f"model-{i}", ()) for i in range(models)), rate=200, duration_s=5, seed=seed)
-    return [(e["model"].encode(), json.dumps(e).encode()) for e in TrafficGenerator(spec).events()]
+    return list(TrafficGenerator(spec).encoded())
 
 
 def test_second_replica_takes_partitions_without_double_counting(broker: TansuBroker, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ meets the hung broker: without `commit_timeout_ms` the loop would block until it
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -19,9 +18,9 @@ from tests.integration.support import get, produce, running_daemon, total, wait_
 STALL_S = 12
 
 
-def _items(seed: int) -> list[tuple[bytes | None, bytes]]:
+def _items(seed: int) -> list[tuple[bytes, bytes]]:
     spec = TrafficSpec(rate=50, duration_s=4, seed=seed)
-    return [(e["model"].encode(), json.dumps(e).encode()) for e in TrafficGenerator(spec).events()]
+    return list(TrafficGenerator(spec).encoded())
 
 
 def test_broker_stall_keeps_the_loop_alive_and_loses_nothing(tmp_path: Path) -> None:
