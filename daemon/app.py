@@ -13,15 +13,20 @@ import structlog
 from kafka.errors import KafkaError
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import Config, ConfigError
+from daemon.decode import DecodeFailure, EventDecoder
+from daemon.drift import Calibrator, reference_columns
+from daemon.events import InferenceEvent
 from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
 from daemon.http import HttpServer
 from daemon.invalid import InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
+from daemon.labels import LabelJoin
 from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
 from daemon.logs import SampledLog
 from daemon.monitors import Histogram
-from daemon.pipeline import Pipeline
+from daemon.pipeline import AlertSink, Pipeline
+from daemon.routing import Key
 from daemon.sources import Source, TopicPartition
 
 log = structlog.get_logger(__name__)
@@ -30,9 +35,53 @@ log = structlog.get_logger(__name__)
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
-def build_pipeline(config: Config, sampled: SampledLog | None = None) -> Pipeline:
-    """The pipeline alone (replay, benchmarks); `sampled` rate-limits its invalid-record lines."""
-    return Pipeline(config, InvalidRecords(sampled or SampledLog(config.logging.invalid_sample_seconds)))
+def build_pipeline(
+    config: Config,
+    sampled: SampledLog | None = None,
+    *,
+    join_labels: bool = False,
+    calibration_workers: int = 0,
+    alert_sink: AlertSink | None = None,
+) -> Pipeline:
+    """The pipeline alone (replay, benchmarks) or the daemon's.
+
+    `sampled` rate-limits invalid-record lines. Predictions wait for labels in a join when a
+    labels topic is configured or `join_labels` is set (replay --labels). Calibration runs inline
+    unless `calibration_workers` threads are asked for (the daemon: off the ingest loop).
+    """
+    join = None
+    if config.labels.topic or join_labels:
+        labels = config.labels
+        join = LabelJoin(labels.ttl_seconds, labels.max_entries, labels.hold_seconds)
+    return Pipeline(
+        config,
+        InvalidRecords(sampled or SampledLog(config.logging.invalid_sample_seconds)),
+        calibrator=Calibrator(calibration_workers),
+        join=join,
+        alert_sink=alert_sink,
+        references=load_references(config),
+    )
+
+
+def load_references(config: Config) -> dict[Key, dict[str, list[Any]]]:
+    """drift.reference_file's events, as reference values per key and stream ({} without one)."""
+    path = config.drift.reference_file
+    if path is None:
+        return {}
+    decoder = EventDecoder(config.limits.max_event_bytes)
+    by_key: dict[Key, list[InferenceEvent]] = {}
+    try:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                event = decoder.decode(line)
+                if isinstance(event, DecodeFailure):
+                    raise ConfigError(f"drift.reference_file: {path} line {n} is not a valid event: {event.detail}")
+                by_key.setdefault((event.model, event.version, event.variant), []).append(event)
+    except OSError as exc:
+        raise ConfigError(f"drift.reference_file: cannot read {path}: {exc.strerror}") from None
+    return {key: reference_columns(events, config.drift, config.limits.max_features) for key, events in by_key.items()}
 
 
 class Daemon:
@@ -50,7 +99,7 @@ class Daemon:
         self.sampled = SampledLog(config.logging.invalid_sample_seconds)
         # Created with the source, under the same retry: the broker may be away at start-up.
         self.dead_letter: KafkaDeadLetter | None = None
-        self.pipeline = build_pipeline(config, self.sampled)
+        self.pipeline = build_pipeline(config, self.sampled, calibration_workers=1)
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
@@ -72,7 +121,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         p = self.pipeline
         with p.lock:
-            keys = [s.summary(k) for k, s in p.keys.items()]
+            keys = [s.stats.summary(k) for k, s in p.keys.items()]
             invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
         return {
@@ -96,6 +145,7 @@ class Daemon:
             stack.callback(done.set)
             self.http.start()
             stack.callback(self.http.stop)
+            stack.callback(self.pipeline.calibrator.close)
             log.info(
                 "started",
                 version=__version__,
@@ -127,7 +177,9 @@ class Daemon:
                         self.dead_letter_counts,
                     )
                     self.pipeline.invalid.dead_letter = self.dead_letter
-                source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled)
+                labels_topic = self.config.labels.topic
+                extra = (labels_topic,) if labels_topic else ()
+                source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled, extra)
                 source.before_revoke = self.before_revoke
             except KafkaError as exc:
                 self.source_errors["connect"] = self.source_errors.get("connect", 0) + 1
@@ -157,8 +209,10 @@ class Daemon:
                 self.batch_duration.observe(elapsed)
                 if elapsed > slow_batch_s:
                     log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
-            if self._pending and time.monotonic() >= next_commit:
-                self._flush_and_commit(source)
+            if time.monotonic() >= next_commit:
+                self.pipeline.tick()
+                if self._pending:
+                    self._flush_and_commit(source)
                 next_commit = time.monotonic() + commit_interval_s
             self._lag = source.lag()
 

@@ -30,7 +30,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.app import load_references
+
     config = _load(args.file)
+    load_references(config)
     print(f"{args.file}: ok (topics {', '.join(config.source.kafka.topics)}, http port {config.http.port})")
     return 0
 
@@ -43,7 +46,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         print(f"inferwatch: replay input {args.file} is not a file", file=sys.stderr)
         return 2
-    report = replay(args.file, config)
+    if args.labels is not None and not Path(args.labels).is_file():
+        print(f"inferwatch: --labels {args.labels} is not a file", file=sys.stderr)
+        return 2
+    report = replay(args.file, config, labels=args.labels)
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(f"replayed {report['events']} events ({report['invalid']} invalid) → {args.report}")
     return 0
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the pipeline over a JSONL file and write a JSON report")
     p.add_argument("file")
     p.add_argument("--report", required=True, help="where to write the JSON report")
+    p.add_argument("--labels", help="JSONL file of label events (request_id, model, label, timestamp)")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_replay)
 
@@ -154,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.fn(args)
+    try:
+        rc: int = args.fn(args)
+    except ConfigError as exc:  # found after loading, e.g. an unreadable drift.reference_file
+        print(f"inferwatch: {exc}", file=sys.stderr)
+        return 2
     return rc
 
 

@@ -127,6 +127,99 @@ class LimitsConfig(_Section):
     max_event_bytes: int = Field(1_048_576, ge=64, description="larger records are invalid")
 
 
+class LabelsConfig(_Section):
+    """The join of late ground truth to predictions, by request_id."""
+
+    # Topic of label events ({request_id, model, label, timestamp}); None: only labels carried
+    # inside inference events are used. Co-partition it with the inference topics when scaling out.
+    topic: str | None = None
+    # How long a prediction waits for its label; labels after that count as late.
+    ttl_seconds: float = Field(86_400.0, gt=0)
+    # Predictions waiting for labels, all keys together; the oldest is evicted (counted) past it.
+    max_entries: int = Field(200_000, ge=1)
+    # How long a label that came before its prediction is held.
+    hold_seconds: float = Field(60.0, gt=0)
+
+
+class AccuracyConfig(_Section):
+    """Windowed quality metrics from joined labels, and the label-free (CBPE) estimate."""
+
+    # The window: the last `window_events` labelled predictions, or (window_events: null) the
+    # last `window_seconds` of them by label time.
+    window_events: int | None = Field(1000, ge=1)
+    window_seconds: float | None = Field(None, gt=0)
+    # Positive class for binary precision/recall/F1; default "1", else "true".
+    positive_class: str | None = None
+    # Features whose levels get their own quality figures, `max_slice_levels` levels each.
+    slice_features: tuple[str, ...] = ()
+    max_slice_levels: int = Field(10, ge=1, le=1000)
+    # Labelled predictions per key that calibrate the accuracy estimate (CBPE).
+    estimate_reference_events: int = Field(1000, ge=10)
+
+    @field_validator("slice_features", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_window(self) -> AccuracyConfig:
+        if (self.window_events is None) == (self.window_seconds is None):
+            raise ValueError(
+                "set exactly one of window_events and window_seconds (for a time window, also set window_events: null)"
+            )
+        return self
+
+
+class DriftConfig(_Section):
+    """Drift detection on every feature, the score, the latency and (with labels) the errors."""
+
+    enabled: bool = True
+    # Wanted mean number of events between false alarms on stationary data, per stream (with
+    # bonferroni: per key's whole set of features). Thresholds are calibrated to it.
+    target_ert_events: int = Field(1_000_000, ge=1_000)
+    # The first `reference_events` values of each stream are its reference (or reference_file's).
+    reference_events: int = Field(1000, ge=50)
+    window_events: int = Field(500, ge=10)
+    # JSONL inference events to take references from, per (model, version, variant).
+    reference_file: str | None = None
+    numeric_detector: str = "wasserstein"
+    categorical_detector: str = "jensen_shannon"
+    error_detector: str = "ddm"
+    # Across a key's features: "bonferroni" calibrates each of m features to m x target_ert_events,
+    # so the family raises about one false alarm per target_ert_events; "none" does not.
+    multiple_testing: Literal["bonferroni", "none"] = "bonferroni"
+    # inferwatch_drift_detected stays 1 this long after a detection.
+    hold_seconds: float = Field(600.0, gt=0)
+    # Streams to watch.
+    streams: tuple[Literal["features", "score", "latency", "errors"], ...] = ("features", "score", "latency", "errors")
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _detectors(self) -> DriftConfig:
+        from detectors.calibration import NOT_CALIBRATABLE
+        from detectors.registry import DETECTORS
+
+        for field, kind in (
+            ("numeric_detector", "numeric"),
+            ("categorical_detector", "categorical"),
+            ("error_detector", "binary"),
+        ):
+            name = getattr(self, field)
+            fits = sorted(
+                n
+                for n, c in DETECTORS.items()
+                if getattr(c, "input_kind") == kind and n not in NOT_CALIBRATABLE  # noqa: B009
+            )
+            if name not in fits:
+                why = f" ({NOT_CALIBRATABLE[name]})" if name in NOT_CALIBRATABLE else ""
+                raise ValueError(f"{field}={name!r} is not a calibratable {kind} detector{why}; choose one of {fits}")
+        return self
+
+
 class LifecycleConfig(_Section):
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
     # /healthz fails when the main loop has not completed an iteration for this long.
@@ -146,6 +239,9 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    labels: LabelsConfig = LabelsConfig()
+    accuracy: AccuracyConfig = AccuracyConfig()
+    drift: DriftConfig = DriftConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 

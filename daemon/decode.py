@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -41,14 +41,15 @@ def _classify(exc: msgspec.ValidationError) -> str:
 class EventDecoder:
     """Decodes one record value at a time, reusing a compiled msgspec decoder."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, type_: type[Any] = InferenceEvent) -> None:
         self.max_bytes = max_bytes
-        self._decoder = msgspec.json.Decoder(InferenceEvent)
+        self._decoder = msgspec.json.Decoder(type_)
         # Raises on bad input and ignores max_bytes: for callers that check size and fall back
         # to decode() on any exception (the pipeline's hot loop).
         self.fast_decode = self._decoder.decode
 
-    def decode(self, value: bytes | None) -> InferenceEvent | DecodeFailure:
+    def decode(self, value: bytes | None) -> Any:
+        """The decoded `type_` instance, or a DecodeFailure."""
         if value is None:
             return DecodeFailure("malformed_json", "record has no value (tombstone)")
         if len(value) > self.max_bytes:

@@ -9,18 +9,22 @@ milliseconds (bench/scrape.py). Every family it can emit is listed in FAMILIES, 
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
 from daemon import __version__
 from daemon.config import MetricsConfig
-from daemon.monitors import Histogram, KeyStats
-from daemon.pipeline import Pipeline
+from daemon.drift import STREAM_STATES, KeyDrift
+from daemon.monitors import Histogram
+from daemon.performance import KeyPerformance
+from daemon.pipeline import KeyState, Pipeline
 from daemon.routing import Key
 from daemon.sources import TopicPartition
 
 KEY_LABELS = ["model", "version", "variant"]
+DRIFT_LABELS = [*KEY_LABELS, "stream", "detector"]
 
 # name (without _total for counters) → (type, help, labels)
 FAMILIES: dict[str, tuple[str, str, list[str]]] = {
@@ -77,6 +81,38 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         ["outcome"],
     ),
     "inferwatch_batch_duration_seconds": ("histogram", "Time to process one polled batch.", []),
+    "inferwatch_drift_score": (
+        "gauge",
+        "Last window statistic of a stream's drift test (absent for River detectors, which expose none).",
+        DRIFT_LABELS,
+    ),
+    "inferwatch_drift_detected": (
+        "gauge",
+        "1 while a stream's last drift detection is younger than drift.hold_seconds, else 0.",
+        DRIFT_LABELS,
+    ),
+    "inferwatch_drift_events": ("counter", "Drift detections per stream.", DRIFT_LABELS),
+    "inferwatch_drift_streams": (
+        "gauge",
+        "Streams by drift-monitoring state: reference, calibrating, active, failed.",
+        ["state"],
+    ),
+    "inferwatch_model_performance": (
+        "gauge",
+        "Quality over the window of labelled predictions, per metric and slice (__all__ = every event).",
+        [*KEY_LABELS, "metric", "slice_feature", "slice_value"],
+    ),
+    "inferwatch_model_performance_estimated": (
+        "gauge",
+        "Label-free estimate (CBPE) over the latest predictions.",
+        [*KEY_LABELS, "metric"],
+    ),
+    "inferwatch_labels": (
+        "counter",
+        "Labels by join outcome: joined, inline, late, unmatched, expired, evicted, duplicate.",
+        ["outcome"],
+    ),
+    "inferwatch_label_join_entries": ("gauge", "Entries waiting in the label join, by store.", ["store"]),
 }
 
 
@@ -126,6 +162,11 @@ KEY_FAMILIES = (
     "inferwatch_predictions",
     "inferwatch_feature_missing",
     "inferwatch_last_event_timestamp_seconds",
+    "inferwatch_drift_score",
+    "inferwatch_drift_detected",
+    "inferwatch_drift_events",
+    "inferwatch_model_performance",
+    "inferwatch_model_performance_estimated",
 )
 
 
@@ -146,11 +187,12 @@ class _KeyLines:
         self.histograms = {h: histogram_template(family, lbl, les[h]) for h, family in KEY_HISTOGRAMS}
         # family → (label values, template); rebuilt when a key gains a class, feature or error type.
         self._labelled: dict[str, tuple[tuple[str, ...], str]] = {}
-        # (KeyStats.version, one chunk per KEY_FAMILIES entry): an idle key is not re-rendered.
-        self.rendered: tuple[int, list[str]] = (-1, [])
+        # (version(), one chunk per KEY_FAMILIES entry): an idle key is not re-rendered.
+        self.rendered: tuple[tuple[object, ...], list[str]] = ((), [])
 
-    def render(self, s: KeyStats) -> list[str]:
+    def render(self, state: KeyState, hold_s: float, now: float) -> list[str]:
         """This key's lines, one chunk per KEY_FAMILIES entry ("" where it has none)."""
+        s = state.stats
         hist = [
             _histogram(self.histograms[name], h.counts, h.sum) if name == "latency" or h.sum or any(h.counts) else ""
             for name, h in (("latency", s.latency), ("ttft", s.ttft), ("score", s.score))
@@ -166,7 +208,51 @@ class _KeyLines:
             self.labelled("inferwatch_predictions_total", "class", s.classes.counts) if s.classes.counts else "",
             self.labelled("inferwatch_feature_missing_total", "feature", missing) if missing else "",
             self.last_ts + _num(s.last_event_timestamp) if s.last_event_timestamp is not None else "",
+            *self._drift(state.drift, hold_s, now),
+            *self._quality(state.quality),
         ]
+
+    def _drift(self, drift: KeyDrift | None, hold_s: float, now: float) -> list[str]:
+        active = [m for m in drift.streams.values() if m.state == "active"] if drift is not None else []
+        if not active:
+            return ["", "", ""]
+        lbl = self.lbl
+        series = [f'{lbl},stream="{escape(m.stream)}",detector="{m.detector}"' for m in active]
+        pairs = list(zip(series, active, strict=True))
+        score = [f"inferwatch_drift_score{{{ls}}} {_num(m.score)}" for ls, m in pairs if m.score is not None]
+        detected = [
+            f"inferwatch_drift_detected{{{ls}}} {int(m.last_detection is not None and now - m.last_detection < hold_s)}"
+            for ls, m in pairs
+        ]
+        events = [f"inferwatch_drift_events_total{{{ls}}} {m.detections}" for ls, m in pairs]
+        return ["\n".join(score), "\n".join(detected), "\n".join(events)]
+
+    def _quality(self, quality: KeyPerformance) -> list[str]:
+        rows = quality.rows()
+        if not rows:
+            return ["", ""]
+        lbl = self.lbl
+        realized = [
+            f'inferwatch_model_performance{{{lbl},metric="{metric}",slice_feature="{escape(feature)}",'
+            f'slice_value="{escape(level)}"}} {_num(value)}'
+            for metric, feature, level, value in rows
+            if not metric.endswith("_estimated")
+        ]
+        family = "inferwatch_model_performance_estimated"
+        estimated = [
+            f'{family}{{{lbl},metric="{metric.removesuffix("_estimated")}"}} {_num(value)}'
+            for metric, _, _, value in rows
+            if metric.endswith("_estimated")
+        ]
+        return ["\n".join(realized), "\n".join(estimated)]
+
+    def version(self, state: KeyState, hold_s: float, now: float) -> tuple[object, ...]:
+        """What the rendered chunk depends on: it is re-rendered only when this changes."""
+        drift = state.drift
+        if drift is None:
+            return (state.stats.version, state.quality.version)
+        held = tuple(now - m.last_detection < hold_s for m in drift.streams.values() if m.last_detection is not None)
+        return (state.stats.version, state.quality.version, drift.version, held)
 
     def labelled(self, family: str, label: str, counts: Mapping[str, int]) -> str:
         names = tuple(counts)
@@ -190,6 +276,7 @@ def histogram_template(family: str, lbl: str, les: Sequence[str]) -> str:
 class MetricsExposition:
     def __init__(self, pipeline: Pipeline, metrics: MetricsConfig, loop_stats: Callable[[], LoopStats]) -> None:
         self._pipeline = pipeline
+        self._hold_s = pipeline.config.drift.hold_seconds
         self._loop_stats = loop_stats
         self._lines: dict[Key, _KeyLines] = {}
         self._les = {
@@ -216,13 +303,25 @@ class MetricsExposition:
             # 1,000 changed keys a whole scrape takes ~60 ms (bench/scrape.py), once a scrape
             # interval, and copying the state out first cost as much as formatting it.
             rows = []
-            for key, s in p.keys.items():
+            now, hold_s = time.monotonic(), self._hold_s
+            streams: dict[str, int] = dict.fromkeys(STREAM_STATES, 0)
+            for key, state in p.keys.items():
                 kl = self._key_lines(key)
-                if kl.rendered[0] != s.version:
-                    kl.rendered = (s.version, kl.render(s))
+                version = kl.version(state, hold_s, now)
+                if kl.rendered[0] != version:
+                    kl.rendered = (version, kl.render(state, hold_s, now))
                 rows.append(kl)
+                if state.drift is not None:
+                    for name, n in state.drift.states().items():
+                        streams[name] += n
             invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
+            labels = {"inline": p.inline_labels}
+            join_sizes: dict[str, int] = {}
+            if p.join is not None:
+                labels.update(p.join.counts)
+                sizes = p.join.sizes()
+                join_sizes = {"predictions": sizes["predictions"], "held_labels": sizes["held_labels"]}
         loop = self._loop_stats()
         out: list[str] = []
         add = out.append
@@ -237,7 +336,7 @@ class MetricsExposition:
         _header(out, "inferwatch_events_invalid")
         out.extend([f'inferwatch_events_invalid_total{{reason="{r}"}} {n}' for r, n in invalid.items()])
         _header(out, "inferwatch_cardinality_overflow")
-        for dim in ("key", "class", "feature", "error_type"):
+        for dim in ("key", "class", "feature", "error_type", "slice_level"):
             add(f'inferwatch_cardinality_overflow_total{{dimension="{dim}"}} {overflow.get(dim, 0)}')
         _header(out, "inferwatch_consumer_lag_records")
         for (topic, partition), n in sorted(loop.lag.items()):
@@ -246,6 +345,13 @@ class MetricsExposition:
         out.extend([f'inferwatch_source_errors_total{{operation="{op}"}} {n}' for op, n in loop.source_errors.items()])
         _header(out, "inferwatch_dead_letter_records")
         out.extend([f'inferwatch_dead_letter_records_total{{outcome="{o}"}} {n}' for o, n in loop.dead_letter.items()])
+        _header(out, "inferwatch_drift_streams")
+        out.extend([f'inferwatch_drift_streams{{state="{name}"}} {n}' for name, n in streams.items()])
+        _header(out, "inferwatch_labels")
+        out.extend([f'inferwatch_labels_total{{outcome="{o}"}} {n}' for o, n in labels.items()])
+        if join_sizes:
+            _header(out, "inferwatch_label_join_entries")
+            out.extend([f'inferwatch_label_join_entries{{store="{k}"}} {n}' for k, n in join_sizes.items()])
         _header(out, "inferwatch_batch_duration_seconds")
         bd = loop.batch_duration
         add(_histogram(self._batch_template, list(bd.counts), bd.sum))

@@ -41,7 +41,9 @@ class KafkaSource:
     are still ours to commit: the app flushes its sinks and commits there.
     """
 
-    def __init__(self, config: KafkaConfig, errors: dict[str, int], sampled: SampledLog) -> None:
+    def __init__(
+        self, config: KafkaConfig, errors: dict[str, int], sampled: SampledLog, extra_topics: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.errors = errors
         self._sampled = sampled
@@ -61,7 +63,7 @@ class KafkaSource:
             # partitions (~2 MB): every catch-up then logged InvalidReceiveError and reconnected.
             receive_message_max_bytes=100 * 1024 * 1024,
         )
-        self._consumer.subscribe(topics=list(config.topics), listener=_Rebalance(self))
+        self._consumer.subscribe(topics=list(dict.fromkeys([*config.topics, *extra_topics])), listener=_Rebalance(self))
 
     def _error(self, operation: str, exc: BaseException) -> None:
         self.errors[operation] = self.errors.get(operation, 0) + 1

@@ -35,6 +35,8 @@ class PendingPrediction:
     probabilities: dict[str, float] | None = None
     timestamp: float | None = None
     slices: tuple[str, ...] = ()
+    # Input position of the prediction's event: an alert on the error stream points at it.
+    index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +228,7 @@ class LabelJoin:
             "version": SNAPSHOT_VERSION,
             "counts": dict(self.counts),
             # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
-            # probabilities, timestamp, slices].
+            # probabilities, timestamp, slices, index].
             "predictions": [
                 [
                     rid,
@@ -237,6 +239,7 @@ class LabelJoin:
                     None if p.probabilities is None else dict(p.probabilities),
                     p.timestamp,
                     list(p.slices),
+                    p.index,
                 ]
                 for rid, (at, p) in self._predictions.items()
             ],
@@ -257,7 +260,7 @@ class LabelJoin:
         for name in COUNTS:
             self.counts[name] = int(state["counts"].get(name, 0))
         # Ages are oldest first, so now - age keeps each store's front the oldest entry.
-        for rid, age, key, prediction, score, probabilities, ts, slices in state["predictions"]:
+        for rid, age, key, prediction, score, probabilities, ts, slices, index in state["predictions"]:
             p = PendingPrediction(
                 request_id=rid,
                 key=(str(key[0]), str(key[1]), str(key[2])),
@@ -266,6 +269,7 @@ class LabelJoin:
                 probabilities=probabilities,
                 timestamp=ts,
                 slices=tuple(slices),
+                index=index,
             )
             self._predictions[rid] = (now - float(age), p)
         for rid, age, model, label, ts in state["held_labels"]:

@@ -1,46 +1,114 @@
-"""decode → route → monitors, one batch at a time. The same pipeline serves Kafka and files."""
+"""decode → route → monitors, one batch at a time. The same pipeline serves Kafka and files.
+
+Records of the labels topic are label events: they join predictions by request_id
+(`daemon.labels`), and each joined label grades its prediction for the key's quality window
+and error stream. A `label` inside an inference event grades it at once.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from daemon.config import Config
 from daemon.decode import DecodeFailure, EventDecoder
-from daemon.events import InferenceEvent, event_time
+from daemon.drift import Calibrator, DriftAlert, KeyDrift
+from daemon.events import InferenceEvent, LabelEvent, event_time
 from daemon.invalid import InvalidRecords
+from daemon.labels import JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
 from daemon.monitors import KeyStats, Overflow
+from daemon.performance import KeyPerformance, confidence, graded, is_wrong
 from daemon.routing import Key, KeyTable
 from daemon.sources import RawRecord, TopicPartition
 
+AlertSink = Callable[[list[DriftAlert]], None]
+
+
+@dataclass(slots=True)
+class KeyState:
+    """Everything kept for one (model, version, variant)."""
+
+    stats: KeyStats
+    quality: KeyPerformance
+    drift: KeyDrift | None
+
 
 class Pipeline:
-    """Turns raw records into per-key state. `lock` guards that state against scrapes."""
+    """Turns raw records into per-key state. `lock` guards that state against scrapes.
 
-    def __init__(self, config: Config, invalid: InvalidRecords) -> None:
+    `join` is None unless labels come from their own topic or file: then every prediction waits
+    in it for its label. `alert_sink` receives each batch's drift alerts.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        invalid: InvalidRecords,
+        *,
+        calibrator: Calibrator | None = None,
+        join: LabelJoin | None = None,
+        alert_sink: AlertSink | None = None,
+        references: dict[Key, dict[str, list[object]]] | None = None,
+    ) -> None:
+        self.config = config
         self.decoder = EventDecoder(config.limits.max_event_bytes)
+        self.label_decoder = EventDecoder(config.limits.max_event_bytes, LabelEvent)
+        self.labels_topic = config.labels.topic
         self.overflow = Overflow()
-        self.keys: KeyTable[KeyStats] = KeyTable(
-            config.limits.max_keys,
-            lambda: KeyStats(config.metrics, config.limits, self.overflow),
-            self.overflow,
-        )
+        self.calibrator = calibrator or Calibrator()
+        self.join = join
+        self.alert_sink = alert_sink
+        self._references = references or {}
+        self.keys: KeyTable[KeyState] = KeyTable(config.limits.max_keys, self._new_key, self.overflow)
         self.invalid = invalid
         self.lock = threading.Lock()
         self.records = 0
+        # Labels carried inside inference events (the join counts those from the topic).
+        self.inline_labels = 0
+        # Newest event time seen: the clock of a replay's label join.
+        self.watermark = 0.0
+
+    def _new_key(self, key: Key) -> KeyState:
+        c = self.config
+        a = c.accuracy
+        quality = KeyPerformance(
+            a.window_events,
+            a.window_seconds,
+            a.positive_class,
+            a.slice_features,
+            a.max_slice_levels,
+            a.estimate_reference_events,
+            self.overflow,
+        )
+        drift = None
+        if c.drift.enabled:
+            drift = KeyDrift(key, c.drift, self.calibrator, c.limits.max_features, self._references.get(key))
+        return KeyState(KeyStats(c.metrics, c.limits, self.overflow), quality, drift)
 
     def process(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
         """Fold `records` into state; return the next offset to commit per partition."""
-        groups: dict[Key, tuple[list[InferenceEvent], list[float | None]]] = {}
+        groups: dict[Key, tuple[list[InferenceEvent], list[float | None], list[int]]] = {}
         failures: list[tuple[RawRecord, DecodeFailure]] = []
+        labels: list[LabelRecord] = []
         offsets: dict[TopicPartition, int] = {}
         decoder = self.decoder
         fast_decode = decoder.fast_decode
         max_bytes = decoder.max_bytes
+        labels_topic = self.labels_topic
         for rec in records:
             offsets[(rec.topic, rec.partition)] = rec.offset + 1
             value = rec.value
-            event: InferenceEvent | DecodeFailure
+            if rec.topic == labels_topic:
+                label = self.label_decoder.decode(value)
+                if isinstance(label, DecodeFailure):
+                    failures.append((rec, label))
+                else:
+                    labels.append(
+                        (label.request_id, label.model, label.label, event_time(label.timestamp, rec.timestamp))
+                    )
+                continue
+            event: InferenceEvent
             try:
                 # Fast path: a sane size and valid JSON. Anything else goes to decode(), which
                 # says why; this costs nothing for the valid majority.
@@ -48,25 +116,114 @@ class Pipeline:
                     raise ValueError
                 event = fast_decode(value)
             except Exception:
-                event = decoder.decode(value)
-                if isinstance(event, DecodeFailure):
-                    failures.append((rec, event))
+                decoded = decoder.decode(value)
+                if isinstance(decoded, DecodeFailure):
+                    failures.append((rec, decoded))
                     continue
+                event = decoded
             key = (event.model, event.version, event.variant)
             group = groups.get(key)
             if group is None:
-                group = groups[key] = ([], [])
+                group = groups[key] = ([], [], [])
             group[0].append(event)
             ts = event.timestamp
             group[1].append(ts if type(ts) is float else event_time(ts, rec.timestamp))
+            group[2].append(rec.offset)
+        alerts: list[DriftAlert] = []
         with self.lock:
-            for key, (events, times) in groups.items():
-                self.keys.route(key, len(events))[1].update(events, times)
+            for key, (events, times, indices) in groups.items():
+                routed, state = self.keys.route(key, len(events))
+                state.stats.update(events, times)
+                if state.drift is not None:
+                    alerts += state.drift.update(events, indices, times)
+                alerts += self._predictions(routed, state, events, times, indices)
+            newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
+            if newest is not None and newest > self.watermark:
+                self.watermark = newest
+            if labels and self.join is not None:
+                alerts += self._grade(self.join.add_labels(labels))
             for rec, failure in failures:
                 self.invalid.record(rec, failure)
             self.records += len(records)
+        if alerts and self.alert_sink is not None:
+            self.alert_sink(alerts)
         return offsets
+
+    def add_labels(self, labels: Sequence[LabelRecord]) -> None:
+        """Labels from outside the record stream (replay's --labels file)."""
+        if self.join is None:
+            raise RuntimeError("add_labels needs a pipeline built with a label join")
+        with self.lock:
+            alerts = self._grade(self.join.add_labels(labels))
+        if alerts and self.alert_sink is not None:
+            self.alert_sink(alerts)
+
+    def _predictions(
+        self, key: Key, state: KeyState, events: list[InferenceEvent], times: list[float | None], indices: list[int]
+    ) -> list[DriftAlert]:
+        """Grade inline labels, queue the rest for the join, feed the accuracy estimate."""
+        labelled = [i for i, e in enumerate(events) if e.label is not None]
+        if self.join is None and not labelled and not state.quality.labelled:
+            return []
+        slice_features = self.config.accuracy.slice_features
+        # Without a join only the inline-labelled events need a PendingPrediction.
+        chosen = range(len(events)) if self.join is not None else labelled
+        pending = {
+            i: PendingPrediction(
+                events[i].request_id,
+                key,
+                events[i].prediction,
+                events[i].score,
+                events[i].probabilities,
+                times[i],
+                tuple(_slice_value(events[i], name) for name in slice_features),
+                indices[i],
+            )
+            for i in chosen
+        }
+        positive = self.config.accuracy.positive_class
+        conf = [c for e in events if (c := confidence(e.prediction, e.score, e.probabilities, positive)) is not None]
+        state.quality.add_predictions(conf)
+        joined = [JoinedLabel(pending.pop(i), events[i].label, times[i]) for i in labelled]  # type: ignore[arg-type]
+        self.inline_labels += len(labelled)
+        if self.join is not None:
+            joined += self.join.add_predictions(pending.values())
+        return self._grade(joined)
+
+    def _grade(self, joined: list[JoinedLabel]) -> list[DriftAlert]:
+        """Joined labels into their keys' quality windows and error streams."""
+        by_key: dict[Key, list[JoinedLabel]] = {}
+        for j in joined:
+            by_key.setdefault(j.key, []).append(j)
+        alerts: list[DriftAlert] = []
+        positive = self.config.accuracy.positive_class
+        for key, items in by_key.items():
+            state = self.keys.get(key)
+            if state is None:  # the key was routed before a restart that lost it
+                continue
+            state.quality.add_joined(items)
+            if state.drift is not None and state.drift.watch_errors and state.quality.task == "classification":
+                graded_items = [graded(j) for j in items]
+                wrong = [is_wrong(g, positive) for g in graded_items]
+                keep = [i for i, w in enumerate(wrong) if w is not None]
+                alerts += state.drift.update_errors(
+                    [bool(wrong[i]) for i in keep],
+                    [items[i].prediction.index or 0 for i in keep],
+                    [graded_items[i].timestamp for i in keep],
+                )
+        return alerts
+
+    def tick(self) -> None:
+        """Expire what outlived its TTL or hold even when no records come (the loop calls this)."""
+        if self.join is not None:
+            with self.lock:
+                self.join.expire()
 
     @property
     def events(self) -> int:
-        return sum(s.events for _, s in self.keys.items())
+        return sum(s.stats.events for _, s in self.keys.items())
+
+
+def _slice_value(e: InferenceEvent, name: str) -> str:
+    v = e.features.get(name) if e.features else None
+    return "" if v is None else str(v)

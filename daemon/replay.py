@@ -1,31 +1,99 @@
-"""`inferwatch replay`: the daemon's pipeline over a JSONL file, ending in a JSON report."""
+"""`inferwatch replay`: the daemon's pipeline over a JSONL file, ending in a JSON report.
+
+With `labels`, a JSONL file of label events is fed beside the events, in file order (the
+order a labels topic would deliver them): each label once the events' time has reached its
+timestamp, labels without one after the last event. The join's clock is event time, so TTLs
+mean the same as in the daemon.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from daemon.app import build_pipeline
 from daemon.config import Config
+from daemon.decode import DecodeFailure
+from daemon.drift import DriftAlert
+from daemon.events import event_time
+from daemon.labels import LabelRecord
+from daemon.pipeline import Pipeline
 from daemon.sources import JsonlSource
 
 
-def replay(path: str | Path, config: Config) -> dict[str, Any]:
+def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:
     """Run the file through the pipeline; return the report (architecture.md, Replay report)."""
-    pipeline = build_pipeline(config)
+    alerts: list[DriftAlert] = []
+    pipeline = build_pipeline(config, join_labels=labels is not None, alert_sink=alerts.extend)
+    feed = _LabelFeed(pipeline, labels) if labels is not None else None
     source = JsonlSource(path, batch_size=config.source.kafka.max_poll_records)
     try:
         while not source.exhausted:
             pipeline.process(source.poll())
+            if feed is not None:
+                feed.until(pipeline.watermark)
+        if feed is not None:
+            feed.until(None)
     finally:
         source.close()
-    summary = [asdict(s.summary(k)) for k, s in pipeline.keys.items()]
-    return {
+    summary = []
+    for key, state in pipeline.keys.items():
+        row = asdict(state.stats.summary(key))
+        row["quality"] = state.quality.summary()
+        if state.drift is not None:
+            row["drift"] = {
+                "streams": state.drift.states(),
+                "detections": {name: m.detections for name, m in state.drift.streams.items() if m.detections},
+            }
+        summary.append(row)
+    report: dict[str, Any] = {
         "events": sum(row["events"] for row in summary),
         "invalid": pipeline.invalid.total,
         "invalid_by_reason": {r: n for r, n in pipeline.invalid.counts.items() if n},
-        "alerts": [],
+        "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": [],
         "summary": summary,
     }
+    if feed is not None and pipeline.join is not None:
+        report["labels"] = {**pipeline.join.counts, "inline": pipeline.inline_labels, "invalid": feed.invalid}
+    return report
+
+
+class _LabelFeed:
+    """Label events from a JSONL file, handed to the pipeline as event time passes them."""
+
+    def __init__(self, pipeline: Pipeline, path: str | Path) -> None:
+        self._pipeline = pipeline
+        assert pipeline.join is not None
+        pipeline.join.clock = lambda: pipeline.watermark
+        self._records = self._read(Path(path))
+        self._next: LabelRecord | None = next(self._records, None)
+        self.invalid = 0
+
+    def _read(self, path: Path) -> Iterator[LabelRecord]:
+        decode = self._pipeline.label_decoder.decode
+        with path.open("rb") as f:
+            for line in f:
+                label = decode(line.rstrip(b"\r\n"))
+                if isinstance(label, DecodeFailure):
+                    self.invalid += 1
+                    continue
+                ts = label.timestamp
+                yield label.request_id, label.model, label.label, event_time(ts, None)
+
+    def until(self, watermark: float | None) -> None:
+        """Feed the labels up to `watermark` (event time); None: all that are left."""
+        batch: list[LabelRecord] = []
+        while self._next is not None:
+            ts = self._next[3]
+            if watermark is not None and (ts is None or ts > watermark):
+                break
+            batch.append(self._next)
+            self._next = next(self._records, None)
+            if len(batch) >= 2000:
+                self._pipeline.add_labels(batch)
+                batch = []
+        if batch:
+            self._pipeline.add_labels(batch)

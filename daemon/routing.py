@@ -15,7 +15,7 @@ S = TypeVar("S")
 class KeyTable(Generic[S]):
     """At most `max_keys` keys; events of any later key fold into OTHER_KEY (counted)."""
 
-    def __init__(self, max_keys: int, factory: Callable[[], S], overflow: Overflow) -> None:
+    def __init__(self, max_keys: int, factory: Callable[[Key], S], overflow: Overflow) -> None:
         self.max_keys = max_keys
         self._factory = factory
         self._overflow = overflow
@@ -27,14 +27,17 @@ class KeyTable(Generic[S]):
         if state is not None:
             return key, state
         if len(self._states) < self.max_keys and OTHER not in key:
-            state = self._states[key] = self._factory()
+            state = self._states[key] = self._factory(key)
             return key, state
         self._overflow.add("key", n_events)
         state = self._states.get(OTHER_KEY)
         if state is None:
             # The overflow key may push the table one past max_keys; it is the only one that can.
-            state = self._states[OTHER_KEY] = self._factory()
+            state = self._states[OTHER_KEY] = self._factory(OTHER_KEY)
         return OTHER_KEY, state
+
+    def get(self, key: Key) -> S | None:
+        return self._states.get(key)
 
     def items(self) -> Iterator[tuple[Key, S]]:
         return iter(list(self._states.items()))

@@ -61,6 +61,13 @@ class WindowedTest(Parametrised):
         self._p_value: float | None = None
         self._drift = False
 
+    def _restart(self) -> None:
+        """After a detection: learn a new reference, but keep showing the statistic that fired
+        until the next window has one (the gauge and the alert read it)."""
+        score, p_value = self._score, self._p_value
+        self._reset()
+        self._score, self._p_value = score, p_value
+
     # -- subclass hooks -------------------------------------------------------------------------
 
     def _accept(self, x: Any) -> Any:
@@ -96,7 +103,7 @@ class WindowedTest(Parametrised):
         if v is None:
             return
         if self._drift:
-            self._reset()
+            self._restart()
         self._buffer.append(v)
         if self._reference is None:
             if len(self._buffer) == self.reference_size:
@@ -108,14 +115,37 @@ class WindowedTest(Parametrised):
             self._drift = self._passes(self._score, self._p_value)
 
     def update_many(self, xs: Iterable[Any]) -> list[int]:
+        """As update() per value, but filling the buffer by slices: this is the hot path."""
+        values, positions = self._accept_many(list(xs))
         hits: list[int] = []
-        for i, x in enumerate(xs):
-            if self._accept(x) is None:
-                continue
-            self.update(x)
+        done = 0
+        while done < len(values):
             if self._drift:
-                hits.append(i)
+                self._restart()
+            target = self.reference_size if self._reference is None else self.window_size
+            take = values[done : done + target - len(self._buffer)]
+            self._buffer.extend(take)
+            done += len(take)
+            if len(self._buffer) < target:
+                break
+            if self._reference is None:
+                self._reference, self._buffer = self._buffer, []
+                self._prepare()
+                continue
+            window, self._buffer = self._buffer, []
+            self._score, self._p_value = self._test(window)
+            self._drift = self._passes(self._score, self._p_value)
+            if self._drift:
+                hits.append(done - 1 if positions is None else positions[done - 1])
         return hits
+
+    def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
+        """The accepted values and their positions in `xs` (None: all accepted, positions = indices)."""
+        accepted = [self._accept(x) for x in xs]
+        if None not in accepted:
+            return accepted, None
+        positions = [i for i, v in enumerate(accepted) if v is not None]
+        return [accepted[i] for i in positions], positions
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -148,6 +178,17 @@ class _NumericTest(WindowedTest):
 
     def _prepare(self) -> None:
         self._ref = np.asarray(self._reference, dtype=np.float64)
+
+    def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
+        try:
+            arr = np.asarray(xs, dtype=np.float64)
+        except (TypeError, ValueError):
+            return super()._accept_many(xs)
+        finite = np.isfinite(arr)
+        if finite.all():
+            return arr.tolist(), None
+        positions = np.flatnonzero(finite)
+        return arr[positions].tolist(), positions.tolist()
 
 
 class _PValueTest:

@@ -101,7 +101,7 @@ def test_feature_cap_and_long_names() -> None:
 
 def test_key_table_caps_keys() -> None:
     overflow = Overflow()
-    table: KeyTable[list[int]] = KeyTable(2, list, overflow)
+    table: KeyTable[list[int]] = KeyTable(2, lambda key: [], overflow)
     assert table.route(("a", "1", "x"), 5)[0] == ("a", "1", "x")
     assert table.route(("b", "1", "x"), 1)[0] == ("b", "1", "x")
     assert table.route(("c", "1", "x"), 4)[0] == OTHER_KEY
