@@ -184,7 +184,7 @@ class DriftConfig(_Section):
     reference_file: str | None = None
     numeric_detector: str = "wasserstein"
     categorical_detector: str = "jensen_shannon"
-    error_detector: str = "ddm"
+    error_detector: str = "error_rate"
     # Across a key's features: "bonferroni" calibrates each of m features to m x target_ert_events,
     # so the family raises about one false alarm per target_ert_events; "none" does not.
     multiple_testing: Literal["bonferroni", "none"] = "bonferroni"

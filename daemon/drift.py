@@ -30,6 +30,8 @@ from daemon.events import InferenceEvent
 from daemon.routing import Key
 from detectors.base import InputKind
 from detectors.calibration import Calibration, calibrate
+from detectors.distribution import WindowedTest
+from detectors.registry import DETECTORS
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +161,7 @@ class StreamMonitor:
         reference = list(self._reference)
         target = self._target_ert()
         params: dict[str, Any] = {}
-        if self.kind != "binary":
+        if issubclass(DETECTORS[self.detector], WindowedTest):
             params = {"reference_size": len(reference), "window_size": self._settings.window_events}
         name = self.detector
         self._future = self._calibrator.submit(lambda: calibrate(name, reference, target, params=params))
@@ -292,7 +294,7 @@ class KeyDrift:
                 stream=a.stream,
                 detector=a.detector,
                 index=a.index,
-                timestamp=a.timestamp,
+                event_timestamp=a.timestamp,
                 score=a.score,
             )
         return out

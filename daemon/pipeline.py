@@ -131,15 +131,16 @@ class Pipeline:
             group[2].append(rec.offset)
         alerts: list[DriftAlert] = []
         with self.lock:
+            # Before the join sees this batch's predictions: in replay the watermark is its clock.
+            newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
+            if newest is not None and newest > self.watermark:
+                self.watermark = newest
             for key, (events, times, indices) in groups.items():
                 routed, state = self.keys.route(key, len(events))
                 state.stats.update(events, times)
                 if state.drift is not None:
                     alerts += state.drift.update(events, indices, times)
                 alerts += self._predictions(routed, state, events, times, indices)
-            newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
-            if newest is not None and newest > self.watermark:
-                self.watermark = newest
             if labels and self.join is not None:
                 alerts += self._grade(self.join.add_labels(labels))
             for rec, failure in failures:

@@ -2,8 +2,8 @@
 
 With `labels`, a JSONL file of label events is fed beside the events, in file order (the
 order a labels topic would deliver them): each label once the events' time has reached its
-timestamp, labels without one after the last event. The join's clock is event time, so TTLs
-mean the same as in the daemon.
+timestamp, labels without one after the last event. The join's clock is event time (past the
+last event, the labels' time), so TTLs mean the same as in the daemon, to within one batch.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ class _LabelFeed:
 
     def __init__(self, pipeline: Pipeline, path: str | Path) -> None:
         self._pipeline = pipeline
+        # Event time: the events' watermark, or past the last event the labels' own time.
+        self._label_time = 0.0
         assert pipeline.join is not None
-        pipeline.join.clock = lambda: pipeline.watermark
+        pipeline.join.clock = lambda: max(pipeline.watermark, self._label_time)
         self._records = self._read(Path(path))
         self._next: LabelRecord | None = next(self._records, None)
         self.invalid = 0
@@ -90,6 +92,12 @@ class _LabelFeed:
             ts = self._next[3]
             if watermark is not None and (ts is None or ts > watermark):
                 break
+            if ts is not None and ts > max(self._pipeline.watermark, self._label_time):
+                # Past the events' time the clock follows the labels: flush so it moves in step.
+                if batch:
+                    self._pipeline.add_labels(batch)
+                    batch = []
+                self._label_time = ts
             batch.append(self._next)
             self._next = next(self._records, None)
             if len(batch) >= 2000:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 from detectors.base import check_int
 from detectors.registry import DETECTORS
@@ -126,8 +127,12 @@ def calibrate(
     kind: str = getattr(cls, "input_kind")  # noqa: B009 - DETECTORS is typed dict[str, type]
     if kind == "numeric":
         ref: Any = _numeric_reference(reference)
-    elif kind == "binary":
+    elif kind == "binary" and name in _SEQUENTIAL:
         ref = _binary_reference(reference)
+    elif kind == "binary":
+        ref = np.asarray([bool(v) for v in reference])
+        if len(ref) < 2:
+            raise ValueError(f"reference must hold at least 2 values, got {len(ref)}")
     else:
         ref = _categorical_reference(reference)
     if name in _SEQUENTIAL:
@@ -211,6 +216,12 @@ def _calibrate_windowed(
         alpha = min(0.5, math.exp(-t))
         how = f"bootstrap of -ln p ({len(values)} windows), exponential tail fit"
         return Calibration(name, {**base, "alpha": alpha}, target, r + w / q, how, events)
+    if name == "error_rate":
+        # z is Gaussian-tailed, lighter than the exponential fit assumes (so this errs high); the
+        # normal quantile is a floor for references too uniform to bootstrap (no error at all).
+        t = max(_exponential_tail_quantile(stats_, q), float(stats.norm.isf(q)))
+        how = f"bootstrap of z ({len(values)} windows), exponential tail fit, normal floor"
+        return Calibration(name, {**base, "threshold": t}, target, r + w / q, how, events)
     if name in ("wasserstein", "jensen_shannon"):
         # Both behave like the norm of a Gaussian process under the null: their square has the
         # exponential-like tail the fit assumes.

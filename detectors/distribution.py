@@ -82,6 +82,9 @@ class WindowedTest(Parametrised):
     def _passes(self, statistic: float, p_value: float | None) -> bool:
         raise NotImplementedError
 
+    def _absorb(self, window: list[Any]) -> None:
+        """A window that raised nothing; a test with an expanding reference takes it in."""
+
     # -- the Detector protocol ------------------------------------------------------------------
 
     @property
@@ -113,6 +116,8 @@ class WindowedTest(Parametrised):
             window, self._buffer = self._buffer, []
             self._score, self._p_value = self._test(window)
             self._drift = self._passes(self._score, self._p_value)
+            if not self._drift:
+                self._absorb(window)
 
     def update_many(self, xs: Iterable[Any]) -> list[int]:
         """As update() per value, but filling the buffer by slices: this is the hot path."""
@@ -135,6 +140,8 @@ class WindowedTest(Parametrised):
             window, self._buffer = self._buffer, []
             self._score, self._p_value = self._test(window)
             self._drift = self._passes(self._score, self._p_value)
+            if not self._drift:
+                self._absorb(window)
             if self._drift:
                 hits.append(done - 1 if positions is None else positions[done - 1])
         return hits
@@ -306,6 +313,66 @@ class PSITest(_ThresholdTest, _NumericTest):
 
     def _test(self, window: list[Any]) -> tuple[float, float | None]:
         return psi(self._ref_p, self._proportions(np.asarray(window, dtype=np.float64))), None
+
+
+class ErrorRateTest(_ThresholdTest, WindowedTest):
+    """One-sided two-proportion z-test: does a window hold more errors than the reference?
+
+    For the error stream (True = error). The statistic is the pooled two-sample z of the
+    window's error rate against the reference's, so it allows for the reference's own noise;
+    +0.5 in the pooled count keeps it finite when neither has an error. It fires when z exceeds
+    `threshold`, never on fewer errors. `score` is z.
+
+    The reference expands: every window that raises nothing joins it (as counts), because a
+    first reference of a thousand labels holds only ~50 errors at 5%, too few to see 5% → 8%.
+    z's null distribution does not depend on the sizes, so the calibrated threshold holds.
+
+    >>> t = ErrorRateTest(reference_size=1000, window_size=500, threshold=3.3)
+    >>> t.update_many(([True] + [False] * 19) * 75 + ([True] * 3 + [False] * 17) * 25)
+    [1999]
+    >>> round(t.score, 2)
+    7.34
+    """
+
+    input_kind: ClassVar[InputKind] = "binary"
+    _param_names = ("reference_size", "window_size", "threshold")
+
+    def __init__(self, reference_size: int = 1000, window_size: int = 500, threshold: float = 3.3) -> None:
+        super().__init__(reference_size, window_size)
+        check_float("threshold", threshold, 0, math.inf, low_open=True, high_open=True)
+        self.threshold = threshold
+        self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        # Windows absorbed into the reference: (values, errors).
+        self._absorbed = (0, 0)
+
+    def _accept(self, x: Any) -> Any:
+        return bool(x)
+
+    def _prepare(self) -> None:
+        assert self._reference is not None
+        self._ref_size, self._ref_errors = len(self._reference), sum(self._reference)
+
+    def _absorb(self, window: list[Any]) -> None:
+        n, k = self._absorbed
+        self._absorbed = (n + len(window), k + sum(window))
+
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        r, kr = self._ref_size + self._absorbed[0], self._ref_errors + self._absorbed[1]
+        w, kw = len(window), sum(window)
+        pooled = (kr + kw + 0.5) / (r + w + 1)
+        z = (kw / w - kr / r) / math.sqrt(pooled * (1 - pooled) * (1 / w + 1 / r))
+        return z, None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "absorbed": list(self._absorbed)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        n, k = state["absorbed"]
+        self._absorbed = (int(n), int(k))
 
 
 class _CategoricalTest(WindowedTest):

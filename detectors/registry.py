@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from detectors.distribution import (
+    ErrorRateTest,
     CategoricalPSITest,
     Chi2Test,
     JensenShannonTest,
@@ -36,6 +37,8 @@ DETECTORS: dict[str, type] = {
     "ks": KSTest,
     "wasserstein": WassersteinTest,
     "psi": PSITest,
+    # Window-vs-reference test, binary input
+    "error_rate": ErrorRateTest,
     # Window-vs-reference tests, categorical input
     "chi2": Chi2Test,
     "jensen_shannon": JensenShannonTest,

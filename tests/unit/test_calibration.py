@@ -11,7 +11,7 @@ from detectors.calibration import NOT_CALIBRATABLE, Calibration, calibrate
 from detectors.registry import DETECTORS
 
 NUMERIC = ["ks", "wasserstein", "psi", "page_hinkley", "adwin"]
-BINARY = ["ddm", "hddm_a", "fhddm"]
+BINARY = ["ddm", "hddm_a", "fhddm", "error_rate"]
 CATEGORICAL = ["chi2", "jensen_shannon", "psi_categorical"]
 LEVELS = np.array(["a", "b", "c", "d", "e"])
 BEFORE = [0.4, 0.3, 0.15, 0.1, 0.05]

@@ -197,6 +197,7 @@ BAD_PARAMS: dict[str, list[dict[str, Any]]] = {
     "hddm_w": [{"drift_confidence": 1.5}, {"lambda_val": 0.0}, {"lambda_val": 1.01}, {"two_sided_test": "yes"}],
     "fhddm": [{"sliding_window_size": 0}, {"confidence_level": 1.0}, {"short_window_size": 101}],
     "ks": [{"alpha": 0.0}, {"alpha": 1.0}, {"reference_size": 1}, {"window_size": 0}],
+    "error_rate": [{"threshold": 0.0}, {"threshold": math.inf}, {"reference_size": 1}],
     "wasserstein": [{"threshold": 0.0}, {"threshold": -1.0}, {"window_size": 1}],
     "psi": [{"threshold": 0.0}, {"n_bins": 1}, {"n_bins": 2000}],
     "chi2": [{"alpha": 0.0}, {"alpha": 2.0}, {"reference_size": 0}],
@@ -272,6 +273,8 @@ def test_numeric_change_point(
         ("hddm_a", {}, 0.3, (5000, 5200)),
         ("hddm_w", {}, 0.3, (5000, 5550)),
         ("fhddm", {}, 0.3, (5000, 5250)),
+        # Windows of 500 after a 1,000-value reference: the window 5000..5499 is the first after the change.
+        ("error_rate", {}, 0.3, (5499, 5500)),
     ],
 )
 def test_error_rate_change_point(name: str, params: dict[str, Any], after: float, first_in: tuple[int, int]) -> None:

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.app import Daemon
+from daemon.app import Daemon, build_pipeline
 from daemon.config import from_mapping
-from daemon.exposition import FAMILIES
+from daemon.exposition import BATCH_BUCKETS, FAMILIES, LoopStats, MetricsExposition
+from daemon.monitors import Histogram
 from daemon.sources import RawRecord
+from tests.integration.support import parse, total
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,3 +128,35 @@ def test_label_values_are_escaped_and_round_trip() -> None:
     assert s[("inferwatch_events_total", tuple(sorted(labels.items())))] == 1
     assert s[("inferwatch_errors_total", tuple(sorted({**labels, "error_type": "50%"}.items())))] == 1
     assert s[("inferwatch_feature_missing_total", tuple(sorted({**labels, "feature": 'f"%s'}.items())))] == 1
+
+
+def test_drift_and_quality_families_follow_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = from_mapping({"drift": {"hold_seconds": 60}, "accuracy": {"slice_features": ["region"]}})
+    pipeline = build_pipeline(config)
+    exposition = MetricsExposition(pipeline, config.metrics, lambda: LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS)))
+    rng = random.Random(3)
+    records = [
+        _record(
+            i,
+            features={"x": rng.gauss(3.0 if i >= 1_000 else 0.0, 1.0), "region": "eu" if i % 2 else "us"},
+            prediction=i % 2,
+            label=i % 2 if i % 4 else 1 - i % 2,  # every fourth prediction is wrong
+        )
+        for i in range(1_500)
+    ]
+    pipeline.process(records)
+    s = parse(exposition.render().decode())
+    drift = {"stream": "feature:x", "detector": "wasserstein"}
+    assert total(s, "inferwatch_drift_events_total", **drift) == 1
+    assert total(s, "inferwatch_drift_detected", **drift) == 1
+    assert total(s, "inferwatch_drift_score", **drift) > 2.0
+    assert total(s, "inferwatch_drift_detected", stream="feature:region") == 0
+    assert total(s, "inferwatch_drift_streams", state="active") == 3  # x, region and the label errors
+    assert total(s, "inferwatch_labels_total", outcome="inline") == 1_500
+    assert total(s, "inferwatch_model_performance", metric="accuracy", slice_feature="__all__") == 0.75
+    # Odd ids are "eu" and never wrong (i % 4 == 0 only for even i).
+    assert total(s, "inferwatch_model_performance", metric="accuracy", slice_value="eu") == 1.0
+    assert total(s, "inferwatch_model_performance", metric="accuracy", slice_value="us") == 0.5
+    later = time.monotonic() + 61
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert total(parse(exposition.render().decode()), "inferwatch_drift_detected", **drift) == 0

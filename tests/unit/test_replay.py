@@ -53,3 +53,69 @@ def test_published_json_schema_matches_code() -> None:
     assert published == json_schema()
     inference = published["$defs"]["InferenceEvent"]
     assert inference["required"] == ["request_id", "model"]
+
+
+def _write(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def test_zero_config_replay_watches_every_stream_and_pins_the_alert_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    lines: list[bytes] = []
+    for i in range(8_000):
+        if i % 997 == 5:
+            lines.append(b"{broken")  # invalid lines count toward the index too
+        event = {
+            "request_id": f"r{i}",
+            "model": "m",
+            "timestamp": 1_000.0 + i,
+            "latency_ms": float(rng.lognormal(3, 0.2)),
+            "score": float(rng.random()),
+            "features": {"x": float(rng.normal(2.0 if i >= 6_000 else 0.0, 1.0)), "c": str(rng.choice(["a", "b"]))},
+        }
+        lines.append(json.dumps(event).encode())
+    src, out = tmp_path / "events.jsonl", tmp_path / "report.json"
+    _write(src, lines)
+    assert main(["replay", str(src), "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["summary"]
+    assert row["drift"]["streams"] == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0}
+    (alert,) = report["alerts"]
+    # Values 0..999 are the reference and windows of 500 follow, so the window holding event
+    # 6000 is events 6000..6499; it ends at event 6499, whose line is 6499 + 7 invalid lines before it.
+    assert alert["index"] == 6_499 + 7
+    assert json.loads(lines[alert["index"]])["request_id"] == "r6499"
+    assert (alert["stream"], alert["detector"], alert["kind"]) == ("feature:x", "wasserstein", "drift")
+    assert alert["score"] > 1.0 and alert["target_ert"] == 2_000_000  # Bonferroni over 2 features
+
+
+def test_replay_labels_grade_predictions_and_feed_the_error_stream(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    n, late = 6_000, 10
+    events, labels = [], []
+    truth_wrong = []
+    for i in range(n):
+        pred = int(rng.integers(0, 2))
+        wrong = bool(rng.random() < (0.05 if i < 3_000 else 0.4))
+        truth_wrong.append(wrong)
+        ts = 1_000.0 + i * 0.01  # 100 events/s: a 2,000-event batch spans 20 s, well inside the TTL
+        events.append(json.dumps({"request_id": f"r{i}", "model": "m", "timestamp": ts, "prediction": pred}).encode())
+        label_ts = ts + 5 if i >= late else ts + 500  # the first `late` labels come after the TTL
+        labels.append(json.dumps({"request_id": f"r{i}", "model": "m", "label": 1 - pred if wrong else pred}))
+        labels[-1] = labels[-1][:-1] + f', "timestamp": {label_ts}}}'
+    labels.sort(key=lambda line: json.loads(line)["timestamp"])
+    src, lab, cfg, out = (tmp_path / name for name in ("e.jsonl", "l.jsonl", "c.yaml", "r.json"))
+    _write(src, events)
+    _write(lab, [line.encode() for line in labels] + [b"not json"])
+    cfg.write_text("labels:\n  ttl_seconds: 100\n")
+    assert main(["replay", str(src), "--labels", str(lab), "--config", str(cfg), "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["labels"]["joined"] == n - late
+    assert report["labels"]["late"] == late and report["labels"]["invalid"] == 1
+    (row,) = report["summary"]
+    window = [w for i, w in enumerate(truth_wrong) if i >= late][-1_000:]
+    assert row["quality"]["metrics"]["accuracy"] == pytest.approx(1 - sum(window) / 1_000)
+    errors = [a for a in report["alerts"] if a["stream"] == "errors"]
+    assert [(a["index"], a["detector"]) for a in errors] == [(3_509, "error_rate")]
+    # Graded predictions are r10.. (r0-r9 were late): the reference is r10-r1009, then windows
+    # of 500; the window r3010-r3509 holds the change, and the alert names r3509's line.
