@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from detectors.distribution import (
-    ErrorRateTest,
     CategoricalPSITest,
     Chi2Test,
+    ErrorRateTest,
     JensenShannonTest,
     KSTest,
     PSITest,
