@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Literal
 
 import structlog
@@ -257,9 +258,13 @@ class KeyDrift:
         if self._watch_features:
             feats = [e.features for e in events]
             if any(feats):
+                complete = None not in feats
                 for name in self._feature_names(feats):
                     m = self._features[name]
-                    yield m.stream, m.kind, [f.get(name) if f else None for f in feats]
+                    if complete:  # the usual case: map() runs the lookups at C speed
+                        yield m.stream, m.kind, list(map(dict.get, feats, repeat(name)))  # type: ignore[arg-type]
+                    else:
+                        yield m.stream, m.kind, [f.get(name) if f else None for f in feats]
 
     def update_errors(self, wrong: list[bool], indices: list[int], times: list[float | None]) -> list[DriftAlert]:
         """Feed graded predictions in label order: True where the prediction was wrong."""
@@ -322,16 +327,21 @@ def _usable(
     column: list[Any], kind: InputKind, indices: list[int], times: list[float | None]
 ) -> tuple[list[Any], list[int], list[float | None]]:
     """The values of `column` this stream takes, with their indices and times."""
+    types = set(map(type, column))  # one C-level pass; usually a single type
     if kind == "numeric":
-        if None not in column and all(type(v) is float or type(v) is int for v in column):
+        if types <= _NUMBERS:
             return column, indices, times
         keep = [i for i, v in enumerate(column) if type(v) is float or type(v) is int]
     else:
-        if None not in column and all(type(v) is str for v in column):
+        if types == _STR:
             return column, indices, times
         keep = [i for i, v in enumerate(column) if type(v) is str or type(v) is bool]
         return [str(column[i]) for i in keep], [indices[i] for i in keep], [times[i] for i in keep]
     return [column[i] for i in keep], [indices[i] for i in keep], [times[i] for i in keep]
+
+
+_NUMBERS = {float, int}
+_STR = {str}
 
 
 def _top_probability(e: InferenceEvent) -> float | None:

@@ -201,12 +201,18 @@ def _calibrate_windowed(
     per_ref = max(5, min(BOOT_WINDOWS_PER_REFERENCE, (budget - n_ref * r) // (n_ref * w)))
     inst = DETECTORS[name](**{**base, "threshold" if name != "chi2" else "alpha": 0.5})
     values = []
+    # Numeric tests take arrays as they are; the others count Python values.
+    sample: Callable[[int], Any] = (
+        (lambda n: rng.choice(ref, size=n))
+        if inst.input_kind == "numeric"
+        else (lambda n: rng.choice(ref, size=n).tolist())
+    )
     for _ in range(n_ref):
         # Private hooks on purpose: the statistic is computed by the detector's own code.
-        inst._reference = list(rng.choice(ref, size=r))
+        inst._reference = sample(r)
         inst._prepare()
         for _ in range(per_ref):
-            stat, p_value = inst._test(list(rng.choice(ref, size=w)))
+            stat, p_value = inst._test(sample(w))
             values.append(stat if p_value is None else -math.log(max(p_value, 1e-300)))
     stats_ = np.asarray(values)
     events = n_ref * (r + per_ref * w)
