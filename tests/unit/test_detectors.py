@@ -342,3 +342,33 @@ def test_river_snapshot_refuses_another_river_version() -> None:
 def test_restore_refuses_a_snapshot_of_another_detector() -> None:
     with pytest.raises(ValueError, match="ADWINDetector"):
         DETECTORS["ddm"]().restore(DETECTORS["adwin"]().snapshot())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ref=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=300),
+    win=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=300),
+)
+def test_wasserstein_statistic_equals_scipys(ref: list[float], win: list[float]) -> None:
+    from scipy import stats
+
+    from detectors.distribution import WassersteinTest
+
+    t = WassersteinTest(reference_size=len(ref), window_size=len(win))
+    t.update_many(ref)
+    expected = stats.wasserstein_distance(np.asarray(ref) / t._norm, np.asarray(win) / t._norm)
+    assert t._test(win)[0] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("r", "w"), [(1000, 500), (500, 1000), (300, 300), (600, 400), (7, 13)])
+def test_wasserstein_statistic_equals_scipys_on_both_paths(r: int, w: int) -> None:
+    from scipy import stats
+
+    from detectors.distribution import WassersteinTest
+
+    rng = np.random.default_rng(r * w)
+    ref, win = rng.standard_t(3, r).tolist(), rng.normal(0.3, 2.0, w).tolist()
+    t = WassersteinTest(reference_size=r, window_size=w)
+    t.update_many(ref)
+    expected = stats.wasserstein_distance(np.asarray(ref) / t._norm, np.asarray(win) / t._norm)
+    assert t._test(win)[0] == pytest.approx(expected, rel=1e-12)
