@@ -55,7 +55,8 @@ class WindowedTest(Parametrised):
         self.window_size = window_size
 
     def _reset(self) -> None:
-        self._reference: list[Any] | None = None
+        # A list until the reference is complete; then whatever form the test keeps it in.
+        self._reference: Any = None
         self._buffer: list[Any] = []
         self._score: float | None = None
         self._p_value: float | None = None
@@ -158,7 +159,7 @@ class WindowedTest(Parametrised):
         return {
             "kind": type(self).__name__,
             "params": self._params(),
-            "reference": None if self._reference is None else list(self._reference),
+            "reference": None if self._reference is None else [*map(self._accept, self._reference)],
             "buffer": list(self._buffer),
             "score": self._score,
             "p_value": self._p_value,
@@ -184,7 +185,10 @@ class _NumericTest(WindowedTest):
         return v if math.isfinite(v) else None
 
     def _prepare(self) -> None:
-        self._ref = np.asarray(self._reference, dtype=np.float64)
+        # Every numeric test is order-invariant: keep the reference sorted, as an array only
+        # (a list of Python floats costs 4x the memory, per stream, per key).
+        self._ref = np.sort(np.asarray(self._reference, dtype=np.float64))
+        self._reference = self._ref
 
     def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
         try:
@@ -270,7 +274,7 @@ class WassersteinTest(_ThresholdTest, _NumericTest):
         self._norm = max(float(np.std(self._ref - np.median(self._ref))), MIN_STD)
         # Scaled first: the distance of the scaled samples is the normed distance, and it stays
         # finite for values near the float limits. Sorted once: every window reuses it.
-        self._ref_sorted = np.sort(self._ref / self._norm)
+        self._ref_sorted = self._ref / self._norm
 
     def _test(self, window: list[Any]) -> tuple[float, float | None]:
         ref = self._ref_sorted
