@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Literal
 
 import structlog
@@ -277,7 +277,7 @@ class KeyDrift:
     def _feature_names(self, feats: list[dict[str, Any] | None]) -> list[str]:
         """Known feature streams, after registering new names (kind from the first usable value)."""
         known = self._features
-        if len(known) < self._max_features:
+        if len(known) < self._max_features and not known.keys() >= set(chain.from_iterable(filter(None, feats))):
             for f in feats:
                 if f is None:
                     continue

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial.distance import jensenshannon
 
 from detectors.base import InputKind, Parametrised, check_float, check_int, check_state
@@ -24,6 +24,8 @@ FloatArray = npt.NDArray[np.float64]
 
 # Category for levels the reference never saw; a level with this exact name shares its bucket.
 OTHER = "__other__"
+# Above this many reference x window pairs, KSTest's p-value is asymptotic rather than exact.
+EXACT_KS_MAX = 10_000
 # Floor for bin proportions in PSI so that an empty bin gives a large finite term, not ln(0)
 # (Evidently uses the same 1e-4).
 PSI_EPS = 1e-4
@@ -221,7 +223,10 @@ class _ThresholdTest:
 
 
 class KSTest(_PValueTest, _NumericTest):
-    """Two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) of each window against the reference.
+    """Two-sample Kolmogorov-Smirnov test of each window against the reference.
+
+    The p-value is scipy's exact one for small samples, else the asymptotic Kolmogorov law. Either way it does not depend on the data's distribution, which is what
+    makes KS's false-alarm rate exact without calibration (ties only make it more conservative).
 
     `alpha` is the false-alarm probability per window, so the expected run time on stationary
     data is about window_size / alpha events (500k with the defaults).
@@ -244,8 +249,18 @@ class KSTest(_PValueTest, _NumericTest):
         self._reset()
 
     def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        r = stats.ks_2samp(self._ref, np.asarray(window, dtype=np.float64))
-        return float(r.statistic), float(r.pvalue)
+        ref, win = self._ref, np.sort(np.asarray(window, dtype=np.float64))
+        n, m = len(ref), len(win)
+        if n * m <= EXACT_KS_MAX:
+            r = stats.ks_2samp(ref, win)
+            return float(r.statistic), float(r.pvalue)
+        # D = sup |F_ref − F_win|, attained at a sample point; the reference is already sorted.
+        points = np.concatenate([ref, win])
+        d = float(np.max(np.abs(np.searchsorted(ref, points, "right") / n - np.searchsorted(win, points, "right") / m)))
+        # scipy's exact two-sample p-value costs ~1.5 ms a window at 1000 x 500. The plain
+        # asymptotic Kolmogorov law is 2-12% above it there (p from 0.03 to 1e-8), so it errs
+        # towards fewer alarms, at a twentieth of the cost.
+        return d, float(special.kolmogorov(math.sqrt(n * m / (n + m)) * d))
 
 
 class WassersteinTest(_ThresholdTest, _NumericTest):
@@ -396,6 +411,11 @@ class _CategoricalTest(WindowedTest):
 
     def _accept(self, x: Any) -> Any:
         return str(x)
+
+    def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
+        if set(map(type, xs)) <= {str}:  # the usual case, checked at C speed
+            return xs, None
+        return super()._accept_many(xs)
 
     def _prepare(self) -> None:
         assert self._reference is not None
