@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kafka_e2e.py
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/calibration.py
+	$(BIN)/python bench/detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -225,8 +225,9 @@ class _ThresholdTest:
 class KSTest(_PValueTest, _NumericTest):
     """Two-sample Kolmogorov-Smirnov test of each window against the reference.
 
-    The p-value is scipy's exact one for small samples, else the asymptotic Kolmogorov law. Either way it does not depend on the data's distribution, which is what
-    makes KS's false-alarm rate exact without calibration (ties only make it more conservative).
+    The p-value is scipy's exact one for small samples, else the asymptotic Kolmogorov law.
+    Either way it does not depend on the data's distribution, which is what makes KS's
+    false-alarm rate exact without calibration (ties only make it more conservative).
 
     `alpha` is the false-alarm probability per window, so the expected run time on stationary
     data is about window_size / alpha events (500k with the defaults).
