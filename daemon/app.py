@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import asdict
 from typing import Any
 
 import structlog
@@ -120,18 +119,18 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         p = self.pipeline
+        keys = p.summary()
         with p.lock:
-            keys = [s.stats.summary(k) for k, s in p.keys.items()]
             invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "events": sum(k.events for k in keys),
+            "events": sum(k["events"] for k in keys),
             "invalid": {r: n for r, n in invalid.items() if n},
             "overflow": overflow,
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(self._lag.items())},
-            "keys": [asdict(k) for k in keys],
+            "keys": keys,
         }
 
     # -- the loop -------------------------------------------------------------------------

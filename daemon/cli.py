@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from daemon import __version__
@@ -56,7 +57,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from daemon.generator import TrafficGenerator, TrafficSpec, parse_change, parse_model
+    from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change, parse_model
 
     try:
         spec = TrafficSpec(
@@ -72,11 +73,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     gen = TrafficGenerator(spec)
     if args.output:
-        with open(args.output, "wb") as f:
-            for _, value in gen.encoded():
-                f.write(value + b"\n")
-        print(f"wrote {spec.n_events} events to {args.output}")
+        with ExitStack() as files:
+            out = files.enter_context(open(args.output, "wb"))
+            labels = files.enter_context(open(args.labels_output, "wb")) if args.labels_output else None
+            for ev in gen.events():
+                out.write(encode(ev)[1] + b"\n")
+                if labels is not None:  # a constant delay keeps the labels in time order
+                    labels.write(encode(gen.label(ev))[1] + b"\n")
+        also = f" and their labels to {args.labels_output}" if args.labels_output else ""
+        print(f"wrote {spec.n_events} events to {args.output}{also}")
         return 0
+    if args.labels_output:
+        print("inferwatch generate: --labels-output needs --output", file=sys.stderr)
+        return 2
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers.split(","), linger_ms=20)
@@ -141,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start-time", type=float, help="unix time of the first event (default: now)")
     p.add_argument("--output", help="write JSONL here instead of producing to Kafka")
+    p.add_argument("--labels-output", help="with --output: also write each event's label (5 s later) here")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     p.add_argument("--topic", default="inference-logs")
     p.add_argument("--fast", action="store_true", help="produce as fast as possible, ignoring --rate pacing")

@@ -5,15 +5,17 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 
 from kafka import KafkaProducer
 
 from daemon.app import Daemon
 from daemon.broker import TansuBroker, free_port
 from daemon.config import Config, from_mapping
-from daemon.generator import TrafficGenerator, TrafficSpec, parse_change
+from daemon.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
 
 TOPIC = "inference-logs"
+LABELS_TOPIC = "inference-labels"
 DEAD_LETTER_TOPIC = "inference-logs-dead-letter"
 # The story the demo tells: the canary is 20% slower from the start; fraud-detector's f0
 # drifts by 1 sd from minute 3.
@@ -30,21 +32,31 @@ def demo_config(bootstrap: str, http_port: int) -> Config:
         {
             "source": {"kafka": {"bootstrap_servers": [bootstrap], "topics": [TOPIC], "group_id": "inferwatch-demo"}},
             "dead_letter": {"topic": DEAD_LETTER_TOPIC},
+            "labels": {"topic": LABELS_TOPIC},
             "http": {"host": "127.0.0.1", "port": http_port},
         }
     )
 
 
 def _produce(bootstrap: str, spec: TrafficSpec, stop: threading.Event) -> None:
+    """Events at the spec's pace, and each event's label LABEL_DELAY_S later (keyed alike)."""
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=20)
     rng = random.Random(spec.seed)
+    gen = TrafficGenerator(spec)
+    due: deque[tuple[float, bytes, bytes]] = deque()
     try:
-        for i, (key, value) in enumerate(TrafficGenerator(spec).paced()):
+        for i, ev in enumerate(gen.paced_events()):
             if stop.is_set():
                 break
+            key, value = encode(ev)
             if i % MALFORMED_EVERY == MALFORMED_EVERY - 1:
                 value = value[: rng.randrange(1, len(value) - 1)]  # truncated JSON
             producer.send(TOPIC, key=key, value=value)
+            now = time.monotonic()
+            due.append((now + LABEL_DELAY_S, *encode(gen.label(ev))))
+            while due and due[0][0] <= now:
+                _, k, v = due.popleft()
+                producer.send(LABELS_TOPIC, key=k, value=v)
     finally:
         producer.close(timeout=5)
 
@@ -57,16 +69,25 @@ def _print_summary(daemon: Daemon, started: float) -> None:
     for k in sorted(st["keys"], key=lambda k: (k["model"], k["variant"])):
         lat = k["latency_seconds"]
         ms = {q: f"{v * 1000:6.1f}" if v is not None else "     -" for q, v in lat.items()}
+        quality = k["quality"]
+        acc = quality["metrics"].get("accuracy")
+        est = quality["accuracy_estimated"]
+        drift = sum(k.get("drift", {}).get("detections", {}).values())
         print(
             f"  {k['model']:<16} v{k['version']:<3} {k['variant']:<8} events={k['events']:>7,}"
-            f"  errors={k['error_rate']:6.2%}  p50={ms['p50']}ms p95={ms['p95']}ms p99={ms['p99']}ms",
+            f"  errors={k['error_rate']:6.2%}  p50={ms['p50']}ms p95={ms['p95']}ms p99={ms['p99']}ms"
+            f"  accuracy={_pct(acc)} (estimated {_pct(est)})  drift alerts={drift}",
             flush=True,
         )
 
 
+def _pct(x: float | None) -> str:
+    return "    -" if x is None else f"{x:5.1%}"
+
+
 def run_demo(duration_s: float | None, http_port: int | None, rate: float, every_s: float, seed: int) -> int:
     with TansuBroker() as broker:
-        broker.create_topics([TOPIC], partitions=3)
+        broker.create_topics([TOPIC, LABELS_TOPIC], partitions=3)
         broker.create_topics([DEAD_LETTER_TOPIC])
         daemon = Daemon(demo_config(broker.bootstrap, http_port or free_port()))
         spec = TrafficSpec(

@@ -25,6 +25,8 @@ CATEGORIES = ("a", "b", "c", "d")
 ERROR_TYPES = ("timeout", "oom", "bad_input")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Simulated seconds between an event and its label.
+LABEL_DELAY_S = 5.0
 
 
 def parse_duration(text: str) -> float:
@@ -117,12 +119,19 @@ class TrafficSpec:
         return int(self.rate * self.duration_s)
 
 
+def encode(ev: dict[str, Any]) -> tuple[bytes, bytes]:
+    """An event or label as a Kafka (key, value): keyed by model, as the scale-out docs ask."""
+    return ev["model"].encode(), json.dumps(ev, separators=(",", ":")).encode()
+
+
 class TrafficGenerator:
     def __init__(self, spec: TrafficSpec) -> None:
         self.spec = spec
         self._rng = random.Random(spec.seed)
         self._profiles = {name: self._profile(i) for i, (name, _) in enumerate(spec.models)}
         self.start_time = spec.start_time if spec.start_time is not None else time.time()
+        # Its own stream, so that asking for labels leaves the events unchanged.
+        self._label_rng = random.Random(spec.seed * 104_729 + 1)
 
     def _profile(self, i: int) -> _ModelProfile:
         r = random.Random(self.spec.seed * 7919 + i)
@@ -190,16 +199,29 @@ class TrafficGenerator:
                 ev["error_type"] = ERROR_TYPES[rng.randrange(len(ERROR_TYPES))]
             yield ev
 
+    def label(self, ev: dict[str, Any]) -> dict[str, Any]:
+        """Ground truth for `ev`, as a labels topic would carry it LABEL_DELAY_S later.
+
+        The truth is 1 with probability `score`: the model is calibrated, so the label-free
+        accuracy estimate should track the realized accuracy. Call it once per event, in order.
+        """
+        truth = int(self._label_rng.random() < ev["score"])
+        ts = round(ev["timestamp"] + LABEL_DELAY_S, 3)
+        return {"request_id": ev["request_id"], "model": ev["model"], "label": truth, "timestamp": ts}
+
     def encoded(self) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs: keyed by model so each model's state lives in one partition."""
-        for ev in self.events():
-            yield ev["model"].encode(), json.dumps(ev, separators=(",", ":")).encode()
+        return map(encode, self.events())
 
-    def paced(self) -> Iterator[tuple[bytes, bytes]]:
-        """encoded(), released no faster than `rate` per second of wall time."""
+    def paced_events(self) -> Iterator[dict[str, Any]]:
+        """events(), released no faster than `rate` per second of wall time."""
         t0 = time.monotonic()
-        for i, kv in enumerate(self.encoded()):
+        for i, ev in enumerate(self.events()):
             ahead = i / self.spec.rate - (time.monotonic() - t0)
             if ahead > 0:
                 time.sleep(ahead)
-            yield kv
+            yield ev
+
+    def paced(self) -> Iterator[tuple[bytes, bytes]]:
+        """encoded(), released no faster than `rate` per second of wall time."""
+        return map(encode, self.paced_events())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from daemon.config import Config
 from daemon.decode import DecodeFailure, EventDecoder
@@ -219,6 +220,21 @@ class Pipeline:
         if self.join is not None:
             with self.lock:
                 self.join.expire()
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Final figures per key: traffic, quality and drift (/v1/status, the replay report)."""
+        with self.lock:
+            rows = []
+            for key, state in self.keys.items():
+                row = asdict(state.stats.summary(key))
+                row["quality"] = state.quality.summary()
+                if state.drift is not None:
+                    row["drift"] = {
+                        "streams": state.drift.states(),
+                        "detections": {n: m.detections for n, m in state.drift.streams.items() if m.detections},
+                    }
+                rows.append(row)
+            return rows
 
     @property
     def events(self) -> int:

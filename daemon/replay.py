@@ -9,7 +9,6 @@ last event, the labels' time), so TTLs mean the same as in the daemon, to within
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,7 @@ def replay(path: str | Path, config: Config, labels: str | Path | None = None) -
             feed.until(None)
     finally:
         source.close()
-    summary = []
-    for key, state in pipeline.keys.items():
-        row = asdict(state.stats.summary(key))
-        row["quality"] = state.quality.summary()
-        if state.drift is not None:
-            row["drift"] = {
-                "streams": state.drift.states(),
-                "detections": {name: m.detections for name, m in state.drift.streams.items() if m.detections},
-            }
-        summary.append(row)
+    summary = pipeline.summary()
     report: dict[str, Any] = {
         "events": sum(row["events"] for row in summary),
         "invalid": pipeline.invalid.total,

@@ -1,4 +1,4 @@
-"""`inferwatch demo` headless: both models and both variants show up on /metrics."""
+"""`inferwatch demo` headless: both models, both variants and the labels show up on /metrics."""
 
 from __future__ import annotations
 
@@ -32,12 +32,16 @@ def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
             assert total(samples, "inferwatch_events_total", model=model, variant=variant) > 0, (model, variant)
             assert total(samples, "inferwatch_request_latency_seconds_count", model=model, variant=variant) > 0
         assert total(samples, "inferwatch_events_invalid_total") > 0  # the demo injects malformed records
+        # Labels follow their events by 5 s on their own topic and grade them.
+        assert total(samples, "inferwatch_labels_total", outcome="joined") > 0
+        accuracy = total(samples, "inferwatch_model_performance", metric="accuracy", model="recsys-ranker")
+        assert 0.5 < accuracy < 1.0
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out.decode()[-2000:]
         text = out.decode()
         assert f"http://127.0.0.1:{port}/metrics" in text and "/v1/status" in text
-        assert "fraud-detector" in text and "canary" in text  # the live summary
+        assert "fraud-detector" in text and "canary" in text and "accuracy=" in text  # the live summary
     finally:
         if proc.poll() is None:
             proc.kill()

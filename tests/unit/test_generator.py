@@ -74,3 +74,17 @@ def test_generate_cli_writes_jsonl_and_rejects_bad_plans(tmp_path, capsys) -> No
     assert {json.loads(line)["variant"] for line in lines} == {"x", "y"}
     assert main([*args, "--change", "after=1s speed=fast"]) == 2
     assert "unknown key 'speed'" in capsys.readouterr().err
+
+
+def test_labels_leave_the_events_unchanged_and_follow_the_score() -> None:
+    spec = TrafficSpec(rate=1000, duration_s=20, seed=4, start_time=0.0)
+    plain = list(TrafficGenerator(spec).events())
+    gen = TrafficGenerator(spec)
+    pairs = [(ev, gen.label(ev)) for ev in gen.events()]
+    assert [ev for ev, _ in pairs] == plain
+    assert all(lab["request_id"] == ev["request_id"] for ev, lab in pairs)
+    assert [lab["timestamp"] for _, lab in pairs] == pytest.approx([ev["timestamp"] + 5.0 for ev, _ in pairs])
+    # The truth is 1 with probability `score`, so the two means agree (20k draws: sd ~0.003).
+    scores = sum(ev["score"] for ev, _ in pairs) / len(pairs)
+    truths = sum(lab["label"] for _, lab in pairs) / len(pairs)
+    assert abs(scores - truths) < 0.015
