@@ -121,10 +121,14 @@ class StreamMonitor:
         self.skipped = 0
         self.detections = 0
         self.last_detection: float | None = None  # monotonic seconds
+        self.last_score: float | None = None
         self.error: str | None = None
 
     @property
     def score(self) -> float | None:
+        """The detector's latest statistic; while a new reference is collected, the one that fired."""
+        if self._det is None:
+            return self.last_score
         s = getattr(self._det, "score", None)
         return None if s is None or not math.isfinite(s) else float(s)
 
@@ -148,15 +152,22 @@ class StreamMonitor:
                 values, indices, times = pv + values, pi + indices, pt + times
         if self.state != "active":
             return []
-        alerts = []
-        for pos in self._det.update_many(values):
-            alerts.append((indices[pos], times[pos]))
-        if not alerts:
+        hits = self._det.update_many(values, stop_at_first=True)
+        if not hits:
             return []
-        self.detections += len(alerts)
+        h = hits[0]
+        self.detections += 1
         self.last_detection = time.monotonic()
-        target = self.calibration.target_ert if self.calibration else math.nan
-        return [DriftAlert(i, t, ("", "", ""), self.stream, self.detector, self.score, target) for i, t in alerts]
+        self.last_score = self.score
+        assert self.calibration is not None
+        alert = DriftAlert(
+            indices[h], times[h], ("", "", ""), self.stream, self.detector, self.last_score, self.calibration.target_ert
+        )
+        # Start over: the values after the detection are the new reference, and the threshold is
+        # calibrated on it afresh (a bootstrapped test's null depends on its reference).
+        self.state, self._det = "reference", None
+        h += 1
+        return [alert, *self.feed(values[h:], indices[h:], times[h:])]
 
     def _start_calibration(self) -> None:
         reference = list(self._reference)
@@ -174,11 +185,11 @@ class StreamMonitor:
         """Build the detector from a finished calibration; False if the stream cannot be monitored."""
         try:
             cal = future.result()
-        except ValueError as exc:
-            # A reference a detector cannot learn from (a constant stream, no errors at all):
-            # this stream stays unmonitored, and says why.
-            self.state, self.error = "failed", str(exc)
-            log.info("drift_stream_not_monitored", stream=self.stream, detector=self.detector, reason=str(exc))
+        except Exception as exc:
+            # A reference a detector cannot learn from (a constant stream, no errors at all), or
+            # a bug: this stream stays unmonitored, and says why; ingestion goes on.
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.info("drift_stream_not_monitored", stream=self.stream, detector=self.detector, reason=self.error)
             return False
         self.calibration = cal
         self._det = cal.build()

@@ -213,7 +213,8 @@ class _KeyLines:
         ]
 
     def _drift(self, drift: KeyDrift | None, hold_s: float, now: float) -> list[str]:
-        active = [m for m in drift.streams.values() if m.state == "active"] if drift is not None else []
+        # Active streams, and those re-learning their reference after a detection (still held).
+        active = [m for m in drift.streams.values() if m.state == "active" or m.detections] if drift else []
         if not active:
             return ["", "", ""]
         lbl = self.lbl

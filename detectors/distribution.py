@@ -122,7 +122,7 @@ class WindowedTest(Parametrised):
             if not self._drift:
                 self._absorb(window)
 
-    def update_many(self, xs: Iterable[Any]) -> list[int]:
+    def update_many(self, xs: Iterable[Any], *, stop_at_first: bool = False) -> list[int]:
         """As update() per value, but filling the buffer by slices: this is the hot path."""
         values, positions = self._accept_many(list(xs))
         hits: list[int] = []
@@ -147,6 +147,8 @@ class WindowedTest(Parametrised):
                 self._absorb(window)
             if self._drift:
                 hits.append(done - 1 if positions is None else positions[done - 1])
+                if stop_at_first:
+                    break
         return hits
 
     def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:

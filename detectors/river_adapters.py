@@ -44,7 +44,7 @@ class _RiverAdapter(Parametrised):
         if v is not None:
             self._det.update(v)
 
-    def update_many(self, xs: Iterable[Any]) -> list[int]:
+    def update_many(self, xs: Iterable[Any], *, stop_at_first: bool = False) -> list[int]:
         hits: list[int] = []
         det, accept = self._det, self._accept
         for i, x in enumerate(xs):
@@ -53,6 +53,8 @@ class _RiverAdapter(Parametrised):
                 det.update(v)
                 if det.drift_detected:
                     hits.append(i)
+                    if stop_at_first:
+                        break
         return hits
 
     @property

@@ -50,6 +50,14 @@ def test_no_alarm_on_a_stationary_stream() -> None:
     assert feed_all(monitor(), shifted(60_000, 60_000, 0.0, seed=3)) == []
 
 
+def _settle(m: StreamMonitor) -> list[int]:
+    """Wait for a background calibration, then let the monitor work off what it held."""
+    deadline = time.monotonic() + 30
+    while m._future is not None and not m._future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [a.index for a in m.feed([], [], [])]
+
+
 def test_background_calibration_holds_values_and_loses_none() -> None:
     xs = shifted(12_000, 3_000, 1.0, seed=5)
     inline = feed_all(monitor(), xs)
@@ -58,14 +66,15 @@ def test_background_calibration_holds_values_and_loses_none() -> None:
     try:
         hits = feed_all(m, xs[:2_000])  # the reference completes; calibration starts in the background
         assert m.state == "calibrating"
-        deadline = time.monotonic() + 30
-        while m._future is not None and not m._future.done() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        hits += feed_all(m, xs[2_000:], base=2_000)
+        hits += _settle(m)
+        # The rest arrives at once: the detection restarts the stream, whose next calibration
+        # runs while the values after it wait.
+        hits += feed_all(m, xs[2_000:], batch=10_000, base=2_000)
+        hits += _settle(m)
     finally:
         background.close()
     assert m.state == "active" and m.skipped == 0
-    assert hits == inline
+    assert len(inline) == 1 and hits == inline
 
 
 def test_a_reference_no_detector_can_learn_from_leaves_the_stream_unmonitored() -> None:
@@ -135,3 +144,35 @@ def test_config_rejects_an_uncalibratable_or_wrong_kind_detector() -> None:
         from_mapping({"drift": {"error_detector": "wasserstein"}})
     with pytest.raises(Exception, match="kswin"):
         from_mapping({"drift": {"numeric_detector": "kswin"}})
+
+
+def test_after_a_detection_the_stream_relearns_recalibrates_and_detects_again() -> None:
+    xs = shifted(20_000, 8_000, 1.0, seed=7)
+    xs[15_000:] = [x + 2.0 for x in xs[15_000:]]  # a second shift, on top of the first
+    m = monitor()
+    alerts = []
+    for i in range(0, len(xs), 700):
+        idx = list(range(i, min(i + 700, len(xs))))
+        alerts += m.feed(xs[i : i + 700], idx, [None] * len(idx))
+    assert [a.index for a in alerts] == [8_499, 15_499]
+    # The new reference (values 8500..9499) was calibrated again: two calibrations so far.
+    assert m.state == "active" and m.detections == 2
+    assert all(a.score is not None and a.score > m.calibration.params["threshold"] for a in alerts)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("detector", ["wasserstein", "ks", "page_hinkley"])
+def test_batching_does_not_change_alerts_or_their_scores(detector: str) -> None:
+    xs = shifted(16_000, 6_000, 1.5, seed=11)
+    xs[11_000:] = [x - 3.0 for x in xs[11_000:]]
+
+    def run(batch: int) -> list[tuple[int, float | None]]:
+        m = monitor(detector=detector)
+        out = []
+        for i in range(0, len(xs), batch):
+            idx = list(range(i, min(i + batch, len(xs))))
+            out += [(a.index, a.score) for a in m.feed(xs[i : i + batch], idx, [None] * len(idx))]
+        return out
+
+    whole = run(len(xs))
+    assert len(whole) >= 2
+    assert run(333) == whole
