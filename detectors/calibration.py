@@ -223,11 +223,19 @@ def _calibrate_windowed(
         how = f"bootstrap of -ln p ({len(values)} windows), exponential tail fit"
         return Calibration(name, {**base, "alpha": alpha}, target, r + w / q, how, events)
     if name == "error_rate":
-        # z is Gaussian-tailed, lighter than the exponential fit assumes (so this errs high); the
+        # The reference expands as windows pass, so late windows meet a reference that is the
+        # true rate: z is then a standardized binomial, skewed right (more alarms than early on,
+        # where the reference's symmetric noise dominates). Bootstrap that regime too, with a
+        # huge absorbed reference at the reference's rate, and take the larger threshold; the
         # normal quantile is a floor for references too uniform to bootstrap (no error at all).
-        t = max(_exponential_tail_quantile(stats_, q), float(stats.norm.isf(q)))
-        how = f"bootstrap of z ({len(values)} windows), exponential tail fit, normal floor"
-        return Calibration(name, {**base, "threshold": t}, target, r + w / q, how, events)
+        inst._reference = ref
+        inst._prepare()
+        big = 10**9
+        inst._absorbed = (big, round(big * float(np.mean(ref))))
+        late = np.asarray([inst._test(sample(w))[0] for _ in range(n_ref * per_ref)])
+        t = max(_exponential_tail_quantile(stats_, q), _exponential_tail_quantile(late, q), float(stats.norm.isf(q)))
+        how = f"bootstrap of z ({len(values)} early and {len(late)} late windows), exponential tail fit, normal floor"
+        return Calibration(name, {**base, "threshold": t}, target, r + w / q, how, events + len(late) * w)
     if name in ("wasserstein", "jensen_shannon"):
         # Both behave like the norm of a Gaussian process under the null: their square has the
         # exponential-like tail the fit assumes.
