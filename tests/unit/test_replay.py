@@ -119,3 +119,30 @@ def test_replay_labels_grade_predictions_and_feed_the_error_stream(tmp_path: Pat
     assert [(a["index"], a["detector"]) for a in errors] == [(3_509, "error_rate")]
     # Graded predictions are r10.. (r0-r9 were late): the reference is r10-r1009, then windows
     # of 500; the window r3010-r3509 holds the change, and the alert names r3509's line.
+
+
+def test_a_reference_file_sets_the_reference_and_a_bad_one_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(6)
+
+    def lines(n: int, mean: float) -> list[bytes]:
+        return [
+            json.dumps({"request_id": f"r{i}", "model": "m", "features": {"x": float(rng.normal(mean, 1))}}).encode()
+            for i in range(n)
+        ]
+
+    ref, src, cfg, out = (tmp_path / n for n in ("ref.jsonl", "events.jsonl", "c.yaml", "r.json"))
+    _write(ref, lines(1_000, 0.0))
+    _write(src, lines(500, 2.0))  # one window, already shifted
+    cfg.write_text(f"drift:\n  reference_file: {ref}\n")
+    assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 0
+    alerts = json.loads(out.read_text())["alerts"]
+    assert [(a["index"], a["stream"]) for a in alerts] == [(499, "feature:x")]
+    cfg.write_text(f"drift:\n  reference_file: {tmp_path / 'missing.jsonl'}\n")
+    assert main(["check-config", str(cfg)]) == 2
+    assert "drift.reference_file: cannot read" in capsys.readouterr().err
+    _write(ref, [b"{oops"])
+    cfg.write_text(f"drift:\n  reference_file: {ref}\n")
+    assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 2
+    assert "line 1 is not a valid event" in capsys.readouterr().err
