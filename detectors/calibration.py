@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special
 
 from detectors.base import check_int
 from detectors.registry import DETECTORS
@@ -223,19 +223,15 @@ def _calibrate_windowed(
         how = f"bootstrap of -ln p ({len(values)} windows), exponential tail fit"
         return Calibration(name, {**base, "alpha": alpha}, target, r + w / q, how, events)
     if name == "error_rate":
-        # The reference expands as windows pass, so late windows meet a reference that is the
-        # true rate: z is then a standardized binomial, skewed right (more alarms than early on,
-        # where the reference's symmetric noise dominates). Bootstrap that regime too, with a
-        # huge absorbed reference at the reference's rate, and take the larger threshold; the
-        # normal quantile is a floor for references too uniform to bootstrap (no error at all).
-        inst._reference = ref
-        inst._prepare()
-        big = 10**9
-        inst._absorbed = (big, round(big * float(np.mean(ref))))
-        late = np.asarray([inst._test(sample(w))[0] for _ in range(n_ref * per_ref)])
-        t = max(_exponential_tail_quantile(stats_, q), _exponential_tail_quantile(late, q), float(stats.norm.isf(q)))
-        how = f"bootstrap of z ({len(values)} early and {len(late)} late windows), exponential tail fit, normal floor"
-        return Calibration(name, {**base, "threshold": t}, target, r + w / q, how, events + len(late) * w)
+        # The reference expands as quiet windows pass (to MAX_REFERENCE_FACTOR x r), so late
+        # windows meet a reference close to the true rate: z is then a standardized binomial,
+        # skewed right, with more mass far out than early on, where the reference's symmetric
+        # noise dominates. Its threshold is exact: the binomial quantile at the reference rate.
+        # Take the larger; the normal quantile is a floor for references with no error at all.
+        late = _error_rate_late_threshold(inst, ref, w, q)
+        t = max(_exponential_tail_quantile(stats_, q), late, float(special.ndtri(1 - q)))
+        how = f"bootstrap of z ({len(values)} windows) and the expanded-reference binomial quantile"
+        return Calibration(name, {**base, "threshold": t}, target, r + w / q, how, events)
     if name in ("wasserstein", "jensen_shannon"):
         # Both behave like the norm of a Gaussian process under the null: their square has the
         # exponential-like tail the fit assumes.
@@ -248,6 +244,24 @@ def _calibrate_windowed(
     if name == "jensen_shannon":
         t = min(t, 1.0)
     return Calibration(name, {**base, "threshold": max(t, 1e-12)}, target, r + w / q, how, events)
+
+
+def _error_rate_late_threshold(inst: Any, ref: Any, w: int, q: float) -> float:
+    """z of the smallest error count whose binomial tail at the reference rate is below q, less
+    a hair, so that a window fires iff it holds that many errors, against a full-grown reference."""
+    from detectors.distribution import MAX_REFERENCE_FACTOR
+
+    r = len(ref)
+    p = float(np.mean(ref))
+    # The smallest k with P(K >= k) = bdtrc(k - 1, w, p) <= q (scipy.stats.binom.isf, unimported).
+    k = max(1, math.ceil(w * p))
+    while k <= w and special.bdtrc(k - 1, w, p) > q:
+        k += 1
+    inst._reference = ref
+    inst._prepare()
+    grown = (MAX_REFERENCE_FACTOR - 1) * r
+    inst._absorbed = (grown, round(grown * p))
+    return float(inst._test([True] * k + [False] * (w - k))[0]) - 1e-9
 
 
 def _exponential_tail_quantile(values: FloatArray, q: float) -> float:

@@ -14,14 +14,15 @@ import math
 import pickle
 from collections.abc import Iterable
 from importlib.metadata import version
-from typing import Any, ClassVar
-
-from river.base import BinaryDriftDetector, DriftDetector
-from river.drift import ADWIN, KSWIN, PageHinkley
-from river.drift.binary import DDM, EDDM, FHDDM, HDDMA, HDDMW
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from detectors.base import InputKind, Parametrised, check_float, check_int, check_state
 
+if TYPE_CHECKING:
+    from river.base import BinaryDriftDetector, DriftDetector
+
+# River is imported where a detector is built: it pulls in scipy.stats (~60 MB of RSS), which
+# the default detectors do without.
 # Pickled River objects only load under the River version that wrote them.
 RIVER_VERSION = version("river")
 
@@ -131,6 +132,8 @@ class ADWINDetector(_NumericAdapter):
         self._reset()
 
     def _make(self) -> DriftDetector:
+        from river.drift import ADWIN
+
         return ADWIN(**self._params())  # type: ignore[no-untyped-call]
 
 
@@ -168,6 +171,8 @@ class PageHinkleyDetector(_NumericAdapter):
         self._reset()
 
     def _make(self) -> DriftDetector:
+        from river.drift import PageHinkley
+
         return PageHinkley(**self._params())
 
 
@@ -197,6 +202,8 @@ class KSWINDetector(_NumericAdapter):
         self._reset()
 
     def _make(self) -> DriftDetector:
+        from river.drift import KSWIN
+
         return KSWIN(**self._params())
 
 
@@ -223,6 +230,8 @@ class DDMDetector(_BinaryAdapter):
         self._reset()
 
     def _make(self) -> BinaryDriftDetector:
+        from river.drift.binary import DDM
+
         return DDM(**self._params())
 
 
@@ -249,6 +258,8 @@ class EDDMDetector(_BinaryAdapter):
         self._reset()
 
     def _make(self) -> BinaryDriftDetector:
+        from river.drift.binary import EDDM
+
         return EDDM(**self._params())
 
 
@@ -278,6 +289,8 @@ class HDDMADetector(_BinaryAdapter):
         self._reset()
 
     def _make(self) -> BinaryDriftDetector:
+        from river.drift.binary import HDDMA
+
         return HDDMA(**self._params())  # type: ignore[no-untyped-call]
 
 
@@ -313,6 +326,8 @@ class HDDMWDetector(_BinaryAdapter):
         self._reset()
 
     def _make(self) -> BinaryDriftDetector:
+        from river.drift.binary import HDDMW
+
         return HDDMW(**self._params())  # type: ignore[no-untyped-call]
 
 
@@ -346,6 +361,8 @@ class FHDDMDetector(_BinaryAdapter):
         self._reset()
 
     def _make(self) -> BinaryDriftDetector:
+        from river.drift.binary import FHDDM
+
         return FHDDM(**self._params())
 
     def _accept(self, x: Any) -> Any:

@@ -372,3 +372,32 @@ def test_wasserstein_statistic_equals_scipys_on_both_paths(r: int, w: int) -> No
     t.update_many(ref)
     expected = stats.wasserstein_distance(np.asarray(ref) / t._norm, np.asarray(win) / t._norm)
     assert t._test(win)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_jensen_shannon_and_chi2_equal_scipys() -> None:
+    from scipy import stats
+    from scipy.spatial.distance import jensenshannon
+
+    from detectors.distribution import Chi2Test, jensen_shannon
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        p = rng.integers(0, 40, 6).astype(float)  # zeros included: rel_entr's 0 ln 0 = 0
+        p[0] += 1
+        q = rng.integers(0, 40, 6).astype(float) + 1
+        assert jensen_shannon(p, q) == pytest.approx(jensenshannon(p, q, base=2), abs=1e-12)
+    t = Chi2Test(reference_size=300, window_size=300)
+    t.update_many(list("abcab") * 60)
+    window = list("aabbc") * 60
+    expected = stats.chisquare(t._window_counts(window), t._ref_p * len(window))
+    assert t._test(window) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+
+
+def test_the_daemon_does_not_import_river_or_scipy_stats() -> None:
+    """Each costs tens of MB of RSS per process; the default detectors need neither."""
+    import subprocess
+    import sys
+
+    code = "import sys, daemon.app; print(sorted(m for m in ('river', 'scipy.stats') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
