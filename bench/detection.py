@@ -1,0 +1,476 @@
+"""Drift detection (issue 3): delay, false alarms, River's defaults, replay throughput and CBPE error.
+
+"Ours" is what the daemon runs for one stream: a `StreamMonitor` with `DriftConfig()`'s detector
+for the stream's kind, whose first 1,000 values are the reference it calibrates on (to the
+default target ERT), fed batches of 2,000. River's detectors run with their default parameters
+on the same arrays. Every case is R independent runs of L events (R·L ≥ 1M), each with a seeded
+change position:
+
+- abrupt: the mean moves by 0.5 or 1 sd, or the sd grows ×1.5, at a position in [10k, 40k] of 50k;
+- categorical swap of 20% of the mass: five levels with probabilities BEFORE; at the change,
+  0.2 of probability moves from the most frequent level ("a") to the least frequent ("e"),
+  giving AFTER;
+- gradual: the mean ramps linearly from 0 to 1 sd over events [20k, 70k) of 100k, then holds;
+- errors: a Bernoulli error stream whose rate goes from 5% to 8% at 30k of 100k;
+- stationary: N(0, 1), the BEFORE level mix, and 5% errors, 3 streams of 1M events each.
+
+Per run: the delay is the first detection at or after the change minus the change (missed if
+none); detections before the change are false alarms. Per case: runs detected, median and max
+delay, false alarms per 1M pre-change events. KSWIN (~2k updates/s here) only sees a slice of
+5,000 events of its first 4 runs, centred on the change (a stationary run's first events),
+so its figures come from far fewer events and say so.
+
+Throughput: a zero-config `replay` (drift on, every default detector) of a JSONL file with 8
+numeric and 2 categorical features, against a plain `json.loads` pass over the same file.
+CBPE: the label-free accuracy estimate (`daemon.performance`) against the realized accuracy of
+a classifier under covariate shift.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import GENERATOR_START_TIME, parse_args, percentile, verdict, write_result
+from daemon import drift
+from daemon.config import Config, DriftConfig
+from daemon.replay import replay
+from detectors.base import InputKind
+from detectors.registry import DETECTORS
+
+BATCH = 2000
+LEVELS = ("a", "b", "c", "d", "e")
+BEFORE = (0.35, 0.25, 0.20, 0.12, 0.08)
+AFTER = (0.15, 0.25, 0.20, 0.12, 0.28)
+ABRUPT = (10_000, 40_000)
+RAMP_START, RAMP = 20_000, 50_000
+RIVER: dict[InputKind, tuple[str, ...]] = {
+    "numeric": ("adwin", "page_hinkley", "kswin"),
+    "binary": ("ddm", "eddm", "hddm_a", "hddm_w", "fhddm"),
+    "categorical": (),  # River has no categorical detector
+}
+STATIONARY_FA_TARGET = 1.0
+THROUGHPUT_TARGET = 0.5
+
+Maker = Callable[[np.random.Generator, int, int], list[Any]]
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+def normal(mean: float, sd: float) -> Maker:
+    """N(0, 1) until the change, N(mean, sd²) from it."""
+
+    def make(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+        x = rng.standard_normal(length)
+        x[change:] = x[change:] * sd + mean
+        return x.tolist()
+
+    return make
+
+
+def gradual(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+    """N(0, 1) plus a mean that ramps from 0 to 1 over RAMP events from `change`, then holds."""
+    ramp = np.clip((np.arange(length) - change) / RAMP, 0.0, 1.0)
+    return (rng.standard_normal(length) + ramp).tolist()
+
+
+def categorical(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+    before = rng.choice(LEVELS, p=BEFORE, size=change)
+    after = rng.choice(LEVELS, p=AFTER, size=length - change)
+    return np.concatenate([before, after]).tolist()
+
+
+def errors(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+    rate = np.where(np.arange(length) < change, 0.05, 0.08)
+    return (rng.random(length) < rate).tolist()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: InputKind
+    runs: int
+    length: int
+    change: tuple[int, int] | None  # the change position is drawn from this range; None: stationary
+    make: Maker
+    limit: int | None = None  # delay target, in events
+    limit_on: str = "median_delay"
+
+
+def cases(quick: bool) -> list[Case]:
+    runs, long_runs, stationary = (3, 2, 200_000) if quick else (20, 10, 1_000_000)
+    return [
+        Case("stationary numeric", "numeric", 1 if quick else 3, stationary, None, normal(0.0, 1.0)),
+        Case("stationary categorical", "categorical", 1 if quick else 3, stationary, None, categorical),
+        Case("stationary errors 5%", "binary", 1 if quick else 3, stationary, None, errors),
+        Case("mean +0.5 sd", "numeric", runs, 50_000, ABRUPT, normal(0.5, 1.0), 1000),
+        Case("mean +1 sd", "numeric", runs, 50_000, ABRUPT, normal(1.0, 1.0), 1000),
+        Case("scale x1.5", "numeric", runs, 50_000, ABRUPT, normal(0.0, 1.5), 1000),
+        Case("categorical swap 20%", "categorical", runs, 50_000, ABRUPT, categorical, 2000),
+        # "Caught before the ramp ends": every run's delay from the ramp start is under RAMP.
+        Case("gradual 1 sd over 50k", "numeric", long_runs, 100_000, (RAMP_START,) * 2, gradual, RAMP - 1, "max_delay"),
+        Case("errors 5% -> 8%", "binary", long_runs, 100_000, (30_000, 30_000), errors),
+    ]
+
+
+# -- detection ------------------------------------------------------------------------------
+
+
+def ours_detector(kind: InputKind) -> str:
+    s = DriftConfig()
+    return {"numeric": s.numeric_detector, "categorical": s.categorical_detector, "binary": s.error_detector}[kind]
+
+
+def ours(kind: InputKind, values: list[Any]) -> list[int]:
+    """Detection positions of the daemon's monitor for one stream of this kind."""
+    settings = DriftConfig()
+    target = float(settings.target_ert_events)
+    monitor = drift.StreamMonitor("bench", kind, ours_detector(kind), settings, drift.Calibrator(), lambda: target)
+    hits: list[int] = []
+    for lo in range(0, len(values), BATCH):
+        chunk = values[lo : lo + BATCH]
+        alerts = monitor.feed(chunk, list(range(lo, lo + len(chunk))), [None] * len(chunk))
+        hits.extend(a.index for a in alerts)
+    return hits
+
+
+@dataclass(frozen=True)
+class RunResult:
+    change: int | None
+    first_detections: list[int]
+    delay: int | None
+    false_alarms: int
+    pre_change_events: int
+
+
+def account(hits: list[int], change: int | None, lo: int, hi: int) -> RunResult:
+    """Delay and false alarms of detections in events [lo, hi) of a run (change None: stationary)."""
+    end = hi if change is None else min(change, hi)
+    after = [h - change for h in hits if change is not None and h >= change]
+    return RunResult(change, hits[:5], after[0] if after else None, sum(h < end for h in hits), end - lo)
+
+
+def summarize(results: list[RunResult], stationary: bool) -> dict[str, Any]:
+    events = sum(r.pre_change_events for r in results)
+    alarms = sum(r.false_alarms for r in results)
+    out: dict[str, Any] = {
+        "runs": len(results),
+        "false_alarms": alarms,
+        "pre_change_events": events,
+        "false_alarms_per_1m": alarms * 1e6 / events,
+    }
+    if not stationary:
+        delays = [r.delay for r in results if r.delay is not None]
+        out["detected"] = len(delays)
+        out["median_delay"] = percentile(delays, 50) if delays else None
+        out["max_delay"] = max(delays, default=None)
+    out["per_run"] = [{"change": r.change, "first_detections": r.first_detections} for r in results]
+    return out
+
+
+def run_case(case: Case, seed: int, kswin_runs: int, kswin_slice: int) -> dict[str, dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    results: dict[str, list[RunResult]] = {name: [] for name in ("ours", *RIVER[case.kind])}
+    for run in range(case.runs):
+        change = None if case.change is None else int(rng.integers(case.change[0], case.change[1] + 1))
+        values = case.make(rng, case.length, case.length if change is None else change)
+        results["ours"].append(account(ours(case.kind, values), change, 0, case.length))
+        for name in RIVER[case.kind]:
+            lo, hi = 0, case.length
+            if name == "kswin":
+                if run >= kswin_runs:
+                    continue
+                lo = 0 if change is None else max(0, change - kswin_slice // 2)
+                hi = lo + kswin_slice
+            hits = [lo + h for h in DETECTORS[name]().update_many(values[lo:hi])]
+            results[name].append(account(hits, change, lo, hi))
+    return {name: summarize(rs, case.change is None) for name, rs in results.items()}
+
+
+def case_verdicts(case: Case, ours_row: dict[str, Any]) -> dict[str, bool]:
+    """Stationary: at most STATIONARY_FA_TARGET false alarms per 1M. Change: every run detected, delay target met."""
+    if case.change is None:
+        return {"false_alarms": ours_row["false_alarms_per_1m"] <= STATIONARY_FA_TARGET}
+    out = {"detected": ours_row["detected"] == ours_row["runs"]}
+    if case.limit is not None:
+        stat = ours_row[case.limit_on]
+        out["delay"] = stat is not None and stat <= case.limit
+    return out
+
+
+def kswin_sample(quick: bool) -> tuple[int, int]:
+    """KSWIN's runs per case, and the events of each run it sees."""
+    return (1, 2000) if quick else (4, 5000)
+
+
+def detection_suite(quick: bool) -> dict[str, Any]:
+    kswin_runs, kswin_slice = kswin_sample(quick)
+    out = {}
+    for seed, case in enumerate(cases(quick), start=1):
+        t0 = time.perf_counter()
+        rows = run_case(case, seed, kswin_runs, kswin_slice)
+        out[case.name] = {
+            "kind": case.kind,
+            "runs": case.runs,
+            "events_per_run": case.length,
+            "change_range": case.change,
+            "target": {"stat": case.limit_on, "max_events": case.limit} if case.limit else None,
+            "ours_detector": ours_detector(case.kind),
+            "detectors": rows,
+            "verdicts": case_verdicts(case, rows["ours"]),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(case.name, {k: _brief(v) for k, v in rows.items()}, f"{out[case.name]['seconds']}s", file=sys.stderr)
+    return out
+
+
+def _brief(row: dict[str, Any]) -> str:
+    fa = f"FA/1M {row['false_alarms_per_1m']:.1f}"
+    if "detected" not in row:
+        return fa
+    return f"{row['detected']}/{row['runs']} median {row['median_delay']} max {row['max_delay']} {fa}"
+
+
+# -- throughput -----------------------------------------------------------------------------
+
+
+def write_events(path: Path, n: int, seed: int = 5) -> None:
+    """`n` single-key events: 8 numeric features f0-f7, 2 categorical c0-c1, score and prediction."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            feats: dict[str, Any] = {f"f{j}": round(rng.gauss(0, 1), 5) for j in range(8)}
+            feats["c0"] = rng.choice(("a", "b", "c"))
+            feats["c1"] = rng.choice(("w", "x", "y", "z"))
+            score = round(rng.random(), 5)
+            ev = {
+                "request_id": f"r-{i}",
+                "model": "bench",
+                "timestamp": round(GENERATOR_START_TIME + i / 1000, 3),
+                "latency_ms": round(rng.lognormvariate(3.3, 0.4), 3),
+                "score": score,
+                "prediction": int(score >= 0.5),
+                "features": feats,
+            }
+            f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+
+
+def json_pass(path: Path) -> float:
+    t0 = time.perf_counter()
+    with path.open("rb") as f:
+        for line in f:
+            json.loads(line)
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def calibration_clock() -> Iterator[list[float]]:
+    """Seconds spent in each `calibrate()` the drift monitors make, while in the block."""
+    spent: list[float] = []
+    real = drift.calibrate
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    with mock.patch.object(drift, "calibrate", timed):
+        yield spent
+
+
+def replay_pass(path: Path) -> tuple[float, float, int]:
+    """(seconds, of which calibrating, drift alerts) of a zero-config replay."""
+    with calibration_clock() as spent:
+        t0 = time.perf_counter()
+        report = replay(path, Config())
+        seconds = time.perf_counter() - t0
+    return seconds, sum(spent), len(report["alerts"])
+
+
+def throughput(quick: bool) -> dict[str, Any]:
+    # The machine is noisy (json.loads alone swings by a third between runs): best of three alternated pairs.
+    n, repeats = (50_000, 1) if quick else (300_000, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.jsonl"
+        write_events(path, n)
+        json_runs, replays = [], []
+        for _ in range(repeats):  # alternated, so that a change in machine load hits both
+            json_runs.append(json_pass(path))
+            replays.append(replay_pass(path))
+    json_s = min(json_runs)
+    seconds, calibrating, alerts = min(replays)
+    out = {
+        "events": n,
+        "features": {"numeric": 8, "categorical": 2},
+        "json_loads_per_s": n / json_s,
+        "replay_per_s": n / seconds,
+        "ratio": json_s / seconds,
+        "calibration_seconds": calibrating,
+        "calibration_share": calibrating / seconds,
+        "replay_per_s_without_calibration": n / (seconds - calibrating),
+        "drift_alerts": alerts,
+        "pass": json_s / seconds >= THROUGHPUT_TARGET,
+        "json_loads_seconds": json_runs,
+        "replay_seconds": [r[0] for r in replays],
+    }
+    print("throughput", {k: v for k, v in out.items() if k not in ("features", "json_loads_seconds")}, file=sys.stderr)
+    return out
+
+
+# -- CBPE -----------------------------------------------------------------------------------
+
+
+def classify(rng: np.random.Generator, mu: float, n: int, slope: float) -> tuple[list[float], list[bool]]:
+    """Confidences and correctness of a model scoring sigmoid(slope·x) for P(y=1|x) = sigmoid(2x), x ~ N(mu, 1)."""
+    from daemon.performance import confidence
+
+    x = rng.normal(mu, 1.0, n)
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-2.0 * x))
+    scores = 1.0 / (1.0 + np.exp(-slope * x))
+    predictions = (scores >= 0.5).astype(int)
+    conf = [confidence(int(p), float(s), None) for p, s in zip(predictions, scores, strict=True)]
+    return conf, (predictions == y).tolist()
+
+
+def cbpe_run(slope: float, windows: int, seed: int) -> dict[str, float]:
+    """Reference of 1,000 labelled events at mu = 0, then windows of 1,000 with mu drifting 0 -> 1.5.
+
+    The errors are the estimate's (signed: estimate - realized) and, for comparison, those of
+    two naive estimates: the reference's accuracy, and the mean raw confidence (no calibration)."""
+    from daemon.performance import ConfidenceEstimator
+
+    rng = np.random.default_rng(seed)
+    estimator = ConfidenceEstimator(reference_size=1000, window_events=1000)
+    conf, correct = classify(rng, 0.0, 1000, slope)
+    estimator.add_labelled(conf, correct)
+    reference_accuracy = statistics.fmean(correct)
+    cbpe_err, stale_err, raw_err = [], [], []
+    for mu in np.linspace(0.0, 1.5, windows):
+        conf, correct = classify(rng, float(mu), 1000, slope)
+        estimator.add_predictions(conf)
+        realized = statistics.fmean(correct)
+        cbpe_err.append(estimator.expected_accuracy - realized)
+        stale_err.append(abs(reference_accuracy - realized))
+        raw_err.append(abs(statistics.fmean(conf) - realized))
+    return {
+        "mae": statistics.fmean(abs(e) for e in cbpe_err),
+        "max_error": max(abs(e) for e in cbpe_err),
+        "bias": statistics.fmean(cbpe_err),
+        "reference_accuracy_mae": statistics.fmean(stale_err),
+        "raw_confidence_mae": statistics.fmean(raw_err),
+    }
+
+
+def cbpe_scenario(slope: float, windows: int, seeds: range) -> dict[str, Any]:
+    """`cbpe_run` over several seeds: the reference's own sampling error moves the estimate."""
+    runs = [cbpe_run(slope, windows, seed) for seed in seeds]
+    maes = [r["mae"] for r in runs]
+    return {
+        "score_slope": slope,
+        "windows": windows,
+        "references": len(runs),
+        "mae": statistics.fmean(maes),
+        "mae_range": [min(maes), max(maes)],
+        "max_error": max(r["max_error"] for r in runs),
+        "reference_accuracy_mae": statistics.fmean(r["reference_accuracy_mae"] for r in runs),
+        "raw_confidence_mae": statistics.fmean(r["raw_confidence_mae"] for r in runs),
+        "runs": runs,
+    }
+
+
+def cbpe(quick: bool) -> dict[str, Any]:
+    windows, seeds = (20, range(3)) if quick else (100, range(10))
+    out = {"calibrated": cbpe_scenario(2.0, windows, seeds), "miscalibrated": cbpe_scenario(3.0, windows, seeds)}
+    print(
+        "cbpe",
+        {k: {m: v[m] for m in ("mae", "mae_range", "max_error", "raw_confidence_mae")} for k, v in out.items()},
+        file=sys.stderr,
+    )
+    return out
+
+
+# -- summary --------------------------------------------------------------------------------
+
+
+def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any]) -> str:
+    ours = {name: c["detectors"]["ours"] for name, c in suite.items()}
+    mis = est["miscalibrated"]
+    changes = [n for n, c in suite.items() if c["change_range"] is not None]
+    stationary = [n for n, c in suite.items() if c["change_range"] is None]
+
+    def delay(name: str, stat: str = "median_delay") -> str:
+        d = ours[name][stat]
+        return "missed" if d is None else f"{d:,.0f}"
+
+    def ok(names: list[str], what: str) -> str:
+        return verdict(all(suite[n]["verdicts"][what] for n in names))
+
+    detected = sum(ours[n]["detected"] for n in changes)
+    runs = sum(ours[n]["runs"] for n in changes)
+    misses = ", ".join(
+        f"{n} {ours[n]['detected']}/{ours[n]['runs']}" for n in changes if not suite[n]["verdicts"]["detected"]
+    )
+    found = verdict(detected == runs) + (f": {misses}" if misses else "")
+    abrupt = ["mean +0.5 sd", "mean +1 sd", "scale x1.5"]
+    delays = "/".join(f"{label}={delay(n)}" for label, n in zip(("0.5sd", "1sd", "scale"), abrupt, strict=True))
+    cat, grad = "categorical swap 20%", "gradual 1 sd over 50k"
+    fa_ours = "/".join(f"{ours[n]['false_alarms_per_1m']:.1f}" for n in stationary)
+    fa_pre = "/".join(f"{pre_change_rate(suite, changes, kind):.1f}" for kind in ("numeric", "categorical", "binary"))
+    river = " ".join(
+        f"{name} {'~' if name == 'kswin' else ''}{row['false_alarms_per_1m']:,.0f}"
+        for n in stationary
+        for name, row in suite[n]["detectors"].items()
+        if name != "ours"
+    )
+    return (
+        f"detection: {detected}/{runs} changes detected ({found}); "
+        f"median delay {delays} events (≤1,000 {ok(abrupt, 'delay')}), cat={delay(cat)} (≤2,000 {ok([cat], 'delay')}), "
+        f"gradual max {delay(grad, 'max_delay')} (<{RAMP:,} {ok([grad], 'delay')}); "
+        f"false alarms/1M/stream ours num/cat/err {fa_ours} (≤1 {ok(stationary, 'false_alarms')}), "
+        f"before the change in change runs {fa_pre}; River defaults {river}; "
+        f"replay {tp['ratio']:.0%} of json.loads (≥50% {verdict(tp['pass'])}); "
+        f"CBPE accuracy MAE {est['calibrated']['mae']:.3f}, miscalibrated score {mis['mae']:.3f} "
+        f"(its raw confidence: {mis['raw_confidence_mae']:.3f})"
+    )
+
+
+def pre_change_rate(suite: dict[str, Any], changes: list[str], kind: str) -> float:
+    """Ours' false alarms per 1M pre-change events, pooled over the change cases of one kind."""
+    rows = [suite[n]["detectors"]["ours"] for n in changes if suite[n]["kind"] == kind]
+    return sum(r["false_alarms"] for r in rows) * 1e6 / sum(r["pre_change_events"] for r in rows)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    suite = detection_suite(args.quick)
+    tp = throughput(args.quick)
+    est = cbpe(args.quick)
+    kswin_runs, kswin_slice = kswin_sample(args.quick)
+    body = {
+        "cases": suite,
+        "kswin_sample": {"runs_per_case": kswin_runs, "events_per_run": kswin_slice},
+        "throughput": tp,
+        "cbpe": est,
+    }
+    write_result("detection", args.quick, body, summary_line(suite, tp, est))
+
+
+if __name__ == "__main__":
+    main()
