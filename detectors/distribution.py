@@ -448,6 +448,13 @@ class _CategoricalTest(WindowedTest):
             ref[self._levels[level]] = c
         self._ref_counts = ref
 
+    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+        return self._test_counts(self._window_counts(window))
+
+    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
+        """The statistic of a window given as counts over the reference's levels plus OTHER."""
+        raise NotImplementedError
+
     def _window_counts(self, window: list[Any]) -> FloatArray:
         counts = np.zeros(len(self._levels) + 1)
         levels, other = self._levels, len(self._levels)
@@ -480,9 +487,9 @@ class Chi2Test(_PValueTest, _CategoricalTest):
         smoothed = self._ref_counts + 0.5
         self._ref_p = smoothed / smoothed.sum()
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+    def _test_counts(self, observed: FloatArray) -> tuple[float, float | None]:
         # Pearson's statistic and its χ² survival (scipy.stats.chisquare, without its import cost).
-        observed, expected = self._window_counts(window), self._ref_p * len(window)
+        expected = self._ref_p * observed.sum()
         statistic = float(np.sum((observed - expected) ** 2 / expected))
         return statistic, float(special.chdtrc(len(observed) - 1, statistic))
 
@@ -507,8 +514,8 @@ class JensenShannonTest(_ThresholdTest, _CategoricalTest):
         self.threshold = threshold
         self._reset()
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        return jensen_shannon(self._ref_counts, self._window_counts(window)), None
+    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
+        return jensen_shannon(self._ref_counts, counts), None
 
 
 class CategoricalPSITest(_ThresholdTest, _CategoricalTest):
@@ -531,5 +538,5 @@ class CategoricalPSITest(_ThresholdTest, _CategoricalTest):
         super()._prepare()
         self._ref_p = self._ref_counts / self._ref_counts.sum()
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        return psi(self._ref_p, self._window_counts(window) / len(window)), None
+    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
+        return psi(self._ref_p, counts / counts.sum()), None
