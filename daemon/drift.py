@@ -234,6 +234,9 @@ class KeyDrift:
         self.watch_errors = "errors" in watch
         # Bumped when anything the exposition shows may have changed.
         self.version = 0
+        self._states: tuple[int, dict[str, int]] = (-1, {})
+        # Monotonic time of the newest detection of any stream.
+        self.last_detection: float | None = None
 
     def _monitor(self, stream: str, kind: InputKind) -> StreamMonitor:
         s = self.settings
@@ -301,6 +304,8 @@ class KeyDrift:
 
     def _stamp(self, alerts: list[DriftAlert]) -> list[DriftAlert]:
         out = [DriftAlert(a.index, a.timestamp, self.key, a.stream, a.detector, a.score, a.target_ert) for a in alerts]
+        if out:
+            self.last_detection = time.monotonic()
         for a in out:
             log.warning(
                 "drift_detected",
@@ -316,10 +321,13 @@ class KeyDrift:
         return out
 
     def states(self) -> dict[str, int]:
-        counts: dict[str, int] = dict.fromkeys(STREAM_STATES, 0)
-        for m in self.streams.values():
-            counts[m.state] += 1
-        return counts
+        """Streams by state; cached per version, since every scrape asks for every key."""
+        if self._states[0] != self.version:
+            counts: dict[str, int] = dict.fromkeys(STREAM_STATES, 0)
+            for m in self.streams.values():
+                counts[m.state] += 1
+            self._states = (self.version, counts)
+        return self._states[1]
 
 
 def reference_columns(

@@ -229,7 +229,7 @@ class _KeyLines:
         return ["\n".join(score), "\n".join(detected), "\n".join(events)]
 
     def _quality(self, quality: KeyPerformance) -> list[str]:
-        rows = quality.rows()
+        rows = quality.rows() if quality.labelled else []
         if not rows:
             return ["", ""]
         lbl = self.lbl
@@ -252,7 +252,11 @@ class _KeyLines:
         drift = state.drift
         if drift is None:
             return (state.stats.version, state.quality.version)
-        held = tuple(now - m.last_detection < hold_s for m in drift.streams.values() if m.last_detection is not None)
+        # Which streams are still held: looked at only while some detection is recent.
+        newest = drift.last_detection
+        held: tuple[bool, ...] = ()
+        if newest is not None and now - newest < hold_s:
+            held = tuple(now - m.last_detection < hold_s for m in drift.streams.values() if m.last_detection)
         return (state.stats.version, state.quality.version, drift.version, held)
 
     def labelled(self, family: str, label: str, counts: Mapping[str, int]) -> str:
