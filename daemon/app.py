@@ -24,7 +24,7 @@ from daemon.labels import LabelJoin
 from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
 from daemon.logs import SampledLog
 from daemon.monitors import Histogram
-from daemon.pipeline import AlertSink, Pipeline
+from daemon.pipeline import AlertSink, CanarySink, Pipeline
 from daemon.routing import Key
 from daemon.sources import Source, TopicPartition
 
@@ -41,6 +41,7 @@ def build_pipeline(
     join_labels: bool = False,
     calibration_workers: int = 0,
     alert_sink: AlertSink | None = None,
+    canary_sink: CanarySink | None = None,
 ) -> Pipeline:
     """The pipeline alone (replay, benchmarks) or the daemon's.
 
@@ -58,6 +59,7 @@ def build_pipeline(
         calibrator=Calibrator(calibration_workers),
         join=join,
         alert_sink=alert_sink,
+        canary_sink=canary_sink,
         references=load_references(config),
     )
 
@@ -103,7 +105,9 @@ class Daemon:
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
         self.shutdown = Shutdown()
-        self.http = HttpServer(config.http.host, config.http.port, self.exposition.render, self.watchdog, self.status)
+        self.http = HttpServer(
+            config.http.host, config.http.port, self.exposition.render, self.watchdog, self.status, self.canary_report
+        )
         self._source: Source | None = None
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
@@ -132,6 +136,16 @@ class Daemon:
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(self._lag.items())},
             "keys": keys,
         }
+
+    def canary_report(self, model: str | None) -> dict[str, Any] | None:
+        """/v1/canary (model None) or /v1/canary/{model}; None for a model without a canary."""
+        p = self.pipeline
+        if p.canary is None:
+            return None if model is not None else {"models": {}}
+        with p.lock:
+            if model is not None and model not in p.canary.models:
+                return None
+            return p.canary.report(model)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -220,6 +220,31 @@ class DriftConfig(_Section):
         return self
 
 
+class CanaryConfig(_Section):
+    """Always-valid canary verdicts: each variant of a model against its baseline."""
+
+    enabled: bool = True
+    # False-fail rate of a verdict, however often it is read; also the BH level across metrics.
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    # model -> baseline variant; otherwise control, baseline, stable or primary, else the busiest.
+    baselines: dict[str, str] = {}
+    # Requests per arm before any verdict.
+    min_requests: int = Field(500, ge=10)
+    # N* of the mSPRT mixing prior: the confidence sequences are tightest near it (per arm).
+    planned_requests: int = Field(5_000, ge=100)
+    # How much worse a candidate may be: relative for latency, absolute for the rest.
+    latency_tolerance: float = Field(0.05, ge=0)
+    error_rate_tolerance: float = Field(0.005, ge=0)
+    tail_quantile: float = Field(0.95, gt=0.5, lt=1)
+    tail_tolerance: float = Field(0.02, ge=0)
+    accuracy_tolerance: float = Field(0.01, ge=0)
+    prediction_shift_tolerance: float = Field(0.05, ge=0)
+    # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.
+    critical: tuple[Literal["error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"], ...] = (
+        "error_rate",
+    )
+
+
 class LifecycleConfig(_Section):
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
     # /healthz fails when the main loop has not completed an iteration for this long.
@@ -242,6 +267,7 @@ class Config(_Section):
     labels: LabelsConfig = LabelsConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
     drift: DriftConfig = DriftConfig()
+    canary: CanaryConfig = CanaryConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 

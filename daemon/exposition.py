@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from daemon import __version__
+from daemon.canary import VERDICT_VALUE, CanaryMonitor
 from daemon.config import MetricsConfig
 from daemon.drift import STREAM_STATES, KeyDrift
 from daemon.monitors import Histogram
@@ -25,6 +26,8 @@ from daemon.sources import TopicPartition
 
 KEY_LABELS = ["model", "version", "variant"]
 DRIFT_LABELS = [*KEY_LABELS, "stream", "detector"]
+CANARY_LABELS = ["model", "variant", "baseline"]
+CANARY_METRIC_LABELS = [*CANARY_LABELS, "metric"]
 
 # name (without _total for counters) → (type, help, labels)
 FAMILIES: dict[str, tuple[str, str, list[str]]] = {
@@ -113,6 +116,42 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         ["outcome"],
     ),
     "inferwatch_label_join_entries": ("gauge", "Entries waiting in the label join, by store.", ["store"]),
+    "inferwatch_canary_verdict": (
+        "gauge",
+        "Always-valid canary verdict of a variant against the baseline: 1 pass, 0 inconclusive, -1 fail.",
+        CANARY_LABELS,
+    ),
+    "inferwatch_canary_score": ("gauge", "Kayenta-like canary score, 0-100.", CANARY_LABELS),
+    "inferwatch_canary_requests": (
+        "gauge",
+        "Requests per arm since the comparison (re)started.",
+        [*CANARY_LABELS, "arm"],
+    ),
+    "inferwatch_canary_metric_verdict": (
+        "gauge",
+        "Per-metric verdict: 1 within tolerance, 0 undecided, -1 worse beyond tolerance.",
+        CANARY_METRIC_LABELS,
+    ),
+    "inferwatch_canary_metric_p_value": (
+        "gauge",
+        "Always-valid p-value (mSPRT) of the metric at its tolerance.",
+        CANARY_METRIC_LABELS,
+    ),
+    "inferwatch_canary_metric_effect": (
+        "gauge",
+        "Candidate minus baseline (latency: of ln latency, about the relative change).",
+        CANARY_METRIC_LABELS,
+    ),
+    "inferwatch_canary_metric_effect_lower": (
+        "gauge",
+        "Lower bound of the (1 - alpha) confidence sequence of the effect.",
+        CANARY_METRIC_LABELS,
+    ),
+    "inferwatch_canary_metric_effect_upper": (
+        "gauge",
+        "Upper bound of the (1 - alpha) confidence sequence of the effect.",
+        CANARY_METRIC_LABELS,
+    ),
 }
 
 
@@ -321,6 +360,7 @@ class MetricsExposition:
                         streams[name] += n
             invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
+            canary = _canary_lines(p.canary) if p.canary is not None else {}
             labels = {"inline": p.inline_labels}
             join_sizes: dict[str, int] = {}
             if p.join is not None:
@@ -357,11 +397,42 @@ class MetricsExposition:
         if join_sizes:
             _header(out, "inferwatch_label_join_entries")
             out.extend([f'inferwatch_label_join_entries{{store="{k}"}} {n}' for k, n in join_sizes.items()])
+        for family in CANARY_FAMILIES:
+            if canary.get(family):
+                _header(out, family)
+                out.extend(canary[family])
         _header(out, "inferwatch_batch_duration_seconds")
         bd = loop.batch_duration
         add(_histogram(self._batch_template, list(bd.counts), bd.sum))
         add("")
         return "\n".join(out).encode()
+
+
+CANARY_FAMILIES = [name for name in FAMILIES if name.startswith("inferwatch_canary_")]
+
+
+def _canary_lines(canary: CanaryMonitor) -> dict[str, list[str]]:
+    """The canary families' lines, by family; read under the pipeline lock."""
+    out: dict[str, list[str]] = {family: [] for family in CANARY_FAMILIES}
+    for model, m in canary.models.items():
+        for variant, c in m.comparisons.items():
+            lbl = f'model="{escape(model)}",variant="{escape(variant)}",baseline="{escape(c.baseline)}"'
+            out["inferwatch_canary_verdict"].append(f"inferwatch_canary_verdict{{{lbl}}} {VERDICT_VALUE[c.verdict]}")
+            out["inferwatch_canary_score"].append(f"inferwatch_canary_score{{{lbl}}} {_num(c.score)}")
+            for arm, n in zip(("baseline", "candidate"), c.requests, strict=True):
+                out["inferwatch_canary_requests"].append(f'inferwatch_canary_requests{{{lbl},arm="{arm}"}} {n}')
+            for metric, r in c.metrics.items():
+                ml = f'{lbl},metric="{metric}"'
+                lk = r.look
+                for family, value in (
+                    ("inferwatch_canary_metric_verdict", VERDICT_VALUE[r.verdict]),
+                    ("inferwatch_canary_metric_p_value", lk.p_value),
+                    ("inferwatch_canary_metric_effect", lk.effect),
+                    ("inferwatch_canary_metric_effect_lower", lk.lower),
+                    ("inferwatch_canary_metric_effect_upper", lk.upper),
+                ):
+                    out[family].append(f"{family}{{{ml}}} {_num(value)}")
+    return out
 
 
 def _header(out: list[str], family: str) -> None:

@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz and /v1/status, on one server thread."""
+"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status and /v1/canary, on one server thread."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 
@@ -25,6 +26,7 @@ class HttpServer:
         render_metrics: Callable[[], bytes],
         watchdog: Watchdog,
         status: Callable[[], dict[str, Any]],
+        canary: Callable[[str | None], dict[str, Any] | None] = lambda model: None,
     ) -> None:
         server = self
 
@@ -38,6 +40,7 @@ class HttpServer:
         self.render_metrics = render_metrics
         self.watchdog = watchdog
         self.status = status
+        self.canary = canary
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
@@ -72,6 +75,14 @@ class HttpServer:
                 self._json(req, 200 if ready else 503, {"ready": ready})
             elif path == "/v1/status":
                 self._json(req, 200, self.status())
+            elif path == "/v1/canary" or path.startswith("/v1/canary/"):
+                # Argo Rollouts' web provider reads the verdict here (deploy/argo).
+                model = unquote(path[len("/v1/canary/") :]) if path.startswith("/v1/canary/") else None
+                report = self.canary(model)
+                if report is None:
+                    self._json(req, 404, {"error": f"no canary for model {model!r}", **(self.canary(None) or {})})
+                else:
+                    self._json(req, 200, report)
             else:
                 self._json(req, 404, {"error": f"no route {path}", "routes": ROUTES})
         except Exception as exc:
@@ -93,4 +104,4 @@ class HttpServer:
         req.wfile.write(body)
 
 
-ROUTES = ["/metrics", "/healthz", "/readyz", "/v1/status"]
+ROUTES = ["/metrics", "/healthz", "/readyz", "/v1/status", "/v1/canary", "/v1/canary/{model}"]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from daemon.canary import CanaryMonitor
 from daemon.config import Config
 from daemon.decode import DecodeFailure, EventDecoder
 from daemon.drift import Calibrator, DriftAlert, KeyDrift
@@ -24,6 +25,8 @@ from daemon.routing import Key, KeyTable
 from daemon.sources import RawRecord, TopicPartition
 
 AlertSink = Callable[[list[DriftAlert]], None]
+# Receives canary timeline entries: one per change of verdict (architecture.md, Replay report).
+CanarySink = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(slots=True)
@@ -50,6 +53,7 @@ class Pipeline:
         calibrator: Calibrator | None = None,
         join: LabelJoin | None = None,
         alert_sink: AlertSink | None = None,
+        canary_sink: CanarySink | None = None,
         references: dict[Key, dict[str, list[object]]] | None = None,
     ) -> None:
         self.config = config
@@ -60,6 +64,8 @@ class Pipeline:
         self.calibrator = calibrator or Calibrator()
         self.join = join
         self.alert_sink = alert_sink
+        self.canary = CanaryMonitor(config.canary) if config.canary.enabled else None
+        self.canary_sink = canary_sink
         self._references = references or {}
         self.keys: KeyTable[KeyState] = KeyTable(config.limits.max_keys, self._new_key, self.overflow)
         self.invalid = invalid
@@ -136,12 +142,17 @@ class Pipeline:
             newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
             if newest is not None and newest > self.watermark:
                 self.watermark = newest
+            last_index: dict[str, int] = {}
             for key, (events, times, indices) in groups.items():
                 routed, state = self.keys.route(key, len(events))
                 state.stats.update(events, times)
                 if state.drift is not None:
                     alerts += state.drift.update(events, indices, times)
                 alerts += self._predictions(routed, state, events, times, indices)
+                if self.canary is not None and routed == key:
+                    self.canary.model(key[0]).add_events(key[2], key[1], events)
+                    last_index[key[0]] = max(last_index.get(key[0], -1), indices[-1])
+            verdicts = self._verdicts(last_index)
             if labels and self.join is not None:
                 alerts += self._grade(self.join.add_labels(labels))
             for rec, failure in failures:
@@ -149,7 +160,19 @@ class Pipeline:
             self.records += len(records)
         if alerts and self.alert_sink is not None:
             self.alert_sink(alerts)
+        if verdicts and self.canary_sink is not None:
+            self.canary_sink(verdicts)
         return offsets
+
+    def _verdicts(self, last_index: dict[str, int]) -> list[dict[str, Any]]:
+        """Re-judge the canaries of the models in this batch; timeline entries for changes."""
+        if self.canary is None:
+            return []
+        entries = []
+        for model, index in last_index.items():
+            m = self.canary.model(model)
+            entries += [m.timeline_entry(c, index) for c in m.evaluate()]
+        return entries
 
     def add_labels(self, labels: Sequence[LabelRecord]) -> None:
         """Labels from outside the record stream (replay's --labels file)."""
@@ -204,15 +227,19 @@ class Pipeline:
             if state is None:  # the key was routed before a restart that lost it
                 continue
             state.quality.add_joined(items)
-            if state.drift is not None and state.drift.watch_errors and state.quality.task == "classification":
-                graded_items = [graded(j) for j in items]
-                wrong = [is_wrong(g, positive) for g in graded_items]
-                keep = [i for i, w in enumerate(wrong) if w is not None]
+            if state.quality.task != "classification":
+                continue
+            graded_items = [graded(j) for j in items]
+            wrong = [is_wrong(g, positive) for g in graded_items]
+            keep = [i for i, w in enumerate(wrong) if w is not None]
+            if state.drift is not None and state.drift.watch_errors:
                 alerts += state.drift.update_errors(
                     [bool(wrong[i]) for i in keep],
                     [items[i].prediction.index or 0 for i in keep],
                     [graded_items[i].timestamp for i in keep],
                 )
+            if self.canary is not None:
+                self.canary.model(key[0]).add_graded(key[2], key[1], [bool(wrong[i]) for i in keep])
         return alerts
 
     def tick(self) -> None:

@@ -25,7 +25,10 @@ from daemon.sources import JsonlSource
 def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:
     """Run the file through the pipeline; return the report (architecture.md, Replay report)."""
     alerts: list[DriftAlert] = []
-    pipeline = build_pipeline(config, join_labels=labels is not None, alert_sink=alerts.extend)
+    canary: list[dict[str, Any]] = []
+    pipeline = build_pipeline(
+        config, join_labels=labels is not None, alert_sink=alerts.extend, canary_sink=canary.extend
+    )
     feed = _LabelFeed(pipeline, labels) if labels is not None else None
     source = JsonlSource(path, batch_size=config.source.kafka.max_poll_records)
     try:
@@ -43,7 +46,7 @@ def replay(path: str | Path, config: Config, labels: str | Path | None = None) -
         "invalid": pipeline.invalid.total,
         "invalid_by_reason": {r: n for r, n in pipeline.invalid.counts.items() if n},
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
-        "canary": [],
+        "canary": sorted(canary, key=lambda e: e["index"]),
         "summary": summary,
     }
     if feed is not None and pipeline.join is not None:

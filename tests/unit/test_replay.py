@@ -27,7 +27,9 @@ def test_replay_report_counts_and_summary(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["events"] == len(events)
     assert report["invalid"] == 5
-    assert report["alerts"] == [] and report["canary"] == []
+    assert report["alerts"] == []
+    # The generator's canary and control draw from one profile: an A/A comparison never fails.
+    assert report["canary"] and all(e["verdict"] != "fail" for e in report["canary"])
     by_key = {(r["model"], r["version"], r["variant"]): r for r in report["summary"]}
     assert set(by_key) == {
         ("fraud-detector", "1", "control"),
