@@ -79,6 +79,17 @@ def _print_summary(daemon: Daemon, started: float) -> None:
             f"  accuracy={_pct(acc)} (estimated {_pct(est)})  drift alerts={drift}",
             flush=True,
         )
+    _print_canaries(daemon)
+
+
+def _print_canaries(daemon: Daemon) -> None:
+    for model, m in (daemon.canary_report(None) or {}).get("models", {}).items():
+        for variant, c in m["variants"].items():
+            why = f"  ({'; '.join(c['reasons'])})" if c["reasons"] else ""
+            print(
+                f"  canary {model}/{variant} vs {m['baseline']}: {c['verdict']} (score {c['score']:.0f}){why}",
+                flush=True,
+            )
 
 
 def _pct(x: float | None) -> str:

@@ -42,6 +42,8 @@ def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
         text = out.decode()
         assert f"http://127.0.0.1:{port}/metrics" in text and "/v1/status" in text
         assert "fraud-detector" in text and "canary" in text and "accuracy=" in text  # the live summary
+        # The demo's canary is 20% slower: its verdict is printed, and fails on latency.
+        assert "canary fraud-detector/canary vs control: fail" in text and "latency +" in text
     finally:
         if proc.poll() is None:
             proc.kill()
