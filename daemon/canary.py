@@ -21,7 +21,8 @@ Verdict, once both arms have `min_requests` requests: `fail` when a critical met
 confidence sequence lies beyond its tolerance on the worse side (at α), or when
 Benjamini-Hochberg at q = α rejects "no worse than the tolerance" for a non-critical metric
 that is worse; `pass` when every metric with data has its worse-side bound within tolerance;
-`inconclusive` otherwise. The score is Kayenta-like: 100 × the mean over metrics of 1 (pass),
+`inconclusive` otherwise. A `fail` stands until the comparison restarts: a sequential test stops
+at its first rejection. The score is Kayenta-like: 100 × the mean over metrics of 1 (pass),
 0.5 (inconclusive) or 0 (fail). A new version of either arm restarts the comparison.
 """
 
@@ -262,16 +263,18 @@ class ModelCanary:
         failing: list[str] = [n for n in critical if readings[n].verdict == "fail"]
         rejected = benjamini_hochberg([p_values[n] for n in others], s.alpha) if others else []
         failing += [n for n, r in zip(others, rejected, strict=True) if r and readings[n].verdict != "pass"]
-        if failing:
-            comp.verdict = "fail"
-        elif readings and all(r.verdict == "pass" for r in readings.values()):
-            comp.verdict = "pass"
-        else:
-            comp.verdict = "inconclusive"
         points = {"pass": 1.0, "inconclusive": 0.5, "fail": 0.0}
         comp.score = 100.0 * sum(points[r.verdict] for r in readings.values()) / len(readings) if readings else 50.0
         comp.metrics = readings
-        comp.reasons = [_reason(n, readings[n]) for n in failing]
+        if comp.verdict == "fail":
+            return  # a sequential test stops at its first rejection: fail stands until a reset
+        if failing:
+            comp.verdict = "fail"
+            comp.reasons = [_reason(n, readings[n]) for n in failing]
+        elif readings and all(r.verdict == "pass" for r in readings.values()):
+            comp.verdict, comp.reasons = "pass", []
+        else:
+            comp.verdict, comp.reasons = "inconclusive", []
 
     def timeline_entry(self, comp: Comparison, index: int) -> dict[str, Any]:
         entry = {

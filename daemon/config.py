@@ -234,7 +234,7 @@ class CanaryConfig(_Section):
     planned_requests: int = Field(5_000, ge=100)
     # How much worse a candidate may be: relative for latency, absolute for the rest.
     latency_tolerance: float = Field(0.05, ge=0)
-    error_rate_tolerance: float = Field(0.005, ge=0)
+    error_rate_tolerance: float = Field(0.002, ge=0)
     tail_quantile: float = Field(0.95, gt=0.5, lt=1)
     tail_tolerance: float = Field(0.02, ge=0)
     accuracy_tolerance: float = Field(0.01, ge=0)

@@ -128,3 +128,16 @@ def test_gauges_and_the_canary_endpoint(tmp_path: Path) -> None:
     assert report is not None and report["variants"]["canary"]["verdict"] == "fail"
     assert d.canary_report("nope") is None
     assert set(d.canary_report(None)["models"]) == {"m"}  # type: ignore[index]
+
+
+def test_a_fail_stands_until_a_new_version(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    with (tmp_path / "events.jsonl").open("w") as f:
+        for i in range(40_000):
+            arm = i % 2 == 1
+            slow = 1.3 if arm and i < 2_000 else 1.0  # the canary recovers after 1,000 of its requests
+            ev = {"request_id": f"r{i}", "model": "m", "variant": "canary" if arm else "control"}
+            ev |= {"version": "2" if arm else "1", "latency_ms": rng.lognormvariate(3.0, 0.3) * slow}
+            f.write(json.dumps(ev) + "\n")
+    timeline = replay_canary(tmp_path)
+    assert [e["verdict"] for e in timeline] == ["fail"]
