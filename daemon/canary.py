@@ -33,10 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from daemon.config import CanaryConfig
 from daemon.events import InferenceEvent
 from daemon.sequential import Look, SequentialDifference, benjamini_hochberg
 
+FloatArray = npt.NDArray[np.float64]
 Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
 METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
@@ -53,10 +57,16 @@ class _Moments:
     def __init__(self) -> None:
         self.n, self.s, self.ss = 0, 0.0, 0.0
 
-    def add(self, xs: Sequence[float]) -> None:
+    def add(self, xs: FloatArray) -> None:
         self.n += len(xs)
-        self.s += math.fsum(xs)
-        self.ss += math.fsum([x * x for x in xs])
+        self.s += float(xs.sum())
+        self.ss += float(xs @ xs)
+
+    def add_binary(self, n: int, ones: int) -> None:
+        """n values of which `ones` are 1 and the rest 0."""
+        self.n += n
+        self.s += ones
+        self.ss += ones
 
     def mean_var(self) -> tuple[float, float]:
         mean = self.s / self.n
@@ -133,23 +143,23 @@ class ModelCanary:
         arm = self._arm(variant, version)
         arm.requests += len(events)
         m = arm.moments
-        m["error_rate"].add([1.0 if e.status == "error" else 0.0 for e in events])
+        m["error_rate"].add_binary(len(events), sum(1 for e in events if e.status == "error"))
         lat = [x for e in events if (x := e.latency_ms) is not None and x > 0]
         if lat:
-            m["latency"].add([math.log(x) for x in lat])
+            values = np.asarray(lat)
+            m["latency"].add(np.log(values))
             if variant == self.baseline and self.tail_threshold is None:
                 self._warm_up(arm, lat)
             elif self.tail_threshold is not None:
-                t = self.tail_threshold
-                m["latency_tail"].add([1.0 if x > t else 0.0 for x in lat])
+                m["latency_tail"].add_binary(len(lat), int(np.count_nonzero(values > self.tail_threshold)))
         scores = [x for e in events if (x := e.score) is not None]
         if scores:
-            m["prediction_shift"].add(scores)
+            m["prediction_shift"].add(np.asarray(scores))
 
     def add_graded(self, variant: str, version: str, wrong: Sequence[bool]) -> None:
         arm = self.arms.get(variant)
         if arm is not None and arm.version == version:
-            arm.moments["accuracy"].add([0.0 if w else 1.0 for w in wrong])
+            arm.moments["accuracy"].add_binary(len(wrong), len(wrong) - sum(wrong))
 
     def _arm(self, variant: str, version: str) -> _Arm:
         arm = self.arms.get(variant)
