@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/detection.py
+	$(BIN)/python bench/canary.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
