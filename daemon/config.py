@@ -28,6 +28,11 @@ DEFAULT_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MIN_MS_PER_RECORD = 1
 
 
+def _csv(v: Any) -> Any:
+    """A comma-separated string (as an environment override gives it) as a tuple; else as is."""
+    return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+
+
 class ConfigError(Exception):
     """Bad config: the message names each field, the bad value and what is allowed."""
 
@@ -60,7 +65,7 @@ class KafkaConfig(_Section):
     @field_validator("bootstrap_servers", "topics", mode="before")
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
-        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+        return _csv(v)
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod
@@ -159,7 +164,7 @@ class AccuracyConfig(_Section):
     @field_validator("slice_features", mode="before")
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
-        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+        return _csv(v)
 
     @model_validator(mode="after")
     def _one_window(self) -> AccuracyConfig:
@@ -196,7 +201,7 @@ class DriftConfig(_Section):
     @field_validator("streams", mode="before")
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
-        return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
+        return _csv(v)
 
     @model_validator(mode="after")
     def _detectors(self) -> DriftConfig:
@@ -243,6 +248,11 @@ class CanaryConfig(_Section):
     critical: tuple[Literal["error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"], ...] = (
         "error_rate",
     )
+
+    @field_validator("critical", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return _csv(v)
 
 
 class LifecycleConfig(_Section):

@@ -105,3 +105,15 @@ def test_example_config_is_valid_and_complete() -> None:
         for key in getattr(sub, "model_fields", {}):
             if key != "kafka":
                 assert f"{key}:" in text, f"example config lacks {section}.{key}"
+
+
+def test_list_fields_take_comma_separated_environment_overrides() -> None:
+    env = {
+        "INFERWATCH__ACCURACY__SLICE_FEATURES": "country, device",
+        "INFERWATCH__DRIFT__STREAMS": "features,errors",
+        "INFERWATCH__CANARY__CRITICAL": "error_rate,latency",
+    }
+    c = load(None, env)
+    assert c.accuracy.slice_features == ("country", "device")
+    assert c.drift.streams == ("features", "errors")
+    assert c.canary.critical == ("error_rate", "latency")
