@@ -69,7 +69,7 @@ def load_references(config: Config) -> dict[Key, dict[str, list[Any]]]:
     path = config.drift.reference_file
     if path is None:
         return {}
-    decoder = EventDecoder(config.limits.max_event_bytes)
+    decoder = EventDecoder(config.limits.max_event_bytes, InferenceEvent)
     by_key: dict[Key, list[InferenceEvent]] = {}
     try:
         with open(path, "rb") as f:

@@ -11,10 +11,10 @@ import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "INFERWATCH__"
 
@@ -33,6 +33,10 @@ def _csv(v: Any) -> Any:
     return tuple(s.strip() for s in v.split(",") if s.strip()) if isinstance(v, str) else v
 
 
+# A tuple that an environment override may also give as "a,b,c".
+Csv = Annotated[tuple[str, ...], BeforeValidator(_csv)]
+
+
 class ConfigError(Exception):
     """Bad config: the message names each field, the bad value and what is allowed."""
 
@@ -43,8 +47,8 @@ class _Section(BaseModel):
 
 
 class KafkaConfig(_Section):
-    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
-    topics: tuple[str, ...] = ("inference-logs",)
+    bootstrap_servers: Csv = ("127.0.0.1:9092",)
+    topics: Csv = ("inference-logs",)
     group_id: str = "inferwatch"
     client_id: str = "inferwatch"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -61,11 +65,6 @@ class KafkaConfig(_Section):
     # Processed offsets are committed at most this often (and always on revoke and shutdown):
     # a synchronous commit per batch cost ~5% of end-to-end throughput. 0 commits every batch.
     commit_interval_ms: int = Field(1_000, ge=0)
-
-    @field_validator("bootstrap_servers", "topics", mode="before")
-    @classmethod
-    def _split_csv(cls, v: Any) -> Any:
-        return _csv(v)
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod
@@ -156,15 +155,10 @@ class AccuracyConfig(_Section):
     # Positive class for binary precision/recall/F1; default "1", else "true".
     positive_class: str | None = None
     # Features whose levels get their own quality figures, `max_slice_levels` levels each.
-    slice_features: tuple[str, ...] = ()
+    slice_features: Csv = ()
     max_slice_levels: int = Field(10, ge=1, le=1000)
     # Labelled predictions per key that calibrate the accuracy estimate (CBPE).
     estimate_reference_events: int = Field(1000, ge=10)
-
-    @field_validator("slice_features", mode="before")
-    @classmethod
-    def _split_csv(cls, v: Any) -> Any:
-        return _csv(v)
 
     @model_validator(mode="after")
     def _one_window(self) -> AccuracyConfig:
@@ -196,12 +190,12 @@ class DriftConfig(_Section):
     # inferwatch_drift_detected stays 1 this long after a detection.
     hold_seconds: float = Field(600.0, gt=0)
     # Streams to watch.
-    streams: tuple[Literal["features", "score", "latency", "errors"], ...] = ("features", "score", "latency", "errors")
-
-    @field_validator("streams", mode="before")
-    @classmethod
-    def _split_csv(cls, v: Any) -> Any:
-        return _csv(v)
+    streams: Annotated[tuple[Literal["features", "score", "latency", "errors"], ...], BeforeValidator(_csv)] = (
+        "features",
+        "score",
+        "latency",
+        "errors",
+    )
 
     @model_validator(mode="after")
     def _detectors(self) -> DriftConfig:
@@ -245,14 +239,10 @@ class CanaryConfig(_Section):
     accuracy_tolerance: float = Field(0.01, ge=0)
     prediction_shift_tolerance: float = Field(0.05, ge=0)
     # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.
-    critical: tuple[Literal["error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"], ...] = (
-        "error_rate",
-    )
-
-    @field_validator("critical", mode="before")
-    @classmethod
-    def _split_csv(cls, v: Any) -> Any:
-        return _csv(v)
+    critical: Annotated[
+        tuple[Literal["error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"], ...],
+        BeforeValidator(_csv),
+    ] = ("error_rate",)
 
 
 class LifecycleConfig(_Section):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
 import msgspec
 
-from daemon.events import InferenceEvent
+from daemon.events import InferenceEvent, LabelEvent
 
 # Bounded set of reasons: they become the `reason` label of inferwatch_events_invalid_total.
 REASONS: Final = (
@@ -38,24 +39,26 @@ def _classify(exc: msgspec.ValidationError) -> str:
     return "wrong_type"
 
 
-class EventDecoder:
-    """Decodes one record value at a time, reusing a compiled msgspec decoder."""
+T = TypeVar("T", InferenceEvent, LabelEvent)
 
-    def __init__(self, max_bytes: int, type_: type[Any] = InferenceEvent) -> None:
+
+class EventDecoder(Generic[T]):
+    """Decodes one record value at a time into `type_`, reusing a compiled msgspec decoder."""
+
+    def __init__(self, max_bytes: int, type_: type[T]) -> None:
         self.max_bytes = max_bytes
-        self._decoder = msgspec.json.Decoder(type_)
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
         # Raises on bad input and ignores max_bytes: for callers that check size and fall back
         # to decode() on any exception (the pipeline's hot loop).
-        self.fast_decode = self._decoder.decode
+        self.fast_decode: Callable[[bytes], T] = self._decoder.decode
 
-    def decode(self, value: bytes | None) -> Any:
-        """The decoded `type_` instance, or a DecodeFailure."""
+    def decode(self, value: bytes | None) -> T | DecodeFailure:
         if value is None:
             return DecodeFailure("malformed_json", "record has no value (tombstone)")
         if len(value) > self.max_bytes:
             return DecodeFailure("oversize", f"{len(value)} bytes > limits.max_event_bytes={self.max_bytes}")
         try:
-            event = self._decoder.decode(value)
+            event: T = self._decoder.decode(value)
         except msgspec.ValidationError as exc:
             return DecodeFailure(_classify(exc), str(exc)[:200])
         except msgspec.DecodeError as exc:

@@ -57,7 +57,7 @@ class Pipeline:
         references: dict[Key, dict[str, list[object]]] | None = None,
     ) -> None:
         self.config = config
-        self.decoder = EventDecoder(config.limits.max_event_bytes)
+        self.decoder = EventDecoder(config.limits.max_event_bytes, InferenceEvent)
         self.label_decoder = EventDecoder(config.limits.max_event_bytes, LabelEvent)
         self.labels_topic = config.labels.topic
         self.overflow = Overflow()

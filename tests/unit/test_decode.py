@@ -12,7 +12,7 @@ from daemon.decode import REASONS, DecodeFailure, EventDecoder
 from daemon.events import DEFAULT_VARIANT, DEFAULT_VERSION, InferenceEvent, event_time
 from daemon.sources import RawRecord
 
-decoder = EventDecoder(max_bytes=4096)
+decoder = EventDecoder(max_bytes=4096, type_=InferenceEvent)
 
 
 def test_minimal_event_gets_defaults() -> None:
