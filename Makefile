@@ -11,7 +11,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,demo]'
+	@# torch first, pinned: 2.13.0 is the CPU build on this disk; the range in the shadow extra
+	@# then installs nothing more (an unpinned torch would pull a multi-GB CUDA build).
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow]'
 	@touch $(STAMP)
 
 tools:

@@ -26,6 +26,7 @@ from daemon.logs import SampledLog
 from daemon.monitors import Histogram
 from daemon.pipeline import AlertSink, CanarySink, Pipeline
 from daemon.routing import Key
+from daemon.shadow.service import ShadowService
 from daemon.sources import Source, TopicPartition
 
 log = structlog.get_logger(__name__)
@@ -101,12 +102,19 @@ class Daemon:
         # Created with the source, under the same retry: the broker may be away at start-up.
         self.dead_letter: KafkaDeadLetter | None = None
         self.pipeline = build_pipeline(config, self.sampled, calibration_workers=1)
+        self.shadow = ShadowService(config.shadow, log_level=config.logging.level) if config.shadow.enabled else None
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
         self.shutdown = Shutdown()
         self.http = HttpServer(
-            config.http.host, config.http.port, self.exposition.render, self.watchdog, self.status, self.canary_report
+            config.http.host,
+            config.http.port,
+            self.exposition.render,
+            self.watchdog,
+            self.status,
+            self.canary_report,
+            self.shadow_report,
         )
         self._source: Source | None = None
         self._lag: Mapping[TopicPartition, int] = {}
@@ -119,6 +127,7 @@ class Daemon:
             source_errors=dict(self.source_errors),
             dead_letter=dict(self.dead_letter_counts),
             batch_duration=self.batch_duration,
+            shadow=self.shadow.report() if self.shadow is not None else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -147,9 +156,20 @@ class Daemon:
                 return None
             return p.canary.report(model)
 
+    def shadow_report(self) -> dict[str, Any]:
+        """/v1/shadow: schedule, run counts and the latest run ({"enabled": false} when off)."""
+        if self.shadow is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.shadow.report()}
+
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
+        if self.shadow is not None:
+            # Bad model files or mappings fail at start-up, like any other bad config.
+            errors = self.shadow.validate()
+            if errors:
+                raise ConfigError("shadow models do not fit their config:\n  " + "\n  ".join(errors))
         if threading.current_thread() is threading.main_thread():
             self.shutdown.install()
         done = threading.Event()
@@ -159,6 +179,8 @@ class Daemon:
             self.http.start()
             stack.callback(self.http.stop)
             stack.callback(self.pipeline.calibrator.close)
+            if self.shadow is not None:
+                stack.callback(self.shadow.close)
             log.info(
                 "started",
                 version=__version__,
@@ -224,6 +246,8 @@ class Daemon:
                     log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
             if time.monotonic() >= next_commit:
                 self.pipeline.tick()
+                if self.shadow is not None:
+                    self.shadow.poll(self.pipeline.reservoir_sizes(), self.pipeline.shadow_samples)
                 if self._pending:
                     self._flush_and_commit(source)
                 next_commit = time.monotonic() + commit_interval_s

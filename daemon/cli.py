@@ -1,4 +1,4 @@
-"""The `inferwatch` command: run, demo, replay, check-config, generate, schema."""
+"""The `inferwatch` command: run, demo, replay, shadow, check-config, generate, schema."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     config = _load(args.file)
     load_references(config)
+    if config.shadow.models:
+        from daemon.shadow.service import RunnerProcess
+
+        errors = RunnerProcess(config.shadow, "error").call("validate")["errors"]
+        if errors:
+            print(f"inferwatch: {args.file}: shadow models do not fit their config:", file=sys.stderr)
+            print("  " + "\n  ".join(errors), file=sys.stderr)
+            return 2
     print(f"{args.file}: ok (topics {', '.join(config.source.kafka.topics)}, http port {config.http.port})")
     return 0
 
@@ -103,6 +111,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from daemon.shadow import oneshot
+    from daemon.shadow.service import RunnerProcess, ShadowError
+
+    config = _load(args.config)
+    configure("warning", config.logging.format)
+    if not args.once:
+        print("inferwatch shadow: pass --once (the daemon schedules runs itself when shadow.enabled)", file=sys.stderr)
+        return 2
+    if not config.shadow.models:
+        print(f"inferwatch shadow: {args.config} lists no shadow.models", file=sys.stderr)
+        return 2
+    if args.input is not None and not Path(args.input).is_file():
+        print(f"inferwatch shadow: --input {args.input} is not a file", file=sys.stderr)
+        return 2
+    runner = RunnerProcess(config.shadow, "warning", config.logging.format)
+    try:
+        errors = runner.call("validate")["errors"]
+        if errors:
+            print("inferwatch shadow: models do not fit their config:\n  " + "\n  ".join(errors), file=sys.stderr)
+            return 2
+        if args.input is not None:
+            samples = oneshot.from_file(config, args.input)
+        else:
+            samples = oneshot.from_kafka(config, args.max_events)
+        report = runner.call("run", samples)
+    except ShadowError as exc:
+        print(f"inferwatch shadow: {exc}", file=sys.stderr)
+        return 1
+    print(oneshot.table(report))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 1 if any(m["status"] == "failed" for m in report["models"]) else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -155,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="inference-logs")
     p.add_argument("--fast", action="store_true", help="produce as fast as possible, ignoring --rate pacing")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("shadow", help="benchmark the configured models on recent real inputs, once")
+    p.add_argument("--config", required=True, help="the daemon's config (shadow.models, source.kafka)")
+    p.add_argument("--once", action="store_true", help="run once now and print a table")
+    p.add_argument("--input", help="take the inputs from this JSONL file instead of the broker")
+    p.add_argument("--max-events", type=int, default=100_000, help="newest records read from the broker")
+    p.add_argument("--json", help="also write the full report here")
+    p.set_defaults(fn=cmd_shadow)
 
     p = sub.add_parser("demo", help="embedded broker + synthetic traffic + the daemon")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")

@@ -245,6 +245,177 @@ class CanaryConfig(_Section):
     ] = ("error_rate",)
 
 
+class TensorInput(_Section):
+    """One model input: which logged features fill its columns, in order, and how."""
+
+    name: str
+    features: Csv
+    dtype: Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool"] = "float32"
+    # Categorical features: value -> code. A feature whose logged values are strings needs one.
+    encodings: dict[str, dict[str, float]] = {}
+    # The code for a categorical value missing from its table.
+    unknown_code: float = -1
+    # A feature absent or null in the logged event.
+    missing_value: float = 0.0
+
+    @field_validator("features")
+    @classmethod
+    def _some(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one feature")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a feature twice")
+        return v
+
+    @model_validator(mode="after")
+    def _encoded_features_are_inputs(self) -> TensorInput:
+        extra = sorted(set(self.encodings) - set(self.features))
+        if extra:
+            raise ValueError(f"encodings for {extra} that are not among this input's features")
+        return self
+
+
+class ShadowModel(_Section):
+    """A model the shadow runner loads and replays logged inputs through."""
+
+    name: str
+    runtime: Literal["onnxruntime", "torch"]
+    # An ONNX file (onnxruntime); a TorchScript file or a torch.export program (.pt2) (torch).
+    path: str
+    role: Literal["production", "candidate"] = "production"
+    # The logged model (the events' `model`) whose recent inputs feed it.
+    source_model: str
+    # The skew check compares this model's outputs with the predictions logged by this variant
+    # (a production model against a model with a canary beside it); None: every logged one.
+    source_variant: str | None = None
+    inputs: tuple[TensorInput, ...]
+    task: Literal["classification", "regression"] = "classification"
+    # The output to read: its position, or its name (ONNX output names).
+    output: int | str = 0
+    # Class labels by output column (or by index for an integer output); [] gives the index.
+    # A one-column float output is a score: classes[1] when >= threshold, else classes[0].
+    classes: tuple[str | int | bool, ...] = ()
+    threshold: float = 0.5
+    # auto: CUDA when the runtime offers it and shadow.allow_cuda, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Defaults to shadow.threads; may not exceed it.
+    intra_op_threads: int | None = Field(None, ge=1)
+    inter_op_threads: int = Field(1, ge=1)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _position(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ValueError("a position counts from 0; name the output to be explicit")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, v: tuple[TensorInput, ...]) -> tuple[TensorInput, ...]:
+        if not v:
+            raise ValueError("needs at least one input mapping")
+        names = [i.name for i in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"names an input twice: {names}")
+        return v
+
+
+class SingleStreamConfig(_Section):
+    # MLPerf's early-stopping minimum for a p99 at 99% confidence.
+    min_queries: int = Field(662, ge=1)
+    min_duration_seconds: float = Field(3.0, ge=0)
+    # Stability (Triton perf_analyzer): the last 3 windows' p50 within stability_tolerance.
+    window_seconds: float = Field(1.0, gt=0)
+    stability_tolerance: float = Field(0.10, gt=0)
+    # Past this many windows an unstable run stops and is flagged `unstable`.
+    max_windows: int = Field(10, ge=3)
+    # Hard stop for a slow model that cannot reach min_queries (flagged `unstable`).
+    max_duration_seconds: float = Field(120.0, gt=0)
+
+
+class OfflineConfig(_Section):
+    enabled: bool = True
+    batch_sizes: Annotated[tuple[int, ...], BeforeValidator(_csv)] = (1, 8, 32)
+    duration_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in v):
+            raise ValueError("batch sizes must be >= 1")
+        return v
+
+
+class ServerConfig(_Section):
+    """MLPerf Server: Poisson arrivals at target_qps; valid when p99 <= latency_bound_ms."""
+
+    enabled: bool = False
+    target_qps: float = Field(100.0, gt=0)
+    latency_bound_ms: float = Field(50.0, gt=0)
+    queries: int = Field(1_000, ge=1)
+
+
+class ShadowConfig(_Section):
+    enabled: bool = False
+    models: tuple[ShadowModel, ...] = ()
+    # Recent real inputs kept per logged model (a uniform sample, Algorithm L).
+    reservoir_size: int = Field(2_000, ge=1, le=1_000_000)
+    # Runs start every interval plus a uniform 0..jitter delay (replicas do not run in step).
+    interval_seconds: float = Field(3_600.0, gt=0)
+    jitter_seconds: float = Field(300.0, ge=0)
+    # A run is skipped until each model's source has this many samples.
+    min_samples: int = Field(100, ge=1)
+    # The runner process's whole thread budget (OMP/MKL too), and its niceness.
+    threads: int = Field(1, ge=1)
+    nice: int = Field(10, ge=0, le=19)
+    allow_cuda: bool = True
+    # A run that takes longer is killed and counted as failed.
+    timeout_seconds: float = Field(600.0, gt=0)
+    warmup_queries: int = Field(100, ge=0)
+    single_stream: SingleStreamConfig = SingleStreamConfig()
+    offline: OfflineConfig = OfflineConfig()
+    server: ServerConfig = ServerConfig()
+    # Candidate vs production: interleaved query pairs, and bootstrap resamples of their ratio.
+    compare_queries: int = Field(1_000, ge=10)
+    bootstrap_resamples: int = Field(2_000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    # Serving skew: a replayed output differs from the logged prediction beyond these
+    # (regression: atol + rtol * |logged|); the check is flagged above skew_tolerance of samples.
+    skew_tolerance: float = Field(0.01, ge=0, le=1)
+    skew_atol: float = Field(1e-6, ge=0)
+    skew_rtol: float = Field(1e-4, ge=0)
+    # Results per (model, hardware) survive restarts here; a run's p99 is a regression when it
+    # exceeds the median of the last `regression_runs` stable runs by more than
+    # max(regression_tolerance, 3 robust sd). Needs regression_min_runs earlier runs.
+    history_file: str = "inferwatch-shadow-history.json"
+    regression_runs: int = Field(10, ge=1)
+    regression_min_runs: int = Field(3, ge=1)
+    regression_tolerance: float = Field(0.10, ge=0)
+    # Price of the hardware per hour (any currency): cost per 1,000 inferences. None: not reported.
+    hourly_price: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _models(self) -> ShadowConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.enabled and not self.models:
+            raise ValueError("enabled needs at least one entry in shadow.models")
+        torch_threads = sorted({m.intra_op_threads or self.threads for m in self.models if m.runtime == "torch"})
+        if len(torch_threads) > 1:
+            raise ValueError(
+                f"torch models ask for different intra_op_threads {torch_threads}; torch has one thread pool per "
+                "process, so give them the same value"
+            )
+        for i, m in enumerate(self.models):
+            if m.intra_op_threads is not None and m.intra_op_threads > self.threads:
+                raise ValueError(
+                    f"models[{i}] ({m.name}): intra_op_threads={m.intra_op_threads} exceeds shadow.threads="
+                    f"{self.threads}; raise shadow.threads or lower intra_op_threads"
+                )
+        return self
+
+
 class LifecycleConfig(_Section):
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
     # /healthz fails when the main loop has not completed an iteration for this long.
@@ -268,6 +439,7 @@ class Config(_Section):
     accuracy: AccuracyConfig = AccuracyConfig()
     drift: DriftConfig = DriftConfig()
     canary: CanaryConfig = CanaryConfig()
+    shadow: ShadowConfig = ShadowConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 

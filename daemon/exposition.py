@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any
 
 from daemon import __version__
 from daemon.canary import VERDICT_VALUE, CanaryMonitor
@@ -28,6 +29,8 @@ KEY_LABELS = ["model", "version", "variant"]
 DRIFT_LABELS = [*KEY_LABELS, "stream", "detector"]
 CANARY_LABELS = ["model", "variant", "baseline"]
 CANARY_METRIC_LABELS = [*CANARY_LABELS, "metric"]
+SHADOW_LABELS = ["model", "role"]
+SHADOW_PAIR_LABELS = ["model", "production"]
 
 # name (without _total for counters) → (type, help, labels)
 FAMILIES: dict[str, tuple[str, str, list[str]]] = {
@@ -152,6 +155,101 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Upper bound of the (1 - alpha) confidence sequence of the effect.",
         CANARY_METRIC_LABELS,
     ),
+    "inferwatch_shadow_runs": ("counter", "Shadow benchmark runs, by outcome (ok, failed).", ["outcome"]),
+    "inferwatch_shadow_last_run_timestamp_seconds": ("gauge", "When the latest successful run started.", []),
+    "inferwatch_shadow_run_duration_seconds": ("gauge", "How long the latest successful run took.", []),
+    "inferwatch_shadow_model_status": (
+        "gauge",
+        "1 for the status of the model in the latest run: ok, skipped (too few samples), failed.",
+        [*SHADOW_LABELS, "status"],
+    ),
+    "inferwatch_shadow_latency_seconds": (
+        "summary",
+        "Replayed latency per scenario (single_stream; server under Poisson load), from the latest run.",
+        [*SHADOW_LABELS, "scenario", "quantile"],
+    ),
+    "inferwatch_shadow_stable": (
+        "gauge",
+        "1 when the single-stream run was stable (last 3 windows' p50 within the tolerance), else 0.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_server_latency_bound_met": (
+        "gauge",
+        "1 when the server scenario's p99 met shadow.server.latency_bound_ms, else 0.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_throughput_inferences_per_second": (
+        "gauge",
+        "Offline throughput at each batch size.",
+        [*SHADOW_LABELS, "batch_size"],
+    ),
+    "inferwatch_shadow_cold_start_seconds": (
+        "gauge",
+        "Cold start, by phase: session (model load) and first_inference.",
+        [*SHADOW_LABELS, "phase"],
+    ),
+    "inferwatch_shadow_regression": (
+        "gauge",
+        "1 when the single-stream p99 is worse than the model's recent runs on this hardware beyond their noise.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_samples": ("gauge", "Logged inputs replayed in the latest run.", SHADOW_LABELS),
+    "inferwatch_shadow_quality": (
+        "gauge",
+        "Quality on the replayed samples that have labels (accuracy, or mae for regressors).",
+        [*SHADOW_LABELS, "metric"],
+    ),
+    "inferwatch_shadow_skew": (
+        "gauge",
+        "Share of samples whose replayed output differs from the prediction logged in production.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_skew_detected": (
+        "gauge",
+        "1 when the skew exceeds shadow.skew_tolerance, else 0.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_latency_ratio": (
+        "gauge",
+        "Candidate p50 over production p50 on identical interleaved inputs.",
+        SHADOW_PAIR_LABELS,
+    ),
+    "inferwatch_shadow_latency_ratio_lower": (
+        "gauge",
+        "Lower bound of the bootstrap confidence interval of the latency ratio.",
+        SHADOW_PAIR_LABELS,
+    ),
+    "inferwatch_shadow_latency_ratio_upper": (
+        "gauge",
+        "Upper bound of the bootstrap confidence interval of the latency ratio.",
+        SHADOW_PAIR_LABELS,
+    ),
+    "inferwatch_shadow_agreement": (
+        "gauge",
+        "Share of samples where candidate and production predict the same class (classifiers).",
+        SHADOW_PAIR_LABELS,
+    ),
+    "inferwatch_shadow_mean_abs_difference": (
+        "gauge",
+        "Mean absolute difference of candidate and production outputs (regressors).",
+        SHADOW_PAIR_LABELS,
+    ),
+    "inferwatch_shadow_model_size_bytes": ("gauge", "Size of the model file.", SHADOW_LABELS),
+    "inferwatch_shadow_cost_per_thousand_inferences": (
+        "gauge",
+        "shadow.hourly_price per 1,000 inferences at the best offline throughput (absent without a price).",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_energy_per_inference_joules": (
+        "gauge",
+        "Energy per single-stream inference from the GPU's counter (NVML); absent where none is reported.",
+        SHADOW_LABELS,
+    ),
+    "inferwatch_shadow_environment_info": (
+        "gauge",
+        "The hardware and runtimes of the latest run; always 1.",
+        ["cpu", "gpu", "onnxruntime", "torch", "providers"],
+    ),
 }
 
 
@@ -168,6 +266,8 @@ class LoopStats:
     source_errors: dict[str, int]
     dead_letter: dict[str, int]
     batch_duration: Histogram
+    # ShadowService.report() when shadow runs are on.
+    shadow: Mapping[str, Any] | None = None
 
 
 def escape(value: str) -> str:
@@ -401,6 +501,11 @@ class MetricsExposition:
             if canary.get(family):
                 _header(out, family)
                 out.extend(canary[family])
+        if loop.shadow is not None:
+            for family, lines in _shadow_lines(loop.shadow).items():
+                if lines:
+                    _header(out, family)
+                    out.extend(lines)
         _header(out, "inferwatch_batch_duration_seconds")
         bd = loop.batch_duration
         add(_histogram(self._batch_template, list(bd.counts), bd.sum))
@@ -432,6 +537,83 @@ def _canary_lines(canary: CanaryMonitor) -> dict[str, list[str]]:
                     ("inferwatch_canary_metric_effect_upper", lk.upper),
                 ):
                     out[family].append(f"{family}{{{ml}}} {_num(value)}")
+    return out
+
+
+SHADOW_FAMILIES = [name for name in FAMILIES if name.startswith("inferwatch_shadow_")]
+SHADOW_QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
+
+
+def _shadow_lines(shadow: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The shadow families' lines from ShadowService.report(): the latest run's figures."""
+    out: dict[str, list[str]] = {family: [] for family in SHADOW_FAMILIES}
+
+    def add(family: str, labels: str, value: float | None) -> None:
+        if value is not None:
+            name = family + "_total" if FAMILIES[family][0] == "counter" else family
+            out[family].append(f"{name}{{{labels}}} {_num(value)}" if labels else f"{name} {_num(value)}")
+
+    for outcome, n in shadow["runs"].items():
+        add("inferwatch_shadow_runs", f'outcome="{outcome}"', n)
+    run = shadow["last_run"]
+    if run is None:
+        return out
+    add("inferwatch_shadow_last_run_timestamp_seconds", "", run["started"])
+    add("inferwatch_shadow_run_duration_seconds", "", run["duration_seconds"])
+    env = run["environment"]
+    info = {
+        "cpu": env.get("cpu_model"),
+        "gpu": env.get("gpu"),
+        "onnxruntime": env.get("onnxruntime"),
+        "torch": env.get("torch"),
+        "providers": ",".join(env.get("onnxruntime_providers") or ()),
+    }
+    add("inferwatch_shadow_environment_info", ",".join(f'{k}="{escape(str(v or ""))}"' for k, v in info.items()), 1)
+    for m in run["models"]:
+        lbl = f'model="{escape(m["name"])}",role="{m["role"]}"'
+        add("inferwatch_shadow_model_status", f'{lbl},status="{m["status"]}"', 1)
+        if m["status"] != "ok":
+            continue
+        for scenario in ("single_stream", "server"):
+            result = m[scenario]
+            if result is None:
+                continue
+            slbl = f'{lbl},scenario="{scenario}"'
+            for q, field in SHADOW_QUANTILES:
+                add("inferwatch_shadow_latency_seconds", f'{slbl},quantile="{q}"', result[field])
+            lines = out["inferwatch_shadow_latency_seconds"]
+            lines.append(f"inferwatch_shadow_latency_seconds_sum{{{slbl}}} {_num(result['mean'] * result['queries'])}")
+            lines.append(f"inferwatch_shadow_latency_seconds_count{{{slbl}}} {result['queries']}")
+        add("inferwatch_shadow_stable", lbl, int(m["single_stream"]["stable"]))
+        if m["server"] is not None:
+            add("inferwatch_shadow_server_latency_bound_met", lbl, int(m["server"]["met"]))
+        for b in m["offline"]:
+            add(
+                "inferwatch_shadow_throughput_inferences_per_second",
+                f'{lbl},batch_size="{b["batch_size"]}"',
+                b["samples_per_second"],
+            )
+        for phase, seconds in m["cold_start"].items():
+            add("inferwatch_shadow_cold_start_seconds", f'{lbl},phase="{phase.removesuffix("_seconds")}"', seconds)
+        add("inferwatch_shadow_regression", lbl, int(m["regression"]["flagged"]))
+        add("inferwatch_shadow_samples", lbl, m["samples"])
+        for metric in ("accuracy", "mae"):
+            add("inferwatch_shadow_quality", f'{lbl},metric="{metric}"', m["quality"].get(metric))
+        if m["skew"] is not None:
+            add("inferwatch_shadow_skew", lbl, m["skew"]["mismatch_rate"])
+            add("inferwatch_shadow_skew_detected", lbl, int(m["skew"]["flagged"]))
+        economics = m["economics"]
+        add("inferwatch_shadow_model_size_bytes", lbl, economics["model_bytes"])
+        add("inferwatch_shadow_cost_per_thousand_inferences", lbl, economics["cost_per_1k_inferences"])
+        add("inferwatch_shadow_energy_per_inference_joules", lbl, economics["energy_per_inference_joules"])
+    for c in run["comparisons"]:
+        lbl = f'model="{escape(c["candidate"])}",production="{escape(c["production"])}"'
+        ratio = c["latency_ratio"]
+        add("inferwatch_shadow_latency_ratio", lbl, ratio["ratio"])
+        add("inferwatch_shadow_latency_ratio_lower", lbl, ratio["lower"])
+        add("inferwatch_shadow_latency_ratio_upper", lbl, ratio["upper"])
+        add("inferwatch_shadow_agreement", lbl, c["agreement"].get("agreement"))
+        add("inferwatch_shadow_mean_abs_difference", lbl, c["agreement"].get("mean_abs_difference"))
     return out
 
 

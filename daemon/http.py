@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status and /v1/canary, on one server thread."""
+"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status, /v1/canary and /v1/shadow, on one thread."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class HttpServer:
         watchdog: Watchdog,
         status: Callable[[], dict[str, Any]],
         canary: Callable[[str | None], dict[str, Any] | None] = lambda model: None,
+        shadow: Callable[[], dict[str, Any]] = lambda: {"enabled": False},
     ) -> None:
         server = self
 
@@ -41,6 +42,7 @@ class HttpServer:
         self.watchdog = watchdog
         self.status = status
         self.canary = canary
+        self.shadow = shadow
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
@@ -83,6 +85,8 @@ class HttpServer:
                     self._json(req, 404, {"error": f"no canary for model {model!r}", **(self.canary(None) or {})})
                 else:
                     self._json(req, 200, report)
+            elif path == "/v1/shadow":
+                self._json(req, 200, self.shadow())
             else:
                 self._json(req, 404, {"error": f"no route {path}", "routes": ROUTES})
         except Exception as exc:
@@ -104,4 +108,4 @@ class HttpServer:
         req.wfile.write(body)
 
 
-ROUTES = ["/metrics", "/healthz", "/readyz", "/v1/status", "/v1/canary", "/v1/canary/{model}"]
+ROUTES = ["/metrics", "/healthz", "/readyz", "/v1/status", "/v1/canary", "/v1/canary/{model}", "/v1/shadow"]

@@ -6,7 +6,8 @@ escape `poll()` (references.md, Kafka consumers).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
@@ -77,21 +78,7 @@ class KafkaSource:
         except KafkaError as exc:
             self._error("poll", exc)
             return []
-        out: list[RawRecord] = []
-        for tp, records in polled.items():
-            topic, partition = tp.topic, tp.partition
-            out.extend(
-                RawRecord(
-                    topic,
-                    partition,
-                    r.offset,
-                    r.timestamp / 1000.0 if r.timestamp >= 0 else None,
-                    r.key,
-                    r.value,
-                )
-                for r in records
-            )
-        return out
+        return raw_records(polled)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit next-offsets of partitions still assigned. False when the broker refused."""
@@ -176,3 +163,15 @@ class KafkaDeadLetter:
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+
+
+def raw_records(polled: Mapping[Any, Sequence[Any]]) -> list[RawRecord]:
+    """kafka-python's poll() result as RawRecords."""
+    out: list[RawRecord] = []
+    for tp, records in polled.items():
+        topic, partition = tp.topic, tp.partition
+        out.extend(
+            RawRecord(topic, partition, r.offset, r.timestamp / 1000.0 if r.timestamp >= 0 else None, r.key, r.value)
+            for r in records
+        )
+    return out

@@ -21,6 +21,7 @@ from daemon.invalid import InvalidRecords
 from daemon.labels import JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
 from daemon.monitors import KeyStats, Overflow
 from daemon.performance import KeyPerformance, confidence, graded, is_wrong
+from daemon.reservoir import Reservoir, Sample
 from daemon.routing import Key, KeyTable
 from daemon.sources import RawRecord, TopicPartition
 
@@ -75,6 +76,11 @@ class Pipeline:
         self.inline_labels = 0
         # Newest event time seen: the clock of a replay's label join.
         self.watermark = 0.0
+        # Recent real inputs per logged model that a shadow model replays (shadow.models).
+        shadow = config.shadow
+        self.reservoirs: dict[str, Reservoir] = (
+            {m.source_model: Reservoir(shadow.reservoir_size) for m in shadow.models} if shadow.enabled else {}
+        )
 
     def _new_key(self, key: Key) -> KeyState:
         c = self.config
@@ -137,6 +143,7 @@ class Pipeline:
             group[1].append(ts if type(ts) is float else event_time(ts, rec.timestamp))
             group[2].append(rec.offset)
         alerts: list[DriftAlert] = []
+        reservoirs = self.reservoirs
         with self.lock:
             # Before the join sees this batch's predictions: in replay the watermark is its clock.
             newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
@@ -145,6 +152,8 @@ class Pipeline:
             last_index: dict[str, int] = {}
             for key, (events, times, indices) in groups.items():
                 routed, state = self.keys.route(key, len(events))
+                if reservoirs and (reservoir := reservoirs.get(key[0])) is not None:
+                    reservoir.add_many(events, _sample)
                 state.stats.update(events, times)
                 if state.drift is not None:
                     alerts += state.drift.update(events, indices, times)
@@ -155,6 +164,8 @@ class Pipeline:
             verdicts = self._verdicts(last_index)
             if labels and self.join is not None:
                 alerts += self._grade(self.join.add_labels(labels))
+            if labels and reservoirs:
+                self._label_samples(labels)
             for rec, failure in failures:
                 self.invalid.record(rec, failure)
             self.records += len(records)
@@ -180,8 +191,25 @@ class Pipeline:
             raise RuntimeError("add_labels needs a pipeline built with a label join")
         with self.lock:
             alerts = self._grade(self.join.add_labels(labels))
+            self._label_samples(labels)
         if alerts and self.alert_sink is not None:
             self.alert_sink(alerts)
+
+    def _label_samples(self, labels: Sequence[LabelRecord]) -> None:
+        if not self.reservoirs:
+            return
+        for request_id, model, label, _ in labels:
+            reservoir = self.reservoirs.get(model)
+            if reservoir is not None:
+                reservoir.attach_label(request_id, label)
+
+    def reservoir_sizes(self) -> dict[str, int]:
+        return {model: len(r.items) for model, r in self.reservoirs.items()}
+
+    def shadow_samples(self) -> dict[str, list[Sample]]:
+        """A copy of every reservoir's samples, for a shadow run."""
+        with self.lock:
+            return {model: [Sample(*s.row()) for s in r.items] for model, r in self.reservoirs.items()}
 
     def _predictions(
         self, key: Key, state: KeyState, events: list[InferenceEvent], times: list[float | None], indices: list[int]
@@ -266,6 +294,10 @@ class Pipeline:
     @property
     def events(self) -> int:
         return sum(s.stats.events for _, s in self.keys.items())
+
+
+def _sample(e: InferenceEvent) -> Sample:
+    return Sample(e.request_id, dict(e.features or {}), e.prediction, e.score, e.label, e.version, e.variant)
 
 
 def _slice_value(e: InferenceEvent, name: str) -> str:

@@ -1,18 +1,18 @@
 """A bounded, uniform sample of recent real inputs per logged model: the shadow runner's food.
 
-Issue 5 groundwork (not wired into the pipeline yet). Vitter's Algorithm L keeps a uniform
-sample of at most `size` of everything seen, and draws how many items to skip rather than a
-random number per item, so a batch costs O(size · log(seen / size)) overall, not O(batch).
-Labels that arrive later attach to their sampled prediction by request_id.
+Vitter's Algorithm L keeps a uniform sample of at most `size` of everything seen, and draws how
+many items to skip rather than a random number per item, so a batch costs O(size · log(seen /
+size)) overall, not O(batch); only the items taken are converted to a Sample. Labels that
+arrive later attach to their sampled prediction by request_id.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass
+from typing import Any, TypeVar
 
 SNAPSHOT_VERSION = 1
 
@@ -26,10 +26,25 @@ class Sample:
     prediction: Any = None
     score: float | None = None
     label: Any = None
+    version: str | None = None
+    variant: str | None = None
+
+    def row(self) -> list[Any]:
+        """The JSON form (snapshots, the runner's request); Sample(*row) reads it back."""
+        return list(astuple(self))
+
+
+T = TypeVar("T")
+
+
+def _same(item: Any) -> Sample:
+    return item  # type: ignore[no-any-return]
 
 
 class Reservoir:
     """A uniform sample of at most `size` items of a stream (Algorithm L), in bounded memory.
+
+    `add_many` takes any items and a `make` that turns the ones sampled into Samples.
 
     >>> r = Reservoir(size=3, seed=1)
     >>> r.add_many([Sample(str(i), {"x": i}) for i in range(1000)])
@@ -48,11 +63,11 @@ class Reservoir:
         self._w = 1.0
         self._next = 0  # stream position of the next item to take, once full
 
-    def add_many(self, samples: Sequence[Sample]) -> None:
+    def add_many(self, samples: Sequence[T], make: Callable[[T], Sample] = _same) -> None:
         start = self.seen
         i = 0
         while i < len(samples) and len(self.items) < self.size:
-            self._put(len(self.items), samples[i])
+            self._put(len(self.items), make(samples[i]))
             i += 1
             if len(self.items) == self.size:
                 self._w = math.exp(math.log(self._random()) / self.size)
@@ -61,7 +76,7 @@ class Reservoir:
             j = self._next - start
             if j >= len(samples):
                 break
-            self._put(self._rng.randrange(self.size), samples[j])
+            self._put(self._rng.randrange(self.size), make(samples[j]))
             self._w *= math.exp(math.log(self._random()) / self.size)
             self._next += 1 + self._skip()
         self.seen += len(samples)
@@ -98,7 +113,7 @@ class Reservoir:
             "w": self._w,
             "next": self._next,
             "rng": [state[0], list(state[1]), state[2]],
-            "items": [[s.request_id, s.features, s.prediction, s.score, s.label] for s in self.items],
+            "items": [s.row() for s in self.items],
         }
 
     def restore(self, state: dict[str, Any]) -> None:

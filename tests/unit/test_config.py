@@ -117,3 +117,36 @@ def test_list_fields_take_comma_separated_environment_overrides() -> None:
     assert c.accuracy.slice_features == ("country", "device")
     assert c.drift.streams == ("features", "errors")
     assert c.canary.critical == ("error_rate", "latency")
+
+
+def test_shadow_config_errors_name_the_field_and_the_fix() -> None:
+    model = {
+        "name": "m",
+        "runtime": "torch",
+        "path": "m.pt",
+        "source_model": "s",
+        "inputs": [{"name": "x", "features": ["a"]}],
+    }
+    cases = [
+        ({"enabled": True}, "shadow: Value error, enabled needs at least one entry in shadow.models"),
+        ({"models": [model, model]}, "model names must be unique"),
+        ({"models": [model | {"intra_op_threads": 2}]}, "models[0] (m): intra_op_threads=2 exceeds shadow.threads=1"),
+        (
+            {"threads": 4, "models": [model, model | {"name": "n", "intra_op_threads": 2}]},
+            "torch models ask for different intra_op_threads [2, 4]",
+        ),
+        ({"models": [model | {"inputs": [{"name": "x", "features": ["a", "a"]}]}]}, "lists a feature twice"),
+        (
+            {"models": [model | {"inputs": [{"name": "x", "features": ["a"], "encodings": {"b": {"u": 1}}}]}]},
+            "encodings for ['b'] that are not among this input's features",
+        ),
+        ({"models": [model | {"output": -1}]}, "shadow.models.0.output"),
+        (
+            {"models": [model | {"runtime": "tensorflow"}]},
+            "shadow.models.0.runtime: Input should be 'onnxruntime' or 'torch'",
+        ),
+    ]
+    for shadow, message in cases:
+        with pytest.raises(ConfigError) as err:
+            from_mapping({"shadow": shadow})
+        assert message in str(err.value), (shadow, str(err.value))

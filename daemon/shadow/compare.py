@@ -1,0 +1,144 @@
+"""Candidate against production (latency ratio, agreement), replayed against logged outputs (skew), accuracy.
+
+Latency comparison is paired: both models ran the same inputs interleaved (measure.interleaved), so the
+bootstrap resamples pairs, not each model's latencies on their own.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+TASKS = ("classification", "regression")
+# Elements of one bootstrap index matrix (resamples x pairs); larger runs are drawn in chunks.
+BOOTSTRAP_CHUNK_ELEMENTS = 5_000_000
+SKEW_EXAMPLES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RatioResult:
+    """median(candidate) / median(production) with a percentile-bootstrap confidence interval."""
+
+    ratio: float
+    lower: float
+    upper: float
+    pairs: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_ratio(
+    candidate: np.ndarray, production: np.ndarray, *, resamples: int, confidence: float, seed: int = 0
+) -> RatioResult:
+    """Ratio of median latencies; its CI resamples pair indices (the same for both arrays)."""
+    c = np.asarray(candidate, dtype=np.float64)
+    p = np.asarray(production, dtype=np.float64)
+    if c.ndim != 1 or c.shape != p.shape or c.size == 0:
+        raise ValueError(f"need two 1-d arrays of equal, non-zero length, got {c.shape} and {p.shape}")
+    both = np.concatenate([c, p])
+    if not np.all(np.isfinite(both) & (both > 0)):
+        raise ValueError("latencies must be positive, finite numbers")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples} and {confidence}")
+    n = c.size
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples)
+    rows = max(1, BOOTSTRAP_CHUNK_ELEMENTS // n)
+    for lo in range(0, resamples, rows):
+        hi = min(lo + rows, resamples)
+        idx = rng.integers(0, n, size=(hi - lo, n))
+        stats[lo:hi] = np.median(c[idx], axis=1) / np.median(p[idx], axis=1)
+    alpha = (1 - confidence) / 2
+    lower, upper = np.quantile(stats, [alpha, 1 - alpha]).tolist()
+    return RatioResult(float(np.median(c) / np.median(p)), lower, upper, n, confidence)
+
+
+def same_class(x: Any, y: Any) -> bool:
+    """Class equality: numbers (and numeric strings) compare numerically, anything else by str()."""
+    a, b = _number(x), _number(y)
+    if a is not None and b is not None:
+        return a == b
+    return str(x) == str(y)
+
+
+def agreement(a: Sequence[Any], b: Sequence[Any], task: str) -> dict[str, float | int]:
+    """How closely two models' predictions on the same rows agree."""
+    _check(a, b, task)
+    if not a:
+        raise ValueError("no predictions to compare")
+    if task == "classification":
+        return {"n": len(a), "agreement": sum(same_class(x, y) for x, y in zip(a, b, strict=True)) / len(a)}
+    diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return {"n": len(a), "mean_abs_difference": float(diff.mean()), "max_abs_difference": float(diff.max())}
+
+
+def skew(
+    replayed: Sequence[Any], logged: Sequence[Any], task: str, *, atol: float, rtol: float, tolerance: float
+) -> dict[str, Any]:
+    """Serving skew: replayed outputs against the predictions logged in production (None: not logged).
+
+    Regression rows disagree beyond atol + rtol * |logged|, or when either value is not a number.
+    """
+    _check(replayed, logged, task)
+    compared = 0
+    mismatched: list[int] = []
+    diffs: list[float] = []
+    for i, (r, lg) in enumerate(zip(replayed, logged, strict=True)):
+        if lg is None:
+            continue
+        compared += 1
+        if task == "classification":
+            agree = same_class(r, lg)
+        else:
+            x, y = _number(r), _number(lg)
+            agree = False
+            if x is not None and y is not None:
+                diffs.append(abs(x - y))
+                agree = abs(x - y) <= atol + rtol * abs(y)  # False for NaN
+        if not agree:
+            mismatched.append(i)
+    rate = len(mismatched) / compared if compared else None
+    return {
+        "compared": compared,
+        "mismatches": len(mismatched),
+        "mismatch_rate": rate,
+        "mean_abs_difference": float(np.mean(diffs)) if diffs else None,
+        "flagged": rate is not None and rate > tolerance,
+        "examples": mismatched[:SKEW_EXAMPLES],
+    }
+
+
+def accuracy(predictions: Sequence[Any], labels: Sequence[Any], task: str) -> dict[str, Any]:
+    """Accuracy (classification) or mean absolute error (regression) over the rows with a label."""
+    _check(predictions, labels, task)
+    rows = [(p, y) for p, y in zip(predictions, labels, strict=True) if y is not None]
+    if task == "classification":
+        hits = sum(same_class(p, y) for p, y in rows)
+        return {"labelled": len(rows), "accuracy": hits / len(rows) if rows else None}
+    mae = float(np.mean([abs(float(p) - float(y)) for p, y in rows])) if rows else None
+    return {"labelled": len(rows), "mae": mae}
+
+
+def _number(v: Any) -> float | None:
+    """v as a float when it is a real number (bool included) or a string that parses as one."""
+    if isinstance(v, numbers.Real | np.bool_):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _check(a: Sequence[Any], b: Sequence[Any], task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if len(a) != len(b):
+        raise ValueError(f"lengths differ: {len(a)} != {len(b)}")
