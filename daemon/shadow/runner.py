@@ -22,7 +22,7 @@ from daemon.reservoir import Sample
 from daemon.shadow.compare import accuracy, agreement, latency_ratio, skew
 from daemon.shadow.environment import EnergyMeter, collect_environment, cost_per_1k, hardware_key, model_bytes
 from daemon.shadow.history import History, regression
-from daemon.shadow.measure import interleaved, offline, server, single_stream, warm_up
+from daemon.shadow.measure import Run, interleaved, offline, server, single_stream, warm_up
 from daemon.shadow.models import LoadedModel, load_model, unencoded_features
 
 log = structlog.get_logger(__name__)
@@ -34,6 +34,7 @@ PREDICT_BATCH = 256
 @dataclass(slots=True)
 class _Measured:
     model: LoadedModel
+    rows: Sequence[Sample]
     feeds: list[Any]
     predictions: list[Any]
     entry: dict[str, Any]
@@ -128,7 +129,7 @@ def _measure(spec: ShadowModel, rows: Sequence[Sample], shadow: ShadowConfig) ->
             "energy_per_inference_joules": energy,
         },
     )
-    return _Measured(model, feeds, predictions, entry)
+    return _Measured(model, rows, feeds, predictions, entry)
 
 
 def _predict(model: LoadedModel, rows: Sequence[Sample]) -> list[Any]:
@@ -161,9 +162,19 @@ def _pairs(shadow: ShadowConfig, measured: Mapping[str, _Measured]) -> list[tupl
 
 
 def _compare(cand: _Measured, prod: _Measured, shadow: ShadowConfig) -> dict[str, Any]:
-    """Candidate against production: latency ratio on interleaved identical inputs, agreement."""
-    lat_prod, lat_cand = interleaved(prod.model.run, prod.feeds, cand.model.run, cand.feeds, shadow.compare_queries)
-    ratio = latency_ratio(lat_cand, lat_prod, resamples=shadow.bootstrap_resamples, confidence=shadow.confidence)
+    """Candidate against production: latency ratio on interleaved identical inputs, agreement.
+
+    The pairs are spread over shadow.compare_sessions session pairs: the measured ones, then fresh
+    loads of both models (one pair alive at a time), so the interval holds load-to-load noise.
+    """
+    per_session = -(-shadow.compare_queries // shadow.compare_sessions)
+    sessions = []
+    for i in range(shadow.compare_sessions):
+        p_run, p_feeds = _session(prod, shadow, fresh=i > 0)
+        c_run, c_feeds = _session(cand, shadow, fresh=i > 0)
+        lat_prod, lat_cand = interleaved(p_run, p_feeds, c_run, c_feeds, per_session)
+        sessions.append((lat_cand, lat_prod))
+    ratio = latency_ratio(sessions, resamples=shadow.bootstrap_resamples, confidence=shadow.confidence)
     spec = cand.model.spec
     return {
         "candidate": spec.name,
@@ -173,6 +184,16 @@ def _compare(cand: _Measured, prod: _Measured, shadow: ShadowConfig) -> dict[str
         "latency_ratio": ratio.to_dict(),
         "agreement": agreement(cand.predictions, prod.predictions, spec.task),
     }
+
+
+def _session(m: _Measured, shadow: ShadowConfig, *, fresh: bool) -> tuple[Run, list[Any]]:
+    """The measured session, or a fresh load of the same model, warmed up, with its feeds."""
+    if not fresh:
+        return m.model.run, m.feeds
+    model = load_model(m.model.spec, threads=shadow.threads, allow_cuda=shadow.allow_cuda)
+    feeds = [model.feed([s]) for s in m.rows]
+    warm_up(model.run, feeds, shadow.warmup_queries)
+    return model.run, feeds
 
 
 def _judge(shadow: ShadowConfig, env: Mapping[str, Any], measured: Mapping[str, _Measured]) -> None:

@@ -43,7 +43,7 @@ class RunnerProcess:
         self._killed = False
 
     def call(self, mode: str, samples: Mapping[str, Sequence[Sample]] | None = None) -> dict[str, Any]:
-        request = {"mode": mode, "shadow": self.shadow.model_dump(mode="json"), **self._log}
+        request = {"mode": mode, "shadow": self.shadow.model_dump(mode="json"), "parent": os.getpid(), **self._log}
         if samples is not None:
             request["samples"] = {model: [s.row() for s in rows] for model, rows in samples.items()}
         env = os.environ | dict.fromkeys(THREAD_ENV, str(self.shadow.threads))

@@ -2,13 +2,16 @@
 
 daemon.shadow.service starts it with the thread budget in its environment (OMP_NUM_THREADS and
 friends), so a run takes neither the daemon's GIL nor more than shadow.threads cores; it also
-lowers its own priority (shadow.nice). Logs go to stderr, in the daemon's format.
+lowers its own priority (shadow.nice) and dies with its parent (Linux), so a daemon killed with
+SIGKILL leaves no run behind. Logs go to stderr, in the daemon's format.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -29,8 +32,21 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     return run(shadow, samples)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the run ends by itself, bounded by its config
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
 def main() -> int:
     request = json.loads(sys.stdin.buffer.read())
+    _die_with(request["parent"])
     configure(request.get("log_level", "info"), request.get("log_format", "json"))
     nice = int(request["shadow"].get("nice", 0))
     if nice:

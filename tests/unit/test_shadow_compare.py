@@ -16,17 +16,17 @@ def lognormal(seed: int, n: int = 800) -> np.ndarray:
 
 
 def test_ratio_ci_brackets_one_for_the_same_distribution() -> None:
-    r = latency_ratio(lognormal(1), lognormal(2), resamples=1_000, confidence=0.95)
+    r = latency_ratio([(lognormal(1), lognormal(2))], resamples=1_000, confidence=0.95)
     assert r.lower < 1.0 < r.upper
     assert r.lower <= r.ratio <= r.upper
-    assert (r.pairs, r.confidence) == (800, 0.95)
+    assert (r.pairs, r.sessions, r.confidence) == (800, 1, 0.95)
     assert json.loads(json.dumps(r.to_dict())) == r.to_dict()
 
 
 def test_ratio_ci_excludes_one_for_a_twice_slower_candidate() -> None:
     production = lognormal(3)
     candidate = 2 * production * np.random.default_rng(4).lognormal(0, 0.1, production.size)
-    r = latency_ratio(candidate, production, resamples=1_000, confidence=0.95)
+    r = latency_ratio([(candidate, production)], resamples=1_000, confidence=0.95)
     assert 1.0 < r.lower <= r.ratio <= r.upper
     assert r.ratio == pytest.approx(2.0, rel=0.05)
 
@@ -34,29 +34,57 @@ def test_ratio_ci_excludes_one_for_a_twice_slower_candidate() -> None:
 def test_ratio_resamples_pairs_together() -> None:
     # Candidate = 1.5 x production exactly: resampling pairs jointly gives a zero-width interval.
     production = lognormal(5)
-    r = latency_ratio(1.5 * production, production, resamples=500, confidence=0.9)
+    r = latency_ratio([(1.5 * production, production)], resamples=500, confidence=0.9)
     assert r.lower == pytest.approx(1.5) and r.upper == pytest.approx(1.5)
 
 
 def test_ratio_is_deterministic_with_a_seed() -> None:
     a, b = lognormal(6), lognormal(7)
-    first = latency_ratio(a, b, resamples=300, confidence=0.95, seed=11)
-    assert latency_ratio(a, b, resamples=300, confidence=0.95, seed=11) == first
-    assert latency_ratio(a, b, resamples=300, confidence=0.95, seed=12) != first
+    first = latency_ratio([(a, b)], resamples=300, confidence=0.95, seed=11)
+    assert latency_ratio([(a, b)], resamples=300, confidence=0.95, seed=11) == first
+    assert latency_ratio([(a, b)], resamples=300, confidence=0.95, seed=12) != first
 
 
 def test_chunked_bootstrap_matches_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = lognormal(8, 501), lognormal(9, 501)
-    whole = latency_ratio(a, b, resamples=300, confidence=0.95)
-    monkeypatch.setattr(compare, "BOOTSTRAP_CHUNK_ELEMENTS", 501 * 7 + 3)  # chunks of 7 resamples, 6 left over
-    assert latency_ratio(a, b, resamples=300, confidence=0.95) == whole
+    whole = latency_ratio([(a, b), (b, a)], resamples=300, confidence=0.95)
+    monkeypatch.setattr(compare, "BOOTSTRAP_CHUNK_ELEMENTS", 1002 * 7 + 3)  # chunks of 7 resamples, 6 left over
+    assert latency_ratio([(a, b), (b, a)], resamples=300, confidence=0.95) == whole
 
 
 def test_ratio_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="equal"):
-        latency_ratio(np.ones(3), np.ones(4), resamples=100, confidence=0.95)
+        latency_ratio([(np.ones(3), np.ones(4))], resamples=100, confidence=0.95)
     with pytest.raises(ValueError, match="positive"):
-        latency_ratio(np.array([1.0, 0.0]), np.ones(2), resamples=100, confidence=0.95)
+        latency_ratio([(np.array([1.0, 0.0]), np.ones(2))], resamples=100, confidence=0.95)
+
+
+def sessions(ratio: float, offsets: list[float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Session pairs whose loads differ by `offsets` (relative), as two loads of one file do."""
+    out = []
+    for i, offset in enumerate(offsets):
+        production = lognormal(seed + i, 250)
+        noise = np.random.default_rng(seed + 100 + i).lognormal(0, 0.002, 250)
+        out.append((ratio * (1 + offset) * production * noise, production))
+    return out
+
+
+def test_session_to_session_noise_is_in_the_interval() -> None:
+    # Identical models whose loads differ by a few tenths of a percent (bench/shadow.py saw 0.35%).
+    loads = sessions(1.0, [0.003, -0.001, 0.002, -0.002], seed=20)
+    alone = latency_ratio(loads[:1], resamples=1_000, confidence=0.95)
+    assert not alone.lower <= 1.0 <= alone.upper  # one session pair: the load difference looks significant
+    spread = latency_ratio(loads, resamples=1_000, confidence=0.95)
+    assert spread.lower < 1.0 < spread.upper
+    assert (spread.sessions, spread.pairs) == (4, 1000) and "t interval" in spread.method
+    slower = latency_ratio(sessions(2.0, [0.003, -0.001, 0.002, -0.002], seed=30), resamples=1_000, confidence=0.95)
+    assert 1.9 < slower.lower <= slower.ratio <= slower.upper < 2.1
+
+
+def test_session_pairs_weigh_alike_whatever_their_size() -> None:
+    big, small = sessions(1.0, [0.0], seed=40)[0], sessions(1.5, [0.0], seed=41)[0]
+    r = latency_ratio([big, (small[0][:50], small[1][:50])], resamples=200, confidence=0.95)
+    assert r.pairs == 100  # 50 of each: the bigger one is trimmed
 
 
 def test_same_class() -> None:

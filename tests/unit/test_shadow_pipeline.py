@@ -168,6 +168,10 @@ def test_every_shadow_family_is_rendered_from_a_full_report() -> None:
         " 0.003" in lines["inferwatch_shadow_latency_seconds"]
     )
     assert (
+        'inferwatch_shadow_latency_seconds_count{model="m-cand",role="candidate",scenario="server"} 1000'
+        in lines["inferwatch_shadow_latency_seconds"]
+    )
+    assert (
         lines["inferwatch_shadow_model_status"][1]
         == 'inferwatch_shadow_model_status{model="m-skip",role="production",status="skipped"} 1'
     )

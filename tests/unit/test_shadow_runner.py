@@ -78,6 +78,7 @@ def test_identical_models_agree_fully_and_replays_match_the_logs(tmp_path: Path)
     assert pair["agreement"] == {"n": 300, "agreement": 1.0}
     ratio = pair["latency_ratio"]
     assert ratio["pairs"] == 200 and ratio["lower"] <= ratio["ratio"] <= ratio["upper"]
+    assert ratio["sessions"] == 4  # the measured session pair and three fresh loads of both models
     env = report["environment"]
     assert "CPUExecutionProvider" in env["onnxruntime_providers"] and env["torch"]
 
