@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/canary.py
+	$(BIN)/python bench/shadow.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

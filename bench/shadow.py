@@ -145,6 +145,8 @@ def isolation(model: Path, rows: list[Sample], tmp: Path, rounds: int, seconds: 
         thread.start()
         time.sleep(4.0)  # the runner imports onnxruntime and loads the model, then measures
         rates["with"].append(ingest())
+        if not runner.running:
+            raise SystemExit("the shadow run ended before the ingestion round did: lengthen single_stream")
         runner.kill()
         thread.join()
     without, with_ = statistics.median(rates["without"]), statistics.median(rates["with"])

@@ -68,6 +68,11 @@ class RunnerProcess:
         answer: dict[str, Any] = json.loads(out)
         return answer
 
+    @property
+    def running(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
     def kill(self) -> None:
         self._killed = True
         proc = self._proc
