@@ -14,6 +14,10 @@ goes through the real runner process (`RunnerProcess.call("run")`), as the daemo
 3. Overhead: the single-stream p50 the runner reports against `session.run` timed in a tight
    loop with the same session options, in a fresh process with the same thread environment,
    alternating: within 5%.
+
+Also printed, no target: load-to-load differences. Four sessions of the same file, in this
+process, each compared with the first by a one-pair bootstrap (1,000 interleaved pairs): why
+the runner spreads a comparison over several session pairs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ sys.path.insert(0, str(REPO_ROOT))  # the model builders live with the tests
 from daemon.app import build_pipeline
 from daemon.config import Config, ShadowConfig
 from daemon.reservoir import Sample
+from daemon.shadow.compare import latency_ratio
+from daemon.shadow.measure import interleaved, warm_up
+from daemon.shadow.models import load_model
 from daemon.shadow.service import THREAD_ENV, RunnerProcess, ShadowError
 from daemon.sources import RawRecord
 from tests.unit.shadow_models import onnx_linear_classifier, samples
@@ -133,7 +140,12 @@ def isolation(model: Path, rows: list[Sample], tmp: Path, rounds: int, seconds: 
     long_run = {
         "warmup_queries": 100,
         "min_samples": 10,
-        "single_stream": {"min_duration_seconds": seconds + 30, "max_duration_seconds": seconds + 60},
+        # max_windows: an unstable stretch (ingestion runs beside it) must not end the run early.
+        "single_stream": {
+            "min_duration_seconds": seconds + 30,
+            "max_duration_seconds": seconds + 60,
+            "max_windows": 1000,
+        },
     }
     shadow = _shadow([_spec("m", model)], tmp / "iso-history.json", **long_run)
     rates: dict[str, list[float]] = {"without": [], "with": []}
@@ -211,6 +223,26 @@ def overhead(model: Path, rows: list[Sample], tmp: Path, pairs: int) -> dict[str
     }
 
 
+def load_to_load(model: Path, rows: list[Sample], tmp: Path, loads: int = 4) -> dict[str, Any]:
+    """Sessions 1..loads-1 of one file against session 0, one session pair each."""
+    spec = _shadow([_spec("m", model)], tmp / "unused.json").models[0]
+    sessions = []
+    for _ in range(loads):
+        m = load_model(spec, threads=1, allow_cuda=False)
+        feeds = [m.feed([s]) for s in rows]
+        warm_up(m.run, feeds, 200)
+        sessions.append((m.run, feeds))
+    ratios = []
+    for run, feeds in sessions[1:]:
+        base, other = interleaved(sessions[0][0], sessions[0][1], run, feeds, 1000)
+        ratios.append(latency_ratio([(other, base)], resamples=2000, confidence=0.95).to_dict())
+    return {
+        "ratios": ratios,
+        "max_deviation": max(abs(r["ratio"] - 1) for r in ratios),
+        "one_pair_ci_excludes_1": sum(not r["lower"] <= 1.0 <= r["upper"] for r in ratios),
+    }
+
+
 def main() -> None:
     args = parse_args(__doc__, _add_args)
     rounds, seconds, runs = (2, 3.0, 3) if args.quick else (args.rounds, args.round_seconds, args.runs)
@@ -222,6 +254,7 @@ def main() -> None:
         model = onnx_linear_classifier(tmp / "m.onnx", w, b, slow_repeats=REPEATS, hidden=HIDDEN)
         twin = onnx_linear_classifier(tmp / "slow.onnx", w, b, slow_repeats=SLOW_REPEATS, hidden=HIDDEN)
         rows = samples(1000, K, seed=2)
+        loads = load_to_load(model, rows, tmp)
         over = overhead(model, rows, tmp, 3 if args.quick else 5)
         prec = precision(model, twin, rows, tmp, runs)
         iso = isolation(model, rows, tmp, rounds, seconds)
@@ -236,7 +269,12 @@ def main() -> None:
         f"tight loop {statistics.median(over['tight_loop_p50_seconds']) * 1e6:.1f} µs ({over['ratio'] - 1:+.1%}, "
         f"within 5%: {verdict(over['ok'])})"
     )
-    write_result(NAME, args.quick, {"isolation": iso, "precision": prec, "overhead": over, "ok": ok}, summary)
+    summary += (
+        f"; load-to-load: up to {loads['max_deviation']:.2%} between sessions of one file, "
+        f"{loads['one_pair_ci_excludes_1']}/{len(loads['ratios'])} one-pair CIs exclude 1"
+    )
+    body = {"isolation": iso, "precision": prec, "overhead": over, "load_to_load": loads, "ok": ok}
+    write_result(NAME, args.quick, body, summary)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def latency_ratio(
     """Ratio of median latencies over (candidate, production) pairs measured in one or more session pairs.
 
     Pairs are resampled jointly (both models ran the same input). Two sessions of one model file can differ
-    by a few tenths of a percent, reproducibly (memory layout: bench/shadow.py saw 0.35%), so with a single
+    by a few tenths of a percent, reproducibly (memory layout; docs/benchmarks.md, Shadow), so with a single
     session pair the percentile interval describes those two sessions, not the models. With k >= 2 session
     pairs the bootstrap is two-stage (session pairs with replacement, then pairs within each), and the interval
     is exp(ln ratio +/- t(k-1) * se), se the bootstrap standard error of ln ratio: a handful of clusters needs
