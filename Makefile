@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Each sets up what it needs on a
-# fresh machine: the venv, the package, and (for tests) Debian's prometheus for promtool.
+# fresh machine: the venv, the package, and (for tests) Debian's prometheus and alertmanager.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-		echo "installing Debian's prometheus (promtool)"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus and prometheus-alertmanager (promtool, amtool)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			prometheus prometheus-alertmanager >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/inferwatch demo

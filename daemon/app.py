@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -12,11 +13,12 @@ import structlog
 from kafka.errors import KafkaError
 
 from daemon import __version__
+from daemon.alertpush import AlertPusher, firing
 from daemon.config import Config, ConfigError
 from daemon.decode import DecodeFailure, EventDecoder
 from daemon.drift import Calibrator, reference_columns
 from daemon.events import InferenceEvent
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.exposition import BATCH_BUCKETS, NOTIFICATION_OUTCOMES, LoopStats, MetricsExposition, RetrainingStats
 from daemon.http import HttpServer
 from daemon.invalid import InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
@@ -25,6 +27,10 @@ from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
 from daemon.logs import SampledLog
 from daemon.monitors import Histogram
 from daemon.pipeline import AlertSink, CanarySink, Pipeline
+from daemon.retraining.outbox import Outbox, OutboxError
+from daemon.retraining.receiver import PayloadError, authorized, parse_alertmanager
+from daemon.retraining.sender import Sender
+from daemon.retraining.triggers import Triggers
 from daemon.routing import Key
 from daemon.shadow.service import ShadowService
 from daemon.sources import Source, TopicPartition
@@ -103,6 +109,9 @@ class Daemon:
         self.dead_letter: KafkaDeadLetter | None = None
         self.pipeline = build_pipeline(config, self.sampled, calibration_workers=1)
         self.shadow = ShadowService(config.shadow, log_level=config.logging.level) if config.shadow.enabled else None
+        self.pusher = AlertPusher(config.alertmanager_push) if config.alertmanager_push.urls else None
+        self.notifications = dict.fromkeys(NOTIFICATION_OUTCOMES, 0)
+        self.outbox, self.sender, self.triggers = self._retraining(config)
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
@@ -115,6 +124,8 @@ class Daemon:
             self.status,
             self.canary_report,
             self.shadow_report,
+            self.receive_alertmanager if config.receiver.token is not None else None,
+            config.receiver.max_body_bytes,
         )
         self._source: Source | None = None
         self._lag: Mapping[TopicPartition, int] = {}
@@ -128,7 +139,58 @@ class Daemon:
             dead_letter=dict(self.dead_letter_counts),
             batch_duration=self.batch_duration,
             shadow=self.shadow.report() if self.shadow is not None else None,
+            pushes=dict(self.pusher.sent) if self.pusher is not None else {},
+            retraining=self._retraining_stats(),
         )
+
+    @staticmethod
+    def _retraining(config: Config) -> tuple[Outbox | None, Sender | None, Triggers | None]:
+        r = config.retraining
+        if not r.enabled:
+            return None, None, None
+        try:
+            outbox = Outbox(r.outbox_file)
+        except (OSError, sqlite3.Error, OutboxError) as exc:
+            raise ConfigError(f"retraining.outbox_file: cannot open {r.outbox_file}: {exc}") from None
+        sender = Sender(
+            outbox,
+            r.endpoints,
+            initial_backoff=r.initial_backoff_seconds,
+            max_backoff=r.max_backoff_seconds,
+            give_up_after=r.give_up_after_seconds,
+        )
+        triggers = Triggers(r.policies, outbox, [e.name for e in r.endpoints], on_fired=sender.wake)
+        return outbox, sender, triggers
+
+    def _retraining_stats(self) -> RetrainingStats:
+        if self.outbox is None or self.sender is None or self.triggers is None:
+            return RetrainingStats(dict(self.notifications))
+        names = [e.name for e in self.config.retraining.endpoints]
+        return RetrainingStats(
+            notifications=dict(self.notifications),
+            triggers=dict(self.triggers.counts),
+            pending_alerts=self.triggers.pending,
+            delivered=dict(self.sender.delivered),
+            failed=dict(self.sender.failed),
+            attempts=dict(self.sender.attempts),
+            endpoints=self.outbox.stats(names),
+        )
+
+    def receive_alertmanager(self, authorization: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /v1/alertmanager: an Alertmanager webhook (version 4) -> retraining triggers."""
+        token = self.config.receiver.token
+        if token is None or not authorized(authorization, token):
+            self.notifications["unauthorized"] += 1
+            return 401, {"error": "a valid bearer token (receiver.token) is required"}
+        try:
+            alerts = parse_alertmanager(body)
+        except PayloadError as exc:
+            self.notifications["malformed"] += 1
+            return 400, {"error": str(exc)}
+        self.notifications["accepted"] += 1
+        if self.triggers is not None:
+            self.triggers.on_alerts(alerts)
+        return 200, {"alerts": len(alerts), "retraining": self.triggers is not None}
 
     def status(self) -> dict[str, Any]:
         p = self.pipeline
@@ -181,6 +243,13 @@ class Daemon:
             stack.callback(self.pipeline.calibrator.close)
             if self.shadow is not None:
                 stack.callback(self.shadow.close)
+            if self.pusher is not None:
+                self.pusher.start()
+                stack.callback(self.pusher.stop)
+            if self.sender is not None and self.outbox is not None:
+                self.sender.start()
+                stack.callback(self.outbox.close)  # after the sender stops (callbacks run last-in first-out)
+                stack.callback(self.sender.stop, 5.0)
             log.info(
                 "started",
                 version=__version__,
@@ -244,10 +313,16 @@ class Daemon:
                 self.batch_duration.observe(elapsed)
                 if elapsed > slow_batch_s:
                     log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
+            if self.triggers is not None:
+                self.triggers.tick()  # sustained alerts fire within a poll of their deadline
             if time.monotonic() >= next_commit:
                 self.pipeline.tick()
                 if self.shadow is not None:
                     self.shadow.poll(self.pipeline.reservoir_sizes(), self.pipeline.shadow_samples)
+                if self.pusher is not None:
+                    shadow = self.shadow.report() if self.shadow is not None else None
+                    push = self.config.alertmanager_push
+                    self.pusher.update(firing(self.pipeline, shadow, push.conditions, self.config.drift.hold_seconds))
                 if self._pending:
                     self._flush_and_commit(source)
                 next_commit = time.monotonic() + commit_interval_s

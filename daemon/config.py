@@ -7,6 +7,7 @@ YAML scalars, so numbers and booleans work as expected.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 from collections.abc import Mapping
@@ -14,9 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "INFERWATCH__"
+# Keys whose values are SecretStr: never echoed in an error message.
+SECRET_KEYS = frozenset({"secret", "token"})
 
 # Prometheus client_python's default buckets, in seconds: familiar to every dashboard author.
 DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -419,6 +432,134 @@ class ShadowConfig(_Section):
         return self
 
 
+def _whsec(v: SecretStr) -> SecretStr:
+    """A Standard Webhooks secret: whsec_ + base64 of the key (at least 16 bytes)."""
+    raw = v.get_secret_value()
+    try:
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ValueError("must be whsec_ followed by base64 (the Standard Webhooks secret format)") from None
+    if not raw.startswith("whsec_") or len(key) < 16:
+        raise ValueError("must be whsec_ followed by the base64 of at least 16 random bytes")
+    return v
+
+
+class WebhookEndpoint(_Section):
+    """Where retraining triggers are delivered, signed as Standard Webhooks."""
+
+    name: str
+    url: str
+    secret: Annotated[SecretStr, AfterValidator(_whsec)]
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+class RetrainingPolicy(_Section):
+    """Which alerts trigger a retraining webhook, how long they must last, and how often per model."""
+
+    name: str
+    # Alert names (as Alertmanager delivers them to POST /v1/alertmanager) that fire this policy.
+    # Alerts without a `model` label are ignored: a retraining job is per model.
+    alerts: Csv
+    # How long an alert must have been firing (since its startsAt) before it triggers.
+    sustained_seconds: float = Field(0.0, ge=0)
+    # After a trigger for a model, this policy does not trigger again for it for this long.
+    cooldown_seconds: float = Field(86_400.0, ge=0)
+    # Names of retraining.endpoints to deliver to; empty: all of them.
+    endpoints: Csv = ()
+
+    @field_validator("alerts")
+    @classmethod
+    def _some(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one alert name")
+        return v
+
+
+class RetrainingConfig(_Section):
+    enabled: bool = False
+    policies: tuple[RetrainingPolicy, ...] = ()
+    endpoints: tuple[WebhookEndpoint, ...] = ()
+    # The durable outbox (SQLite): triggers and deliveries survive restarts. Put it on a volume.
+    outbox_file: str = "inferwatch-outbox.sqlite3"
+    # Retries: exponential backoff with full jitter from initial to max; Retry-After honoured.
+    initial_backoff_seconds: float = Field(1.0, gt=0)
+    max_backoff_seconds: float = Field(300.0, gt=0)
+    # A delivery still failing after this long is given up (counted as failed).
+    give_up_after_seconds: float = Field(7 * 86_400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refs(self) -> RetrainingConfig:
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"endpoint names must be unique, got {names}")
+        policies = [p.name for p in self.policies]
+        if len(set(policies)) != len(policies):
+            raise ValueError(f"policy names must be unique, got {policies}")
+        for i, p in enumerate(self.policies):
+            unknown = sorted(set(p.endpoints) - set(names))
+            if unknown:
+                raise ValueError(f"policies[{i}] ({p.name}) names unknown endpoints {unknown}; known: {names}")
+        if self.enabled and (not self.policies or not self.endpoints):
+            raise ValueError("enabled needs at least one entry in retraining.policies and in retraining.endpoints")
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError("max_backoff_seconds must be >= initial_backoff_seconds")
+        return self
+
+
+class ReceiverConfig(_Section):
+    """POST /v1/alertmanager: Alertmanager's webhook (payload version 4), bearer-token protected."""
+
+    # Off without a token. Alertmanager sends it with http_config.authorization (type Bearer).
+    token: SecretStr | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1_024)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+
+PushCondition = Literal["drift", "canary_fail", "shadow_regression", "serving_skew"]
+
+
+class AlertmanagerPushConfig(_Section):
+    """Optional: inferwatch's own alerts sent straight to Alertmanager's API v2 (no Prometheus rules).
+
+    Prefer the rules in deploy/prometheus (they see every replica and keep history); this is for
+    setups without them. The alert names match the rules', so routes and retraining policies fit both.
+    """
+
+    # Base URLs of every Alertmanager instance (each gets every alert); empty: no push.
+    urls: Csv = ()
+    conditions: Annotated[tuple[PushCondition, ...], BeforeValidator(_csv)] = (
+        "drift",
+        "canary_fail",
+        "shadow_regression",
+        "serving_skew",
+    )
+    # Firing alerts are re-sent this often (Alertmanager forgets them after their endsAt, which is
+    # set to 3 intervals ahead: a daemon that dies lets its alerts resolve by themselves).
+    resend_seconds: float = Field(60.0, gt=0)
+    timeout_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [u for u in v if not u.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"must be http:// or https:// URLs, got {bad}")
+        return tuple(u.rstrip("/") for u in v)
+
+
 class LifecycleConfig(_Section):
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
     # /healthz fails when the main loop has not completed an iteration for this long.
@@ -443,6 +584,9 @@ class Config(_Section):
     drift: DriftConfig = DriftConfig()
     canary: CanaryConfig = CanaryConfig()
     shadow: ShadowConfig = ShadowConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
+    receiver: ReceiverConfig = ReceiverConfig()
+    alertmanager_push: AlertmanagerPushConfig = AlertmanagerPushConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -486,6 +630,8 @@ def _describe(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         allowed = ", ".join(parent.model_fields) if _is_section(parent) else "see config/inferwatch.example.yaml"
         return f"{loc}: unknown key. Allowed keys here: {allowed}"
     value = err.get("input")
+    if str(err["loc"][-1]) in SECRET_KEYS:
+        return f"{loc}: {err['msg']} (value hidden)"
     shown = repr(value) if not isinstance(value, Mapping) else "{...}"
     return f"{loc}: {err['msg']} (got {shown[:80]})"
 

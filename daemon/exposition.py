@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -155,6 +155,47 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Upper bound of the (1 - alpha) confidence sequence of the effect.",
         CANARY_METRIC_LABELS,
     ),
+    "inferwatch_alertmanager_pushes": (
+        "counter",
+        "Pushes of the firing alerts to an Alertmanager (alertmanager_push), by outcome: ok, rejected, error.",
+        ["url", "outcome"],
+    ),
+    "inferwatch_alertmanager_notifications": (
+        "counter",
+        "Alertmanager webhooks received at POST /v1/alertmanager: accepted, unauthorized, malformed.",
+        ["outcome"],
+    ),
+    "inferwatch_retraining_triggers": (
+        "counter",
+        "Alerts matched by a retraining policy: fired, duplicate, cooldown, no_model, resolved_early.",
+        ["policy", "outcome"],
+    ),
+    "inferwatch_retraining_pending_alerts": (
+        "gauge",
+        "Firing alerts waiting to have lasted their policy's sustained_seconds.",
+        [],
+    ),
+    "inferwatch_webhook_deliveries": (
+        "counter",
+        "Retraining webhooks finished, by outcome: delivered (2xx), failed (given up, or the endpoint answered 410).",
+        ["endpoint", "outcome"],
+    ),
+    "inferwatch_webhook_attempts": (
+        "counter",
+        "Retraining webhook attempts, by result: 2xx, 4xx, 5xx, timeout, error.",
+        ["endpoint", "result"],
+    ),
+    "inferwatch_webhook_pending": ("gauge", "Deliveries waiting in the outbox.", ["endpoint"]),
+    "inferwatch_webhook_oldest_pending_age_seconds": (
+        "gauge",
+        "Age of the oldest delivery waiting in the outbox (0 when none waits).",
+        ["endpoint"],
+    ),
+    "inferwatch_webhook_endpoint_disabled": (
+        "gauge",
+        "1 once the endpoint answered 410 Gone: nothing more is sent to it.",
+        ["endpoint"],
+    ),
     "inferwatch_shadow_runs": ("counter", "Shadow benchmark runs, by outcome (ok, failed).", ["outcome"]),
     "inferwatch_shadow_last_run_timestamp_seconds": ("gauge", "When the latest successful run started.", []),
     "inferwatch_shadow_run_duration_seconds": ("gauge", "How long the latest successful run took.", []),
@@ -258,6 +299,22 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
+NOTIFICATION_OUTCOMES = ("accepted", "unauthorized", "malformed")
+
+
+@dataclass
+class RetrainingStats:
+    """The receiver's and the retraining outbox's figures (empty but notifications without retraining)."""
+
+    notifications: Mapping[str, int]
+    triggers: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    pending_alerts: int = 0
+    delivered: Mapping[str, int] = field(default_factory=dict)
+    failed: Mapping[str, int] = field(default_factory=dict)
+    attempts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    endpoints: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 @dataclass
 class LoopStats:
     """What the main loop reports about itself and its source."""
@@ -268,6 +325,9 @@ class LoopStats:
     batch_duration: Histogram
     # ShadowService.report() when shadow runs are on.
     shadow: Mapping[str, Any] | None = None
+    # AlertPusher.sent: (url, outcome) -> pushes.
+    pushes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    retraining: RetrainingStats | None = None
 
 
 def escape(value: str) -> str:
@@ -501,6 +561,12 @@ class MetricsExposition:
             if canary.get(family):
                 _header(out, family)
                 out.extend(canary[family])
+        if loop.retraining is not None:
+            _retraining_lines(out, loop.retraining)
+        if loop.pushes:
+            _header(out, "inferwatch_alertmanager_pushes")
+            for (url, outcome), n in sorted(loop.pushes.items()):
+                add(f'inferwatch_alertmanager_pushes_total{{url="{escape(url)}",outcome="{outcome}"}} {n}')
         if loop.shadow is not None:
             for family, lines in _shadow_lines(loop.shadow).items():
                 if lines:
@@ -538,6 +604,50 @@ def _canary_lines(canary: CanaryMonitor) -> dict[str, list[str]]:
                 ):
                     out[family].append(f"{family}{{{ml}}} {_num(value)}")
     return out
+
+
+def _retraining_lines(out: list[str], r: RetrainingStats) -> None:
+    def family(name: str, lines: list[str]) -> None:
+        if lines:
+            _header(out, name)
+            out.extend(lines)
+
+    family(
+        "inferwatch_alertmanager_notifications",
+        [f'inferwatch_alertmanager_notifications_total{{outcome="{o}"}} {n}' for o, n in r.notifications.items()],
+    )
+    if not r.endpoints:  # the receiver without retraining
+        return
+    family(
+        "inferwatch_retraining_triggers",
+        [
+            f'inferwatch_retraining_triggers_total{{policy="{escape(p)}",outcome="{o}"}} {n}'
+            for (p, o), n in sorted(r.triggers.items())
+        ],
+    )
+    family("inferwatch_retraining_pending_alerts", [f"inferwatch_retraining_pending_alerts {r.pending_alerts}"])
+    deliveries = []
+    for outcome, counts in (("delivered", r.delivered), ("failed", r.failed)):
+        for endpoint, n in counts.items():
+            deliveries.append(
+                f'inferwatch_webhook_deliveries_total{{endpoint="{escape(endpoint)}",outcome="{outcome}"}} {n}'
+            )
+    family("inferwatch_webhook_deliveries", deliveries)
+    family(
+        "inferwatch_webhook_attempts",
+        [
+            f'inferwatch_webhook_attempts_total{{endpoint="{escape(e)}",result="{res}"}} {n}'
+            for (e, res), n in sorted(r.attempts.items())
+        ],
+    )
+    for name, field_name in (
+        ("inferwatch_webhook_pending", "pending"),
+        ("inferwatch_webhook_oldest_pending_age_seconds", "oldest_pending_age_seconds"),
+        ("inferwatch_webhook_endpoint_disabled", "disabled"),
+    ):
+        family(
+            name, [f'{name}{{endpoint="{escape(e)}"}} {_num(float(st[field_name]))}' for e, st in r.endpoints.items()]
+        )
 
 
 SHADOW_FAMILIES = [name for name in FAMILIES if name.startswith("inferwatch_shadow_")]
@@ -579,8 +689,8 @@ def _shadow_lines(shadow: Mapping[str, Any]) -> dict[str, list[str]]:
             if result is None:
                 continue
             slbl = f'{lbl},scenario="{scenario}"'
-            for q, field in SHADOW_QUANTILES:
-                add("inferwatch_shadow_latency_seconds", f'{slbl},quantile="{q}"', result[field])
+            for q, key in SHADOW_QUANTILES:
+                add("inferwatch_shadow_latency_seconds", f'{slbl},quantile="{q}"', result[key])
             lines = out["inferwatch_shadow_latency_seconds"]
             lines.append(f"inferwatch_shadow_latency_seconds_sum{{{slbl}}} {_num(result['mean'] * result['queries'])}")
             lines.append(f"inferwatch_shadow_latency_seconds_count{{{slbl}}} {result['queries']}")

@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status, /v1/canary and /v1/shadow, on one thread."""
+"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status, /v1/canary, /v1/shadow and POST /v1/alertmanager."""
 
 from __future__ import annotations
 
@@ -28,12 +28,17 @@ class HttpServer:
         status: Callable[[], dict[str, Any]],
         canary: Callable[[str | None], dict[str, Any] | None] = lambda model: None,
         shadow: Callable[[], dict[str, Any]] = lambda: {"enabled": False},
+        alertmanager: Callable[[str | None, bytes], tuple[int, dict[str, Any]]] | None = None,
+        max_body_bytes: int = 1_048_576,
     ) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server._route(self)
+
+            def do_POST(self) -> None:
+                server._post(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per scrape is noise; errors are logged by the routes
@@ -43,6 +48,8 @@ class HttpServer:
         self.status = status
         self.canary = canary
         self.shadow = shadow
+        self.alertmanager = alertmanager
+        self.max_body_bytes = max_body_bytes
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
@@ -93,6 +100,31 @@ class HttpServer:
             log.exception("http_handler_failed", path=path)
             self._json(req, 500, {"error": type(exc).__name__})
 
+    def _post(self, req: BaseHTTPRequestHandler) -> None:
+        """POST /v1/alertmanager (with receiver.token set): Alertmanager's webhook. Nothing else takes POST."""
+        path = req.path.split("?", 1)[0]
+        if path != "/v1/alertmanager" or self.alertmanager is None:
+            req.close_connection = True
+            why = "receiver.token is not set" if path == "/v1/alertmanager" else "POST takes /v1/alertmanager only"
+            self._json(req, 404, {"error": f"no POST route {path}: {why}"})
+            return
+        try:
+            length = int(req.headers.get("Content-Length", ""))
+        except ValueError:
+            req.close_connection = True
+            self._json(req, 411, {"error": "a Content-Length is required"})
+            return
+        if length > self.max_body_bytes:
+            req.close_connection = True  # the body is not read: this connection cannot be reused
+            self._json(req, 413, {"error": f"body over receiver.max_body_bytes={self.max_body_bytes}"})
+            return
+        try:
+            code, body = self.alertmanager(req.headers.get("Authorization"), req.rfile.read(length))
+        except Exception as exc:
+            log.exception("http_handler_failed", path=path)
+            code, body = 500, {"error": type(exc).__name__}
+        self._json(req, code, body)
+
     @staticmethod
     def _json(req: BaseHTTPRequestHandler, code: int, body: Any) -> None:
         HttpServer._send(req, code, json.dumps(body).encode(), "application/json")
@@ -108,4 +140,13 @@ class HttpServer:
         req.wfile.write(body)
 
 
-ROUTES = ["/metrics", "/healthz", "/readyz", "/v1/status", "/v1/canary", "/v1/canary/{model}", "/v1/shadow"]
+ROUTES = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/v1/status",
+    "/v1/canary",
+    "/v1/canary/{model}",
+    "/v1/shadow",
+    "POST /v1/alertmanager",
+]

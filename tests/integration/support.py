@@ -59,8 +59,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class DaemonProcess:
     """`python -m daemon run` in a subprocess, with its own config file and HTTP port."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, config: dict[str, Any], port: int | None = None) -> None:
+        self.port = port or free_port()
         config = {**config, "http": {"host": "127.0.0.1", "port": self.port}}
         self.config_path = tmp / f"inferwatch-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
