@@ -444,13 +444,34 @@ def _whsec(v: SecretStr) -> SecretStr:
     return v
 
 
+def _from_file(data: Any, key: str) -> Any:
+    """`<key>_file: PATH` (a mounted Secret) read into `<key>`; both given is an error."""
+    if not isinstance(data, dict) or data.get(f"{key}_file") is None:
+        return data
+    if data.get(key) is not None:
+        raise ValueError(f"give {key} or {key}_file, not both")
+    path = data[f"{key}_file"]
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from None
+    return {**data, key: value}
+
+
 class WebhookEndpoint(_Section):
     """Where retraining triggers are delivered, signed as Standard Webhooks."""
 
     name: str
     url: str
+    # The Standard Webhooks secret, or secret_file: a file holding it (a mounted Kubernetes Secret).
     secret: Annotated[SecretStr, AfterValidator(_whsec)]
+    secret_file: str | None = None
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_file(cls, data: Any) -> Any:
+        return _from_file(data, "secret")
 
     @field_validator("url")
     @classmethod
@@ -517,8 +538,15 @@ class ReceiverConfig(_Section):
     """POST /v1/alertmanager: Alertmanager's webhook (payload version 4), bearer-token protected."""
 
     # Off without a token. Alertmanager sends it with http_config.authorization (type Bearer).
+    # token_file: a file holding it (a mounted Secret; Alertmanager's credentials_file can be the same).
     token: SecretStr | None = None
+    token_file: str | None = None
     max_body_bytes: int = Field(1_048_576, ge=1_024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_file(cls, data: Any) -> Any:
+        return _from_file(data, "token")
 
     @field_validator("token")
     @classmethod

@@ -169,6 +169,11 @@ class StreamMonitor:
         h += 1
         return [alert, *self.feed(values[h:], indices[h:], times[h:])]
 
+    @property
+    def calibrated(self) -> bool:
+        """A calibration has finished but the stream has not taken it yet (it does at its next feed)."""
+        return self.state == "calibrating" and self._future is not None and self._future.done()
+
     def _start_calibration(self) -> None:
         reference = list(self._reference)
         target = self._target_ert()
@@ -279,6 +284,21 @@ class KeyDrift:
                         yield m.stream, m.kind, list(map(dict.get, feats, repeat(name)))  # type: ignore[arg-type]
                     else:
                         yield m.stream, m.kind, [f.get(name) if f else None for f in feats]
+
+    def poll(self) -> list[DriftAlert]:
+        """Streams whose calibration finished take it now and test the values held meanwhile.
+
+        Without this a stream would wait for its key's next event: a key gone quiet would show
+        `calibrating` forever and never test a drift that arrived while it was calibrating.
+        """
+        done = [m for m in self.streams.values() if m.calibrated]
+        if not done:
+            return []
+        alerts: list[DriftAlert] = []
+        for m in done:
+            alerts.extend(self._stamp(m.feed([], [], [])))
+        self.version += 1
+        return alerts
 
     def update_errors(self, wrong: list[bool], indices: list[int], times: list[float | None]) -> list[DriftAlert]:
         """Feed graded predictions in label order: True where the prediction was wrong."""

@@ -271,10 +271,17 @@ class Pipeline:
         return alerts
 
     def tick(self) -> None:
-        """Expire what outlived its TTL or hold even when no records come (the loop calls this)."""
-        if self.join is not None:
-            with self.lock:
+        """What must happen even when no records come (the loop calls this): expire what outlived
+        its TTL or hold, and let streams take calibrations that finished in the background."""
+        alerts: list[DriftAlert] = []
+        with self.lock:
+            if self.join is not None:
                 self.join.expire()
+            for _, state in self.keys.items():
+                if state.drift is not None:
+                    alerts += state.drift.poll()
+        if alerts and self.alert_sink is not None:
+            self.alert_sink(alerts)
 
     def summary(self) -> list[dict[str, Any]]:
         """Final figures per key: traffic, quality and drift (/v1/status, the replay report)."""

@@ -150,14 +150,14 @@ def _skew(spec: ShadowModel, rows: Sequence[Sample], replayed: list[Any], shadow
 
 
 def _pairs(shadow: ShadowConfig, measured: Mapping[str, _Measured]) -> list[tuple[ShadowModel, ShadowModel]]:
-    """(candidate, production) with the same logged model, both measured."""
+    """(candidate, production) with the same logged model and task, both measured."""
     done = [spec for spec in shadow.models if spec.name in measured]
     return [
         (c, p)
         for c in done
         if c.role == "candidate"
         for p in done
-        if p.role == "production" and p.source_model == c.source_model
+        if p.role == "production" and (p.source_model, p.task) == (c.source_model, c.task)
     ]
 
 

@@ -169,7 +169,11 @@ class Delivery:
 
 @dataclass
 class WebhookReceiver:
-    """Records every POST; answers with the next scripted status (200 once the script runs out)."""
+    """Records every POST; answers with the next scripted status (200 once the script runs out).
+
+    A negative entry -n answers 200 after n seconds (a timeout for the sender); 429 comes with
+    Retry-After: 1.
+    """
 
     url: str
     deliveries: list[Delivery] = field(default_factory=list)
@@ -190,7 +194,12 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
             with lock:
                 receiver.deliveries.append(Delivery(time.time(), {k.lower(): v for k, v in self.headers.items()}, body))
                 status = receiver.script.pop(0) if receiver.script else 200
+            if status < 0:  # a slow receiver: answer 200 after -status seconds, past the sender's timeout
+                time.sleep(-status)
+                status = 200
             self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "1")
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -117,12 +117,13 @@ def _config(
             ],
             "min_samples": 200,
             # Every few seconds: a later run finds the labels that reach the samples after the first.
-            "interval_seconds": 5,
+            "interval_seconds": 10,
             "jitter_seconds": 0,
             "warmup_queries": 20,
             "single_stream": {"min_duration_seconds": 0.2, "window_seconds": 0.1},
             "offline": {"batch_sizes": [1, 16], "duration_seconds": 0.1},
-            "server": {"enabled": True, "target_qps": 500, "queries": 700},
+            "server": {"enabled": True, "target_qps": 2000, "queries": 700},
+            "compare_sessions": 2,
             "compare_queries": 200,
             "bootstrap_resamples": 200,
             "history_file": str(tmp / "shadow-history.json"),
@@ -177,12 +178,11 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
             )
 
         try:
-            wait_for(calibrated, 90, "drift references calibrated")
-        except AssertionError:
+            wait_for(calibrated, 120, "drift references calibrated")
+        except AssertionError as exc:
             s = daemon.scrape()
-            print({k: v for k, v in s.items() if k[0] in ("inferwatch_events_total", "inferwatch_drift_streams")})
-            print(daemon.logs()[-3000:])
-            raise
+            seen = {k: v for k, v in s.items() if k[0] in ("inferwatch_events_total", "inferwatch_drift_streams")}
+            raise AssertionError(f"{exc}\n{seen}\n{daemon.logs()[-3000:]}") from None
         assert receiver.deliveries == [], "a trigger before any drift was injected"
 
         t0 = time.time()

@@ -150,3 +150,21 @@ def test_shadow_config_errors_name_the_field_and_the_fix() -> None:
         with pytest.raises(ConfigError) as err:
             from_mapping({"shadow": shadow})
         assert message in str(err.value), (shadow, str(err.value))
+
+
+def test_secrets_come_from_files_and_never_show_in_errors(tmp_path: Path) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    (tmp_path / "secret").write_text(secret + "\n")
+    (tmp_path / "token").write_text("a-long-enough-receiver-token\n")
+    endpoint = {"name": "ci", "url": "https://ci.example/hook", "secret_file": str(tmp_path / "secret")}
+    c = from_mapping({"retraining": {"endpoints": [endpoint]}, "receiver": {"token_file": str(tmp_path / "token")}})
+    assert c.retraining.endpoints[0].secret.get_secret_value() == secret
+    assert c.receiver.token is not None and c.receiver.token.get_secret_value() == "a-long-enough-receiver-token"
+    assert secret not in repr(c) and secret not in str(c.model_dump())
+    with pytest.raises(ConfigError, match="secret_file: cannot read /nope"):
+        from_mapping({"retraining": {"endpoints": [endpoint | {"secret_file": "/nope"}]}})
+    with pytest.raises(ConfigError, match="give secret or secret_file, not both"):
+        from_mapping({"retraining": {"endpoints": [endpoint | {"secret": secret}]}})
+    with pytest.raises(ConfigError) as err:
+        from_mapping({"retraining": {"endpoints": [endpoint | {"secret_file": None, "secret": "whsec_short"}]}})
+    assert "whsec_short" not in str(err.value) and "value hidden" in str(err.value)

@@ -176,3 +176,39 @@ def test_batching_does_not_change_alerts_or_their_scores(detector: str) -> None:
     whole = run(len(xs))
     assert len(whole) >= 2
     assert run(333) == whole
+
+
+class HeldCalibrator(Calibrator):
+    """Calibrations finish only when the test says so: a slow background calibration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[tuple[Any, Any]] = []
+
+    def submit(self, fn: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        self.jobs.append((fn, future))
+        return future
+
+    def finish(self) -> None:
+        for fn, future in self.jobs:
+            future.set_result(fn())
+        self.jobs.clear()
+
+
+def test_a_quiet_key_takes_its_finished_calibration_and_tests_what_it_held() -> None:
+    calibrator = HeldCalibrator()
+    drift = KeyDrift(KEY, DriftConfig(streams=("latency",)), calibrator, 10)
+    xs = shifted(2_000, 1_000, 3.0, seed=9)  # a 3-sd jump right after the reference
+    events = [InferenceEvent(request_id=str(i), model="m", latency_ms=x) for i, x in enumerate(xs)]
+    assert drift.update(events, list(range(len(xs))), [None] * len(xs)) == []  # all held: calibrating
+    assert drift.states()["calibrating"] == 1 and drift.poll() == []  # not finished yet
+    calibrator.finish()
+    # No new event for this key: poll() alone activates the stream and tests the held values.
+    alerts = drift.poll()
+    assert [(a.key, a.stream) for a in alerts] == [(KEY, "latency")]
+    assert 1_000 <= alerts[0].index < 1_500
+    assert drift.streams["latency"].state in ("active", "reference")
+    assert drift.states()["calibrating"] == 0

@@ -218,3 +218,18 @@ def test_shadow_once_prints_a_table(tmp_path: Path) -> None:
 
 def _event(s: Sample) -> dict[str, Any]:
     return {"request_id": s.request_id, "model": "src", "features": s.features, "prediction": s.prediction}
+
+
+def test_candidates_are_compared_only_with_production_models_of_their_task(tmp_path: Path) -> None:
+    from tests.unit.shadow_models import onnx_regressor
+
+    classifier = onnx_linear_classifier(tmp_path / "c.onnx", W, B)
+    regressor = onnx_regressor(tmp_path / "r.onnx", W[:, 0], 0.0)
+    models = [
+        model("clf-prod", classifier),
+        model("reg-prod", regressor, task="regression"),
+        model("reg-cand", regressor, "candidate", task="regression"),
+    ]
+    report = run(shadow(tmp_path, *models), {"src": samples(50, K, 9)})
+    assert [(c["candidate"], c["production"]) for c in report["comparisons"]] == [("reg-cand", "reg-prod")]
+    assert report["comparisons"][0]["agreement"]["mean_abs_difference"] == 0.0
