@@ -111,6 +111,7 @@ class Daemon:
         self.shadow = ShadowService(config.shadow, log_level=config.logging.level) if config.shadow.enabled else None
         self.pusher = AlertPusher(config.alertmanager_push) if config.alertmanager_push.urls else None
         self.notifications = dict.fromkeys(NOTIFICATION_OUTCOMES, 0)
+        self._notifications_lock = threading.Lock()  # the HTTP server answers on several threads
         self.outbox, self.sender, self.triggers = self._retraining(config)
         self.batch_duration = Histogram(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
@@ -162,6 +163,10 @@ class Daemon:
         triggers = Triggers(r.policies, outbox, [e.name for e in r.endpoints], on_fired=sender.wake)
         return outbox, sender, triggers
 
+    def _count(self, outcome: str) -> None:
+        with self._notifications_lock:
+            self.notifications[outcome] += 1
+
     def _retraining_stats(self) -> RetrainingStats:
         if self.outbox is None or self.sender is None or self.triggers is None:
             return RetrainingStats(dict(self.notifications))
@@ -180,14 +185,14 @@ class Daemon:
         """POST /v1/alertmanager: an Alertmanager webhook (version 4) -> retraining triggers."""
         token = self.config.receiver.token
         if token is None or not authorized(authorization, token):
-            self.notifications["unauthorized"] += 1
+            self._count("unauthorized")
             return 401, {"error": "a valid bearer token (receiver.token) is required"}
         try:
             alerts = parse_alertmanager(body)
         except PayloadError as exc:
-            self.notifications["malformed"] += 1
+            self._count("malformed")
             return 400, {"error": str(exc)}
-        self.notifications["accepted"] += 1
+        self._count("accepted")
         if self.triggers is not None:
             self.triggers.on_alerts(alerts)
         return 200, {"alerts": len(alerts), "retraining": self.triggers is not None}
