@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/shadow.py
+	$(BIN)/python bench/alerting.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
