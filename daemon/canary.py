@@ -29,16 +29,16 @@ at its first rejection. The score is Kayenta-like: 100 × the mean over metrics 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from daemon.config import CanaryConfig
 from daemon.events import InferenceEvent
-from daemon.sequential import Look, SequentialDifference, benjamini_hochberg
+from daemon.sequential import Look, SequentialDifference, _decode_float, _encode_float, benjamini_hochberg
 
 FloatArray = npt.NDArray[np.float64]
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -47,6 +47,8 @@ METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shif
 BASELINE_NAMES = ("control", "baseline", "stable", "primary")
 # Worse direction: +1 higher is worse, -1 lower is worse, 0 either way.
 WORSE = {"error_rate": 1, "latency": 1, "latency_tail": 1, "accuracy": -1, "prediction_shift": 0}
+# The format of `CanaryMonitor.snapshot()` and `ModelCanary.snapshot()`.
+SNAPSHOT_VERSION = 1
 
 
 class _Moments:
@@ -72,6 +74,16 @@ class _Moments:
         mean = self.s / self.n
         return mean, max(self.ss / self.n - mean * mean, 0.0) * self.n / max(self.n - 1, 1)
 
+    def snapshot(self) -> list[Any]:
+        return [self.n, _encode_float(self.s), _encode_float(self.ss)]
+
+    @classmethod
+    def from_snapshot(cls, state: Any) -> _Moments:
+        n, s, ss = state
+        m = cls()
+        m.n, m.s, m.ss = _int(n), _decode_float(s), _decode_float(ss)
+        return m
+
 
 @dataclass
 class _Arm:
@@ -80,6 +92,27 @@ class _Arm:
     moments: dict[str, _Moments] = field(default_factory=lambda: {m: _Moments() for m in METRICS})
     # Baseline only: latencies until the tail threshold is set.
     warmup: list[float] = field(default_factory=list)
+
+    def snapshot(self, variant: str) -> dict[str, Any]:
+        return {
+            "variant": variant,
+            "model_version": self.version,
+            "requests": self.requests,
+            "moments": {name: self.moments[name].snapshot() for name in METRICS},
+            "warmup": [_encode_float(x) for x in self.warmup],
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> tuple[str, _Arm]:
+        moments = state["moments"]
+        _known_names(moments, "moments")
+        arm = cls(
+            _str(state["model_version"]),
+            _int(state["requests"]),
+            {name: _Moments.from_snapshot(moments[name]) for name in METRICS},
+            [_decode_float(x) for x in state["warmup"]],
+        )
+        return _str(state["variant"]), arm
 
 
 @dataclass
@@ -98,6 +131,34 @@ class MetricReading:
             "p_value": lk.p_value,
             "tolerance": self.tolerance,
         }
+
+    def snapshot(self, metric: str) -> dict[str, Any]:
+        lk = self.look
+        return {
+            "metric": metric,
+            "verdict": self.verdict,
+            "look": {
+                "n_a": lk.n_a,
+                "n_b": lk.n_b,
+                "effect": _encode_float(lk.effect),
+                "lower": _encode_float(lk.lower),
+                "upper": _encode_float(lk.upper),
+                "p_value": _encode_float(lk.p_value),
+            },
+            "tolerance": _encode_float(self.tolerance),
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> tuple[str, MetricReading]:
+        metric, lk = state["metric"], state["look"]
+        if metric not in METRICS:
+            raise ValueError(f"snapshot: unknown metric {metric!r}")
+        look = Look(
+            _int(lk["n_a"]),
+            _int(lk["n_b"]),
+            *(_decode_float(lk[k]) for k in ("effect", "lower", "upper", "p_value")),
+        )
+        return metric, cls(_verdict(state["verdict"]), look, _decode_float(state["tolerance"]))
 
 
 @dataclass
@@ -124,6 +185,45 @@ class Comparison:
             "metrics": {name: m.report() for name, m in self.metrics.items()},
             "reasons": list(self.reasons),
         }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "model_version": self.version,
+            "baseline": self.baseline,
+            "tests": {name: [t.snapshot() for t in self.tests[name]] for name in METRICS},
+            "verdict": self.verdict,
+            "score": _encode_float(self.score),
+            # A list, not an object: the order of the metrics is the order of the report.
+            "metrics": [m.snapshot(name) for name, m in self.metrics.items()],
+            "reasons": list(self.reasons),
+            "requests": list(self.requests),
+            "reset": self.reset,
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> Comparison:
+        tests = state["tests"]
+        _known_names(tests, "tests")
+        for name in METRICS:
+            if len(tests[name]) != (1 if WORSE[name] else 2):
+                raise ValueError(f"snapshot: {name} needs {1 if WORSE[name] else 2} tests, got {len(tests[name])}")
+        base_requests, cand_requests = state["requests"]
+        reset = state["reset"]
+        if not isinstance(reset, bool):
+            raise ValueError(f"snapshot: reset must be a bool, got {reset!r}")
+        return cls(
+            _str(state["variant"]),
+            _str(state["model_version"]),
+            _str(state["baseline"]),
+            {name: [SequentialDifference.from_snapshot(t) for t in tests[name]] for name in METRICS},
+            _verdict(state["verdict"]),
+            _decode_float(state["score"]),
+            _unique((MetricReading.from_snapshot(m) for m in state["metrics"]), "metric"),
+            [_str(r) for r in state["reasons"]],
+            (_int(base_requests), _int(cand_requests)),
+            reset,
+        )
 
 
 class ModelCanary:
@@ -301,6 +401,45 @@ class ModelCanary:
         comp.reset = False
         return entry
 
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """All of this model's state, JSON-ready (non-finite floats as "inf", "-inf", "nan").
+
+        Arms and comparisons are lists, in the order they were created: that order is the order
+        of `evaluate()`'s changes and of the report, and a JSON object may not keep it.
+        """
+        return {
+            "version": SNAPSHOT_VERSION,
+            "model": self.model,
+            "baseline": self.baseline,
+            "tail_threshold": None if self.tail_threshold is None else _encode_float(self.tail_threshold),
+            "arms": [arm.snapshot(variant) for variant, arm in self.arms.items()],
+            "comparisons": [comp.snapshot() for comp in self.comparisons.values()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the state of a `snapshot()` of this model (built with the same settings); all or nothing."""
+        _check_version(state, "model canary")
+        try:
+            model = state["model"]
+            if model != self.model:
+                raise ValueError(f"snapshot of model {model!r} restored into model {self.model!r}")
+            baseline = state["baseline"]
+            threshold = state["tail_threshold"]
+            arms = _unique((_Arm.from_snapshot(a) for a in state["arms"]), "arm")
+            comparisons = _unique(
+                ((c.variant, c) for c in map(Comparison.from_snapshot, state["comparisons"])), "comparison"
+            )
+            restored = (
+                None if baseline is None else _str(baseline),
+                None if threshold is None else _decode_float(threshold),
+            )
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"malformed canary snapshot of model {self.model!r}: {e!r}") from e
+        self.baseline, self.tail_threshold = restored
+        self.arms, self.comparisons = arms, comparisons
+
 
 def _reason(name: str, r: MetricReading) -> str:
     lk = r.look
@@ -334,3 +473,70 @@ class CanaryMonitor:
         if model is not None:
             return one(self.models[model])
         return {"models": {name: one(m) for name, m in self.models.items()}}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every model's canary state, JSON-ready: `{"version": 1, "models": [ModelCanary.snapshot(), ...]}`."""
+        return {"version": SNAPSHOT_VERSION, "models": [m.snapshot() for m in self.models.values()]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace all state with a `snapshot()`'s (taken under the same settings); all or nothing."""
+        _check_version(state, "canary")
+        try:
+            models: dict[str, ModelCanary] = {}
+            for entry in state["models"]:
+                m = ModelCanary(_str(entry["model"]), self.settings)
+                if m.model in models:
+                    raise ValueError(f"canary snapshot: model {m.model!r} appears twice")
+                m.restore(entry)
+                models[m.model] = m
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"malformed canary snapshot: {e!r}") from e
+        self.models = models
+
+
+# -- snapshot decoding: a wrong type is a ValueError, not a silent different run ---------------
+
+_T = TypeVar("_T")
+
+
+def _check_version(state: Any, what: str) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} snapshot must be a JSON object, got {type(state).__name__}")
+    version = state.get("version")
+    if type(version) is not int or version != SNAPSHOT_VERSION:
+        raise ValueError(
+            f"unsupported {what} snapshot version {version!r}: this build reads version {SNAPSHOT_VERSION}"
+        )
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"snapshot: expected an integer, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"snapshot: expected a string, got {value!r}")
+    return value
+
+
+def _verdict(value: Any) -> Verdict:
+    if value in ("pass", "fail", "inconclusive"):
+        return cast(Verdict, value)
+    raise ValueError(f"snapshot: unknown verdict {value!r}")
+
+
+def _known_names(per_metric: Any, what: str) -> None:
+    if not isinstance(per_metric, dict) or set(per_metric) != set(METRICS):
+        names = sorted(per_metric) if isinstance(per_metric, dict) else per_metric
+        raise ValueError(f"snapshot: {what} must name exactly the metrics {METRICS}, got {names!r}")
+
+
+def _unique(pairs: Iterable[tuple[str, _T]], what: str) -> dict[str, _T]:
+    out: dict[str, _T] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"snapshot: {what} {name!r} appears twice")
+        out[name] = value
+    return out

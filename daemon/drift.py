@@ -41,6 +41,8 @@ STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", 
 # Values held per stream while its calibration runs in the background; beyond it they are
 # skipped (counted) rather than held without bound.
 MAX_PENDING = 100_000
+# Format of StreamMonitor and KeyDrift snapshots; restore() refuses any other.
+SNAPSHOT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,8 @@ class StreamMonitor:
         self.last_detection: float | None = None  # monotonic seconds
         self.last_score: float | None = None
         self.error: str | None = None
+        # The target ERT of the calibration last submitted (the bonferroni target can grow later).
+        self._calibration_target: float | None = None
 
     @property
     def score(self) -> float | None:
@@ -175,16 +179,21 @@ class StreamMonitor:
         return self.state == "calibrating" and self._future is not None and self._future.done()
 
     def _start_calibration(self) -> None:
+        self._submit_calibration(self._target_ert())
+        assert self._future is not None
+        if self._future.done():
+            self._finish_calibration(self._future)
+
+    def _submit_calibration(self, target: float) -> None:
+        """Calibrate on the current reference to `target`, on the calibrator (inline or not)."""
         reference = list(self._reference)
-        target = self._target_ert()
         params: dict[str, Any] = {}
         if issubclass(DETECTORS[self.detector], WindowedTest):
             params = {"reference_size": len(reference), "window_size": self._settings.window_events}
         name = self.detector
+        self._calibration_target = target  # a snapshot taken meanwhile resubmits with it
         self._future = self._calibrator.submit(lambda: calibrate(name, reference, target, params=params))
         self.state = "calibrating"
-        if self._future.done():
-            self._finish_calibration(self._future)
 
     def _finish_calibration(self, future: Future[Calibration]) -> bool:
         """Build the detector from a finished calibration; False if the stream cannot be monitored."""
@@ -212,6 +221,75 @@ class StreamMonitor:
         pv.extend(values)
         pi.extend(indices)
         pt.extend(times)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state (see `SNAPSHOT_VERSION`); `restore()` on a like monitor continues it.
+
+        A stream whose calibration has not been taken yet is stored as calibrating, with its
+        reference and held values: `restore()` submits the (deterministic) calibration again.
+        `last_detection` is stored as an age, since monotonic clocks do not cross processes.
+        """
+        cal = self.calibration
+        pv, pi, pt = self._pending
+        out: dict[str, Any] = _to_json(
+            {
+                "version": SNAPSHOT_VERSION,
+                "stream": self.stream,
+                "kind": self.kind,
+                "detector": self.detector,
+                "state": self.state,
+                "reference": _values(self._reference, self.kind),
+                "calibration_target": self._calibration_target,
+                "calibration": None if cal is None else _calibration_state(cal),
+                "detector_state": None if self._det is None else self._det.snapshot(),
+                "pending": {"values": _values(pv, self.kind), "indices": list(pi), "times": list(pt)},
+                "skipped": self.skipped,
+                "detections": self.detections,
+                "last_detection_age": _age(self.last_detection),
+                "last_score": self.last_score,
+                "error": self.error,
+            }
+        )
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's, taken from a monitor of the same stream and detector."""
+        _check_version(state, "drift stream")
+        st = _from_json(state)
+        for name in ("stream", "kind", "detector"):
+            if st[name] != getattr(self, name):
+                raise ValueError(
+                    f"drift stream snapshot is for {name} {st[name]!r}, not {getattr(self, name)!r}; "
+                    "the configuration changed: start this stream afresh"
+                )
+        if st["state"] not in STREAM_STATES:
+            raise ValueError(f"drift stream snapshot has unknown state {st['state']!r}")
+        self.state = st["state"]
+        self._reference = _values(st["reference"], self.kind)
+        self._future, self._det = None, None
+        self.calibration = None if st["calibration"] is None else _calibration(st["calibration"])
+        target = st["calibration_target"]
+        self._calibration_target = None if target is None else float(target)
+        pending = st["pending"]
+        self._pending = (
+            _values(pending["values"], self.kind),
+            [int(i) for i in pending["indices"]],
+            [None if t is None else float(t) for t in pending["times"]],
+        )
+        self.skipped, self.detections = int(st["skipped"]), int(st["detections"])
+        self.last_detection = _since(st["last_detection_age"])
+        self.last_score = None if st["last_score"] is None else float(st["last_score"])
+        self.error = st["error"]
+        if self.state == "active":
+            if self.calibration is None or st["detector_state"] is None:
+                raise ValueError("drift stream snapshot is active but lacks its calibration or detector state")
+            self._det = self.calibration.build()
+            self._det.restore(st["detector_state"])
+        elif self.state == "calibrating":
+            if self._calibration_target is None:
+                raise ValueError("drift stream snapshot is calibrating but lacks its calibration target")
+            # Taken by the next feed() or KeyDrift.poll(), as the interrupted calibration would have been.
+            self._submit_calibration(self._calibration_target)
 
 
 class KeyDrift:
@@ -340,6 +418,55 @@ class KeyDrift:
             )
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state of every stream (see `SNAPSHOT_VERSION`); `version` is not kept.
+
+        Feature streams are listed in the order they were registered (names and kinds), since
+        bonferroni targets and the cap depend on it; `last_detection` is stored as an age.
+        """
+        return {
+            "version": SNAPSHOT_VERSION,
+            "key": list(self.key),
+            "features": [[name, m.kind] for name, m in self._features.items()],
+            "streams": [m.snapshot() for m in self.streams.values()],
+            "last_detection_age": _to_json(_age(self.last_detection)),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace every stream with a snapshot's. Streams calibrating when it was taken calibrate
+        again on this key's calibrator, and take the result at the next update() or poll()."""
+        _check_version(state, "drift key")
+        if tuple(state["key"]) != tuple(self.key):
+            raise ValueError(f"drift key snapshot is for key {tuple(state['key'])!r}, not {self.key!r}")
+        features = [(str(name), str(kind)) for name, kind in state["features"]]
+        if len(features) > self._max_features:
+            raise ValueError(
+                f"drift key snapshot has {len(features)} feature streams, more than max_features={self._max_features}"
+            )
+        self.streams, self._features = {}, {}
+        kinds = {f"feature:{name}": kind for name, kind in features}
+        # Register the features first, in their order: a feature stream's target counts them all.
+        for name, kind in features:
+            if kind not in ("numeric", "categorical"):
+                raise ValueError(f"drift key snapshot has feature {name!r} of unknown kind {kind!r}")
+            self._features[name] = self._monitor(f"feature:{name}", kind)  # type: ignore[arg-type]
+        streams: dict[str, StreamMonitor] = {}
+        for st in state["streams"]:
+            name = st["stream"]
+            stream_kind = kinds.get(name) or _STREAM_KINDS.get(name)
+            if stream_kind is None:
+                raise ValueError(f"drift key snapshot has an unknown stream {name!r}")
+            m = self.streams.get(name) or self._monitor(name, stream_kind)  # type: ignore[arg-type]
+            m.restore(st)
+            streams[name] = m
+        missing = set(self.streams) - set(streams)
+        if missing:
+            raise ValueError(f"drift key snapshot registers features without their streams: {sorted(missing)}")
+        self.streams = streams  # in the snapshot's order, which poll() follows
+        self.last_detection = _since(_from_json(state["last_detection_age"]))
+        self.version += 1
+        self._states = (-1, {})
+
     def states(self) -> dict[str, int]:
         """Streams by state; cached per version, since every scrape asks for every key."""
         if self._states[0] != self.version:
@@ -379,6 +506,87 @@ def _usable(
     return [column[i] for i in keep], [indices[i] for i in keep], [times[i] for i in keep]
 
 
+def _check_version(state: dict[str, Any], what: str) -> None:
+    if state.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(
+            f"{what} snapshot version must be {SNAPSHOT_VERSION}, got {state.get('version')!r}; "
+            "it was written by another inferwatch: delete the checkpoint to start drift monitoring afresh"
+        )
+
+
+def _age(at: float | None) -> float | None:
+    return None if at is None else time.monotonic() - at
+
+
+def _since(age: float | None) -> float | None:
+    return None if age is None else time.monotonic() - float(age)
+
+
+def _values(values: list[Any], kind: InputKind) -> list[Any]:
+    """A stream's values as a snapshot holds them: floats, bools (True = error) or strings."""
+    if kind == "numeric":
+        return [float(v) for v in values]
+    if kind == "binary":
+        return [bool(v) for v in values]
+    return [str(v) for v in values]
+
+
+def _calibration_state(cal: Calibration) -> dict[str, Any]:
+    return {
+        "name": cal.name,
+        "params": dict(cal.params),
+        "target_ert": cal.target_ert,
+        "estimated_ert": cal.estimated_ert,
+        "method": cal.method,
+        "simulated_events": cal.simulated_events,
+        "points": [list(p) for p in cal.points],
+    }
+
+
+def _calibration(state: dict[str, Any]) -> Calibration:
+    return Calibration(
+        name=state["name"],
+        params=dict(state["params"]),
+        target_ert=float(state["target_ert"]),
+        estimated_ert=float(state["estimated_ert"]),
+        method=state["method"],
+        simulated_events=int(state["simulated_events"]),
+        points=[(float(v), float(arl), int(n)) for v, arl, n in state["points"]],
+    )
+
+
+# A non-finite float in a snapshot: {"$float": "nan" | "inf" | "-inf"} (JSON has no such numbers).
+_FLOAT_TAG = "$float"
+
+
+def _to_json(obj: Any) -> Any:
+    """`obj` with tuples as lists, numpy scalars as Python ones and non-finite floats tagged."""
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else {_FLOAT_TAG: repr(float(obj))}
+    if obj is None or isinstance(obj, str | int):  # bool is an int
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_json(v) for v in obj]
+    item = getattr(obj, "item", None)  # a numpy scalar
+    if item is not None:
+        return _to_json(item())
+    raise TypeError(f"cannot put a {type(obj).__name__} in a drift snapshot")
+
+
+def _from_json(obj: Any) -> Any:
+    """The inverse of `_to_json` (but lists stay lists)."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _FLOAT_TAG in obj:
+            return float(obj[_FLOAT_TAG])
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
+
+
+_STREAM_KINDS: dict[str, str] = {"score": "numeric", "latency": "numeric", "errors": "binary"}
 _NUMBERS = {float, int}
 _STR = {str}
 

@@ -17,6 +17,8 @@ from daemon.events import InferenceEvent
 from detectors.quantiles import SMALL_BATCH, QuantileSketch
 
 OTHER = "__other__"
+# Format of the per-key snapshots (a checkpoint's KeyStats and KeyPerformance); bump on any change.
+SNAPSHOT_VERSION = 1
 # Longer class names and feature names are folded into OTHER: they become label values.
 MAX_LABEL_VALUE_CHARS = 128
 
@@ -57,9 +59,13 @@ class Histogram:
         self.sum += value
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": list(self.counts), "sum": self.sum}
+        return {"counts": list(self.counts), "sum": _float_out(self.sum)}
 
     def restore(self, state: dict[str, Any]) -> None:
+        if len(state["counts"]) != len(self.counts):
+            raise ValueError(
+                f"histogram snapshot has {len(state['counts'])} buckets, this histogram has {len(self.counts)}"
+            )
         self.counts = [int(c) for c in state["counts"]]
         self.sum = float(state["sum"])
 
@@ -82,6 +88,13 @@ class CappedCounts:
         else:
             counts[OTHER] = counts.get(OTHER, 0) + n
             self._overflow.add(self.dimension, n)
+
+    def snapshot(self) -> dict[str, int]:
+        """name → count in first-seen order; the overflow is the pipeline's to snapshot."""
+        return dict(self.counts)
+
+    def restore(self, counts: dict[str, Any]) -> None:
+        self.counts = {str(name): int(n) for name, n in counts.items()}
 
 
 @dataclass(slots=True)
@@ -223,6 +236,44 @@ class KeyStats:
             errors_by_type=dict(self.errors.counts),
         )
 
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state (non-finite floats as "nan"/"inf"/"-inf"); the shared Overflow is
+        not in it. A restore into a KeyStats of the same config continues exactly."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "events": self.events,
+            "errors": self.errors.snapshot(),
+            "latency": self.latency.snapshot(),
+            "latency_sketch": self.latency_sketch.snapshot(),
+            "ttft": self.ttft.snapshot(),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "score": self.score.snapshot(),
+            "classes": self.classes.snapshot(),
+            # name → [first_seen_at, present], in first-seen order.
+            "features": {name: [fs.first_seen_at, fs.present] for name, fs in self.features.items()},
+            "last_event_timestamp": _optional_float_out(self.last_event_timestamp),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with a snapshot's (see snapshot())."""
+        _check_snapshot_version(state, "KeyStats")
+        self.events = int(state["events"])
+        self.errors.restore(state["errors"])
+        self.latency.restore(state["latency"])
+        self.latency_sketch.restore(state["latency_sketch"])
+        self.ttft.restore(state["ttft"])
+        self.tokens_in = int(state["tokens_in"])
+        self.tokens_out = int(state["tokens_out"])
+        self.score.restore(state["score"])
+        self.classes.restore(state["classes"])
+        self.features = {
+            str(name): FeatureStats(first_seen_at=int(first), present=int(present))
+            for name, (first, present) in state["features"].items()
+        }
+        self.last_event_timestamp = _optional_float_in(state["last_event_timestamp"])
+        self.version += 1
+
 
 _NO_NULLS: Counter[str] = Counter()
 
@@ -244,3 +295,32 @@ def _second(item: tuple[str, float]) -> float:
 
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
+
+
+def _check_snapshot_version(state: Any, what: str, field: str = "version") -> None:
+    """Refuse a snapshot this inferwatch cannot read, saying why."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} snapshot must be a JSON object, got {type(state).__name__}")
+    version = state.get(field)
+    if type(version) is int and version == SNAPSHOT_VERSION:
+        return
+    if type(version) is int and version > SNAPSHOT_VERSION:
+        raise ValueError(f"{what} snapshot version {version} is newer than this inferwatch ({SNAPSHOT_VERSION})")
+    raise ValueError(f"{what} snapshot version {version!r} is not one this inferwatch reads ({SNAPSHOT_VERSION})")
+
+
+def _float_out(x: float) -> float | str:
+    """A float for strict JSON: a non-finite one becomes "nan", "inf" or "-inf", which float() reads back."""
+    return x if math.isfinite(x) else str(x)
+
+
+def _float_in(v: float | str) -> float:
+    return float(v) if isinstance(v, str) else v
+
+
+def _optional_float_out(x: float | None) -> float | str | None:
+    return None if x is None else _float_out(x)
+
+
+def _optional_float_in(v: float | str | None) -> float | None:
+    return None if v is None else _float_in(v)

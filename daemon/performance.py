@@ -19,9 +19,18 @@ import numpy.typing as npt
 
 from daemon.events import Label
 from daemon.labels import JoinedLabel
-from daemon.monitors import MAX_LABEL_VALUE_CHARS, OTHER, Overflow
+from daemon.monitors import (
+    MAX_LABEL_VALUE_CHARS,
+    OTHER,
+    SNAPSHOT_VERSION,
+    Overflow,
+    _check_snapshot_version,
+    _float_in,
+    _float_out,
+    _optional_float_in,
+    _optional_float_out,
+)
 
-SNAPSHOT_VERSION = 1
 ALL = "__all__"
 # Slice level of an event that lacks the slice feature; it does not count against the cap.
 MISSING = "__missing__"
@@ -243,8 +252,40 @@ def _regression(items: list[Graded]) -> dict[str, float]:
 
 
 def _check_version(state: dict[str, Any], what: str) -> None:
-    if state.get("v") != SNAPSHOT_VERSION:
-        raise ValueError(f"{what} snapshot version must be {SNAPSHOT_VERSION}, got {state.get('v')!r}")
+    """The parts of a KeyPerformance snapshot carry their version as "v"."""
+    _check_snapshot_version(state, what, "v")
+
+
+def _label_out(v: Label | None) -> Any:
+    """A label or prediction for strict JSON: a non-finite float becomes {"float": "nan"|"inf"|"-inf"}
+    (a plain string would be read back as a class name)."""
+    return {"float": str(v)} if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _label_in(v: Any) -> Label | None:
+    return float(v["float"]) if isinstance(v, dict) else v
+
+
+def _graded_out(g: Graded) -> list[Any]:
+    probs = g.probabilities
+    return [
+        _label_out(g.prediction),
+        _label_out(g.label),
+        _optional_float_out(g.score),
+        None if probs is None else {c: _float_out(p) for c, p in probs.items()},
+        _optional_float_out(g.timestamp),
+    ]
+
+
+def _graded_in(item: list[Any]) -> Graded:
+    prediction, label, score, probs, ts = item
+    return Graded(
+        _label_in(prediction),
+        _label_in(label),  # type: ignore[arg-type]
+        _optional_float_in(score),
+        None if probs is None else {str(c): _float_in(p) for c, p in probs.items()},
+        _optional_float_in(ts),
+    )
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -357,7 +398,7 @@ class QualityWindow:
             "mismatched": self.mismatched,
             "unusable": self.unusable,
             "newest": self._newest,
-            "items": [list(g) for g in self._items],
+            "items": [_graded_out(g) for g in self._items],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -367,7 +408,7 @@ class QualityWindow:
         self._task = state["task"]
         self.mismatched, self.unusable = int(state["mismatched"]), int(state["unusable"])
         self._newest = state["newest"]
-        self._items.extend(Graded(*item) for item in state["items"])
+        self._items.extend(_graded_in(item) for item in state["items"])
         self.version += 1
 
 
@@ -571,8 +612,10 @@ class KeyPerformance:
         }
 
     def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state (non-finite floats encoded); the shared Overflow is not in it.
+        A restore into a KeyPerformance of the same config continues exactly."""
         return {
-            "v": SNAPSHOT_VERSION,
+            "version": SNAPSHOT_VERSION,
             "labelled_events": self.labelled_events,
             "overall": self.overall.snapshot(),
             "estimator": self.estimator.snapshot(),
@@ -581,7 +624,7 @@ class KeyPerformance:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the state with a snapshot's; slices of features no longer configured are dropped."""
-        _check_version(state, "key performance")
+        _check_snapshot_version(state, "KeyPerformance")
         self.labelled_events = int(state["labelled_events"])
         self.overall.restore(state["overall"])
         self.estimator.restore(state["estimator"])

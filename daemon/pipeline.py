@@ -8,7 +8,7 @@ and error stream. A `label` inside an inference event grades it at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +25,9 @@ from daemon.reservoir import Reservoir, Sample
 from daemon.routing import Key, KeyTable
 from daemon.sources import RawRecord, TopicPartition
 
+# Version of Pipeline.snapshot(); restore() refuses others. Not written anywhere yet: checkpoints (issue 7)
+# will store it with the offsets it reflects.
+SNAPSHOT_VERSION = 1
 AlertSink = Callable[[list[DriftAlert]], None]
 # Receives canary timeline entries: one per change of verdict (architecture.md, Replay report).
 CanarySink = Callable[[list[dict[str, Any]]], None]
@@ -297,6 +300,67 @@ class Pipeline:
                     }
                 rows.append(row)
             return rows
+
+    def snapshot(self, offsets: Mapping[TopicPartition, int]) -> dict[str, Any]:
+        """Every piece of state, with the next offsets it reflects: a checkpoint's content (JSON-serialisable).
+
+        Taken between batches under the lock, so state and offsets agree: restoring it and
+        resuming at `offsets` continues as if nothing had happened.
+        """
+        with self.lock:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                "records": self.records,
+                "inline_labels": self.inline_labels,
+                "watermark": self.watermark,
+                "invalid": dict(self.invalid.counts),
+                "overflow": dict(self.overflow.counts),
+                "keys": [
+                    [
+                        list(key),
+                        state.stats.snapshot(),
+                        state.quality.snapshot(),
+                        state.drift.snapshot() if state.drift is not None else None,
+                    ]
+                    for key, state in self.keys.items()
+                ],
+                "join": self.join.snapshot() if self.join is not None else None,
+                "canary": self.canary.snapshot() if self.canary is not None else None,
+                "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items()},
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> dict[TopicPartition, int]:
+        """Load a snapshot into this freshly built pipeline; returns the offsets to resume from.
+
+        Parts this pipeline's config does not have (a join, the canary, drift, a reservoir) are
+        dropped; parts it has that the snapshot lacks start empty.
+        """
+        if state.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"checkpoint version {state.get('version')!r} is not {SNAPSHOT_VERSION}, the one this inferwatch "
+                "reads; delete the checkpoint to start afresh (state is rebuilt from new events)"
+            )
+        with self.lock:
+            self.records = int(state["records"])
+            self.inline_labels = int(state["inline_labels"])
+            self.watermark = float(state["watermark"])
+            self.invalid.counts.update({k: int(v) for k, v in state["invalid"].items()})
+            self.overflow.counts.update({k: int(v) for k, v in state["overflow"].items()})
+            for key, stats, quality, drift in state["keys"]:
+                ks = self.keys.adopt((key[0], key[1], key[2]))
+                ks.stats.restore(stats)
+                ks.quality.restore(quality)
+                if ks.drift is not None and drift is not None:
+                    ks.drift.restore(drift)
+            if self.join is not None and state["join"] is not None:
+                self.join.restore(state["join"])
+            if self.canary is not None and state["canary"] is not None:
+                self.canary.restore(state["canary"])
+            for model, r in state["reservoirs"].items():
+                if model in self.reservoirs:
+                    self.reservoirs[model].restore(r)
+        return {(t, int(p)): int(o) for t, p, o in state["offsets"]}
 
     @property
     def events(self) -> int:

@@ -39,6 +39,11 @@ class KeyTable(Generic[S]):
     def get(self, key: Key) -> S | None:
         return self._states.get(key)
 
+    def adopt(self, key: Key) -> S:
+        """A fresh state for `key`, outside the cap (a restore brings back keys the table had)."""
+        state = self._states[key] = self._factory(key)
+        return state
+
     def items(self) -> Iterator[tuple[Key, S]]:
         return iter(list(self._states.items()))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # N*: the sample per arm at which the confidence sequence is tightest. Canary analyses usually
 # decide within a few thousand requests per arm.
@@ -87,6 +88,43 @@ class SequentialDifference:
         self.p_value = min(self.p_value, p)
         h = half_width(s2, tau2, self.alpha)
         return Look(n_a, n_b, effect, effect - h, effect + h, self.p_value)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The test's state, JSON-ready: ρ² is kept as computed, so a restore needs no `planned`."""
+        return {
+            "alpha": _encode_float(self.alpha),
+            "theta0": _encode_float(self.theta0),
+            "rho2": _encode_float(self._rho2),
+            "p_value": _encode_float(self.p_value),
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> SequentialDifference:
+        """The test a `snapshot()` was taken of, running minimum of the p-value included."""
+        test = cls(_decode_float(state["alpha"]), _decode_float(state["theta0"]))
+        test._rho2 = _decode_float(state["rho2"])
+        test.p_value = _decode_float(state["p_value"])
+        return test
+
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _encode_float(x: float) -> float | str:
+    """A float for a JSON snapshot: finite as itself, inf, -inf and nan as those strings."""
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
+
+
+def _decode_float(value: Any) -> float:
+    """The inverse of `_encode_float`; ValueError for anything else."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"snapshot: expected a number or 'inf', '-inf', 'nan', got {value!r}")
 
 
 def benjamini_hochberg(p_values: Sequence[float], q: float) -> list[bool]:
