@@ -14,11 +14,19 @@ from kafka.errors import KafkaError
 
 from daemon import __version__
 from daemon.alertpush import AlertPusher, firing
+from daemon.checkpoint import CheckpointError, LocalCheckpoints
 from daemon.config import Config, ConfigError
 from daemon.decode import DecodeFailure, EventDecoder
 from daemon.drift import Calibrator, reference_columns
 from daemon.events import InferenceEvent
-from daemon.exposition import BATCH_BUCKETS, NOTIFICATION_OUTCOMES, LoopStats, MetricsExposition, RetrainingStats
+from daemon.exposition import (
+    BATCH_BUCKETS,
+    NOTIFICATION_OUTCOMES,
+    CheckpointStats,
+    LoopStats,
+    MetricsExposition,
+    RetrainingStats,
+)
 from daemon.http import HttpServer
 from daemon.invalid import InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
@@ -132,6 +140,56 @@ class Daemon:
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
         self._pending: dict[TopicPartition, int] = {}
+        # The next offset of everything processed (a checkpoint's offsets), and where a restored
+        # checkpoint says each partition resumes.
+        self._position: dict[TopicPartition, int] = {}
+        self._resume: dict[TopicPartition, int] = {}
+        self.checkpoints = LocalCheckpoints(config.checkpoint.directory) if config.checkpoint.directory else None
+        self.checkpoint_stats = CheckpointStats()
+        if self.checkpoints is not None:
+            self._restore()
+
+    def _restore(self) -> None:
+        assert self.checkpoints is not None
+        group = self.config.source.kafka.group_id
+        try:
+            state = self.checkpoints.load(group)
+            if state is None:
+                log.info("checkpoint_none", directory=str(self.checkpoints.directory))
+                return
+            self._resume = self.pipeline.restore(state)
+        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"checkpoint.directory: {exc}") from None
+        self._position = dict(self._resume)
+        log.info(
+            "checkpoint_restored",
+            keys=len(self.pipeline.keys),
+            offsets={f"{t}/{p}": o for (t, p), o in sorted(self._resume.items())},
+        )
+
+    def after_assign(self, partitions: list[TopicPartition]) -> None:
+        """Resume restored partitions at the checkpoint's offsets, not the committed ones."""
+        if not isinstance(self._source, KafkaSource):
+            return
+        for tp in partitions:
+            if tp in self._resume:
+                self._source.seek(tp, self._resume[tp])
+
+    def _checkpoint(self) -> bool:
+        """State with the offsets it reflects, on disk before those offsets are committed."""
+        assert self.checkpoints is not None
+        stats = self.checkpoint_stats
+        try:
+            state = self.pipeline.snapshot(self._position)
+            stats.last_duration = self.checkpoints.save(state, self.config.source.kafka.group_id)
+        except (OSError, ValueError, TypeError) as exc:
+            stats.failed += 1
+            log.error("checkpoint_failed", directory=str(self.checkpoints.directory), error=repr(exc))
+            return False
+        stats.written += 1
+        stats.last_timestamp = time.time()
+        self._resume = {}  # from now on the committed offsets agree with the checkpoint
+        return True
 
     def _loop_stats(self) -> LoopStats:
         return LoopStats(
@@ -142,6 +200,7 @@ class Daemon:
             shadow=self.shadow.report() if self.shadow is not None else None,
             pushes=dict(self.pusher.sent) if self.pusher is not None else {},
             retraining=self._retraining_stats(),
+            checkpoint=self.checkpoint_stats if self.checkpoints is not None else None,
         )
 
     @staticmethod
@@ -290,6 +349,7 @@ class Daemon:
                 extra = (labels_topic,) if labels_topic else ()
                 source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled, extra)
                 source.before_revoke = self.before_revoke
+                source.after_assign = self.after_assign
             except KafkaError as exc:
                 self.source_errors["connect"] = self.source_errors.get("connect", 0) + 1
                 delay = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
@@ -308,12 +368,17 @@ class Daemon:
         slow_batch_s = self.config.source.kafka.max_poll_interval_ms / 2000.0
         commit_interval_s = self.config.source.kafka.commit_interval_ms / 1000.0
         next_commit = 0.0
+        # With checkpoints, offsets are committed only with one, every checkpoint.interval_seconds.
+        checkpoint_s = self.config.checkpoint.interval_seconds if self.checkpoints is not None else 0.0
+        next_checkpoint = time.monotonic() + checkpoint_s
         while not self.shutdown.requested:
             self.watchdog.beat()
             records = source.poll(timeout_s)
             if records:
                 t0 = time.perf_counter()
-                self._pending.update(process(records))
+                done = process(records)
+                self._pending.update(done)
+                self._position.update(done)
                 elapsed = time.perf_counter() - t0
                 self.batch_duration.observe(elapsed)
                 if elapsed > slow_batch_s:
@@ -328,8 +393,9 @@ class Daemon:
                     shadow = self.shadow.report() if self.shadow is not None else None
                     push = self.config.alertmanager_push
                     self.pusher.update(firing(self.pipeline, shadow, push.conditions, self.config.drift.hold_seconds))
-                if self._pending:
+                if self._pending and time.monotonic() >= next_checkpoint:
                     self._flush_and_commit(source)
+                    next_checkpoint = time.monotonic() + checkpoint_s
                 next_commit = time.monotonic() + commit_interval_s
             self._lag = source.lag()
 
@@ -345,6 +411,8 @@ class Daemon:
             self.config.lifecycle.shutdown_timeout_seconds / 2
         ):
             return False
+        if self.checkpoints is not None and not self._checkpoint():
+            return False  # never commit offsets whose state is not on disk
         if source.commit(self._pending):
             self._pending.clear()
             return True

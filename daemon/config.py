@@ -588,6 +588,17 @@ class AlertmanagerPushConfig(_Section):
         return tuple(u.rstrip("/") for u in v)
 
 
+class CheckpointConfig(_Section):
+    """State with the offsets it reflects, so a restart neither forgets nor double counts."""
+
+    # A local directory (single replica; put it on a volume). null: no checkpoints, state
+    # starts empty at every start and the consumer resumes at the committed offsets.
+    directory: str | None = None
+    # Also written on partition revoke and at shutdown. Offsets are committed only with a
+    # checkpoint while this is on, so commits follow this interval, not commit_interval_ms.
+    interval_seconds: float = Field(5.0, gt=0)
+
+
 class LifecycleConfig(_Section):
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
     # /healthz fails when the main loop has not completed an iteration for this long.
@@ -615,6 +626,7 @@ class Config(_Section):
     retraining: RetrainingConfig = RetrainingConfig()
     receiver: ReceiverConfig = ReceiverConfig()
     alertmanager_push: AlertmanagerPushConfig = AlertmanagerPushConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 

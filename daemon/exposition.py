@@ -196,6 +196,13 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "1 once the endpoint answered 410 Gone: nothing more is sent to it.",
         ["endpoint"],
     ),
+    "inferwatch_checkpoints": (
+        "counter",
+        "Checkpoints written (ok) or not (failed: offsets stay uncommitted until one is written).",
+        ["outcome"],
+    ),
+    "inferwatch_checkpoint_duration_seconds": ("gauge", "Time the latest checkpoint took to write.", []),
+    "inferwatch_checkpoint_last_timestamp_seconds": ("gauge", "When the latest checkpoint was written.", []),
     "inferwatch_shadow_runs": ("counter", "Shadow benchmark runs, by outcome (ok, failed).", ["outcome"]),
     "inferwatch_shadow_last_run_timestamp_seconds": ("gauge", "When the latest successful run started.", []),
     "inferwatch_shadow_run_duration_seconds": ("gauge", "How long the latest successful run took.", []),
@@ -303,6 +310,14 @@ NOTIFICATION_OUTCOMES = ("accepted", "unauthorized", "malformed")
 
 
 @dataclass
+class CheckpointStats:
+    written: int = 0
+    failed: int = 0
+    last_duration: float = 0.0
+    last_timestamp: float = 0.0
+
+
+@dataclass
 class RetrainingStats:
     """The receiver's and the retraining outbox's figures (empty but notifications without retraining)."""
 
@@ -328,6 +343,7 @@ class LoopStats:
     # AlertPusher.sent: (url, outcome) -> pushes.
     pushes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     retraining: RetrainingStats | None = None
+    checkpoint: CheckpointStats | None = None
 
 
 def escape(value: str) -> str:
@@ -561,6 +577,15 @@ class MetricsExposition:
             if canary.get(family):
                 _header(out, family)
                 out.extend(canary[family])
+        if loop.checkpoint is not None:
+            c = loop.checkpoint
+            _header(out, "inferwatch_checkpoints")
+            add(f'inferwatch_checkpoints_total{{outcome="ok"}} {c.written}')
+            add(f'inferwatch_checkpoints_total{{outcome="failed"}} {c.failed}')
+            _header(out, "inferwatch_checkpoint_duration_seconds")
+            add(f"inferwatch_checkpoint_duration_seconds {_num(c.last_duration)}")
+            _header(out, "inferwatch_checkpoint_last_timestamp_seconds")
+            add(f"inferwatch_checkpoint_last_timestamp_seconds {_num(c.last_timestamp)}")
         if loop.retraining is not None:
             _retraining_lines(out, loop.retraining)
         if loop.pushes:

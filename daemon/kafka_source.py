@@ -33,6 +33,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: list[KafkaTP]) -> None:
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        if self._source.after_assign is not None:
+            self._source.after_assign([(tp.topic, tp.partition) for tp in assigned])
 
 
 class KafkaSource:
@@ -49,6 +51,8 @@ class KafkaSource:
         self.errors = errors
         self._sampled = sampled
         self.before_revoke: Callable[[list[TopicPartition]], None] | None = None
+        # Called with newly assigned partitions, where seek() may move them (a checkpoint's offsets).
+        self.after_assign: Callable[[list[TopicPartition]], None] | None = None
         self._consumer = KafkaConsumer(
             bootstrap_servers=list(config.bootstrap_servers),
             group_id=config.group_id,
@@ -97,6 +101,9 @@ class KafkaSource:
         log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions))
         if self.before_revoke is not None:
             self.before_revoke(partitions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTP(*tp), offset)
 
     def lag(self) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}

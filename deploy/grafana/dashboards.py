@@ -506,6 +506,27 @@ def overview() -> Json:
                 ),
             ),
             row(
+                "Checkpoints",
+                timeseries(
+                    "Checkpoints written",
+                    target("sum by (outcome) (inferwatch_checkpoints_total)", "{{outcome}}"),
+                    description="With checkpoint.directory: failed ones leave offsets uncommitted until one succeeds.",
+                    w=8,
+                ),
+                timeseries(
+                    "Checkpoint duration",
+                    target("max by (instance) (inferwatch_checkpoint_duration_seconds)", "{{instance}}"),
+                    unit="s",
+                    w=8,
+                ),
+                stat(
+                    "Checkpoint age",
+                    target("time() - max(inferwatch_checkpoint_last_timestamp_seconds)"),
+                    unit="s",
+                    w=8,
+                ),
+            ),
+            row(
                 "Retraining webhooks",
                 timeseries(
                     "Alertmanager notifications received",

@@ -137,6 +137,7 @@ def _config(
         },
         "receiver": {"token": TOKEN},
         "alertmanager_push": {"urls": [alertmanager_url], "conditions": ["canary_fail"]},
+        "checkpoint": {"directory": str(tmp / "checkpoint"), "interval_seconds": 1},
     }
 
 
