@@ -220,13 +220,11 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
             "t0": t0,
             "marks": marks,
             "deliveries": list(receiver.deliveries),
-            "triggers": daemon.scrape(),
+            "metrics": daemon.scrape(),
             "scrape": scrape,
-            "prometheus": prom,
             "logs": daemon.logs(),
             "panels": _panel_results(prom),
         }
-    raise AssertionError("unreachable")
 
 
 def _has(prom: Prometheus, expr: str) -> bool:
@@ -272,7 +270,7 @@ def test_drift_ends_in_one_signed_retraining_webhook_within_the_bound(scenario: 
     )
     assert data["labels"]["stream"] == "feature:f0"
     assert delivery.headers["webhook-id"] == data["trigger_id"]
-    s = scenario["triggers"]
+    s = scenario["metrics"]
     assert total(s, "inferwatch_retraining_triggers_total", outcome="fired") == 1
     # Re-sends reached the daemon and were recognised as the same trigger (or the same model in cooldown).
     assert total(s, "inferwatch_retraining_triggers_total", outcome="duplicate") >= 1
