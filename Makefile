@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/shadow.py
 	$(BIN)/python bench/alerting.py
+	$(BIN)/python bench/checkpoint.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
