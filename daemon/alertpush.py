@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from daemon import httpclient
 from daemon.config import AlertmanagerPushConfig
+from daemon.httpclient import Post
 from daemon.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
 
 Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs: hashable and stable
-Post = Callable[[str, bytes, float], int]
+JSON = {"Content-Type": "application/json"}
 
 
 def _labels(**labels: str) -> Labels:
@@ -78,20 +79,11 @@ def firing(
     return out
 
 
-def _urlopen_post(url: str, body: bytes, timeout: float) -> int:
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-
-
 class AlertPusher:
     """Keeps the firing set; its thread sends it to every Alertmanager on change and every resend interval."""
 
     def __init__(
-        self, cfg: AlertmanagerPushConfig, *, post: Post = _urlopen_post, clock: Callable[[], float] = time.time
+        self, cfg: AlertmanagerPushConfig, *, post: Post = httpclient.post, clock: Callable[[], float] = time.time
     ) -> None:
         self.cfg = cfg
         self._post = post
@@ -142,7 +134,7 @@ class AlertPusher:
         body = json.dumps(alerts).encode()
         for url in self.cfg.urls:
             try:
-                status = self._post(f"{url}/api/v2/alerts", body, self.cfg.timeout_seconds)
+                status, _ = self._post(f"{url}/api/v2/alerts", body, JSON, self.cfg.timeout_seconds)
                 outcome = "ok" if 200 <= status < 300 else "rejected"
             except OSError as exc:
                 outcome = "error"

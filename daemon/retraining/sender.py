@@ -10,20 +10,17 @@ failing give_up_after seconds after its trigger fired is failed. Redirects are n
 
 from __future__ import annotations
 
-import http.client
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from email.message import Message
 from email.utils import parsedate_to_datetime
-from typing import IO
 
 import structlog
 
+from daemon import httpclient
 from daemon.config import WebhookEndpoint
+from daemon.httpclient import Post
 from daemon.retraining import signing
 from daemon.retraining.outbox import Delivery, Outbox, disabled_error
 
@@ -31,7 +28,6 @@ log = structlog.get_logger(__name__)
 
 # (url, body, headers, timeout seconds) -> (status, response headers); raises OSError (TimeoutError
 # for a timeout) when no response came.
-Post = Callable[[str, bytes, dict[str, str], float], tuple[int, dict[str, str]]]
 
 RESULTS = ("2xx", "4xx", "5xx", "timeout", "error")
 SLOW_DOWN = frozenset({429, 502, 503, 504})
@@ -40,33 +36,6 @@ GONE = 410
 MIN_BACKOFF_FRACTION = 0.1
 # Exponents past this are capped anyway; it keeps 2**n a float.
 MAX_EXPONENT = 60
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Message, newurl: str
-    ) -> urllib.request.Request | None:
-        return None
-
-
-def urllib_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str]]:
-    """POST with urllib; an HTTP error status is returned, not raised; response header names lowercased."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, {k.lower(): v for k, v in exc.headers.items()}
-        finally:
-            exc.close()
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise TimeoutError("timed out") from exc
-        raise
-    except http.client.HTTPException as exc:
-        raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def result_of(status: int) -> str:
@@ -116,7 +85,7 @@ class Sender:
         self._give_up_after = give_up_after
         self._clock = clock
         self._rng = rng or random.Random()
-        self._post: Post = post or urllib_post
+        self._post: Post = post or httpclient.post
         self._poll_interval = poll_interval
         self._batch = batch
         self.delivered = dict.fromkeys(self._names, 0)
