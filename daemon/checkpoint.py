@@ -11,11 +11,11 @@ none twice.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from daemon.files import write_atomically
 
 FORMAT = "inferwatch-checkpoint"
 FILE = "checkpoint.json"
@@ -33,23 +33,8 @@ class LocalCheckpoints:
     def save(self, pipeline_state: dict[str, Any], group_id: str) -> float:
         """Write atomically; returns the seconds it took."""
         t0 = time.perf_counter()
-        self.directory.mkdir(parents=True, exist_ok=True)
         body = {"format": FORMAT, "group_id": group_id, "written_at": time.time(), "pipeline": pipeline_state}
-        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, json.dumps(body, separators=(",", ":")))
         return time.perf_counter() - t0
 
     def load(self, group_id: str) -> dict[str, Any] | None:

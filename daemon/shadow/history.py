@@ -7,14 +7,14 @@ replaced atomically on save.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
+
+from daemon.files import write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -47,19 +47,8 @@ class History:
         del entries[: -self.keep]
 
     def save(self) -> None:
-        """Write a temporary file beside `path`, fsync it, then rename it over `path`."""
-        text = json.dumps({"version": VERSION, "runs": self._runs}, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Replace the file whole (daemon.files.write_atomically)."""
+        write_atomically(self.path, json.dumps({"version": VERSION, "runs": self._runs}, indent=1))
 
     def _load(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         try:

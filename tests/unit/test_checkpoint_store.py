@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,19 @@ def test_save_replaces_the_file_whole_and_load_gives_the_state_back(tmp_path: Pa
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["checkpoint.json"]  # no temporary left
 
 
-def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = LocalCheckpoints(tmp_path)
     store.save({"n": 1}, "g")
-    with pytest.raises(TypeError):
-        store.save({"n": object()}, "g")  # not JSON: fails while writing the temporary file
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # fails after the temporary file is written
+    with pytest.raises(OSError, match="No space left"):
+        store.save({"n": 2}, "g")
+    monkeypatch.undo()
     assert store.load("g") == {"n": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]  # the temporary is gone
 
 
 @pytest.mark.parametrize(
