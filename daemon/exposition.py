@@ -577,26 +577,7 @@ class MetricsExposition:
             if canary.get(family):
                 _header(out, family)
                 out.extend(canary[family])
-        if loop.checkpoint is not None:
-            c = loop.checkpoint
-            _header(out, "inferwatch_checkpoints")
-            add(f'inferwatch_checkpoints_total{{outcome="ok"}} {c.written}')
-            add(f'inferwatch_checkpoints_total{{outcome="failed"}} {c.failed}')
-            _header(out, "inferwatch_checkpoint_duration_seconds")
-            add(f"inferwatch_checkpoint_duration_seconds {_num(c.last_duration)}")
-            _header(out, "inferwatch_checkpoint_last_timestamp_seconds")
-            add(f"inferwatch_checkpoint_last_timestamp_seconds {_num(c.last_timestamp)}")
-        if loop.retraining is not None:
-            _retraining_lines(out, loop.retraining)
-        if loop.pushes:
-            _header(out, "inferwatch_alertmanager_pushes")
-            for (url, outcome), n in sorted(loop.pushes.items()):
-                add(f'inferwatch_alertmanager_pushes_total{{url="{escape(url)}",outcome="{outcome}"}} {n}')
-        if loop.shadow is not None:
-            for family, lines in _shadow_lines(loop.shadow).items():
-                if lines:
-                    _header(out, family)
-                    out.extend(lines)
+        _loop_lines(loop).write(out)
         _header(out, "inferwatch_batch_duration_seconds")
         bd = loop.batch_duration
         add(_histogram(self._batch_template, list(bd.counts), bd.sum))
@@ -631,68 +612,82 @@ def _canary_lines(canary: CanaryMonitor) -> dict[str, list[str]]:
     return out
 
 
-def _retraining_lines(out: list[str], r: RetrainingStats) -> None:
-    def family(name: str, lines: list[str]) -> None:
-        if lines:
-            _header(out, name)
+class _Families:
+    """Lines of the families read once a scrape (not per key), by family in the order added.
+
+    `add` names a counter `_total` and leaves a None value out; a family without lines gets no
+    header when `write` puts them out.
+    """
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {}
+
+    def add(self, family: str, labels: str, value: float | None) -> None:
+        if value is None:
+            return
+        name = family + "_total" if FAMILIES[family][0] == "counter" else family
+        self.line(family, f"{name}{{{labels}}} {_num(value)}" if labels else f"{name} {_num(value)}")
+
+    def line(self, family: str, text: str) -> None:
+        self.lines.setdefault(family, []).append(text)
+
+    def write(self, out: list[str]) -> None:
+        for family, lines in self.lines.items():
+            _header(out, family)
             out.extend(lines)
 
-    family(
-        "inferwatch_alertmanager_notifications",
-        [f'inferwatch_alertmanager_notifications_total{{outcome="{o}"}} {n}' for o, n in r.notifications.items()],
-    )
+
+def _loop_lines(loop: LoopStats) -> _Families:
+    """Checkpoints, the receiver and retraining webhooks, Alertmanager pushes, shadow runs."""
+    f = _Families()
+    if loop.checkpoint is not None:
+        c = loop.checkpoint
+        f.add("inferwatch_checkpoints", 'outcome="ok"', c.written)
+        f.add("inferwatch_checkpoints", 'outcome="failed"', c.failed)
+        f.add("inferwatch_checkpoint_duration_seconds", "", c.last_duration)
+        f.add("inferwatch_checkpoint_last_timestamp_seconds", "", c.last_timestamp)
+    if loop.retraining is not None:
+        _retraining_lines(f, loop.retraining)
+    for (url, outcome), n in sorted(loop.pushes.items()):
+        f.add("inferwatch_alertmanager_pushes", f'url="{escape(url)}",outcome="{outcome}"', n)
+    if loop.shadow is not None:
+        _shadow_lines(f, loop.shadow)
+    return f
+
+
+def _retraining_lines(f: _Families, r: RetrainingStats) -> None:
+    for o, n in r.notifications.items():
+        f.add("inferwatch_alertmanager_notifications", f'outcome="{o}"', n)
     if not r.endpoints:  # the receiver without retraining
         return
-    family(
-        "inferwatch_retraining_triggers",
-        [
-            f'inferwatch_retraining_triggers_total{{policy="{escape(p)}",outcome="{o}"}} {n}'
-            for (p, o), n in sorted(r.triggers.items())
-        ],
-    )
-    family("inferwatch_retraining_pending_alerts", [f"inferwatch_retraining_pending_alerts {r.pending_alerts}"])
-    deliveries = []
+    for (policy, o), n in sorted(r.triggers.items()):
+        f.add("inferwatch_retraining_triggers", f'policy="{escape(policy)}",outcome="{o}"', n)
+    f.add("inferwatch_retraining_pending_alerts", "", r.pending_alerts)
     for outcome, counts in (("delivered", r.delivered), ("failed", r.failed)):
         for endpoint, n in counts.items():
-            deliveries.append(
-                f'inferwatch_webhook_deliveries_total{{endpoint="{escape(endpoint)}",outcome="{outcome}"}} {n}'
-            )
-    family("inferwatch_webhook_deliveries", deliveries)
-    family(
-        "inferwatch_webhook_attempts",
-        [
-            f'inferwatch_webhook_attempts_total{{endpoint="{escape(e)}",result="{res}"}} {n}'
-            for (e, res), n in sorted(r.attempts.items())
-        ],
-    )
-    for name, field_name in (
+            f.add("inferwatch_webhook_deliveries", f'endpoint="{escape(endpoint)}",outcome="{outcome}"', n)
+    for (endpoint, res), n in sorted(r.attempts.items()):
+        f.add("inferwatch_webhook_attempts", f'endpoint="{escape(endpoint)}",result="{res}"', n)
+    for family, key in (
         ("inferwatch_webhook_pending", "pending"),
         ("inferwatch_webhook_oldest_pending_age_seconds", "oldest_pending_age_seconds"),
         ("inferwatch_webhook_endpoint_disabled", "disabled"),
     ):
-        family(
-            name, [f'{name}{{endpoint="{escape(e)}"}} {_num(float(st[field_name]))}' for e, st in r.endpoints.items()]
-        )
+        for endpoint, st in r.endpoints.items():
+            f.add(family, f'endpoint="{escape(endpoint)}"', float(st[key]))
 
 
-SHADOW_FAMILIES = [name for name in FAMILIES if name.startswith("inferwatch_shadow_")]
 SHADOW_QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
 
 
-def _shadow_lines(shadow: Mapping[str, Any]) -> dict[str, list[str]]:
+def _shadow_lines(f: _Families, shadow: Mapping[str, Any]) -> None:
     """The shadow families' lines from ShadowService.report(): the latest run's figures."""
-    out: dict[str, list[str]] = {family: [] for family in SHADOW_FAMILIES}
-
-    def add(family: str, labels: str, value: float | None) -> None:
-        if value is not None:
-            name = family + "_total" if FAMILIES[family][0] == "counter" else family
-            out[family].append(f"{name}{{{labels}}} {_num(value)}" if labels else f"{name} {_num(value)}")
-
+    add = f.add
     for outcome, n in shadow["runs"].items():
         add("inferwatch_shadow_runs", f'outcome="{outcome}"', n)
     run = shadow["last_run"]
     if run is None:
-        return out
+        return
     add("inferwatch_shadow_last_run_timestamp_seconds", "", run["started"])
     add("inferwatch_shadow_run_duration_seconds", "", run["duration_seconds"])
     env = run["environment"]
@@ -716,9 +711,12 @@ def _shadow_lines(shadow: Mapping[str, Any]) -> dict[str, list[str]]:
             slbl = f'{lbl},scenario="{scenario}"'
             for q, key in SHADOW_QUANTILES:
                 add("inferwatch_shadow_latency_seconds", f'{slbl},quantile="{q}"', result[key])
-            lines = out["inferwatch_shadow_latency_seconds"]
-            lines.append(f"inferwatch_shadow_latency_seconds_sum{{{slbl}}} {_num(result['mean'] * result['queries'])}")
-            lines.append(f"inferwatch_shadow_latency_seconds_count{{{slbl}}} {result['queries']}")
+            total = _num(result["mean"] * result["queries"])
+            f.line("inferwatch_shadow_latency_seconds", f"inferwatch_shadow_latency_seconds_sum{{{slbl}}} {total}")
+            f.line(
+                "inferwatch_shadow_latency_seconds",
+                f"inferwatch_shadow_latency_seconds_count{{{slbl}}} {result['queries']}",
+            )
         add("inferwatch_shadow_stable", lbl, int(m["single_stream"]["stable"]))
         if m["server"] is not None:
             add("inferwatch_shadow_server_latency_bound_met", lbl, int(m["server"]["met"]))
@@ -749,7 +747,6 @@ def _shadow_lines(shadow: Mapping[str, Any]) -> dict[str, list[str]]:
         add("inferwatch_shadow_latency_ratio_upper", lbl, ratio["upper"])
         add("inferwatch_shadow_agreement", lbl, c["agreement"].get("agreement"))
         add("inferwatch_shadow_mean_abs_difference", lbl, c["agreement"].get("mean_abs_difference"))
-    return out
 
 
 def _header(out: list[str], family: str) -> None:

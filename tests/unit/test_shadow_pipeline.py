@@ -8,7 +8,7 @@ from typing import Any
 
 from daemon.app import build_pipeline
 from daemon.config import from_mapping
-from daemon.exposition import FAMILIES, _shadow_lines
+from daemon.exposition import FAMILIES, _Families, _shadow_lines
 from daemon.reservoir import Sample
 from daemon.shadow.service import ShadowService
 from daemon.sources import RawRecord
@@ -114,7 +114,7 @@ def test_a_failed_run_is_counted_and_the_daemon_carries_on(monkeypatch: Any) -> 
     report = service.report()
     assert report["runs"] == {"ok": 0, "failed": 1}
     assert report["last_error"] == "RuntimeError: model exploded"
-    lines = _shadow_lines(report)
+    lines = _lines(report)
     assert lines["inferwatch_shadow_runs"] == [
         'inferwatch_shadow_runs_total{outcome="ok"} 0',
         'inferwatch_shadow_runs_total{outcome="failed"} 1',
@@ -160,7 +160,7 @@ def test_every_shadow_family_is_rendered_from_a_full_report() -> None:
             ],
         },
     }
-    lines = _shadow_lines(report)
+    lines = _lines(report)
     assert set(lines) == {f for f in FAMILIES if f.startswith("inferwatch_shadow_")}
     assert all(lines.values()), [f for f, v in lines.items() if not v]
     assert (
@@ -179,3 +179,9 @@ def test_every_shadow_family_is_rendered_from_a_full_report() -> None:
         'inferwatch_shadow_agreement{model="m-cand",production="m-prod"} 0.75'
     ]
     assert 'cpu="Xeon \\"x\\""' in lines["inferwatch_shadow_environment_info"][0]
+
+
+def _lines(report: dict[str, Any]) -> dict[str, list[str]]:
+    families = _Families()
+    _shadow_lines(families, report)
+    return families.lines
