@@ -63,6 +63,10 @@ class EventDecoder(Generic[T]):
             return DecodeFailure(_classify(exc), str(exc)[:200])
         except msgspec.DecodeError as exc:
             return DecodeFailure("malformed_json", str(exc)[:200])
+        # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string it decodes and
+        # for nesting deeper than the recursion limit: bad input, not a bug of ours ("internal").
+        except (UnicodeDecodeError, RecursionError) as exc:
+            return DecodeFailure("malformed_json", f"{type(exc).__name__}: {exc}"[:200])
         except Exception as exc:
             return DecodeFailure("internal", f"{type(exc).__name__}: {exc}"[:200])
         # Non-finite numbers cannot get here: JSON has no NaN/Infinity literals and msgspec
