@@ -14,7 +14,7 @@ from kafka.errors import KafkaError
 
 from daemon import __version__
 from daemon.alertpush import AlertPusher, firing
-from daemon.checkpoint import CheckpointError, LocalCheckpoints
+from daemon.checkpoint import CheckpointError, CheckpointStore, KafkaCheckpoints, LocalCheckpoints
 from daemon.config import Config, ConfigError
 from daemon.decode import DecodeFailure, EventDecoder
 from daemon.drift import Calibrator, reference_columns
@@ -126,8 +126,7 @@ class Daemon:
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
         self.shutdown = Shutdown()
         self.http = HttpServer(
-            config.http.host,
-            config.http.port,
+            config.http,
             self.exposition.render,
             self.watchdog,
             self.status,
@@ -140,59 +139,93 @@ class Daemon:
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
         self._pending: dict[TopicPartition, int] = {}
-        # The next offset of everything processed (a checkpoint's offsets), and where a restored
-        # checkpoint says each partition resumes.
+        # The next offset of everything processed (a checkpoint's offsets), and where restored
+        # partitions resume (their checkpoint's offsets, which may be past the committed ones).
         self._position: dict[TopicPartition, int] = {}
         self._resume: dict[TopicPartition, int] = {}
-        self.checkpoints = LocalCheckpoints(config.checkpoint.directory) if config.checkpoint.directory else None
+        # Partition numbers whose state this replica holds (restored or built since assignment).
+        self._owned: set[int] = set()
+        # A checkpoint that could not be read on assignment: the loop stops, exit code 1.
+        self._restore_failed: str | None = None
         self.checkpoint_stats = CheckpointStats()
-        if self.checkpoints is not None:
-            self._restore()
+        self.checkpoints: CheckpointStore | None = None  # the topic store is opened with the source
+        c = config.checkpoint
+        if c.store == "directory":
+            assert c.directory is not None
+            self.checkpoints = LocalCheckpoints(c.directory, config.source.kafka.group_id)
+            try:
+                process = self.checkpoints.load_process()
+                if process is not None:
+                    self.pipeline.restore_process(process)
+            except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"checkpoint.directory: {exc}") from None
 
-    def _restore(self) -> None:
-        assert self.checkpoints is not None
-        group = self.config.source.kafka.group_id
-        try:
-            state = self.checkpoints.load(group)
-            if state is None:
-                log.info("checkpoint_none", directory=str(self.checkpoints.directory))
-                return
-            self._resume = self.pipeline.restore(state)
-        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"checkpoint.directory: {exc}") from None
-        self._position = dict(self._resume)
-        log.info(
-            "checkpoint_restored",
-            keys=len(self.pipeline.keys),
-            offsets={f"{t}/{p}": o for (t, p), o in sorted(self._resume.items())},
-        )
+    def _open_checkpoints(self) -> None:
+        """The topic store, built in `_connect`'s retry (the broker may be away at start-up)."""
+        c, kafka = self.config.checkpoint, self.config.source.kafka
+        if c.store == "kafka" and self.checkpoints is None:
+            self.checkpoints = KafkaCheckpoints(
+                kafka.bootstrap_servers,
+                c.topic or f"{kafka.group_id}-inferwatch-checkpoints",
+                kafka.group_id,
+                max_record_bytes=c.max_record_bytes,
+                timeout_s=c.timeout_seconds,
+            )
 
     def after_assign(self, partitions: list[TopicPartition]) -> None:
-        """Resume restored partitions at the checkpoint's offsets, not the committed ones."""
-        if not isinstance(self._source, KafkaSource):
+        """Restore the state of newly assigned partitions, then seek them to its offsets."""
+        if self.checkpoints is None or not isinstance(self._source, KafkaSource):
             return
+        new = sorted({p for _, p in partitions} - self._owned)
+        t0 = time.perf_counter()
+        try:
+            shards = self.checkpoints.load(new)
+            for shard in shards.values():
+                self._resume.update(self.pipeline.restore_partition(shard))
+        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+            self._restore_failed = f"checkpoint ({self.checkpoints.where}): {exc}"
+            log.error("checkpoint_restore_failed", where=self.checkpoints.where, error=str(exc))
+            self.shutdown.request()
+            return
+        self._owned.update(new)
+        self._position.update(self._resume)
         for tp in partitions:
             if tp in self._resume:
                 self._source.seek(tp, self._resume[tp])
+        log.info(
+            "checkpoint_restored",
+            partitions=sorted(shards),
+            fresh=sorted(set(new) - set(shards)),
+            seconds=round(time.perf_counter() - t0, 3),
+            offsets={f"{t}/{p}": o for (t, p), o in sorted(self._resume.items())},
+        )
 
     def _checkpoint(self) -> bool:
-        """State with the offsets it reflects, on disk before those offsets are committed."""
+        """State with the offsets it reflects, stored before those offsets are committed."""
         assert self.checkpoints is not None
         stats = self.checkpoint_stats
+        t0 = time.perf_counter()
         try:
-            state = self.pipeline.snapshot(self._position)
-            stats.last_duration = self.checkpoints.save(state, self.config.source.kafka.group_id)
-        except (OSError, ValueError, TypeError) as exc:
+            self.checkpoints.save(self.pipeline.snapshot(self._position))
+        except (CheckpointError, OSError, ValueError, TypeError) as exc:
             stats.failed += 1
-            log.error("checkpoint_failed", directory=str(self.checkpoints.directory), error=repr(exc))
+            log.error("checkpoint_failed", where=self.checkpoints.where, error=repr(exc))
             return False
+        stats.last_duration = time.perf_counter() - t0
         stats.written += 1
         stats.last_timestamp = time.time()
         self._resume = {}  # from now on the committed offsets agree with the checkpoint
         return True
 
     def _loop_stats(self) -> LoopStats:
+        # An outage: no broker response for a whole session timeout. A healthy broker answers a
+        # fetch at least every fetch_max_wait_ms (0.5 s), even on an idle topic, and a heartbeat
+        # every third of the session timeout; the coordinator evicts a member silent that long.
+        contact = self._source.last_contact if isinstance(self._source, KafkaSource) else None
+        outage_s = self.config.source.kafka.session_timeout_ms / 1000.0
         return LoopStats(
+            source_up=contact is not None and time.time() - contact <= outage_s,
+            source_last_contact=contact,
             lag=dict(self._lag),
             source_errors=dict(self.source_errors),
             dead_letter=dict(self.dead_letter_counts),
@@ -318,6 +351,7 @@ class Daemon:
                 "started",
                 version=__version__,
                 http_port=self.http.port,
+                metrics_port=self.http.metrics_port,
                 topics=self.config.source.kafka.topics,
             )
             self.watchdog.ready = True
@@ -327,8 +361,13 @@ class Daemon:
             stack.callback(source.close)
             if self.dead_letter is not None:
                 stack.callback(self.dead_letter.close)
+            if self.checkpoints is not None:
+                stack.callback(self.checkpoints.close)
             self._loop(source)
             self.watchdog.ready = False
+            if self._restore_failed is not None:
+                log.error("stopped", reason=self._restore_failed)
+                return 1  # nothing committed: the next start (or replica) restores the partition
             committed = self._flush_and_commit(source)
             log.info("stopped", committed=committed, pending=len(self._pending))
         return 0
@@ -345,6 +384,7 @@ class Daemon:
                         self.dead_letter_counts,
                     )
                     self.pipeline.invalid.dead_letter = self.dead_letter
+                self._open_checkpoints()
                 labels_topic = self.config.labels.topic
                 extra = (labels_topic,) if labels_topic else ()
                 source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled, extra)
@@ -419,8 +459,17 @@ class Daemon:
         return False
 
     def before_revoke(self, partitions: list[TopicPartition]) -> None:
-        if self._source is not None:
+        if self._source is not None and self._restore_failed is None:
             self._flush_and_commit(self._source)
         # What could not be committed now belongs to the partition's next owner.
         for tp in partitions:
             self._pending.pop(tp, None)
+        if self.checkpoints is None:
+            return  # without checkpoints state stays: there is nowhere to hand it over
+        # The next owner (maybe this replica again) restores the state from the checkpoint.
+        revoked = {p for _, p in partitions}
+        self.pipeline.drop_partitions(revoked)
+        self._owned -= revoked
+        for tp in [tp for tp in self._position if tp[1] in revoked]:
+            del self._position[tp]
+            self._resume.pop(tp, None)

@@ -29,7 +29,7 @@ at its first rejection. The score is Kayenta-like: 100 × the mean over metrics 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -474,12 +474,15 @@ class CanaryMonitor:
             return one(self.models[model])
         return {"models": {name: one(m) for name, m in self.models.items()}}
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every model's canary state, JSON-ready: `{"version": 1, "models": [ModelCanary.snapshot(), ...]}`."""
-        return {"version": SNAPSHOT_VERSION, "models": [m.snapshot() for m in self.models.values()]}
+    def snapshot(self, models: Collection[str] | None = None) -> dict[str, Any]:
+        """Every model's canary state, or `models`' only, JSON-ready:
+        `{"version": 1, "models": [ModelCanary.snapshot(), ...]}`."""
+        chosen = [m for name, m in self.models.items() if models is None or name in models]
+        return {"version": SNAPSHOT_VERSION, "models": [m.snapshot() for m in chosen]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Replace all state with a `snapshot()`'s (taken under the same settings); all or nothing."""
+        """Take the models of a `snapshot()` (taken under the same settings), replacing those of
+        the same name; all or nothing."""
         _check_version(state, "canary")
         try:
             models: dict[str, ModelCanary] = {}
@@ -491,7 +494,12 @@ class CanaryMonitor:
                 models[m.model] = m
         except (KeyError, TypeError, IndexError) as e:
             raise ValueError(f"malformed canary snapshot: {e!r}") from e
-        self.models = models
+        self.models.update(models)
+
+    def drop(self, models: Collection[str]) -> None:
+        """Forget `models` (their partitions went to another replica)."""
+        for name in models:
+            self.models.pop(name, None)
 
 
 # -- snapshot decoding: a wrong type is a ValueError, not a silent different run ---------------

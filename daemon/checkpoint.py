@@ -1,58 +1,280 @@
-"""Checkpoints in a local directory: the pipeline's whole state with the offsets it reflects.
+"""Checkpoint stores: the pipeline's state, one shard per partition, with the offsets it reflects.
 
-For single-replica setups (issue 7 adds a compacted-topic store, so state follows partitions to
-another replica). One file, `checkpoint.json`, replaced atomically (write a temporary file in the
-same directory, fsync, rename), so a crash leaves the previous checkpoint or the new one, never
-half of one. The daemon writes it before it commits the same offsets, so a restore never misses
-an event the broker thinks was processed, and resumes at the checkpoint's offsets, so it counts
-none twice.
+A shard (`Pipeline.snapshot()["partitions"][p]`) is partition p's state and its next offset on
+every topic, so the replica that is assigned p restores it alone (state follows partitions, as in
+Kafka Streams). The daemon writes shards before it commits the same offsets, so a restore never
+misses an event the broker thinks was processed, and resumes at the shard's offsets, so it
+counts none twice. Two stores:
+
+- `KafkaCheckpoints` (the default): a compacted topic. Each shard is zlib-compressed JSON, cut
+  into records of at most `max_record_bytes` keyed `<partition>/<checkpoint id>/<chunk>`; once a
+  shard is complete on the broker, the previous one's records get tombstones, which compaction
+  turns into space. A reader takes, per partition, the complete checkpoint with the furthest
+  offsets: a crash mid-write leaves an incomplete one, which is ignored, and the previous one.
+- `LocalCheckpoints`: a directory, one file per partition plus the process-wide counters, each
+  replaced atomically. For single replicas (or replicas sharing one volume).
+
+The process-wide counters (records, invalid records, overflow, label-join outcomes) belong to no
+partition: only the directory store keeps them; with the topic they restart from zero, like any
+exporter's counters.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
+import zlib
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import structlog
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.files import write_atomically
 
+log = structlog.get_logger(__name__)
+
 FORMAT = "inferwatch-checkpoint"
-FILE = "checkpoint.json"
+# The single file of the first (whole-process) format, which this one no longer reads.
+OLD_FILE = "checkpoint.json"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be read: the message says which file and why."""
+    """A checkpoint that cannot be written or read: the message says where and why."""
+
+
+class CheckpointStore(Protocol):
+    where: str
+
+    def save(self, snapshot: Mapping[str, Any]) -> None:
+        """Every shard of a `Pipeline.snapshot()`, then the process-wide part (if kept)."""
+        ...
+
+    def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
+        """The newest complete shard of each of `partitions` that has one."""
+        ...
+
+    def load_process(self) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+def _position(shard: Mapping[str, Any]) -> int:
+    """How far a shard got: the sum of its next offsets (offsets only grow)."""
+    return sum(int(o) for _, o in shard["offsets"])
 
 
 class LocalCheckpoints:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, group_id: str) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / FILE
+        self.group_id = group_id
+        self.where = f"directory {self.directory}"
 
-    def save(self, pipeline_state: dict[str, Any], group_id: str) -> float:
-        """Write atomically; returns the seconds it took."""
-        t0 = time.perf_counter()
-        body = {"format": FORMAT, "group_id": group_id, "written_at": time.time(), "pipeline": pipeline_state}
-        write_atomically(self.path, json.dumps(body, separators=(",", ":")))
-        return time.perf_counter() - t0
+    def _file(self, partition: int | None) -> Path:
+        return self.directory / ("process.json" if partition is None else f"partition-{partition}.json")
 
-    def load(self, group_id: str) -> dict[str, Any] | None:
-        """The pipeline state of the last checkpoint; None when there is none yet."""
+    def save(self, snapshot: Mapping[str, Any]) -> None:
+        for p, shard in snapshot["partitions"].items():
+            self._write(self._file(int(p)), shard)
+        self._write(self._file(None), snapshot["process"])
+
+    def _write(self, path: Path, state: Mapping[str, Any]) -> None:
+        body = {"format": FORMAT, "group_id": self.group_id, "written_at": time.time(), "state": state}
+        write_atomically(path, json.dumps(body, separators=(",", ":")))
+
+    def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
+        shards = {p: self._read(self._file(p)) for p in partitions}
+        return {p: s for p, s in shards.items() if s is not None}
+
+    def load_process(self) -> dict[str, Any] | None:
+        if (self.directory / OLD_FILE).exists():
+            raise CheckpointError(
+                f"{self.directory / OLD_FILE} is a checkpoint of an older inferwatch (one file per process), which "
+                "this version does not read; move it away to start afresh"
+            )
+        return self._read(self._file(None))
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            body = json.loads(self.path.read_text())
+            body = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"checkpoint {self.path} cannot be read ({exc}); move it away to start afresh"
-            ) from None
+            raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); move it away to start afresh") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise CheckpointError(f"{self.path} is not an inferwatch checkpoint; move it away to start afresh")
-        if body.get("group_id") != group_id:
+            raise CheckpointError(f"{path} is not an inferwatch checkpoint; move it away to start afresh")
+        if body.get("group_id") != self.group_id:
             raise CheckpointError(
-                f"checkpoint {self.path} belongs to consumer group {body.get('group_id')!r}, not {group_id!r}: its "
+                f"checkpoint {path} belongs to consumer group {body.get('group_id')!r}, not {self.group_id!r}: its "
                 "offsets mean nothing to this group; point checkpoint.directory elsewhere or move it away"
             )
-        state: dict[str, Any] = body["pipeline"]
+        state: dict[str, Any] = body["state"]
         return state
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaCheckpoints:
+    """Shards in a compacted topic of one partition (created if missing).
+
+    One partition keeps the layout independent of the source's partition count; a replica reads
+    it at each assignment, which compaction keeps to about one checkpoint per source partition.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: tuple[str, ...],
+        topic: str,
+        group_id: str,
+        *,
+        max_record_bytes: int,
+        timeout_s: float,
+    ) -> None:
+        self.bootstrap = list(bootstrap_servers)
+        self.topic = topic
+        self.group_id = group_id
+        self.max_record_bytes = max_record_bytes
+        self.timeout_s = timeout_s
+        self.where = f"topic {topic}"
+        self._writer = uuid.uuid4().hex[:12]
+        self._seq = 0
+        # Per partition, the record keys of checkpoints that a newer complete one replaces.
+        self._stale: dict[int, set[bytes]] = {}
+        self._create_topic()
+        self._producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=0,
+            max_request_size=max(max_record_bytes + 4096, 1_048_576),
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+
+    def _create_topic(self) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
+        try:
+            # Replicated like a production topic where the cluster allows it (3), else on every broker.
+            replicas = min(3, len(admin.describe_cluster()["brokers"]))
+            admin.create_topics([NewTopic(self.topic, 1, replicas, topic_configs={"cleanup.policy": "compact"})])
+            log.info("checkpoint_topic_created", topic=self.topic, replicas=replicas)
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    def save(self, snapshot: Mapping[str, Any]) -> None:
+        for p, shard in snapshot["partitions"].items():
+            self._save_shard(int(p), shard)
+
+    def _save_shard(self, partition: int, shard: Mapping[str, Any]) -> None:
+        data = zlib.compress(json.dumps(shard, separators=(",", ":")).encode(), 1)
+        self._seq += 1
+        cid = f"{self._writer}-{self._seq}"
+        size = self.max_record_bytes
+        chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        headers = [
+            ("format", FORMAT.encode()),
+            ("group", self.group_id.encode()),
+            ("chunks", str(len(chunks)).encode()),
+            ("position", str(_position(shard)).encode()),
+        ]
+        keys = [f"{partition}/{cid}/{i}".encode() for i in range(len(chunks))]
+        try:
+            futures = [
+                self._producer.send(self.topic, key=key, value=chunk, headers=headers, partition=0)
+                for key, chunk in zip(keys, chunks, strict=True)
+            ]
+            self._producer.flush(self.timeout_s)
+            for f in futures:
+                f.get(timeout=self.timeout_s)
+        except KafkaError as exc:
+            where = f"checkpoint topic {self.topic}"
+            raise CheckpointError(f"{where}: partition {partition}'s shard not written: {exc!r}") from None
+        # Complete on the broker: the previous checkpoints of this partition can go.
+        for key in self._stale.pop(partition, set()):
+            self._producer.send(self.topic, key=key, value=None, partition=0)
+        self._stale[partition] = set(keys)
+
+    def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
+        wanted = set(partitions)
+        if not wanted:
+            return {}
+        # partition -> checkpoint id -> chunk index -> bytes; and each id's chunk count and position.
+        chunks: dict[int, dict[str, dict[int, bytes]]] = {}
+        meta: dict[tuple[int, str], tuple[int, int, int]] = {}
+        for record in self._read_all():
+            try:
+                p_text, cid, i_text = record.key.decode().split("/")
+                p, i = int(p_text), int(i_text)
+            except (AttributeError, ValueError):
+                continue  # not ours
+            if p not in wanted:
+                continue
+            by_id = chunks.setdefault(p, {})
+            if record.value is None:  # a tombstone
+                by_id.get(cid, {}).pop(i, None)
+                continue
+            h = {k: v.decode() for k, v in record.headers}
+            if h.get("format") != FORMAT or h.get("group") != self.group_id:
+                continue
+            by_id.setdefault(cid, {})[i] = record.value
+            meta[(p, cid)] = (int(h["chunks"]), int(h["position"]), record.offset)
+        shards: dict[int, dict[str, Any]] = {}
+        for p, by_id in chunks.items():
+            live = {f"{p}/{cid}/{i}".encode() for cid, parts in by_id.items() for i in parts}
+            self._stale[p] = live  # replaced by this replica's next checkpoint of p
+            complete = [cid for cid, parts in by_id.items() if parts and len(parts) == meta[(p, cid)][0]]
+            if not complete:
+                continue
+            cid = max(complete, key=lambda c: meta[(p, c)][1:])
+            parts = by_id[cid]
+            try:
+                shards[p] = json.loads(zlib.decompress(b"".join(parts[i] for i in range(len(parts)))))
+            except (zlib.error, ValueError, KeyError) as exc:
+                raise CheckpointError(
+                    f"checkpoint topic {self.topic}: partition {p}'s checkpoint {cid} cannot be decoded ({exc!r}); "
+                    "delete the topic to start afresh"
+                ) from None
+        return shards
+
+    def _read_all(self) -> list[Any]:
+        """Every record of the topic, from its start to the high watermark that fetches report."""
+        tp = KafkaTP(self.topic, 0)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+            receive_message_max_bytes=100 * 1024 * 1024,
+        )
+        records: list[Any] = []
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            while True:
+                for batch in consumer.poll(timeout_ms=200).values():
+                    records.extend(batch)
+                high = consumer.highwater(tp)
+                if high is not None and consumer.position(tp) >= high:
+                    return records
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"checkpoint topic {self.topic} not read within {self.timeout_s:g} s "
+                        f"(checkpoint.timeout_seconds); {len(records)} records so far"
+                    )
+        except KafkaError as exc:
+            raise CheckpointError(f"checkpoint topic {self.topic} cannot be read: {exc!r}") from None
+        finally:
+            consumer.close()
+
+    def load_process(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        self._producer.close(self.timeout_s)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,7 @@ from pydantic import (
 
 ENV_PREFIX = "INFERWATCH__"
 # Keys whose values are SecretStr: never echoed in an error message.
-SECRET_KEYS = frozenset({"secret", "token"})
+SECRET_KEYS = frozenset({"password", "secret", "token"})
 
 # Prometheus client_python's default buckets, in seconds: familiar to every dashboard author.
 DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -113,10 +114,99 @@ class DeadLetterConfig(_Section):
     topic: str | None = None
 
 
+def _long_secret(v: SecretStr) -> SecretStr:
+    # Nothing limits the rate of guesses, so a machine credential, not a memorable one.
+    if len(v.get_secret_value()) < 16:
+        raise ValueError("must be at least 16 characters")
+    return v
+
+
+class BasicAuthConfig(_Section):
+    """HTTP basic auth on GET /metrics and /v1/*; /healthz and /readyz stay open for the kubelet's probes."""
+
+    username: str = Field(min_length=1)
+    # Or password_file: a file holding it (a mounted Secret; Prometheus' basic_auth.password_file can be it).
+    password: Annotated[SecretStr, AfterValidator(_long_secret)]
+    password_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: Any) -> Any:
+        return _from_file(data, "password")
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, v: str) -> str:
+        if ":" in v:
+            raise ValueError("must not contain ':', which ends the user-id in basic auth (RFC 7617)")
+        return v
+
+
+def _load_pem(field: str, path: str, what: str, load: Callable[[str], object]) -> None:
+    try:
+        load(path)
+    except OSError as exc:  # ssl.SSLError is one
+        raise ValueError(f"{field}: cannot load {path} as {what}: {exc.strerror or exc}") from None
+
+
+class TlsConfig(_Section):
+    """HTTPS (TLS 1.2 or later) on the HTTP listener(s), as Prometheus exporters' tls_server_config."""
+
+    # PEM files, read at start-up: restart to serve a renewed certificate.
+    cert_file: str
+    key_file: str
+    # Optional: CA certificates that client certificates must chain to (mutual TLS). Clients
+    # without one reach only /healthz and /readyz (the kubelet's probes present none).
+    client_ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _loads(self) -> TlsConfig:
+        self.ssl_context()  # bad files fail at start-up and in check-config, not at the first scrape
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The listeners' server context; ValueError naming the field whose file does not load."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # The certificate alone first, so that a failure of the pair below is the key's.
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _load_pem("cert_file", self.cert_file, "a PEM certificate", check.load_verify_locations)
+        # password "": an encrypted key fails here instead of prompting on a terminal.
+        key = "the unencrypted PEM private key of cert_file"
+        _load_pem("key_file", self.key_file, key, lambda k: context.load_cert_chain(self.cert_file, k, password=""))
+        if self.client_ca_file is not None:
+            _load_pem("client_ca_file", self.client_ca_file, "PEM CA certificates", context.load_verify_locations)
+            context.verify_mode = ssl.CERT_OPTIONAL  # a certificate given is verified; routes ask for one
+        return context
+
+
+# Addresses that bind every interface.
+_ANY_HOST = frozenset({"", "0.0.0.0", "::"})
+
+
 class HttpConfig(_Section):
     # All interfaces, like other exporters: Prometheus scrapes the pod IP.
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=0, le=65535)
+    # With metrics_port, /metrics (only it) is served on a listener of its own at
+    # metrics_host:metrics_port (metrics_host defaults to host), e.g. 127.0.0.1 for a local agent.
+    metrics_host: str | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    basic_auth: BasicAuthConfig | None = None
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _metrics_listener(self) -> HttpConfig:
+        if self.metrics_host is not None and self.metrics_port is None:
+            raise ValueError("metrics_host needs metrics_port, the port of the separate /metrics listener")
+        metrics_host = self.metrics_host or self.host
+        overlap = metrics_host == self.host or bool({metrics_host, self.host} & _ANY_HOST)
+        if self.metrics_port == self.port != 0 and overlap:
+            raise ValueError(
+                f"metrics_port ({self.metrics_port}) equals port on an overlapping address ({metrics_host} and "
+                f"{self.host}); give /metrics a port of its own, or unset metrics_port to serve it on port"
+            )
+        return self
 
 
 class MetricsConfig(_Section):
@@ -539,7 +629,7 @@ class ReceiverConfig(_Section):
 
     # Off without a token. Alertmanager sends it with http_config.authorization (type Bearer).
     # token_file: a file holding it (a mounted Secret; Alertmanager's credentials_file can be the same).
-    token: SecretStr | None = None
+    token: Annotated[SecretStr, AfterValidator(_long_secret)] | None = None
     token_file: str | None = None
     max_body_bytes: int = Field(1_048_576, ge=1_024)
 
@@ -547,13 +637,6 @@ class ReceiverConfig(_Section):
     @classmethod
     def _token_file(cls, data: Any) -> Any:
         return _from_file(data, "token")
-
-    @field_validator("token")
-    @classmethod
-    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters")
-        return v
 
 
 PushCondition = Literal["drift", "canary_fail", "shadow_regression", "serving_skew"]
@@ -589,14 +672,40 @@ class AlertmanagerPushConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    """State with the offsets it reflects, so a restart neither forgets nor double counts."""
+    """State with the offsets it reflects, so a restart or a rebalance neither forgets nor double counts.
 
-    # A local directory (single replica; put it on a volume). null: no checkpoints, state
-    # starts empty at every start and the consumer resumes at the committed offsets.
+    Each partition's state is written with its offsets (every interval_seconds, on revoke and at
+    shutdown) and restored by whichever replica is assigned the partition. Offsets are committed
+    only with a checkpoint, so commits follow interval_seconds, not commit_interval_ms.
+    """
+
+    # kafka: a compacted topic on the source's brokers (state follows partitions to any replica).
+    # directory: files in `directory` (a single replica, or replicas sharing the volume).
+    # off: state starts empty at every start; the consumer resumes at the committed offsets.
+    # Unset: directory when `directory` is given, else kafka.
+    store: Literal["kafka", "directory", "off"] = "kafka"
     directory: str | None = None
-    # Also written on partition revoke and at shutdown. Offsets are committed only with a
-    # checkpoint while this is on, so commits follow this interval, not commit_interval_ms.
+    # Default: "<group_id>-inferwatch-checkpoints".
+    topic: str | None = None
     interval_seconds: float = Field(5.0, gt=0)
+    # A checkpoint is cut into records of at most this size: keep it under the topic's
+    # max.message.bytes (1 MiB by default).
+    max_record_bytes: int = Field(512 * 1024, ge=1024)
+    # Writing or reading the topic longer than this fails the checkpoint (or the restore).
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_store(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("store") is None:
+            return {**data, "store": "directory" if data.get("directory") else "kafka"}
+        return data
+
+    @model_validator(mode="after")
+    def _directory(self) -> CheckpointConfig:
+        if self.store == "directory" and not self.directory:
+            raise ValueError("store 'directory' needs checkpoint.directory (a writable directory on a volume)")
+        return self
 
 
 class LifecycleConfig(_Section):

@@ -81,6 +81,17 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Failed source operations (broker unreachable, commit refused), by operation.",
         ["operation"],
     ),
+    "inferwatch_source_up": (
+        "gauge",
+        "1 while a Kafka broker has answered (any response: fetch, heartbeat, metadata, commit, join) within "
+        "source.kafka.session_timeout_ms; 0 during an outage, and before the first connection.",
+        [],
+    ),
+    "inferwatch_source_last_contact_timestamp_seconds": (
+        "gauge",
+        "When a Kafka broker last answered (absent before the first connection).",
+        [],
+    ),
     "inferwatch_dead_letter_records": (
         "counter",
         "Invalid records copied to the dead-letter topic.",
@@ -344,6 +355,9 @@ class LoopStats:
     pushes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     retraining: RetrainingStats | None = None
     checkpoint: CheckpointStats | None = None
+    # The Kafka source's broker contact (None without a Kafka source, as in tests).
+    source_up: bool | None = None
+    source_last_contact: float | None = None
 
 
 def escape(value: str) -> str:
@@ -638,8 +652,11 @@ class _Families:
 
 
 def _loop_lines(loop: LoopStats) -> _Families:
-    """Checkpoints, the receiver and retraining webhooks, Alertmanager pushes, shadow runs."""
+    """Broker contact, checkpoints, the receiver and retraining webhooks, Alertmanager pushes, shadow runs."""
     f = _Families()
+    if loop.source_up is not None:
+        f.add("inferwatch_source_up", "", int(loop.source_up))
+    f.add("inferwatch_source_last_contact_timestamp_seconds", "", loop.source_last_contact)
     if loop.checkpoint is not None:
         c = loop.checkpoint
         f.add("inferwatch_checkpoints", 'outcome="ok"', c.written)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -18,7 +18,7 @@ from daemon.events import Label
 from daemon.routing import Key
 
 COUNTS = ("joined", "late", "unmatched", "expired", "evicted", "duplicate")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 # (request_id, model, label, unix-second timestamp): one record of the label topic.
 LabelRecord = tuple[str, str, Label, float | None]
@@ -109,10 +109,11 @@ class LabelJoin:
         # the next `next(iter(d))` must skip, which turns steady expiry quadratic.
         self._predictions: OrderedDict[str, tuple[float, PendingPrediction]] = OrderedDict()
         self._held: OrderedDict[str, _Held] = OrderedDict()
-        # Recently joined ids, to tell a duplicate label from an early one.
-        self._joined: OrderedDict[str, float] = OrderedDict()
+        # Recently joined ids, to tell a duplicate label from an early one: id -> (time, model).
+        # The model says which partition's state an id belongs to (checkpoints follow partitions).
+        self._joined: OrderedDict[str, tuple[float, str]] = OrderedDict()
         # Ids whose prediction expired or was evicted, to tell a late label from an unmatched one.
-        self._gone: OrderedDict[str, float] = OrderedDict()
+        self._gone: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def add_predictions(self, items: Iterable[PendingPrediction]) -> list[JoinedLabel]:
         """Store predictions; return those that a held label joins now."""
@@ -131,14 +132,14 @@ class LabelJoin:
                 if held.model == p.key[0]:
                     joined.append(JoinedLabel(p, held.label, held.timestamp))
                     counts["joined"] += 1
-                    self._remember(self._joined, rid, now)
+                    self._remember(self._joined, rid, now, held.model)
                     continue
                 # The held label was for another model; this prediction may still get its own.
                 counts["unmatched"] += 1
             if len(predictions) >= self.max_entries:
-                old, _ = predictions.popitem(last=False)
+                old, (_, evicted) = predictions.popitem(last=False)
                 counts["evicted"] += 1
-                self._remember(self._gone, old, now)
+                self._remember(self._gone, old, now, evicted.key[0])
             self._gone.pop(rid, None)
             predictions[rid] = (now, p)
         return joined
@@ -156,7 +157,7 @@ class LabelJoin:
                     del predictions[rid]
                     joined.append(JoinedLabel(entry[1], label, ts))
                     counts["joined"] += 1
-                    self._remember(self._joined, rid, now)
+                    self._remember(self._joined, rid, now, model)
                 else:
                     counts["unmatched"] += 1
             elif rid in self._joined or rid in held_labels:
@@ -179,12 +180,12 @@ class LabelJoin:
         counts, ttl_s = self.counts, self.ttl_s
         predictions = self._predictions
         while predictions:
-            rid, (at, _) = next(iter(predictions.items()))
+            rid, (at, p) = next(iter(predictions.items()))
             if now - at < ttl_s:
                 break
             del predictions[rid]
             counts["expired"] += 1
-            self._remember(self._gone, rid, now)
+            self._remember(self._gone, rid, now, p.key[0])
         held_labels = self._held
         while held_labels:
             rid, held = next(iter(held_labels.items()))
@@ -194,15 +195,15 @@ class LabelJoin:
             counts["unmatched"] += 1
         for memory in (self._joined, self._gone):
             while memory:
-                rid, at = next(iter(memory.items()))
+                rid, (at, _) = next(iter(memory.items()))
                 if now - at < ttl_s:
                     break
                 del memory[rid]
 
-    def _remember(self, memory: OrderedDict[str, float], rid: str, now: float) -> None:
+    def _remember(self, memory: OrderedDict[str, tuple[float, str]], rid: str, now: float, model: str) -> None:
         # Pop first so a re-remembered id moves to the back and the front stays the oldest.
         memory.pop(rid, None)
-        memory[rid] = now
+        memory[rid] = (now, model)
         if len(memory) > self.max_entries:
             memory.popitem(last=False)
 
@@ -218,12 +219,17 @@ class LabelJoin:
         """Entries waiting for their other half: pending predictions and held labels."""
         return len(self._predictions) + len(self._held)
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state. Times are stored as ages, so a restore in a new process works.
+    def snapshot(self, models: Collection[str] | None = None) -> dict[str, Any]:
+        """JSON-serialisable state, of every entry or of `models`' only (a partition's share).
+        Times are stored as ages, so a restore in a new process works.
 
         Nothing expires here: a snapshot must not change what an uninterrupted run would do.
         """
         now = self.clock()
+
+        def mine(model: str) -> bool:
+            return models is None or model in models
+
         return {
             "version": SNAPSHOT_VERSION,
             "counts": dict(self.counts),
@@ -242,24 +248,30 @@ class LabelJoin:
                     p.index,
                 ]
                 for rid, (at, p) in self._predictions.items()
+                if mine(p.key[0])
             ],
-            "held_labels": [[rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items()],
-            "joined_ids": [[rid, now - at] for rid, at in self._joined.items()],
-            "gone_ids": [[rid, now - at] for rid, at in self._gone.items()],
+            "held_labels": [
+                [rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items() if mine(h.model)
+            ],
+            "joined_ids": [[rid, now - at, m] for rid, (at, m) in self._joined.items() if mine(m)],
+            "gone_ids": [[rid, now - at, m] for rid, (at, m) in self._gone.items() if mine(m)],
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state with a snapshot's. Entries beyond this join's max_entries are evicted."""
+    def restore(self, state: dict[str, Any], *, counts: bool = True) -> None:
+        """Add a snapshot's entries to this join's (a new process: it is empty; an assigned
+        partition: they are that partition's). `counts` takes the snapshot's outcome counts too,
+        which belong to the whole process, not to a partition. Over max_entries the oldest go.
+        """
         if state.get("version") != SNAPSHOT_VERSION:
             raise ValueError(
                 f"label join snapshot version must be {SNAPSHOT_VERSION}, got {state.get('version')!r}; "
                 "delete the checkpoint to start the join afresh"
             )
-        self._reset()
         now = self.clock()
-        for name in COUNTS:
-            self.counts[name] = int(state["counts"].get(name, 0))
-        # Ages are oldest first, so now - age keeps each store's front the oldest entry.
+        if counts:
+            for name in COUNTS:
+                self.counts[name] = int(state["counts"].get(name, 0))
+        predictions = dict(self._predictions)
         for rid, age, key, prediction, score, probabilities, ts, slices, index in state["predictions"]:
             p = PendingPrediction(
                 request_id=rid,
@@ -271,21 +283,33 @@ class LabelJoin:
                 slices=tuple(slices),
                 index=index,
             )
-            self._predictions[rid] = (now - float(age), p)
+            predictions[rid] = (now - float(age), p)
+        held = dict(self._held)
         for rid, age, model, label, ts in state["held_labels"]:
-            self._held[rid] = _Held(now - float(age), model, label, ts)
-        for rid, age in state["joined_ids"]:
-            self._joined[rid] = now - float(age)
-        for rid, age in state["gone_ids"]:
-            self._gone[rid] = now - float(age)
+            held[rid] = _Held(now - float(age), model, label, ts)
+        memories = [dict(self._joined), dict(self._gone)]
+        for memory, rows in zip(memories, (state["joined_ids"], state["gone_ids"]), strict=True):
+            for rid, age, model in rows:
+                memory[rid] = (now - float(age), str(model))
+        # Each store's front must stay its oldest entry: merged entries go where their age puts them.
+        self._predictions = OrderedDict(sorted(predictions.items(), key=lambda kv: kv[1][0]))
+        self._held = OrderedDict(sorted(held.items(), key=lambda kv: kv[1].at))
+        self._joined, self._gone = (OrderedDict(sorted(m.items(), key=lambda kv: kv[1][0])) for m in memories)
         self._trim(now)
+
+    def drop(self, models: Collection[str]) -> None:
+        """Forget every entry of `models` (their partitions went to another replica)."""
+        self._predictions = OrderedDict((r, e) for r, e in self._predictions.items() if e[1].key[0] not in models)
+        self._held = OrderedDict((r, h) for r, h in self._held.items() if h.model not in models)
+        self._joined = OrderedDict((r, e) for r, e in self._joined.items() if e[1] not in models)
+        self._gone = OrderedDict((r, e) for r, e in self._gone.items() if e[1] not in models)
 
     def _trim(self, now: float) -> None:
         """Hold every store to max_entries, oldest out first (after a restore with a smaller cap)."""
         while len(self._predictions) > self.max_entries:
-            rid, _ = self._predictions.popitem(last=False)
+            rid, (_, p) = self._predictions.popitem(last=False)
             self.counts["evicted"] += 1
-            self._remember(self._gone, rid, now)
+            self._remember(self._gone, rid, now, p.key[0])
         while len(self._held) > self.max_entries:
             self._held.popitem(last=False)
             self.counts["evicted"] += 1

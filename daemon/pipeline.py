@@ -8,7 +8,7 @@ and error stream. A `label` inside an inference event grades it at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from daemon.sources import RawRecord, TopicPartition
 
 # Version of Pipeline.snapshot(); restore() refuses others. Not written anywhere yet: checkpoints (issue 7)
 # will store it with the offsets it reflects.
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 AlertSink = Callable[[list[DriftAlert]], None]
 # Receives canary timeline entries: one per change of verdict (architecture.md, Replay report).
 CanarySink = Callable[[list[dict[str, Any]]], None]
@@ -84,6 +84,11 @@ class Pipeline:
         self.reservoirs: dict[str, Reservoir] = (
             {m.source_model: Reservoir(shadow.reservoir_size) for m in shadow.models} if shadow.enabled else {}
         )
+        # The partition number each model's records come from. Producers key by model and the
+        # labels topic is co-partitioned, so a model's keys, canary, reservoir and join entries
+        # are one partition's state and move with it (checkpoints are per partition). Bounded:
+        # models with a key, and models of held labels up to twice the key cap.
+        self.partition_of: dict[str, int] = {}
 
     def _new_key(self, key: Key) -> KeyState:
         c = self.config
@@ -104,7 +109,8 @@ class Pipeline:
 
     def process(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
         """Fold `records` into state; return the next offset to commit per partition."""
-        groups: dict[Key, tuple[list[InferenceEvent], list[float | None], list[int]]] = {}
+        groups: dict[Key, tuple[list[InferenceEvent], list[float | None], list[int], int]] = {}
+        label_partitions: dict[str, int] = {}
         failures: list[tuple[RawRecord, DecodeFailure]] = []
         labels: list[LabelRecord] = []
         offsets: dict[TopicPartition, int] = {}
@@ -123,6 +129,7 @@ class Pipeline:
                     labels.append(
                         (label.request_id, label.model, label.label, event_time(label.timestamp, rec.timestamp))
                     )
+                    label_partitions[label.model] = rec.partition
                 continue
             event: InferenceEvent
             try:
@@ -140,7 +147,7 @@ class Pipeline:
             key = (event.model, event.version, event.variant)
             group = groups.get(key)
             if group is None:
-                group = groups[key] = ([], [], [])
+                group = groups[key] = ([], [], [], rec.partition)
             group[0].append(event)
             ts = event.timestamp
             group[1].append(ts if type(ts) is float else event_time(ts, rec.timestamp))
@@ -149,12 +156,14 @@ class Pipeline:
         reservoirs = self.reservoirs
         with self.lock:
             # Before the join sees this batch's predictions: in replay the watermark is its clock.
-            newest = max((t for _, times, _ in groups.values() for t in times if t is not None), default=None)
+            newest = max((t for _, times, _, _ in groups.values() for t in times if t is not None), default=None)
             if newest is not None and newest > self.watermark:
                 self.watermark = newest
             last_index: dict[str, int] = {}
-            for key, (events, times, indices) in groups.items():
+            partition_of = self.partition_of
+            for key, (events, times, indices, partition) in groups.items():
                 routed, state = self.keys.route(key, len(events))
+                partition_of[routed[0]] = partition
                 if reservoirs and (reservoir := reservoirs.get(key[0])) is not None:
                     reservoir.add_many(events, _sample)
                 state.stats.update(events, times)
@@ -165,6 +174,9 @@ class Pipeline:
                     self.canary.model(key[0]).add_events(key[2], key[1], events)
                     last_index[key[0]] = max(last_index.get(key[0], -1), indices[-1])
             verdicts = self._verdicts(last_index)
+            for model, partition in label_partitions.items():
+                if model in partition_of or len(partition_of) < 2 * self.keys.max_keys:
+                    partition_of[model] = partition
             if labels and self.join is not None:
                 alerts += self._grade(self.join.add_labels(labels))
             if labels and reservoirs:
@@ -302,69 +314,138 @@ class Pipeline:
             return rows
 
     def snapshot(self, offsets: Mapping[TopicPartition, int]) -> dict[str, Any]:
-        """Every piece of state, with the next offsets it reflects: a checkpoint's content (JSON-serialisable).
+        """Every piece of state with the next offsets it reflects: a checkpoint's content (JSON-ready).
 
-        Taken between batches under the lock, so state and offsets agree: restoring it and
-        resuming at `offsets` continues as if nothing had happened.
+        `partitions` holds one shard per partition number (its offsets on every topic and its
+        models' state), which a replica assigned that partition restores alone; `process` the
+        counters of this process as a whole. Taken between batches under the lock, so state and
+        offsets agree: restoring and resuming at the offsets continues as if nothing had happened.
         """
         with self.lock:
+            models: dict[int, set[str]] = {p: set() for _, p in offsets}
+            for model, p in self.partition_of.items():
+                models.setdefault(p, set()).add(model)
             return {
                 "version": SNAPSHOT_VERSION,
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
-                "records": self.records,
-                "inline_labels": self.inline_labels,
-                "watermark": self.watermark,
-                "invalid": dict(self.invalid.counts),
-                "overflow": dict(self.overflow.counts),
-                "keys": [
-                    [
-                        list(key),
-                        state.stats.snapshot(),
-                        state.quality.snapshot(),
-                        state.drift.snapshot() if state.drift is not None else None,
-                    ]
-                    for key, state in self.keys.items()
-                ],
-                "join": self.join.snapshot() if self.join is not None else None,
-                "canary": self.canary.snapshot() if self.canary is not None else None,
-                "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items()},
+                "process": {
+                    "version": SNAPSHOT_VERSION,
+                    "records": self.records,
+                    "inline_labels": self.inline_labels,
+                    "watermark": self.watermark,
+                    "invalid": dict(self.invalid.counts),
+                    "overflow": dict(self.overflow.counts),
+                    "join": dict(self.join.counts) if self.join is not None else None,
+                    # The order keys and canaries were created in, which /metrics and reports follow.
+                    "key_order": [list(key) for key, _ in self.keys.items()],
+                    "canary_order": list(self.canary.models) if self.canary is not None else [],
+                },
+                "partitions": {str(p): self._shard(p, ms, offsets) for p, ms in sorted(models.items())},
             }
 
-    def restore(self, state: Mapping[str, Any]) -> dict[TopicPartition, int]:
-        """Load a snapshot into this freshly built pipeline; returns the offsets to resume from.
+    def _shard(self, partition: int, models: set[str], offsets: Mapping[TopicPartition, int]) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "partition": partition,
+            "offsets": [[t, o] for (t, p), o in sorted(offsets.items()) if p == partition],
+            "keys": [
+                [
+                    list(key),
+                    state.stats.snapshot(),
+                    state.quality.snapshot(),
+                    state.drift.snapshot() if state.drift is not None else None,
+                ]
+                for key, state in self.keys.items()
+                if key[0] in models
+            ],
+            "join": self.join.snapshot(models) if self.join is not None else None,
+            "canary": self.canary.snapshot(models) if self.canary is not None else None,
+            "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items() if model in models},
+        }
 
-        Parts this pipeline's config does not have (a join, the canary, drift, a reservoir) are
-        dropped; parts it has that the snapshot lacks start empty.
-        """
-        if state.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"checkpoint version {state.get('version')!r} is not {SNAPSHOT_VERSION}, the one this inferwatch "
-                "reads; delete the checkpoint to start afresh (state is rebuilt from new events)"
-            )
+    def restore(self, state: Mapping[str, Any]) -> dict[TopicPartition, int]:
+        """A whole snapshot into this freshly built pipeline; returns the offsets to resume from."""
+        _check_version(state)  # and each part checks its own: they are stored apart
+        process = state["process"]
+        self.restore_process(process)
+        with self.lock:  # placeholders in the original order; the shards replace them in place
+            for key in process["key_order"]:
+                self.keys.adopt((key[0], key[1], key[2]))
+            if self.canary is not None:
+                for model in process["canary_order"]:
+                    self.canary.model(model)
+        offsets: dict[TopicPartition, int] = {}
+        for shard in state["partitions"].values():
+            offsets.update(self.restore_partition(shard))
+        return offsets
+
+    def restore_process(self, state: Mapping[str, Any]) -> None:
+        """The process-wide counters of a snapshot (a single replica's restart)."""
+        _check_version(state)
         with self.lock:
             self.records = int(state["records"])
             self.inline_labels = int(state["inline_labels"])
             self.watermark = float(state["watermark"])
             self.invalid.counts.update({k: int(v) for k, v in state["invalid"].items()})
             self.overflow.counts.update({k: int(v) for k, v in state["overflow"].items()})
-            for key, stats, quality, drift in state["keys"]:
+            if self.join is not None and state["join"] is not None:
+                self.join.counts.update({k: int(v) for k, v in state["join"].items() if k in self.join.counts})
+
+    def restore_partition(self, shard: Mapping[str, Any]) -> dict[TopicPartition, int]:
+        """One partition's shard (on assignment); returns where its topics resume.
+
+        Parts this pipeline's config does not have (a join, the canary, drift, a reservoir) are
+        dropped; parts it has that the shard lacks start empty.
+        """
+        _check_version(shard)
+        partition = int(shard["partition"])
+        with self.lock:
+            for key, stats, quality, drift in shard["keys"]:
                 ks = self.keys.adopt((key[0], key[1], key[2]))
                 ks.stats.restore(stats)
                 ks.quality.restore(quality)
                 if ks.drift is not None and drift is not None:
                     ks.drift.restore(drift)
-            if self.join is not None and state["join"] is not None:
-                self.join.restore(state["join"])
-            if self.canary is not None and state["canary"] is not None:
-                self.canary.restore(state["canary"])
-            for model, r in state["reservoirs"].items():
+                self.partition_of[key[0]] = partition
+            if self.join is not None and shard["join"] is not None:
+                self.join.restore(shard["join"], counts=False)
+                for _, _, model, _, _ in shard["join"]["held_labels"]:
+                    self.partition_of.setdefault(model, partition)
+            if self.canary is not None and shard["canary"] is not None:
+                self.canary.restore(shard["canary"])
+            for model, r in shard["reservoirs"].items():
                 if model in self.reservoirs:
                     self.reservoirs[model].restore(r)
-        return {(t, int(p)): int(o) for t, p, o in state["offsets"]}
+                    self.partition_of[model] = partition
+        return {(t, partition): int(o) for t, o in shard["offsets"]}
+
+    def drop_partitions(self, partitions: Collection[int]) -> None:
+        """Forget the state of `partitions`: another replica owns them now."""
+        with self.lock:
+            models = {m for m, p in self.partition_of.items() if p in partitions}
+            for key, _ in self.keys.items():
+                if key[0] in models:
+                    self.keys.remove(key)
+            if self.join is not None:
+                self.join.drop(models)
+            if self.canary is not None:
+                self.canary.drop(models)
+            size = self.config.shadow.reservoir_size
+            for model in models & self.reservoirs.keys():
+                self.reservoirs[model] = Reservoir(size)
+            for model in models:
+                del self.partition_of[model]
 
     @property
     def events(self) -> int:
         return sum(s.stats.events for _, s in self.keys.items())
+
+
+def _check_version(state: Mapping[str, Any]) -> None:
+    if state.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(
+            f"checkpoint version {state.get('version')!r} is not {SNAPSHOT_VERSION}, the one this inferwatch "
+            "reads; delete the checkpoint to start afresh (state is rebuilt from new events)"
+        )
 
 
 def _sample(e: InferenceEvent) -> Sample:

@@ -44,6 +44,9 @@ class KeyTable(Generic[S]):
         state = self._states[key] = self._factory(key)
         return state
 
+    def remove(self, key: Key) -> None:
+        self._states.pop(key, None)
+
     def items(self) -> Iterator[tuple[Key, S]]:
         return iter(list(self._states.items()))
 

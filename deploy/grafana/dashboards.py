@@ -458,6 +458,26 @@ def overview() -> Json:
                     unit="reqps",
                     description="Values folded into __other__ because a cap (limits.*) was reached.",
                 ),
+                timeseries(
+                    "Broker contact per replica",
+                    target("min by (instance) (inferwatch_source_up)", "{{instance}} up"),
+                    target(
+                        "time() - max by (instance) (inferwatch_source_last_contact_timestamp_seconds)",
+                        "{{instance}} since the last answer",
+                    ),
+                    min=0,
+                    overrides=[
+                        {
+                            "matcher": {"id": "byFrameRefID", "options": "B"},
+                            "properties": [
+                                {"id": "unit", "value": "s"},
+                                {"id": "custom.axisPlacement", "value": "right"},
+                            ],
+                        }
+                    ],
+                    description="Left: 1 while a Kafka broker has answered within source.kafka.session_timeout_ms,"
+                    " 0 during an outage. Right: seconds since a broker last answered.",
+                ),
             ),
             row(
                 "Drift and labels",

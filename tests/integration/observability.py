@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,8 +92,11 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(tmp: Path, targets: Sequence[str], alertmanager: str | None, for_: str = "2s") -> Iterator[Prometheus]:
-    """Scrapes `targets` every second and evaluates the project's rules (every `for:` shrunk to `for_`)."""
+def prometheus(
+    tmp: Path, targets: Sequence[str], alertmanager: str | None, for_: str = "2s", scrape: Mapping[str, Any] = {}
+) -> Iterator[Prometheus]:
+    """Scrapes `targets` every second (with `scrape`'s further scrape_config keys) and evaluates the
+    project's rules (every `for:` shrunk to `for_`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     rule_files = []
     for f in RULES:
@@ -103,7 +106,7 @@ def prometheus(tmp: Path, targets: Sequence[str], alertmanager: str | None, for_
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
         "rule_files": rule_files,
-        "scrape_configs": [{"job_name": "inferwatch", "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [{"job_name": "inferwatch", "static_configs": [{"targets": list(targets)}], **scrape}],
     }
     if alertmanager is not None:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

@@ -61,11 +61,12 @@ class DaemonProcess:
 
     def __init__(self, tmp: Path, config: dict[str, Any], port: int | None = None) -> None:
         self.port = port or free_port()
-        config = {**config, "http": {"host": "127.0.0.1", "port": self.port}}
+        http = {**config.get("http", {}), "host": "127.0.0.1", "port": self.port}
+        config = {**config, "http": http}
         self.config_path = tmp / f"inferwatch-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp / f"inferwatch-{self.port}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if http.get('tls') else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:

@@ -34,21 +34,29 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
         time.sleep(3)
         assert get(d.url + "/readyz")[0] == 200
         assert get(d.url + "/healthz")[0] == 200
-        assert total(d.scrape(), "inferwatch_source_errors_total", operation="connect") >= 1
+        samples = d.scrape()
+        assert total(samples, "inferwatch_source_errors_total", operation="connect") >= 1
+        # Never reached yet: an outage, with no last contact to report.
+        assert total(samples, "inferwatch_source_up") == 0
+        assert not total(samples, "inferwatch_source_last_contact_timestamp_seconds")
 
         first = _events(5, seed=1)
         with TansuBroker(port) as broker:
             broker.create_topics(["logs", "logs-dlq"])
             produce(broker.bootstrap, "logs", [*first, (None, b"{not json")])
             wait_for(lambda: total(d.scrape(), "inferwatch_events_total") == len(first), 60, "first batch")
+            assert total(d.scrape(), "inferwatch_source_up") == 1
             wait_for(
                 lambda: total(d.scrape(), "inferwatch_dead_letter_records_total", outcome="sent") == 1,
                 30,
                 "dead letter sent",
             )
 
-        # Broker gone (and, being in-memory, its data with it).
-        time.sleep(4)
+        # Broker gone (and, being in-memory, its data with it): connections refused, an outage
+        # once the session timeout (6 s) has passed without an answer.
+        gone = time.monotonic()
+        wait_for(lambda: total(d.scrape(), "inferwatch_source_up") == 0, 30, "the outage in inferwatch_source_up")
+        assert time.monotonic() - gone > 4
         assert get(d.url + "/healthz")[0] == 200
 
         second = _events(3, seed=2)
@@ -60,4 +68,5 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
                 90,
                 "events after the broker came back",
             )
+            assert total(d.scrape(), "inferwatch_source_up") == 1
         assert d.stop() == 0

@@ -7,6 +7,7 @@ the label join, the canary and the shadow reservoirs, with the offsets they refl
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -16,10 +17,11 @@ from daemon.config import Config, from_mapping
 from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
 from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change
 from daemon.monitors import Histogram
-from daemon.pipeline import Pipeline
+from daemon.pipeline import SNAPSHOT_VERSION, Pipeline
 from daemon.sources import RawRecord
 
 BATCH = 400
+PARTITIONS = 2
 
 
 def _config() -> Config:
@@ -60,9 +62,11 @@ def _batches() -> list[list[RawRecord]]:
     gen = TrafficGenerator(spec)
     records: list[RawRecord] = []
     for i, ev in enumerate(gen.events()):
-        records.append(RawRecord("events", 0, i, ev["timestamp"], *encode(ev)))
+        # Keyed by model, as producers must: two partitions, the labels topic co-partitioned.
+        partition = zlib.crc32(ev["model"].encode()) % PARTITIONS
+        records.append(RawRecord("events", partition, i, ev["timestamp"], *encode(ev)))
         if i % 3:  # two labels in three, right behind their predictions
-            records.append(RawRecord("labels", 0, i, ev["timestamp"], *encode(gen.label(ev))))
+            records.append(RawRecord("labels", partition, i, ev["timestamp"], *encode(gen.label(ev))))
         if i % 997 == 0:
             records.append(RawRecord("events", 0, i, None, None, b'{"truncated'))
     return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
@@ -124,10 +128,11 @@ def _timeless(snapshot: dict[str, Any]) -> Any:
 
     out = strip(json.loads(json.dumps(snapshot)))
     # The label join's rows are [request_id, age_s, ...].
-    join = out["join"]
-    for name, rows in join.items():
-        if isinstance(rows, list) and rows and isinstance(rows[0], list):
-            join[name] = [row[:1] + row[2:] for row in rows]
+    for shard in out["partitions"].values():
+        join = shard["join"]
+        for name, rows in join.items():
+            if isinstance(rows, list) and rows and isinstance(rows[0], list):
+                join[name] = [row[:1] + row[2:] for row in rows]
     return out
 
 
@@ -144,5 +149,56 @@ def test_a_checkpoint_of_another_version_is_refused_clearly() -> None:
     run = Run()
     state = run.pipeline.snapshot({})
     state["version"] = 99
-    with pytest.raises(ValueError, match="checkpoint version 99 is not 1"):
+    with pytest.raises(ValueError, match=f"checkpoint version 99 is not {SNAPSHOT_VERSION}"):
         Run().pipeline.restore(state)
+
+
+def _by_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["model"], r["version"], r["variant"]))
+
+
+def _partition(batches: list[list[RawRecord]], partition: int) -> list[list[RawRecord]]:
+    return [[r for r in b if r.partition == partition] for b in batches]
+
+
+@pytest.mark.parametrize("split", [4, 17])
+def test_each_partition_moves_alone_with_its_state(split: int) -> None:
+    """A replica assigned one partition restores its shard alone and continues it exactly."""
+    batches = _batches()
+    whole = Run()
+    whole.feed(batches)
+    first = Run()
+    first.feed(batches[:split])
+    checkpoint = json.loads(json.dumps(first.pipeline.snapshot(first.offsets)))
+    assert sorted(checkpoint["partitions"]) == [str(p) for p in range(PARTITIONS)]
+    owners = []
+    for p in range(PARTITIONS):
+        run = Run()
+        offsets = run.pipeline.restore_partition(checkpoint["partitions"][str(p)])
+        assert offsets == {tp: o for tp, o in first.offsets.items() if tp[1] == p}
+        run.feed(_partition(batches[split:], p))
+        owners.append(run)
+    assert _by_key([row for run in owners for row in run.pipeline.summary()]) == _by_key(whole.pipeline.summary())
+    alerts = [repr(a) for run in [first, *owners] for a in run.alerts]
+    assert sorted(alerts) == sorted(repr(a) for a in whole.alerts)
+    canaries = {m: r for run in owners for m, r in run.pipeline.canary.report(None)["models"].items()}  # type: ignore[union-attr]
+    assert canaries == whole.pipeline.canary.report(None)["models"]  # type: ignore[union-attr]
+    samples = {m: s for run in owners for m, s in run.pipeline.shadow_samples().items() if s}
+    assert samples == {m: s for m, s in whole.pipeline.shadow_samples().items() if s}
+
+
+def test_a_dropped_partition_leaves_nothing_behind_and_comes_back_whole() -> None:
+    batches = _batches()
+    whole = Run()
+    whole.feed(batches)
+    run = Run()
+    run.feed(batches[:9])
+    shard = json.loads(json.dumps(run.pipeline.snapshot(run.offsets)["partitions"]["0"]))
+    assert shard["keys"] and shard["join"]["predictions"]  # the scenario gives partition 0 state
+    run.pipeline.drop_partitions([0])
+    left = run.pipeline.snapshot(run.offsets)["partitions"]
+    assert not left["0"]["keys"] and not left["0"]["join"]["held_labels"] and not left["0"]["join"]["predictions"]
+    assert left["1"]["keys"]
+    run.pipeline.restore_partition(shard)
+    run.feed(batches[9:])
+    assert _by_key(run.pipeline.summary()) == _by_key(whole.pipeline.summary())

@@ -108,6 +108,30 @@ def test_docs_list_every_family_and_no_other() -> None:
     assert documented == exposed
 
 
+def test_broker_contact_families() -> None:
+    config = from_mapping({})
+    pipeline = build_pipeline(config)
+
+    def names(up: bool | None = None, contact: float | None = None) -> dict[str, float]:
+        stats = LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS), source_up=up, source_last_contact=contact)
+        text = MetricsExposition(pipeline, config.metrics, lambda: stats).render().decode()
+        return {name: value for (name, _), value in parse(text).items() if name.startswith("inferwatch_source_")}
+
+    assert names(True, 1_700_000_000.25) == {
+        "inferwatch_source_up": 1,
+        "inferwatch_source_last_contact_timestamp_seconds": 1_700_000_000.25,
+    }
+    # Never reached (start-up): an outage, and no contact to report.
+    assert names(False) == {"inferwatch_source_up": 0}
+    assert names() == {}  # no Kafka source
+
+
+def test_a_daemon_not_yet_connected_reports_the_broker_down(daemon: Daemon) -> None:
+    s = scrape(daemon)
+    assert s[("inferwatch_source_up", ())] == 0
+    assert ("inferwatch_source_last_contact_timestamp_seconds", ()) not in s
+
+
 def test_status_json_summarises_keys(daemon: Daemon) -> None:
     st = daemon.status()
     assert st["events"] == 4
