@@ -14,7 +14,7 @@ from kafka.errors import KafkaError
 
 from daemon import __version__
 from daemon.alertpush import AlertPusher, firing
-from daemon.checkpoint import CheckpointError, CheckpointStore, KafkaCheckpoints, LocalCheckpoints
+from daemon.checkpoint import CheckpointError, KafkaCheckpoints, LocalCheckpoints
 from daemon.config import Config, ConfigError
 from daemon.decode import DecodeFailure, EventDecoder
 from daemon.drift import Calibrator, reference_columns
@@ -27,6 +27,7 @@ from daemon.exposition import (
     MetricsExposition,
     RetrainingStats,
 )
+from daemon.handover import Handover
 from daemon.http import HttpServer
 from daemon.invalid import InvalidRecords
 from daemon.kafka_source import KafkaDeadLetter, KafkaSource
@@ -139,83 +140,57 @@ class Daemon:
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
         self._pending: dict[TopicPartition, int] = {}
-        # The next offset of everything processed (a checkpoint's offsets), and where restored
-        # partitions resume (their checkpoint's offsets, which may be past the committed ones).
-        self._position: dict[TopicPartition, int] = {}
-        self._resume: dict[TopicPartition, int] = {}
-        # Partition numbers whose state this replica holds (restored or built since assignment).
-        self._owned: set[int] = set()
-        # A checkpoint that could not be read on assignment: the loop stops, exit code 1.
+        # Where state follows partitions (checkpoint.store is not off): built with the store.
+        self.handover: Handover | None = None
+        # A checkpoint that cannot be restored (bad content, not an outage): the loop stops, exit 1.
         self._restore_failed: str | None = None
+        self._next_checkpoint = 0.0
         self.checkpoint_stats = CheckpointStats()
-        self.checkpoints: CheckpointStore | None = None  # the topic store is opened with the source
         c = config.checkpoint
         if c.store == "directory":
             assert c.directory is not None
-            self.checkpoints = LocalCheckpoints(c.directory, config.source.kafka.group_id)
+            store = LocalCheckpoints(c.directory, config.source.kafka.group_id)
             try:
-                process = self.checkpoints.load_process()
+                process = store.load_process()
                 if process is not None:
                     self.pipeline.restore_process(process)
             except (CheckpointError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"checkpoint.directory: {exc}") from None
+            self.handover = Handover(self.pipeline, store, self.checkpoint_stats, c.timeout_seconds)
 
     def _open_checkpoints(self) -> None:
         """The topic store, built in `_connect`'s retry (the broker may be away at start-up)."""
         c, kafka = self.config.checkpoint, self.config.source.kafka
-        if c.store == "kafka" and self.checkpoints is None:
-            self.checkpoints = KafkaCheckpoints(
+        if c.store == "kafka" and self.handover is None:
+            store = KafkaCheckpoints(
                 kafka.bootstrap_servers,
                 c.topic or f"{kafka.group_id}-inferwatch-checkpoints",
                 kafka.group_id,
                 max_record_bytes=c.max_record_bytes,
                 timeout_s=c.timeout_seconds,
             )
+            self.handover = Handover(self.pipeline, store, self.checkpoint_stats, c.timeout_seconds)
 
     def after_assign(self, partitions: list[TopicPartition]) -> None:
         """Restore the state of newly assigned partitions, then seek them to its offsets."""
-        if self.checkpoints is None or not isinstance(self._source, KafkaSource):
-            return
-        new = sorted({p for _, p in partitions} - self._owned)
-        t0 = time.perf_counter()
+        if self.handover is not None and isinstance(self._source, KafkaSource):
+            self._restore(self._source, partitions)
+
+    def _restore(self, source: KafkaSource, partitions: list[TopicPartition]) -> None:
+        assert self.handover is not None
         try:
-            shards = self.checkpoints.load(new)
-            for shard in shards.values():
-                self._resume.update(self.pipeline.restore_partition(shard))
-        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
-            self._restore_failed = f"checkpoint ({self.checkpoints.where}): {exc}"
-            log.error("checkpoint_restore_failed", where=self.checkpoints.where, error=str(exc))
+            resume = self.handover.assigned(partitions)
+        except CheckpointError as exc:
+            self._restore_failed = str(exc)
+            log.error("checkpoint_unusable", error=str(exc))
             self.shutdown.request()
             return
-        self._owned.update(new)
-        self._position.update(self._resume)
-        for tp in partitions:
-            if tp in self._resume:
-                self._source.seek(tp, self._resume[tp])
-        log.info(
-            "checkpoint_restored",
-            partitions=sorted(shards),
-            fresh=sorted(set(new) - set(shards)),
-            seconds=round(time.perf_counter() - t0, 3),
-            offsets={f"{t}/{p}": o for (t, p), o in sorted(self._resume.items())},
-        )
-
-    def _checkpoint(self) -> bool:
-        """State with the offsets it reflects, stored before those offsets are committed."""
-        assert self.checkpoints is not None
-        stats = self.checkpoint_stats
-        t0 = time.perf_counter()
-        try:
-            self.checkpoints.save(self.pipeline.snapshot(self._position))
-        except (CheckpointError, OSError, ValueError, TypeError) as exc:
-            stats.failed += 1
-            log.error("checkpoint_failed", where=self.checkpoints.where, error=repr(exc))
-            return False
-        stats.last_duration = time.perf_counter() - t0
-        stats.written += 1
-        stats.last_timestamp = time.time()
-        self._resume = {}  # from now on the committed offsets agree with the checkpoint
-        return True
+        for tp, offset in resume.items():
+            if tp in partitions:
+                source.seek(tp, offset)
+        paused = self.handover.paused
+        source.pause([tp for tp in partitions if tp in paused])
+        source.resume([tp for tp in partitions if tp not in paused])
 
     def _loop_stats(self) -> LoopStats:
         # An outage: no broker response for a whole session timeout. A healthy broker answers a
@@ -233,7 +208,7 @@ class Daemon:
             shadow=self.shadow.report() if self.shadow is not None else None,
             pushes=dict(self.pusher.sent) if self.pusher is not None else {},
             retraining=self._retraining_stats(),
-            checkpoint=self.checkpoint_stats if self.checkpoints is not None else None,
+            checkpoint=self.checkpoint_stats if self.handover is not None else None,
         )
 
     @staticmethod
@@ -361,8 +336,8 @@ class Daemon:
             stack.callback(source.close)
             if self.dead_letter is not None:
                 stack.callback(self.dead_letter.close)
-            if self.checkpoints is not None:
-                stack.callback(self.checkpoints.close)
+            if self.handover is not None:
+                stack.callback(self.handover.store.close)
             self._loop(source)
             self.watchdog.ready = False
             if self._restore_failed is not None:
@@ -408,9 +383,7 @@ class Daemon:
         slow_batch_s = self.config.source.kafka.max_poll_interval_ms / 2000.0
         commit_interval_s = self.config.source.kafka.commit_interval_ms / 1000.0
         next_commit = 0.0
-        # With checkpoints, offsets are committed only with one, every checkpoint.interval_seconds.
-        checkpoint_s = self.config.checkpoint.interval_seconds if self.checkpoints is not None else 0.0
-        next_checkpoint = time.monotonic() + checkpoint_s
+        self._next_checkpoint = time.monotonic() + self.config.checkpoint.interval_seconds
         while not self.shutdown.requested:
             self.watchdog.beat()
             records = source.poll(timeout_s)
@@ -418,7 +391,8 @@ class Daemon:
                 t0 = time.perf_counter()
                 done = process(records)
                 self._pending.update(done)
-                self._position.update(done)
+                if self.handover is not None:
+                    self.handover.position.update(done)
                 elapsed = time.perf_counter() - t0
                 self.batch_duration.observe(elapsed)
                 if elapsed > slow_batch_s:
@@ -433,30 +407,58 @@ class Daemon:
                     shadow = self.shadow.report() if self.shadow is not None else None
                     push = self.config.alertmanager_push
                     self.pusher.update(firing(self.pipeline, shadow, push.conditions, self.config.drift.hold_seconds))
-                if self._pending and time.monotonic() >= next_checkpoint:
+                if self.handover is not None:
+                    self._checkpoint_step(source)
+                elif self._pending:
                     self._flush_and_commit(source)
-                    next_checkpoint = time.monotonic() + checkpoint_s
                 next_commit = time.monotonic() + commit_interval_s
             self._lag = source.lag()
 
-    def _flush_and_commit(self, source: Source) -> bool:
-        """Sinks first, then offsets: never commit a record whose dead-letter copy is in flight.
+    def _checkpoint_step(self, source: Source) -> None:
+        """With checkpoints, offsets are committed only once a checkpoint holding them is stored,
+        every checkpoint.interval_seconds; the write goes on while the loop does."""
+        h = self.handover
+        assert h is not None
+        safe = h.finished()
+        if safe is not None:
+            self._commit(source, safe)
+        if h.retry_due() and isinstance(source, KafkaSource):
+            self._restore(source, list(h.paused))
+        if not h.writing and self._pending and time.monotonic() >= self._next_checkpoint:
+            if self._flush_dead_letters():
+                h.checkpoint(self._pending)
+                safe = h.finished()  # the directory store is done already
+                if safe is not None:
+                    self._commit(source, safe)
+            self._next_checkpoint = time.monotonic() + self.config.checkpoint.interval_seconds
+
+    def _flush_dead_letters(self) -> bool:
+        """Sinks before offsets: never commit a record whose dead-letter copy is in flight.
 
         A copy the broker refused is counted (outcome="failed") and not retried: a missing
         dead-letter topic must not stop ingestion.
         """
+        timeout_s = self.config.lifecycle.shutdown_timeout_seconds / 2
+        return self.dead_letter is None or self.dead_letter.flush(timeout_s)
+
+    def _commit(self, source: Source, offsets: Mapping[TopicPartition, int]) -> bool:
+        if not source.commit(offsets):
+            return False
+        for tp, offset in list(offsets.items()):  # `offsets` may be `_pending` itself
+            if self._pending.get(tp) == offset:
+                del self._pending[tp]
+        return True
+
+    def _flush_and_commit(self, source: Source) -> bool:
+        """Everything processed made safe and committed now (shutdown, revoke, no checkpoints)."""
         if not self._pending:
             return True
-        if self.dead_letter is not None and not self.dead_letter.flush(
-            self.config.lifecycle.shutdown_timeout_seconds / 2
-        ):
+        if not self._flush_dead_letters():
             return False
-        if self.checkpoints is not None and not self._checkpoint():
-            return False  # never commit offsets whose state is not on disk
-        if source.commit(self._pending):
-            self._pending.clear()
-            return True
-        return False
+        offsets: Mapping[TopicPartition, int] | None = self._pending
+        if self.handover is not None:
+            offsets = self.handover.checkpoint_now(self._pending)  # never commit what is not stored
+        return offsets is not None and self._commit(source, offsets)
 
     def before_revoke(self, partitions: list[TopicPartition]) -> None:
         if self._source is not None and self._restore_failed is None:
@@ -464,12 +466,5 @@ class Daemon:
         # What could not be committed now belongs to the partition's next owner.
         for tp in partitions:
             self._pending.pop(tp, None)
-        if self.checkpoints is None:
-            return  # without checkpoints state stays: there is nowhere to hand it over
-        # The next owner (maybe this replica again) restores the state from the checkpoint.
-        revoked = {p for _, p in partitions}
-        self.pipeline.drop_partitions(revoked)
-        self._owned -= revoked
-        for tp in [tp for tp in self._position if tp[1] in revoked]:
-            del self._position[tp]
-            self._resume.pop(tp, None)
+        if self.handover is not None:
+            self.handover.revoked(partitions)

@@ -21,6 +21,7 @@ exporter's counters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.files import write_atomically
@@ -48,11 +49,34 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be written or read: the message says where and why."""
 
 
+class Write(Protocol):
+    """A checkpoint on its way to the store; the loop polls it, so a hung broker cannot hang it."""
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout_s: float = 0.0) -> None:
+        """Wait up to `timeout_s` for the write; raise CheckpointError if it failed or is not done."""
+        ...
+
+
+class Written:
+    """A write that finished inside `save()` (the directory store: a local disk)."""
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout_s: float = 0.0) -> None:
+        pass
+
+
 class CheckpointStore(Protocol):
     where: str
 
-    def save(self, snapshot: Mapping[str, Any]) -> None:
-        """Every shard of a `Pipeline.snapshot()`, then the process-wide part (if kept)."""
+    def save(self, snapshot: Mapping[str, Any]) -> Write:
+        """Every shard of a `Pipeline.snapshot()`, then the process-wide part (if kept).
+
+        Encodes now (the snapshot is the loop's), and may finish writing in the background.
+        """
         ...
 
     def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
@@ -78,10 +102,11 @@ class LocalCheckpoints:
     def _file(self, partition: int | None) -> Path:
         return self.directory / ("process.json" if partition is None else f"partition-{partition}.json")
 
-    def save(self, snapshot: Mapping[str, Any]) -> None:
+    def save(self, snapshot: Mapping[str, Any]) -> Write:
         for p, shard in snapshot["partitions"].items():
             self._write(self._file(int(p)), shard)
         self._write(self._file(None), snapshot["process"])
+        return Written()
 
     def _write(self, path: Path, state: Mapping[str, Any]) -> None:
         body = {"format": FORMAT, "group_id": self.group_id, "written_at": time.time(), "state": state}
@@ -153,7 +178,11 @@ class KafkaCheckpoints:
             linger_ms=0,
             max_request_size=max(max_record_bytes + 4096, 1_048_576),
             request_timeout_ms=int(timeout_s * 1000),
+            # send() runs on the loop, which must not wait on a hung broker: a checkpoint that
+            # finds no metadata or buffer space fails at once, and the next one tries again.
+            max_block_ms=1000,
         )
+        self._producer.partitions_for(topic)  # metadata now, while the broker answers
 
     def _create_topic(self) -> None:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
@@ -167,11 +196,10 @@ class KafkaCheckpoints:
         finally:
             admin.close()
 
-    def save(self, snapshot: Mapping[str, Any]) -> None:
-        for p, shard in snapshot["partitions"].items():
-            self._save_shard(int(p), shard)
+    def save(self, snapshot: Mapping[str, Any]) -> Write:
+        return _TopicWrite(self, [self._send_shard(int(p), shard) for p, shard in snapshot["partitions"].items()])
 
-    def _save_shard(self, partition: int, shard: Mapping[str, Any]) -> None:
+    def _send_shard(self, partition: int, shard: Mapping[str, Any]) -> tuple[int, list[bytes], list[Any]]:
         data = zlib.compress(json.dumps(shard, separators=(",", ":")).encode(), 1)
         self._seq += 1
         cid = f"{self._writer}-{self._seq}"
@@ -189,13 +217,18 @@ class KafkaCheckpoints:
                 self._producer.send(self.topic, key=key, value=chunk, headers=headers, partition=0)
                 for key, chunk in zip(keys, chunks, strict=True)
             ]
-            self._producer.flush(self.timeout_s)
-            for f in futures:
-                f.get(timeout=self.timeout_s)
         except KafkaError as exc:
-            where = f"checkpoint topic {self.topic}"
-            raise CheckpointError(f"{where}: partition {partition}'s shard not written: {exc!r}") from None
-        # Complete on the broker: the previous checkpoints of this partition can go.
+            raise self._failed(partition, exc) from None
+        return partition, keys, futures
+
+    def _failed(self, partition: int, exc: BaseException) -> CheckpointError:
+        if isinstance(exc, UnknownTopicOrPartitionError):
+            with contextlib.suppress(KafkaError):
+                self._create_topic()  # deleted, or a broker that lost its data: the next write has it again
+        return CheckpointError(f"checkpoint topic {self.topic}: partition {partition}'s shard not written: {exc!r}")
+
+    def _complete(self, partition: int, keys: list[bytes]) -> None:
+        """A shard complete on the broker: the previous checkpoints of its partition can go."""
         for key in self._stale.pop(partition, set()):
             self._producer.send(self.topic, key=key, value=None, partition=0)
         self._stale[partition] = set(keys)
@@ -255,6 +288,9 @@ class KafkaCheckpoints:
         records: list[Any] = []
         deadline = time.monotonic() + self.timeout_s
         try:
+            if consumer.partitions_for_topic(self.topic) is None:
+                self._create_topic()  # deleted, or a broker that lost its data: nothing to restore
+                return records
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             while True:
@@ -278,3 +314,32 @@ class KafkaCheckpoints:
 
     def close(self) -> None:
         self._producer.close(self.timeout_s)
+
+
+class _TopicWrite:
+    """The records of one checkpoint in the producer's hands; done when the broker acked them all."""
+
+    def __init__(self, store: KafkaCheckpoints, shards: list[tuple[int, list[bytes], list[Any]]]) -> None:
+        self._store = store
+        self._shards = shards
+        self._outcome: CheckpointError | bool | None = False  # False: not settled yet
+
+    def done(self) -> bool:
+        return all(f.is_done for _, _, futures in self._shards for f in futures)
+
+    def result(self, timeout_s: float = 0.0) -> None:
+        if self._outcome is False:
+            self._outcome = self._settle(timeout_s)
+        if isinstance(self._outcome, CheckpointError):
+            raise self._outcome
+
+    def _settle(self, timeout_s: float) -> CheckpointError | None:
+        deadline = time.monotonic() + timeout_s
+        for partition, keys, futures in self._shards:
+            try:
+                for f in futures:
+                    f.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except KafkaError as exc:
+                return self._store._failed(partition, exc)
+            self._store._complete(partition, keys)
+        return None

@@ -214,6 +214,12 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     ),
     "inferwatch_checkpoint_duration_seconds": ("gauge", "Time the latest checkpoint took to write.", []),
     "inferwatch_checkpoint_last_timestamp_seconds": ("gauge", "When the latest checkpoint was written.", []),
+    "inferwatch_checkpoint_write_age_seconds": (
+        "gauge",
+        "How long the checkpoint now being written has been on its way to the store (0: none is); "
+        "offsets wait for it.",
+        [],
+    ),
     "inferwatch_shadow_runs": ("counter", "Shadow benchmark runs, by outcome (ok, failed).", ["outcome"]),
     "inferwatch_shadow_last_run_timestamp_seconds": ("gauge", "When the latest successful run started.", []),
     "inferwatch_shadow_run_duration_seconds": ("gauge", "How long the latest successful run took.", []),
@@ -326,6 +332,8 @@ class CheckpointStats:
     failed: int = 0
     last_duration: float = 0.0
     last_timestamp: float = 0.0
+    # Unix time the checkpoint now on its way to the store was started; 0.0 while none is.
+    writing_since: float = 0.0
 
 
 @dataclass
@@ -663,6 +671,7 @@ def _loop_lines(loop: LoopStats) -> _Families:
         f.add("inferwatch_checkpoints", 'outcome="failed"', c.failed)
         f.add("inferwatch_checkpoint_duration_seconds", "", c.last_duration)
         f.add("inferwatch_checkpoint_last_timestamp_seconds", "", c.last_timestamp)
+        f.add("inferwatch_checkpoint_write_age_seconds", "", time.time() - c.writing_since if c.writing_since else 0.0)
     if loop.retraining is not None:
         _retraining_lines(f, loop.retraining)
     for (url, outcome), n in sorted(loop.pushes.items()):

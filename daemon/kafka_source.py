@@ -138,6 +138,15 @@ class KafkaSource:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
 
+    def pause(self, tps: list[TopicPartition]) -> None:
+        """Fetch nothing from `tps` until `resume` (their state is not restored yet)."""
+        if tps:
+            self._consumer.pause(*(KafkaTP(*tp) for tp in tps))
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        if tps:
+            self._consumer.resume(*(KafkaTP(*tp) for tp in tps))
+
     def lag(self) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
         c = self._consumer

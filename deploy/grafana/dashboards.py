@@ -530,14 +530,16 @@ def overview() -> Json:
                 timeseries(
                     "Checkpoints written",
                     target("sum by (outcome) (inferwatch_checkpoints_total)", "{{outcome}}"),
-                    description="With checkpoint.directory: failed ones leave offsets uncommitted until one succeeds.",
+                    description="Failed ones leave offsets uncommitted until one succeeds: nothing is lost.",
                     w=8,
                 ),
                 timeseries(
-                    "Checkpoint duration",
-                    target("max by (instance) (inferwatch_checkpoint_duration_seconds)", "{{instance}}"),
+                    "Checkpoint duration and write in flight",
+                    target("max by (instance) (inferwatch_checkpoint_duration_seconds)", "took {{instance}}"),
+                    target("max by (instance) (inferwatch_checkpoint_write_age_seconds)", "in flight {{instance}}"),
                     unit="s",
                     w=8,
+                    description="A write in flight for long (the broker away) holds the commits back.",
                 ),
                 stat(
                     "Checkpoint age",

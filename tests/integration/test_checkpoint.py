@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from daemon.broker import TansuBroker
-from tests.integration.checkpointing import consumed, daemon_config, key_state, traffic
+from tests.integration.checkpointing import daemon_config, key_state, traffic, wait_counted
 from tests.integration.support import DaemonProcess, produce, running_daemon, total, wait_for
 
 WAVES, WAVE = 6, 2_500
@@ -41,13 +41,13 @@ def test_kill_9_mid_stream_loses_and_double_counts_nothing(broker: TansuBroker, 
             d.kill()
     assert kills == KILLS
     with running_daemon(tmp_path, cfg) as survivor:
-        wait_for(lambda: consumed(survivor, len(events), len(labels)), 90, "every event and label after the kills")
+        wait_counted(survivor, len(events), len(labels), 90, "every event and label after the kills")
         time.sleep(1.0)
         resumed = key_state(survivor)
         assert total(survivor.scrape(), "inferwatch_checkpoints_total", outcome="ok") > 0
     # The same topics, read once by a daemon that never stops (another group, no checkpoints).
     with running_daemon(tmp_path, daemon_config(broker, topics, f"once-{unique}", {"store": "off"})) as once:
-        wait_for(lambda: consumed(once, len(events), len(labels)), 90, "the uninterrupted run")
+        wait_counted(once, len(events), len(labels), 90, "the uninterrupted run")
         time.sleep(1.0)
         uninterrupted = key_state(once)
     assert resumed == uninterrupted

@@ -48,8 +48,8 @@ def test_newest_complete_shard_per_partition_comes_back(broker: TansuBroker, uni
     topic = f"ckpt-store-{unique}"
     store = _store(broker, topic)
     assert store.load([0, 1]) == {}  # a new topic: nothing to restore
-    store.save(_snapshot(100))
-    store.save(_snapshot(200))
+    store.save(_snapshot(100)).result(10)
+    store.save(_snapshot(200)).result(10)
     store.close()
     reader = _store(broker, topic)
     assert reader.load([1, 5]) == {1: _shard(1, 200, 5000)}
@@ -65,16 +65,16 @@ def test_newest_complete_shard_per_partition_comes_back(broker: TansuBroker, uni
 def test_an_interrupted_write_is_ignored_and_the_furthest_offsets_win(broker: TansuBroker, unique: str) -> None:
     topic = f"ckpt-torn-{unique}"
     store = _store(broker, topic)
-    store.save(_snapshot(300, (0,)))
+    store.save(_snapshot(300, (0,))).result(10)
     # A writer killed mid-checkpoint: 1 chunk of 3 of a shard that got further.
     producer = KafkaProducer(bootstrap_servers=[broker.bootstrap])
     headers = [("format", FORMAT.encode()), ("group", b"g"), ("chunks", b"3"), ("position", b"999999")]
     producer.send(topic, key=b"0/dead-1/0", value=b"x" * 100, headers=headers, partition=0)
     # A zombie (a replica that lost the partition) that wrote an older state after the new owner.
     zombie = _store(broker, topic)
-    zombie.save(_snapshot(250, (0,)))
+    zombie.save(_snapshot(250, (0,))).result(10)
     # And another group's checkpoint of the same partition in the same topic.
-    _store(broker, topic, group="other").save(_snapshot(900, (0,)))
+    _store(broker, topic, group="other").save(_snapshot(900, (0,))).result(10)
     producer.flush()
     producer.close()
     assert _store(broker, topic).load([0]) == {0: _shard(0, 300, 5000)}
