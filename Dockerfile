@@ -26,9 +26,14 @@ RUN pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # ---- runtime
 FROM python:3.11-slim
+# MALLOC_MMAP_THRESHOLD_ pins glibc's mmap threshold at its default, 128 KiB (setting it turns
+# the dynamic threshold off), so a large table that CPython rebuilds, such as the label join's
+# 200,000 remembered ids every ~500,000 labels, is mapped and unmapped whole: over 10M events RSS
+# then stays within 0.2% instead of rising in steps to 21% (docs/benchmarks.md, Soak).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MALLOC_MMAP_THRESHOLD_=131072
 # Install offline from the build stage's wheels through a bind mount, so the wheels never
 # land in a layer. The build stage made exactly the wheels of inferwatch and its EXTRAS. A fixed numeric uid lets Kubernetes' runAsNonRoot verify the user.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

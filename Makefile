@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/shadow.py
 	$(BIN)/python bench/alerting.py
 	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

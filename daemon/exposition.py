@@ -216,8 +216,7 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     "inferwatch_checkpoint_last_timestamp_seconds": ("gauge", "When the latest checkpoint was written.", []),
     "inferwatch_checkpoint_write_age_seconds": (
         "gauge",
-        "How long the checkpoint now being written has been on its way to the store (0: none is); "
-        "offsets wait for it.",
+        "How long the checkpoint now being written has been on its way to the store (0: none is); offsets wait for it.",
         [],
     ),
     "inferwatch_shadow_runs": ("counter", "Shadow benchmark runs, by outcome (ok, failed).", ["outcome"]),
