@@ -10,9 +10,11 @@ from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change
 from tests.integration.support import DaemonProcess, wait_for
 
 
-def traffic(n: int, seed: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-    """`n` events keyed by model (fraud-detector's f0 drifts half-way) and a label for each."""
+def traffic(n: int, seed: int, extra_models: int = 0) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """`n` events keyed by model (fraud-detector's f0 drifts half-way) and a label for each;
+    `extra_models` more models spread the keys over more partitions."""
     spec = TrafficSpec(
+        models=(*TrafficSpec.models, *((f"model-{i}", ()) for i in range(extra_models))),
         rate=200,
         duration_s=n / 200,
         seed=seed,
