@@ -65,6 +65,9 @@ class HttpServer:
         server = self
 
         class ScrapeHandler(BaseHTTPRequestHandler):
+            # A client that connects and sends nothing holds its thread this long at most.
+            timeout = 30
+
             def do_GET(self) -> None:
                 server._route(self)
 

@@ -83,6 +83,9 @@ class KafkaSource:
             # kafka-python 2.2 caps a response frame at 1 MB, below one fetch of two busy
             # partitions (~2 MB): every catch-up then logged InvalidReceiveError and reconnected.
             receive_message_max_bytes=100 * 1024 * 1024,
+            # What the consumer prefetches is bounded by this per broker (50 MiB by default):
+            # backpressure comes from polling only once a batch is processed.
+            fetch_max_bytes=16 * 1024 * 1024,
             # The labels topic is co-partitioned with the events topic: partition i of every topic
             # must go to the same member, which the range assignor guarantees for topics with
             # equal partition counts. Range alone: kafka-python's default also offers round robin,

@@ -37,6 +37,13 @@ class PendingPrediction:
     slices: tuple[str, ...] = ()
     # Input position of the prediction's event: an alert on the error stream points at it.
     index: int | None = None
+    # The model the event named, when its key is the overflow key (labels name that model).
+    overflowed_model: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The model a label for this prediction names."""
+        return self.overflowed_model or self.key[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,7 @@ class LabelJoin:
                 continue
             held = held_labels.pop(rid, None)
             if held is not None:
-                if held.model == p.key[0]:
+                if held.model == p.model:
                     joined.append(JoinedLabel(p, held.label, held.timestamp))
                     counts["joined"] += 1
                     self._remember(self._joined, rid, now, held.model)
@@ -153,7 +160,7 @@ class LabelJoin:
         for rid, model, label, ts in items:
             entry = predictions.get(rid)
             if entry is not None:
-                if entry[1].key[0] == model:
+                if entry[1].model == model:
                     del predictions[rid]
                     joined.append(JoinedLabel(entry[1], label, ts))
                     counts["joined"] += 1
@@ -234,7 +241,7 @@ class LabelJoin:
             "version": SNAPSHOT_VERSION,
             "counts": dict(self.counts),
             # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
-            # probabilities, timestamp, slices, index].
+            # probabilities, timestamp, slices, index, overflowed_model].
             "predictions": [
                 [
                     rid,
@@ -246,6 +253,7 @@ class LabelJoin:
                     p.timestamp,
                     list(p.slices),
                     p.index,
+                    p.overflowed_model,
                 ]
                 for rid, (at, p) in self._predictions.items()
                 if mine(p.key[0])
@@ -272,7 +280,7 @@ class LabelJoin:
             for name in COUNTS:
                 self.counts[name] = int(state["counts"].get(name, 0))
         predictions = dict(self._predictions)
-        for rid, age, key, prediction, score, probabilities, ts, slices, index in state["predictions"]:
+        for rid, age, key, prediction, score, probabilities, ts, slices, index, overflowed in state["predictions"]:
             p = PendingPrediction(
                 request_id=rid,
                 key=(str(key[0]), str(key[1]), str(key[2])),
@@ -282,6 +290,7 @@ class LabelJoin:
                 timestamp=ts,
                 slices=tuple(slices),
                 index=index,
+                overflowed_model=overflowed,
             )
             predictions[rid] = (now - float(age), p)
         held = dict(self._held)

@@ -222,7 +222,8 @@ def _multiclass(items: list[Graded], truth: list[str], pred: list[str | None]) -
             p == t,
         )
         for g, t, p in kept
-        if (probs := g.probabilities)
+        # Values outside [0, 1] are no probabilities (and 1e200 ** 2 overflows): not scored.
+        if (probs := g.probabilities) and all(0.0 <= v <= 1.0 for v in probs.values())
     ]
     if rows:
         p_true, brier, conf, correct = (np.array(col) for col in zip(*rows, strict=True))

@@ -234,6 +234,8 @@ class Pipeline:
         if self.join is None and not labelled and not state.quality.labelled:
             return []
         slice_features = self.config.accuracy.slice_features
+        # Every event of a group has the same model: the key's, unless the key is the overflow one.
+        overflowed = events[0].model if events[0].model != key[0] else None
         # Without a join only the inline-labelled events need a PendingPrediction.
         chosen = range(len(events)) if self.join is not None else labelled
         pending = {
@@ -246,6 +248,7 @@ class Pipeline:
                 times[i],
                 tuple(_slice_value(events[i], name) for name in slice_features),
                 indices[i],
+                overflowed,
             )
             for i in chosen
         }

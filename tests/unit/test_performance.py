@@ -193,6 +193,15 @@ def test_multiclass_log_loss_brier_and_ece_from_probabilities() -> None:
     assert m["ece"] == pytest.approx((0.3 + 0.6 + 0.8) / 3)
 
 
+def test_values_that_are_no_probabilities_are_not_scored() -> None:
+    """1e200 is valid JSON and a valid float, but no probability: it used to overflow the Brier
+    score and fail every /metrics render while it sat in the window (found by the fuzz test)."""
+    items = [g(None, "a", probabilities={"a": 1e200}), g(None, "a", probabilities={"a": 0.8, "b": 0.2})]
+    m = window(items).metrics()
+    assert m["brier"] == pytest.approx(0.04 + 0.04)
+    assert m["log_loss"] == pytest.approx(-math.log(0.8))
+
+
 def test_count_window_keeps_the_newest_items() -> None:
     w = window([g("a", "b"), g("a", "b"), g("a", "a"), g("b", "b"), g("c", "c")], window_events=3)
     assert len(w) == 3
