@@ -98,14 +98,19 @@ class Run:
         }
 
 
-@pytest.mark.parametrize("split", [1, 4, 9, 17, 30])
-def test_a_restored_pipeline_continues_like_an_uninterrupted_one(split: int) -> None:
-    batches = _batches()
+def _interrupted(batches: list[list[RawRecord]], split: int) -> tuple[Run, Run, dict[str, Any]]:
+    """A run over every batch, one over the first `split`, and the latter's checkpoint (as stored)."""
     whole = Run()
     whole.feed(batches)
     first = Run()
     first.feed(batches[:split])
-    checkpoint = json.loads(json.dumps(first.pipeline.snapshot(first.offsets)))
+    return whole, first, json.loads(json.dumps(first.pipeline.snapshot(first.offsets)))
+
+
+@pytest.mark.parametrize("split", [1, 4, 9, 17, 30])
+def test_a_restored_pipeline_continues_like_an_uninterrupted_one(split: int) -> None:
+    batches = _batches()
+    whole, first, checkpoint = _interrupted(batches, split)
     resumed = Run()
     offsets = resumed.pipeline.restore(checkpoint)
     assert offsets == first.offsets
@@ -165,11 +170,7 @@ def _partition(batches: list[list[RawRecord]], partition: int) -> list[list[RawR
 def test_each_partition_moves_alone_with_its_state(split: int) -> None:
     """A replica assigned one partition restores its shard alone and continues it exactly."""
     batches = _batches()
-    whole = Run()
-    whole.feed(batches)
-    first = Run()
-    first.feed(batches[:split])
-    checkpoint = json.loads(json.dumps(first.pipeline.snapshot(first.offsets)))
+    whole, first, checkpoint = _interrupted(batches, split)
     assert sorted(checkpoint["partitions"]) == [str(p) for p in range(PARTITIONS)]
     owners = []
     for p in range(PARTITIONS):
