@@ -313,7 +313,12 @@ class KafkaCheckpoints:
         return None
 
     def close(self) -> None:
-        self._producer.close(self.timeout_s)
+        """At shutdown, after the final checkpoint: a producer that cannot close cleanly (its I/O
+        thread gone, the broker away) only loses tombstones, so it is logged, not raised."""
+        try:
+            self._producer.close(self.timeout_s)
+        except (KafkaError, OSError) as exc:
+            log.warning("checkpoint_producer_close_failed", topic=self.topic, error=repr(exc))
 
 
 class _TopicWrite:
