@@ -88,7 +88,7 @@ class CheckpointStore(Protocol):
     def close(self) -> None: ...
 
 
-def _position(shard: Mapping[str, Any]) -> int:
+def shard_position(shard: Mapping[str, Any]) -> int:
     """How far a shard got: the sum of its next offsets (offsets only grow)."""
     return sum(int(o) for _, o in shard["offsets"])
 
@@ -209,7 +209,7 @@ class KafkaCheckpoints:
             ("format", FORMAT.encode()),
             ("group", self.group_id.encode()),
             ("chunks", str(len(chunks)).encode()),
-            ("position", str(_position(shard)).encode()),
+            ("position", str(shard_position(shard)).encode()),
         ]
         keys = [f"{partition}/{cid}/{i}".encode() for i in range(len(chunks))]
         try:

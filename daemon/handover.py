@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from daemon.checkpoint import CheckpointError, CheckpointStore, Write
+from daemon.checkpoint import CheckpointError, CheckpointStore, Write, shard_position
 from daemon.exposition import CheckpointStats
 from daemon.pipeline import Pipeline
 from daemon.sources import TopicPartition
@@ -25,10 +25,6 @@ log = structlog.get_logger(__name__)
 
 # Between attempts to read the store for paused partitions.
 RETRY_S = 2.0
-
-
-def _reached(offsets: Mapping[TopicPartition, int], partition: int) -> int:
-    return sum(o for (_, p), o in offsets.items() if p == partition)
 
 
 class Handover:
@@ -129,7 +125,7 @@ class Handover:
         for p in new:
             shard = shards.get(p)
             mine = {tp: o for tp, o in self.position.items() if tp[1] == p}
-            if p in self._parked and (shard is None or sum(o for _, o in shard["offsets"]) <= _reached(mine, p)):
+            if p in self._parked and (shard is None or shard_position(shard) <= sum(mine.values())):
                 resume.update(mine)  # got back what we hold: the store has nothing newer
                 kept.append(p)
                 continue

@@ -226,43 +226,59 @@ class LabelJoin:
         """Entries waiting for their other half: pending predictions and held labels."""
         return len(self._predictions) + len(self._held)
 
-    def snapshot(self, models: Collection[str] | None = None) -> dict[str, Any]:
-        """JSON-serialisable state, of every entry or of `models`' only (a partition's share).
-        Times are stored as ages, so a restore in a new process works.
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state. Times are stored as ages, so a restore in a new process works.
 
         Nothing expires here: a snapshot must not change what an uninterrupted run would do.
         """
+        return self.snapshots(lambda model: 0, (0,))[0]
+
+    def snapshots(self, part: Callable[[str], int | None], parts: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """`snapshot()` split in one pass by `part(model)`, the partition of each entry's model
+        (None: the entry is in none), with a snapshot for each of `parts` even without entries."""
         now = self.clock()
+        out = {p: self._empty_snapshot() for p in parts}
 
-        def mine(model: str) -> bool:
-            return models is None or model in models
+        def rows(model: str, store: str) -> list[list[Any]] | None:
+            p = part(model)
+            return None if p is None else out.setdefault(p, self._empty_snapshot())[store]
 
+        # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
+        # probabilities, timestamp, slices, index, overflowed_model].
+        for rid, (at, pp) in self._predictions.items():
+            if (r := rows(pp.key[0], "predictions")) is not None:
+                probabilities = None if pp.probabilities is None else dict(pp.probabilities)
+                r.append(
+                    [
+                        rid,
+                        now - at,
+                        list(pp.key),
+                        pp.prediction,
+                        pp.score,
+                        probabilities,
+                        pp.timestamp,
+                        list(pp.slices),
+                        pp.index,
+                        pp.overflowed_model,
+                    ]
+                )
+        for rid, h in self._held.items():
+            if (r := rows(h.model, "held_labels")) is not None:
+                r.append([rid, now - h.at, h.model, h.label, h.timestamp])
+        for store, memory in (("joined_ids", self._joined), ("gone_ids", self._gone)):
+            for rid, (at, m) in memory.items():
+                if (r := rows(m, store)) is not None:
+                    r.append([rid, now - at, m])
+        return out
+
+    def _empty_snapshot(self) -> dict[str, Any]:
         return {
             "version": SNAPSHOT_VERSION,
             "counts": dict(self.counts),
-            # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
-            # probabilities, timestamp, slices, index, overflowed_model].
-            "predictions": [
-                [
-                    rid,
-                    now - at,
-                    list(p.key),
-                    p.prediction,
-                    p.score,
-                    None if p.probabilities is None else dict(p.probabilities),
-                    p.timestamp,
-                    list(p.slices),
-                    p.index,
-                    p.overflowed_model,
-                ]
-                for rid, (at, p) in self._predictions.items()
-                if mine(p.key[0])
-            ],
-            "held_labels": [
-                [rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items() if mine(h.model)
-            ],
-            "joined_ids": [[rid, now - at, m] for rid, (at, m) in self._joined.items() if mine(m)],
-            "gone_ids": [[rid, now - at, m] for rid, (at, m) in self._gone.items() if mine(m)],
+            "predictions": [],
+            "held_labels": [],
+            "joined_ids": [],
+            "gone_ids": [],
         }
 
     def restore(self, state: dict[str, Any], *, counts: bool = True) -> None:

@@ -328,6 +328,8 @@ class Pipeline:
             models: dict[int, set[str]] = {p: set() for _, p in offsets}
             for model, p in self.partition_of.items():
                 models.setdefault(p, set()).add(model)
+            # One pass over the join for all partitions: it can hold far more entries than keys.
+            joins = self.join.snapshots(self.partition_of.get, models) if self.join is not None else None
             return {
                 "version": SNAPSHOT_VERSION,
                 "process": {
@@ -342,10 +344,16 @@ class Pipeline:
                     "key_order": [list(key) for key, _ in self.keys.items()],
                     "canary_order": list(self.canary.models) if self.canary is not None else [],
                 },
-                "partitions": {str(p): self._shard(p, ms, offsets) for p, ms in sorted(models.items())},
+                "partitions": {str(p): self._shard(p, ms, offsets, joins) for p, ms in sorted(models.items())},
             }
 
-    def _shard(self, partition: int, models: set[str], offsets: Mapping[TopicPartition, int]) -> dict[str, Any]:
+    def _shard(
+        self,
+        partition: int,
+        models: set[str],
+        offsets: Mapping[TopicPartition, int],
+        joins: dict[int, dict[str, Any]] | None,
+    ) -> dict[str, Any]:
         return {
             "version": SNAPSHOT_VERSION,
             "partition": partition,
@@ -360,7 +368,7 @@ class Pipeline:
                 for key, state in self.keys.items()
                 if key[0] in models
             ],
-            "join": self.join.snapshot(models) if self.join is not None else None,
+            "join": None if joins is None else joins[partition],
             "canary": self.canary.snapshot(models) if self.canary is not None else None,
             "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items() if model in models},
         }
