@@ -24,6 +24,11 @@ from daemon.sources import JsonlSource
 
 def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:
     """Run the file through the pipeline; return the report (architecture.md, Replay report)."""
+    return replay_state(path, config, labels)[0]
+
+
+def replay_state(path: str | Path, config: Config, labels: str | Path | None = None) -> tuple[dict[str, Any], Pipeline]:
+    """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests)."""
     alerts: list[DriftAlert] = []
     canary: list[dict[str, Any]] = []
     pipeline = build_pipeline(
@@ -51,7 +56,7 @@ def replay(path: str | Path, config: Config, labels: str | Path | None = None) -
     }
     if feed is not None and pipeline.join is not None:
         report["labels"] = {**pipeline.join.counts, "inline": pipeline.inline_labels, "invalid": feed.invalid}
-    return report
+    return report, pipeline
 
 
 class _LabelFeed:

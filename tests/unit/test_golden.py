@@ -1,0 +1,91 @@
+"""Same answers: a seeded replay with drift, labels, a canary and invalid records, against the
+report and /metrics recorded before the columnar core (tests/golden/*.json).
+
+`INFERWATCH_GOLDEN_UPDATE=1 pytest tests/unit/test_golden.py` rewrites the recordings; a change
+to them needs a reason in the commit (see CHANGES below for the ones made on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.config import from_mapping
+from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.monitors import Histogram
+from daemon.replay import replay_state
+from tests.golden import stream
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+UPDATE = os.environ.get("INFERWATCH_GOLDEN_UPDATE") == "1"
+# Families that depend on the machine or the clock, not on the stream.
+VOLATILE = {"inferwatch_build_info", "inferwatch_batch_duration_seconds"}
+
+
+@pytest.fixture(scope="module")
+def golden_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, float]]:
+    d = tmp_path_factory.mktemp("golden")
+    events, labels = d / "events.jsonl", d / "labels.jsonl"
+    stream.write(events, labels)
+    config = from_mapping({"labels": {"ttl_seconds": 600}})
+    report, pipeline = replay_state(events, config, labels)
+    loop = LoopStats(lag={}, source_errors={}, dead_letter={}, batch_duration=Histogram(BATCH_BUCKETS))
+    text = MetricsExposition(pipeline, config.metrics, lambda: loop).render().decode()
+    samples = {
+        f"{s.name}{json.dumps(dict(sorted(s.labels.items())))}": s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name not in VOLATILE
+        for s in fam.samples
+    }
+    return json.loads(json.dumps(report)), samples
+
+
+def _close(a: Any, b: Any, where: str) -> list[str]:
+    """Differences between two JSON values; floats equal to 1e-9 relative (sums in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}: key {k!r} only in {'recorded' if k in a else 'new'}" for k in set(a) ^ set(b)]
+        for k in sorted(set(a) & set(b), key=str):
+            out += _close(a[k], b[k], f"{where}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} recorded items, {len(b)} now"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _close(x, y, f"{where}[{i}]")]
+    if isinstance(a, float) and isinstance(b, int | float) and not isinstance(b, bool):
+        if math.isnan(a) and math.isnan(b):
+            return []
+        if a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            return []
+    elif a == b and type(a) is type(b):
+        return []
+    return [f"{where}: recorded {a!r}, now {b!r}"]
+
+
+def _check(name: str, now: Any) -> None:
+    path = GOLDEN / f"{name}.json"
+    if UPDATE:
+        path.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    recorded = json.loads(path.read_text())
+    diffs = _close(recorded, now, name)
+    assert not diffs, f"{len(diffs)} differences, first ones:\n" + "\n".join(diffs[:20])
+
+
+def test_report_counts_alerts_and_summary_are_unchanged(golden_run: tuple[dict[str, Any], dict[str, float]]) -> None:
+    report, _ = golden_run
+    assert report["alerts"], "the stream must raise drift alerts"
+    assert any(e["verdict"] == "fail" for e in report["canary"]), "the slow canary must fail"
+    _check("report", {k: v for k, v in report.items() if k != "canary"})
+
+
+def test_canary_timeline_is_unchanged(golden_run: tuple[dict[str, Any], dict[str, float]]) -> None:
+    _check("canary", golden_run[0]["canary"])
+
+
+def test_metrics_text_is_unchanged(golden_run: tuple[dict[str, Any], dict[str, float]]) -> None:
+    _check("metrics", golden_run[1])
