@@ -63,7 +63,7 @@ def parse_args(doc: str | None, add: Callable[[argparse.ArgumentParser], None] |
 
 def quiet_logs() -> None:
     """structlog's default logger prints to stdout; keep stdout for the one summary line."""
-    from daemon.logs import configure
+    from daemon.runtime.logs import configure
 
     configure(level="warning", fmt="json")
 
@@ -225,7 +225,7 @@ def machine() -> dict[str, Any]:
 
 def generator_values(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
     """`n` (key, value) pairs from the demo's traffic generator (8 features per event)."""
-    from daemon.generator import TrafficGenerator, TrafficSpec
+    from daemon.dev.generator import TrafficGenerator, TrafficSpec
 
     spec = TrafficSpec(rate=GENERATOR_RATE, duration_s=n / GENERATOR_RATE, seed=seed, start_time=GENERATOR_START_TIME)
     pairs = list(TrafficGenerator(spec).encoded())

@@ -27,7 +27,7 @@ from _common import REPO_ROOT, parse_args, write_result
 
 sys.path.insert(0, str(REPO_ROOT))  # the scenario lives with the tests
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 from tests.integration.test_alerting_e2e import run_scenario
 
 NAME = "alerting"

@@ -39,10 +39,10 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import GENERATOR_START_TIME, parse_args, verdict, write_result
-from daemon.canary import ModelCanary
 from daemon.config import CanaryConfig, from_mapping
-from daemon.events import InferenceEvent
-from daemon.replay import replay
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.canary import ModelCanary
+from daemon.runtime.replay import replay
 
 SEED = 20_240_404
 BATCH = 100

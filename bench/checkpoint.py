@@ -28,14 +28,14 @@ from typing import Any
 from _common import GENERATOR_START_TIME, fmt_rate, parse_args, verdict, write_result
 from kafka import KafkaProducer
 
-from daemon.app import build_pipeline
-from daemon.broker import TansuBroker, free_port
-from daemon.checkpoint import CheckpointStore, KafkaCheckpoints, LocalCheckpoints
 from daemon.config import Config, from_mapping
-from daemon.exposition import CheckpointStats
-from daemon.generator import TrafficGenerator, TrafficSpec, encode
-from daemon.handover import Handover
-from daemon.sources import RawRecord
+from daemon.dev.broker import TansuBroker, free_port
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode
+from daemon.export.exposition import CheckpointStats
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import build_pipeline
+from daemon.state.checkpoint import CheckpointStore, KafkaCheckpoints, LocalCheckpoints
+from daemon.state.handover import Handover
 
 NAME = "checkpoint"
 BATCH = 2000

@@ -22,7 +22,7 @@ so its figures come from far fewer events and say so.
 
 Throughput: a zero-config `replay` (drift on, every default detector) of a JSONL file with 8
 numeric and 2 categorical features, against a plain `json.loads` pass over the same file.
-CBPE: the label-free accuracy estimate (`daemon.performance`) against the realized accuracy of
+CBPE: the label-free accuracy estimate (`daemon.monitors.quality`) against the realized accuracy of
 a classifier under covariate shift.
 """
 
@@ -46,9 +46,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import GENERATOR_START_TIME, parse_args, percentile, verdict, write_result
-from daemon import drift
 from daemon.config import Config, DriftConfig
-from daemon.replay import replay
+from daemon.monitors import drift
+from daemon.runtime.replay import replay
 from detectors.base import InputKind
 from detectors.registry import DETECTORS
 
@@ -339,7 +339,7 @@ def throughput(quick: bool) -> dict[str, Any]:
 
 def classify(rng: np.random.Generator, mu: float, n: int, slope: float) -> tuple[list[float], list[bool]]:
     """Confidences and correctness of a model scoring sigmoid(slope·x) for P(y=1|x) = sigmoid(2x), x ~ N(mu, 1)."""
-    from daemon.performance import confidence
+    from daemon.monitors.quality import confidence
 
     x = rng.normal(mu, 1.0, n)
     y = rng.random(n) < 1.0 / (1.0 + np.exp(-2.0 * x))
@@ -354,7 +354,7 @@ def cbpe_run(slope: float, windows: int, seed: int) -> dict[str, float]:
 
     The errors are the estimate's (signed: estimate - realized) and, for comparison, those of
     two naive estimates: the reference's accuracy, and the mean raw confidence (no calibration)."""
-    from daemon.performance import ConfidenceEstimator
+    from daemon.monitors.quality import ConfidenceEstimator
 
     rng = np.random.default_rng(seed)
     estimator = ConfidenceEstimator(reference_size=1000, window_events=1000)

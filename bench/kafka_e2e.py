@@ -43,9 +43,9 @@ from _common import (
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from daemon.app import Daemon
-from daemon.broker import TansuBroker
 from daemon.config import from_mapping
+from daemon.dev.broker import TansuBroker
+from daemon.runtime.app import Daemon
 
 NAME = "kafka_e2e"
 TARGET_RATIO = 0.80  # the Foundation issue: end-to-end ≥ 80% of the raw consume rate

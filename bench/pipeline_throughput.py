@@ -35,10 +35,10 @@ from _common import (
     write_result,
 )
 
-from daemon.app import build_pipeline
 from daemon.config import Config
-from daemon.events import InferenceEvent
-from daemon.sources import RawRecord
+from daemon.ingest.events import InferenceEvent
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import build_pipeline
 
 NAME = "pipeline_throughput"
 TARGET_EVENTS_PER_S = 150_000  # the Foundation issue's target, one core

@@ -1,7 +1,7 @@
 """Zero-config replay against a plain `json.loads` pass over the same file (issue 13).
 
 A JSONL file of N events (10 features: 8 numeric, 2 categorical; score, latency, prediction,
-~1% errors) goes through `daemon.replay.replay()` with the default config, which watches every
+~1% errors) goes through `daemon.runtime.replay.replay()` with the default config, which watches every
 feature, the score and the latency for drift, on one core. The baseline is the same file read
 line by line and passed to `json.loads`, in the same run, alternating with the replay.
 
@@ -31,7 +31,7 @@ from _common import (
 )
 
 from daemon.config import Config
-from daemon.replay import replay
+from daemon.runtime.replay import replay
 
 NAME = "replay_throughput"
 TARGETS = {1: 1.0, 1000: 0.8}

@@ -11,11 +11,11 @@ time, as Prometheus would:
 - under ingest: while a second thread keeps feeding the same keys through the pipeline,
   as the daemon's loop does; scrapes contend for the GIL and the pipeline lock.
 
-The render alone (`daemon.exposition.render()`, no HTTP) is timed too, and profiled when
+The render alone (`Daemon.exposition.render()`, no HTTP) is timed too, and profiled when
 the p99 misses, so that a miss comes with its reasons.
 
 Peak RSS is measured in fresh interpreters: one that only populates (the target), one that
-populates and renders one scrape, and one that only imports `daemon.app` (the baseline).
+populates and renders one scrape, and one that only imports `daemon.runtime.app` (the baseline).
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_daemon() -> Any:
-    from daemon.app import Daemon
     from daemon.config import from_mapping
+    from daemon.runtime.app import Daemon
 
     config = from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": {"max_keys": KEYS}})
     return Daemon(config)
 
 
 def batches_of(values: list[bytes], offset0: int = 0) -> list[list[Any]]:
-    from daemon.sources import RawRecord
+    from daemon.ingest.sources import RawRecord
 
     records = [RawRecord("inference-logs", 0, offset0 + i, None, None, v) for i, v in enumerate(values)]
     return [records[i : i + BATCH_SIZE] for i in range(0, len(records), BATCH_SIZE)]
@@ -95,7 +95,7 @@ def populate(daemon: Any, per_key: int) -> dict[str, Any]:
 
 def child(mode: str, per_key: int) -> None:
     """One RSS measurement in this fresh interpreter; prints one JSON line."""
-    import daemon.app  # noqa: F401  (the baseline: what importing the daemon costs)
+    import daemon.runtime.app  # noqa: F401  (the baseline: what importing the daemon costs)
 
     out: dict[str, Any] = {"mode": mode}
     if mode != "bare-import":
@@ -289,7 +289,7 @@ def main() -> None:
                 "keys": KEYS,
                 "events_per_key": per_key,
                 "populate": populated,
-                "http": "daemon.http (ThreadingHTTPServer) on 127.0.0.1, urllib client, one request at a time",
+                "http": "daemon.runtime.http (ThreadingHTTPServer) on 127.0.0.1, urllib client, one request at a time",
                 "warmup_scrapes": WARMUP_SCRAPES,
             },
             "exposition": shape,

@@ -48,14 +48,14 @@ from _common import (
 
 sys.path.insert(0, str(REPO_ROOT))  # the model builders live with the tests
 
-from daemon.app import build_pipeline
 from daemon.config import Config, ShadowConfig
-from daemon.reservoir import Sample
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.reservoir import Sample
+from daemon.runtime.app import build_pipeline
 from daemon.shadow.compare import latency_ratio
 from daemon.shadow.measure import interleaved, warm_up
 from daemon.shadow.models import load_model
 from daemon.shadow.service import THREAD_ENV, RunnerProcess, ShadowError
-from daemon.sources import RawRecord
 from tests.unit.shadow_models import onnx_linear_classifier, samples
 
 NAME = "shadow"

@@ -28,10 +28,10 @@ from typing import Any
 
 from _common import GENERATOR_START_TIME, fmt_rate, parse_args, peak_rss_mb, pin_to_one_core, verdict, write_result
 
-from daemon.app import Daemon
-from daemon.demo import CHANGES, LABELS_TOPIC, MALFORMED_EVERY, TOPIC, demo_config
-from daemon.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
-from daemon.sources import RawRecord
+from daemon.dev.demo import CHANGES, LABELS_TOPIC, MALFORMED_EVERY, TOPIC, demo_config
+from daemon.dev.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import Daemon
 
 NAME = "soak"
 TARGET_GROWTH = 0.10
@@ -173,7 +173,7 @@ def main() -> None:
                 "pinned_cpu": cpu,
                 # glibc's malloc tunables change RSS here (docs/benchmarks.md, Soak).
                 "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-                "config": "daemon.demo.demo_config (labels join, drift, canary; defaults otherwise)",
+                "config": "daemon.dev.demo.demo_config (labels join, drift, canary; defaults otherwise)",
                 "traffic": f"demo: rate {DEMO_RATE:g}/simulated s, changes {list(CHANGES)}, "
                 f"1 in {MALFORMED_EVERY} truncated, labels {LABEL_DELAY_S:g} simulated s later",
             },

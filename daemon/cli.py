@@ -11,7 +11,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load
-from daemon.logs import configure
+from daemon.runtime.logs import configure
 
 
 def _load(path: str | None) -> Config:
@@ -23,7 +23,7 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.app import Daemon
+    from daemon.runtime.app import Daemon
 
     config = _load(args.config)
     configure(config.logging.level, config.logging.format)
@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon.app import load_references
+    from daemon.runtime.app import load_references
 
     config = _load(args.file)
     load_references(config)
@@ -48,7 +48,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from daemon.replay import replay
+    from daemon.runtime.replay import replay
 
     config = _load(args.config)
     configure("warning", config.logging.format)
@@ -65,7 +65,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change, parse_model
+    from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode, parse_change, parse_model
 
     try:
         spec = TrafficSpec(
@@ -147,7 +147,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.dev.demo import run_demo
 
     # The terminal summary tells the story; the daemon's own lines would drown it.
     configure("error", "auto")
@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from daemon.events import json_schema
+    from daemon.ingest.events import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -1,7 +1,7 @@
 """decode → route → monitors, one batch at a time. The same pipeline serves Kafka and files.
 
 Records of the labels topic are label events: they join predictions by request_id
-(`daemon.labels`), and each joined label grades its prediction for the key's quality window
+(`daemon.monitors.labels`), and each joined label grades its prediction for the key's quality window
 and error stream. A `label` inside an inference event grades it at once.
 """
 
@@ -12,18 +12,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from daemon.canary import CanaryMonitor
 from daemon.config import Config
-from daemon.decode import DecodeFailure, EventDecoder
-from daemon.drift import Calibrator, DriftAlert, KeyDrift
-from daemon.events import InferenceEvent, LabelEvent, event_time
-from daemon.invalid import InvalidRecords
-from daemon.labels import JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
-from daemon.monitors import KeyStats, Overflow
-from daemon.performance import KeyPerformance, confidence, graded, is_wrong
-from daemon.reservoir import Reservoir, Sample
-from daemon.routing import Key, KeyTable
-from daemon.sources import RawRecord, TopicPartition
+from daemon.ingest.decode import DecodeFailure, EventDecoder
+from daemon.ingest.events import InferenceEvent, LabelEvent, event_time
+from daemon.ingest.invalid import InvalidRecords
+from daemon.ingest.sources import RawRecord, TopicPartition
+from daemon.monitors.canary import CanaryMonitor
+from daemon.monitors.drift import Calibrator, DriftAlert, KeyDrift
+from daemon.monitors.labels import JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
+from daemon.monitors.quality import KeyPerformance, confidence, graded, is_wrong
+from daemon.monitors.reservoir import Reservoir, Sample
+from daemon.monitors.traffic import KeyStats, Overflow
+from daemon.state.routing import Key, KeyTable
 
 # Version of Pipeline.snapshot(); restore() refuses others. Not written anywhere yet: checkpoints (issue 7)
 # will store it with the offsets it reflects.

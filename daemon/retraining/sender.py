@@ -18,11 +18,11 @@ from email.utils import parsedate_to_datetime
 
 import structlog
 
-from daemon import httpclient
 from daemon.config import WebhookEndpoint
-from daemon.httpclient import Post
 from daemon.retraining import signing
 from daemon.retraining.outbox import Delivery, Outbox, disabled_error
+from daemon.runtime import httpclient
+from daemon.runtime.httpclient import Post
 
 log = structlog.get_logger(__name__)
 

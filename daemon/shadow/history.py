@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from daemon.files import write_atomically
+from daemon.runtime.files import write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ class History:
         del entries[: -self.keep]
 
     def save(self) -> None:
-        """Replace the file whole (daemon.files.write_atomically)."""
+        """Replace the file whole (daemon.runtime.files.write_atomically)."""
         write_atomically(self.path, json.dumps({"version": VERSION, "runs": self._runs}, indent=1))
 
     def _load(self) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config import ShadowConfig, ShadowModel, TensorInput
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 
 Array = npt.NDArray[Any]
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.app import build_pipeline
 from daemon.config import Config
+from daemon.ingest.sources import JsonlSource
+from daemon.monitors.reservoir import Sample
 from daemon.pipeline import Pipeline
-from daemon.reservoir import Sample
-from daemon.sources import JsonlSource
+from daemon.runtime.app import build_pipeline
 
 # Polls that return nothing before the broker counts as read to its end.
 IDLE_POLLS = 3
@@ -48,7 +48,7 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition as KafkaTP
 
-    from daemon.kafka_source import raw_records
+    from daemon.ingest.kafka import raw_records
 
     kafka = config.source.kafka
     consumer = KafkaConsumer(

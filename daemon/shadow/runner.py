@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from daemon.config import ShadowConfig, ShadowModel
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 from daemon.shadow.compare import accuracy, agreement, latency_ratio, skew
 from daemon.shadow.environment import EnergyMeter, collect_environment, cost_per_1k, hardware_key, model_bytes
 from daemon.shadow.history import History, regression

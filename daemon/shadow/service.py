@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from daemon.config import ShadowConfig
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from daemon.config import ShadowConfig
-from daemon.logs import configure
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
+from daemon.runtime.logs import configure
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:

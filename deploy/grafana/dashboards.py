@@ -21,7 +21,7 @@ Json = dict[str, Any]
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WIDTH = 24  # Grafana's grid is 24 columns wide
-# Mirrors daemon.canary.METRICS (a test checks).
+# Mirrors daemon.monitors.canary.METRICS (a test checks).
 CANARY_METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
 CLASSIFICATION = "accuracy|precision|recall|f1"
 BUILTINS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.broker import TansuBroker
-from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode, parse_change
 from tests.integration.support import DaemonProcess, wait_for
 
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 
 
 @pytest.fixture(scope="session")

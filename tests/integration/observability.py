@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from daemon.broker import free_port
+from daemon.dev.broker import free_port
 from tests.integration.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import yaml
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.broker import free_port
+from daemon.dev.broker import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from daemon.broker import TansuBroker
-from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode, parse_change
 from tests.integration.observability import (
     ROOT,
     Prometheus,
@@ -183,7 +183,7 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
         except AssertionError as exc:
             s = daemon.scrape()
             seen = {k: v for k, v in s.items() if k[0] in ("inferwatch_events_total", "inferwatch_drift_streams")}
-            raise AssertionError(f"{exc}\n{seen}\n{daemon.logs()[-3000:]}") from None
+            raise AssertionError(f"{exc}\n{seen}\n{daemon.runtime.logs()[-3000:]}") from None
         assert receiver.deliveries == [], "a trigger before any drift was injected"
 
         t0 = time.time()
@@ -222,7 +222,7 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
             "deliveries": list(receiver.deliveries),
             "metrics": daemon.scrape(),
             "scrape": scrape,
-            "logs": daemon.logs(),
+            "logs": daemon.runtime.logs(),
             "panels": _panel_results(prom),
         }
 

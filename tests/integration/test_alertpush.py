@@ -7,10 +7,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from daemon.alertpush import AlertPusher, firing
-from daemon.app import build_pipeline
 from daemon.config import AlertmanagerPushConfig, from_mapping
-from daemon.sources import RawRecord
+from daemon.export.alertpush import AlertPusher, firing
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import build_pipeline
 from tests.integration.observability import alertmanager, webhook_receiver
 from tests.integration.support import wait_for
 

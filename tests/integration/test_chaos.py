@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 from tests.integration.checkpointing import daemon_config, key_state, traffic, wait_counted
 from tests.integration.support import DaemonProcess, get, produce, running_daemon, total, wait_for
 

@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 from tests.integration.checkpointing import daemon_config, key_state, traffic, wait_counted
 from tests.integration.support import DaemonProcess, produce, running_daemon, total, wait_for
 

@@ -9,8 +9,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from daemon.broker import TansuBroker
-from daemon.checkpoint import FORMAT, KafkaCheckpoints
+from daemon.dev.broker import TansuBroker
+from daemon.state.checkpoint import FORMAT, KafkaCheckpoints
 
 
 def _shard(partition: int, offset: int, payload: int) -> dict[str, Any]:

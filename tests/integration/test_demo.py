@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from daemon.broker import free_port
+from daemon.dev.broker import free_port
 from tests.integration.support import get, parse, total, wait_for
 
 

@@ -19,14 +19,14 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from daemon.app import build_pipeline
-from daemon.broker import TansuBroker
 from daemon.config import Config
-from daemon.decode import REASONS
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.generator import TrafficGenerator, TrafficSpec
-from daemon.monitors import Histogram
-from daemon.sources import RawRecord
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
+from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.ingest.decode import REASONS
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.traffic import Histogram
+from daemon.runtime.app import build_pipeline
 from tests.integration.support import Samples, get, parse, produce, running_daemon, total, wait_for
 
 SEED = 7

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.app import Daemon
 from daemon.config import from_mapping
+from daemon.runtime.app import Daemon
 from tests.integration.support import get
 
 

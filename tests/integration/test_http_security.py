@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from daemon.broker import free_port
 from daemon.config import ConfigError, from_mapping
-from daemon.http import HttpServer
-from daemon.lifecycle import Watchdog
+from daemon.dev.broker import free_port
+from daemon.runtime.http import HttpServer
+from daemon.runtime.lifecycle import Watchdog
 from tests.integration.observability import prometheus
 from tests.integration.support import running_daemon, wait_for
 

@@ -16,8 +16,8 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from daemon.broker import TansuBroker
-from daemon.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from tests.integration.support import DaemonProcess, Samples, produce, total, wait_for
 
 PARTITIONS = 3

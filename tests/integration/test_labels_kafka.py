@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 from tests.integration.support import Samples, produce, running_daemon, total, wait_for
 
 N = 600

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from daemon.broker import TansuBroker, free_port
-from daemon.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.broker import TansuBroker, free_port
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from tests.integration.support import get, produce, running_daemon, total, wait_for
 
 

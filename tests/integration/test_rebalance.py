@@ -7,8 +7,8 @@ import signal
 import time
 from pathlib import Path
 
-from daemon.broker import TansuBroker
-from daemon.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from tests.integration.checkpointing import daemon_config, key_state, traffic, wait_counted
 from tests.integration.support import DaemonProcess, produce, running_daemon, total, wait_for
 

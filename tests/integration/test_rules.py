@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.exposition import FAMILIES
+from daemon.export.exposition import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
@@ -144,7 +144,7 @@ def test_rules_read_only_metrics_inferwatch_exports() -> None:
         missing = sorted(names - set(exposed))
         if missing:
             unknown[rule.get("alert") or rule["record"]] = missing
-    assert unknown == {}, f"metric names that daemon.exposition.FAMILIES does not expose: {unknown}"
+    assert unknown == {}, f"metric names that daemon.export.exposition.FAMILIES does not expose: {unknown}"
 
 
 def test_rules_select_only_labels_the_metrics_have() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.broker import TansuBroker
+from daemon.dev.broker import TansuBroker
 from tests.integration.support import get, produce, running_daemon, total, wait_for
 from tests.unit.shadow_models import onnx_linear_classifier, torchscript_classifier
 

@@ -14,8 +14,8 @@ import signal
 import time
 from pathlib import Path
 
-from daemon.broker import TansuBroker
-from daemon.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from tests.integration.support import DaemonProcess, get, parse, produce, running_daemon, total, wait_for
 
 STALL_S = 60

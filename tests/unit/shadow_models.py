@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon.config import ShadowModel
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 
 OPSET = 17
 IR_VERSION = 10  # onnx 1.23 writes a newer one by default; onnxruntime 1.32 accepts 10

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from daemon.app import Daemon
-from daemon.canary import ModelCanary
 from daemon.cli import main
 from daemon.config import CanaryConfig, from_mapping
-from daemon.events import InferenceEvent
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.canary import ModelCanary
+from daemon.runtime.app import Daemon
 from tests.integration.support import parse, total
 
 
@@ -107,7 +107,7 @@ def test_baseline_defaults() -> None:
 def test_gauges_and_the_canary_endpoint(tmp_path: Path) -> None:
     d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
     rng = random.Random(5)
-    from daemon.sources import RawRecord
+    from daemon.ingest.sources import RawRecord
 
     records = []
     for i in range(4_000):

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from daemon.app import build_pipeline
 from daemon.config import Config, from_mapping
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.generator import TrafficGenerator, TrafficSpec, encode, parse_change
-from daemon.monitors import Histogram
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.traffic import Histogram
 from daemon.pipeline import SNAPSHOT_VERSION, Pipeline
-from daemon.sources import RawRecord
+from daemon.runtime.app import build_pipeline
 
 BATCH = 400
 PARTITIONS = 2

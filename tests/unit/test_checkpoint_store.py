@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from daemon.checkpoint import CheckpointError, LocalCheckpoints
 from daemon.config import ConfigError, from_mapping
+from daemon.state.checkpoint import CheckpointError, LocalCheckpoints
 
 
 def _snapshot(n: int, partitions: tuple[int, ...] = (0, 1)) -> dict[str, Any]:
@@ -64,15 +64,15 @@ def test_unusable_checkpoints_are_refused_naming_the_file(tmp_path: Path, conten
 def test_a_checkpoint_of_the_first_format_is_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.json").write_text("{}")
     config = from_mapping({"checkpoint": {"directory": str(tmp_path)}, "http": {"port": 0}})
-    from daemon.app import Daemon
+    from daemon.runtime.app import Daemon
 
     with pytest.raises(ConfigError, match="checkpoint of an older inferwatch"):
         Daemon(config)
 
 
 def test_the_daemon_refuses_to_start_on_a_checkpoint_of_a_newer_format(tmp_path: Path) -> None:
-    from daemon.app import Daemon
     from daemon.pipeline import SNAPSHOT_VERSION
+    from daemon.runtime.app import Daemon
 
     LocalCheckpoints(tmp_path, "inferwatch").save({"process": {"version": 99}, "partitions": {}})
     config = from_mapping({"checkpoint": {"directory": str(tmp_path)}, "http": {"port": 0}})

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.canary import METRICS as CANARY_METRICS
-from daemon.exposition import FAMILIES
+from daemon.export.exposition import FAMILIES
+from daemon.monitors.canary import METRICS as CANARY_METRICS
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 
@@ -129,7 +129,7 @@ def test_queries_use_only_exported_series_and_their_labels(name: str) -> None:
         names = METRIC_NAME.findall(expr)
         assert names or "up{" in expr, f"{title}: reads no inferwatch metric"
         unknown = [n for n in names if n not in SERIES]
-        assert not unknown, f"{title}: {unknown} not in daemon.exposition.FAMILIES (or a wrong suffix)"
+        assert not unknown, f"{title}: {unknown} not in daemon.export.exposition.FAMILIES (or a wrong suffix)"
         labels = set(TARGET_LABELS)
         for n in names:
             labels |= set(FAMILIES[SERIES[n]][2]) | ({"le"} if n.endswith("_bucket") else set())

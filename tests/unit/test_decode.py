@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.app import build_pipeline
 from daemon.config import Config
-from daemon.decode import REASONS, DecodeFailure, EventDecoder
-from daemon.events import DEFAULT_VARIANT, DEFAULT_VERSION, InferenceEvent, event_time
-from daemon.sources import RawRecord
+from daemon.ingest.decode import REASONS, DecodeFailure, EventDecoder
+from daemon.ingest.events import DEFAULT_VARIANT, DEFAULT_VERSION, InferenceEvent, event_time
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import build_pipeline
 
 decoder = EventDecoder(max_bytes=4096, type_=InferenceEvent)
 

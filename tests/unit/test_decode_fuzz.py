@@ -13,12 +13,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.app import build_pipeline
 from daemon.config import Config
-from daemon.decode import DecodeFailure, EventDecoder
-from daemon.events import InferenceEvent
-from daemon.generator import TrafficGenerator, TrafficSpec
-from daemon.sources import RawRecord
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
+from daemon.ingest.decode import DecodeFailure, EventDecoder
+from daemon.ingest.events import InferenceEvent
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.app import build_pipeline
 
 EVENTS, LABELS = "events", "labels"
 MAX_EVENT_BYTES = 4096

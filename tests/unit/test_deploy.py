@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from daemon.exposition import FAMILIES
+from daemon.export.exposition import FAMILIES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -316,7 +316,7 @@ def test_query_labels_belong_to_the_family(where: str, query: str) -> None:
 def test_canary_families_match_the_exposition() -> None:
     exported = {name: spec[2] for name, spec in FAMILIES.items() if name.startswith("inferwatch_canary_")}
     if not exported:
-        pytest.skip("daemon.exposition.FAMILIES has no inferwatch_canary_* family yet")
+        pytest.skip("daemon.export.exposition.FAMILIES has no inferwatch_canary_* family yet")
     assert set(exported) == set(CANARY_FAMILIES)
     for name, labels in exported.items():
         assert set(labels) == set(CANARY_FAMILIES[name]), f"{name}: labels {labels}"

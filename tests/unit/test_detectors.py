@@ -398,6 +398,6 @@ def test_the_daemon_does_not_import_river_or_scipy_stats() -> None:
     import subprocess
     import sys
 
-    code = "import sys, daemon.app; print(sorted(m for m in ('river', 'scipy.stats') if m in sys.modules))"
+    code = "import sys, daemon.runtime.app; print(sorted(m for m in ('river', 'scipy.stats') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from daemon.config import DriftConfig, from_mapping
-from daemon.drift import Calibrator, KeyDrift, StreamMonitor, reference_columns
-from daemon.events import InferenceEvent
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.drift import Calibrator, KeyDrift, StreamMonitor, reference_columns
 
 KEY = ("m", "1", "default")
 TARGET = 1_000_000.0

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.app import Daemon, build_pipeline
 from daemon.config import from_mapping
-from daemon.exposition import BATCH_BUCKETS, FAMILIES, LoopStats, MetricsExposition
-from daemon.monitors import Histogram
-from daemon.sources import RawRecord
+from daemon.export.exposition import BATCH_BUCKETS, FAMILIES, LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.traffic import Histogram
+from daemon.runtime.app import Daemon, build_pipeline
 from tests.integration.support import parse, total
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from daemon.generator import TrafficGenerator, TrafficSpec, parse_change, parse_duration, parse_model
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change, parse_duration, parse_model
 
 
 def test_same_seed_same_traffic() -> None:

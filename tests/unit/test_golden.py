@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import from_mapping
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.monitors import Histogram
-from daemon.replay import replay_state
+from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.monitors.traffic import Histogram
+from daemon.runtime.replay import replay_state
 from tests.golden import stream
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

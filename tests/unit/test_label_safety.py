@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import random
 
-from daemon.app import build_pipeline
 from daemon.config import from_mapping
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.monitors import Histogram
-from daemon.sources import RawRecord
+from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.traffic import Histogram
+from daemon.runtime.app import build_pipeline
 
 
 def test_request_ids_and_feature_values_stay_out_of_the_labels() -> None:

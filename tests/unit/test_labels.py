@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.labels import COUNTS, JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
+from daemon.monitors.labels import COUNTS, JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import LimitsConfig, MetricsConfig
-from daemon.events import InferenceEvent
-from daemon.monitors import OTHER, CappedCounts, Histogram, KeyStats, Overflow
-from daemon.routing import OTHER_KEY, KeyTable
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.traffic import OTHER, CappedCounts, Histogram, KeyStats, Overflow
+from daemon.state.routing import OTHER_KEY, KeyTable
 from detectors.quantiles import QuantileSketch
 
 

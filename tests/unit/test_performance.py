@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import Label
-from daemon.labels import JoinedLabel, PendingPrediction
-from daemon.monitors import OTHER, Overflow
-from daemon.performance import (
+from daemon.ingest.events import Label
+from daemon.monitors.labels import JoinedLabel, PendingPrediction
+from daemon.monitors.quality import (
     ALL,
     MISSING,
     ConfidenceEstimator,
@@ -28,6 +27,7 @@ from daemon.performance import (
     isotonic_fit,
     isotonic_predict,
 )
+from daemon.monitors.traffic import OTHER, Overflow
 
 
 def g(

@@ -14,14 +14,14 @@ import tracemalloc
 from collections.abc import Callable
 from itertools import count, islice
 
-from daemon.app import build_pipeline
 from daemon.config import from_mapping
-from daemon.demo import LABELS_TOPIC, TOPIC
-from daemon.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.generator import TrafficGenerator, TrafficSpec, encode
-from daemon.monitors import Histogram
-from daemon.routing import OTHER_KEY
-from daemon.sources import RawRecord
+from daemon.dev.demo import LABELS_TOPIC, TOPIC
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode
+from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.traffic import Histogram
+from daemon.runtime.app import build_pipeline
+from daemon.state.routing import OTHER_KEY
 
 BATCH = 2000  # KafkaConfig.max_poll_records default: what one poll hands the pipeline
 MAX_GROWTH_BYTES = 256 * 1024

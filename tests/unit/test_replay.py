@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from daemon.cli import main
-from daemon.events import json_schema
-from daemon.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
+from daemon.ingest.events import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from scipy import stats
 
-from daemon.reservoir import Reservoir, Sample
+from daemon.monitors.reservoir import Reservoir, Sample
 
 
 def samples(start: int, n: int) -> list[Sample]:

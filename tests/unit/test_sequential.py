@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from daemon.sequential import SequentialDifference, benjamini_hochberg, half_width, log_mixture_lr, rho2
+from detectors.sequential import SequentialDifference, benjamini_hochberg, half_width, log_mixture_lr, rho2
 
 
 def reference_lambda(delta: float, v: float, n: int, tau2: float, theta0: float) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daemon.config import ShadowConfig, TensorInput
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 from daemon.shadow.environment import EnergyMeter, collect_environment, cost_per_1k, hardware_key, model_bytes
 from daemon.shadow.models import ModelError, load_model, tensor, unencoded_features, validate
 from tests.unit.shadow_models import (

@@ -6,12 +6,12 @@ import json
 import random
 from typing import Any
 
-from daemon.app import build_pipeline
 from daemon.config import from_mapping
-from daemon.exposition import FAMILIES, _Families, _shadow_lines
-from daemon.reservoir import Sample
+from daemon.export.exposition import FAMILIES, _Families, _shadow_lines
+from daemon.ingest.sources import RawRecord
+from daemon.monitors.reservoir import Sample
+from daemon.runtime.app import build_pipeline
 from daemon.shadow.service import ShadowService
-from daemon.sources import RawRecord
 
 MODEL = {
     "name": "clf-prod",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from daemon.config import ShadowConfig
-from daemon.reservoir import Sample
+from daemon.monitors.reservoir import Sample
 from daemon.shadow.runner import run
 from daemon.shadow.service import RunnerProcess
 from tests.unit.shadow_models import onnx_linear_classifier, samples, torchscript_classifier

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from daemon.canary import CanaryMonitor, ModelCanary
 from daemon.config import CanaryConfig
-from daemon.events import InferenceEvent
-from daemon.sequential import SequentialDifference
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.canary import CanaryMonitor, ModelCanary
+from detectors.sequential import SequentialDifference
 
 BATCH = 250
 N_EVENTS = 12_000

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from daemon.config import DriftConfig
-from daemon.drift import Calibrator, DriftAlert, KeyDrift
-from daemon.events import InferenceEvent
+from daemon.ingest.events import InferenceEvent
+from daemon.monitors.drift import Calibrator, DriftAlert, KeyDrift
 
 KEY = ("m", "1", "default")
 N = 3_000

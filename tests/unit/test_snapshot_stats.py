@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from daemon.config import LimitsConfig, MetricsConfig
-from daemon.events import InferenceEvent, Label
-from daemon.labels import JoinedLabel, PendingPrediction
-from daemon.monitors import KeyStats, Overflow
-from daemon.performance import KeyPerformance, confidence
+from daemon.ingest.events import InferenceEvent, Label
+from daemon.monitors.labels import JoinedLabel, PendingPrediction
+from daemon.monitors.quality import KeyPerformance, confidence
+from daemon.monitors.traffic import KeyStats, Overflow
 
 KEY = ("fraud", "v3", "canary")
 SLICE_FEATURES = ("country", "device")

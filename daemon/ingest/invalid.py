@@ -6,9 +6,9 @@ from typing import Protocol
 
 import structlog
 
-from daemon.decode import REASONS, DecodeFailure
-from daemon.logs import SampledLog
-from daemon.sources import RawRecord
+from daemon.ingest.decode import REASONS, DecodeFailure
+from daemon.ingest.sources import RawRecord
+from daemon.runtime.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from daemon.config import LimitsConfig, MetricsConfig
-from daemon.events import InferenceEvent
+from daemon.ingest.events import InferenceEvent
 from detectors.quantiles import SMALL_BATCH, QuantileSketch
 
 OTHER = "__other__"

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from daemon import httpclient
 from daemon.config import AlertmanagerPushConfig
-from daemon.httpclient import Post
 from daemon.pipeline import Pipeline
+from daemon.runtime import httpclient
+from daemon.runtime.httpclient import Post
 
 log = structlog.get_logger(__name__)
 

@@ -22,8 +22,8 @@ from urllib.parse import unquote
 import structlog
 
 from daemon.config import HttpConfig
-from daemon.exposition import CONTENT_TYPE
-from daemon.lifecycle import Watchdog
+from daemon.export.exposition import CONTENT_TYPE
+from daemon.runtime.lifecycle import Watchdog
 
 log = structlog.get_logger(__name__)
 

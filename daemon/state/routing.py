@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from daemon.monitors import OTHER, Overflow
+from daemon.monitors.traffic import OTHER, Overflow
 
 Key = tuple[str, str, str]
 OTHER_KEY: Key = (OTHER, OTHER, OTHER)

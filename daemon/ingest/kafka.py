@@ -20,9 +20,9 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
-from daemon.decode import DecodeFailure
-from daemon.logs import SampledLog
-from daemon.sources import RawRecord, TopicPartition
+from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.sources import RawRecord, TopicPartition
+from daemon.runtime.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 

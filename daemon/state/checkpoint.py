@@ -36,7 +36,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from kafka.structs import TopicPartition as KafkaTP
 
-from daemon.files import write_atomically
+from daemon.runtime.files import write_atomically
 
 log = structlog.get_logger(__name__)
 

@@ -9,10 +9,10 @@ from collections import deque
 
 from kafka import KafkaProducer
 
-from daemon.app import Daemon
-from daemon.broker import TansuBroker, free_port
 from daemon.config import Config, from_mapping
-from daemon.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.dev.broker import TansuBroker, free_port
+from daemon.dev.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
+from daemon.runtime.app import Daemon
 
 TOPIC = "inference-logs"
 LABELS_TOPIC = "inference-labels"

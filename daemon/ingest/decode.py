@@ -7,7 +7,7 @@ from typing import Final, Generic, TypeVar
 
 import msgspec
 
-from daemon.events import InferenceEvent, LabelEvent
+from daemon.ingest.events import InferenceEvent, LabelEvent
 
 # Bounded set of reasons: they become the `reason` label of inferwatch_events_invalid_total.
 REASONS: Final = (

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from daemon.app import build_pipeline
 from daemon.config import Config
-from daemon.decode import DecodeFailure
-from daemon.drift import DriftAlert
-from daemon.events import event_time
-from daemon.labels import LabelRecord
+from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.events import event_time
+from daemon.ingest.sources import JsonlSource
+from daemon.monitors.drift import DriftAlert
+from daemon.monitors.labels import LabelRecord
 from daemon.pipeline import Pipeline
-from daemon.sources import JsonlSource
+from daemon.runtime.app import build_pipeline
 
 
 def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:

@@ -13,13 +13,9 @@ import structlog
 from kafka.errors import KafkaError
 
 from daemon import __version__
-from daemon.alertpush import AlertPusher, firing
-from daemon.checkpoint import CheckpointError, KafkaCheckpoints, LocalCheckpoints
 from daemon.config import Config, ConfigError
-from daemon.decode import DecodeFailure, EventDecoder
-from daemon.drift import Calibrator, reference_columns
-from daemon.events import InferenceEvent
-from daemon.exposition import (
+from daemon.export.alertpush import AlertPusher, firing
+from daemon.export.exposition import (
     BATCH_BUCKETS,
     NOTIFICATION_OUTCOMES,
     CheckpointStats,
@@ -27,22 +23,26 @@ from daemon.exposition import (
     MetricsExposition,
     RetrainingStats,
 )
-from daemon.handover import Handover
-from daemon.http import HttpServer
-from daemon.invalid import InvalidRecords
-from daemon.kafka_source import KafkaDeadLetter, KafkaSource
-from daemon.labels import LabelJoin
-from daemon.lifecycle import Shutdown, Watchdog, arm_deadline
-from daemon.logs import SampledLog
-from daemon.monitors import Histogram
+from daemon.ingest.decode import DecodeFailure, EventDecoder
+from daemon.ingest.events import InferenceEvent
+from daemon.ingest.invalid import InvalidRecords
+from daemon.ingest.kafka import KafkaDeadLetter, KafkaSource
+from daemon.ingest.sources import Source, TopicPartition
+from daemon.monitors.drift import Calibrator, reference_columns
+from daemon.monitors.labels import LabelJoin
+from daemon.monitors.traffic import Histogram
 from daemon.pipeline import AlertSink, CanarySink, Pipeline
 from daemon.retraining.outbox import Outbox, OutboxError
 from daemon.retraining.receiver import PayloadError, authorized, parse_alertmanager
 from daemon.retraining.sender import Sender
 from daemon.retraining.triggers import Triggers
-from daemon.routing import Key
+from daemon.runtime.http import HttpServer
+from daemon.runtime.lifecycle import Shutdown, Watchdog, arm_deadline
+from daemon.runtime.logs import SampledLog
 from daemon.shadow.service import ShadowService
-from daemon.sources import Source, TopicPartition
+from daemon.state.checkpoint import CheckpointError, KafkaCheckpoints, LocalCheckpoints
+from daemon.state.handover import Handover
+from daemon.state.routing import Key
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from daemon.events import Label
-from daemon.routing import Key
+from daemon.ingest.events import Label
+from daemon.state.routing import Key
 
 COUNTS = ("joined", "late", "unmatched", "expired", "evicted", "duplicate")
 SNAPSHOT_VERSION = 2

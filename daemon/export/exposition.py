@@ -16,14 +16,14 @@ from itertools import accumulate
 from typing import Any
 
 from daemon import __version__
-from daemon.canary import VERDICT_VALUE, CanaryMonitor
 from daemon.config import MetricsConfig
-from daemon.drift import STREAM_STATES, KeyDrift
-from daemon.monitors import Histogram
-from daemon.performance import KeyPerformance
+from daemon.ingest.sources import TopicPartition
+from daemon.monitors.canary import VERDICT_VALUE, CanaryMonitor
+from daemon.monitors.drift import STREAM_STATES, KeyDrift
+from daemon.monitors.quality import KeyPerformance
+from daemon.monitors.traffic import Histogram
 from daemon.pipeline import KeyState, Pipeline
-from daemon.routing import Key
-from daemon.sources import TopicPartition
+from daemon.state.routing import Key
 
 KEY_LABELS = ["model", "version", "variant"]
 DRIFT_LABELS = [*KEY_LABELS, "stream", "detector"]

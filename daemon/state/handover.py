@@ -16,10 +16,10 @@ from collections.abc import Mapping
 
 import structlog
 
-from daemon.checkpoint import CheckpointError, CheckpointStore, Write, shard_position
-from daemon.exposition import CheckpointStats
+from daemon.export.exposition import CheckpointStats
+from daemon.ingest.sources import TopicPartition
 from daemon.pipeline import Pipeline
-from daemon.sources import TopicPartition
+from daemon.state.checkpoint import CheckpointError, CheckpointStore, Write, shard_position
 
 log = structlog.get_logger(__name__)
 

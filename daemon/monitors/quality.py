@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from daemon.events import Label
-from daemon.labels import JoinedLabel
-from daemon.monitors import (
+from daemon.ingest.events import Label
+from daemon.monitors.labels import JoinedLabel
+from daemon.monitors.traffic import (
     MAX_LABEL_VALUE_CHARS,
     OTHER,
     SNAPSHOT_VERSION,

@@ -3,7 +3,7 @@
 Per model, one variant is the baseline (config `canary.baselines`, else the variant named
 control, baseline, stable or primary, else the one with the most traffic when first needed);
 every other variant is a candidate. Per candidate, five metrics are compared with always-valid
-mSPRT confidence sequences (`daemon.sequential`), each with a direction and a tolerance:
+mSPRT confidence sequences (`detectors.sequential`), each with a direction and a tolerance:
 
 | metric | per request | worse when | tolerance (config) |
 |---|---|---|---|
@@ -37,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config import CanaryConfig
-from daemon.events import InferenceEvent
-from daemon.sequential import Look, SequentialDifference, _decode_float, _encode_float, benjamini_hochberg
+from daemon.ingest.events import InferenceEvent
+from detectors.sequential import Look, SequentialDifference, _decode_float, _encode_float, benjamini_hochberg
 
 FloatArray = npt.NDArray[np.float64]
 Verdict = Literal["pass", "fail", "inconclusive"]

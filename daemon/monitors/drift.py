@@ -27,8 +27,8 @@ from typing import Any, Literal
 import structlog
 
 from daemon.config import DriftConfig
-from daemon.events import InferenceEvent
-from daemon.routing import Key
+from daemon.ingest.events import InferenceEvent
+from daemon.state.routing import Key
 from detectors.base import InputKind
 from detectors.calibration import Calibration, calibrate
 from detectors.distribution import WindowedTest
