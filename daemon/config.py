@@ -334,6 +334,9 @@ class CanaryConfig(_Section):
     min_requests: int = Field(500, ge=10)
     # N* of the mSPRT mixing prior: the confidence sequences are tightest near it (per arm).
     planned_requests: int = Field(5_000, ge=100)
+    # A model's comparisons are read after every this many of its requests, with the figures as
+    # they stood at that request: verdicts do not depend on how polls cut the stream.
+    look_every_requests: int = Field(100, ge=1)
     # How much worse a candidate may be: relative for latency, absolute for the rest.
     latency_tolerance: float = Field(0.05, ge=0)
     error_rate_tolerance: float = Field(0.002, ge=0)

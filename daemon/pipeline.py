@@ -1,52 +1,48 @@
-"""decode → route → monitors, one batch at a time. The same pipeline serves Kafka and files.
+"""decode → route → partition states, a poll at a time. The same pipeline serves Kafka and files.
 
-Records of the labels topic are label events: they join predictions by request_id
-(`daemon.monitors.labels`), and each joined label grades its prediction for the key's quality window
-and error stream. A `label` inside an inference event grades it at once.
+A poll's records decode into one columnar batch (`daemon.ingest`); its events route to the state of
+the partition that holds their key (`daemon.state.routing`), which folds them in with array
+operations (`daemon.state.partition`). Records of the labels topic join predictions by request_id
+in the join of the partition they arrived on (co-partitioned with the events); each joined label
+grades its prediction in the partition that holds the key. A `label` inside an inference event
+grades it at once.
+
+`lock` guards the state: a batch holds it while it folds in, a scrape or a checkpoint while it
+copies (`copy()`, `snapshot()`); formatting and encoding happen outside it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from daemon.config import Config
-from daemon.ingest.decode import DecodeFailure, EventDecoder
-from daemon.ingest.events import InferenceEvent, LabelEvent, event_time
-from daemon.ingest.invalid import InvalidRecords
-from daemon.ingest.sources import RawRecord, TopicPartition
-from daemon.monitors.canary import CanaryMonitor
-from daemon.monitors.drift import Calibrator, DriftAlert, KeyDrift
-from daemon.monitors.labels import JoinedLabel, LabelJoin, LabelRecord, PendingPrediction
-from daemon.monitors.quality import KeyPerformance, confidence, graded, is_wrong
-from daemon.monitors.reservoir import Reservoir, Sample
-from daemon.monitors.traffic import KeyStats, Overflow
-from daemon.state.routing import Key, KeyTable
+import numpy as np
 
-# Version of Pipeline.snapshot(); restore() refuses others. Not written anywhere yet: checkpoints (issue 7)
-# will store it with the offsets it reflects.
-SNAPSHOT_VERSION = 2
+from daemon.config import Config
+from daemon.ingest.batch import Batch, Key
+from daemon.ingest.decode import ChunkDecoder, LabelRecord
+from daemon.ingest.invalid import InvalidRecords
+from daemon.ingest.sources import Chunk, TopicPartition
+from daemon.monitors.drift import Calibrator, DriftAlert
+from daemon.monitors.labels import COUNTS, JoinedLabel
+from daemon.monitors.names import Overflow
+from daemon.monitors.reservoir import Sample
+from daemon.state.partition import PartitionState, Shared
+from daemon.state.routing import OTHER_KEY, Router
+
 AlertSink = Callable[[list[DriftAlert]], None]
 # Receives canary timeline entries: one per change of verdict (architecture.md, Replay report).
 CanarySink = Callable[[list[dict[str, Any]]], None]
 
 
-@dataclass(slots=True)
-class KeyState:
-    """Everything kept for one (model, version, variant)."""
-
-    stats: KeyStats
-    quality: KeyPerformance
-    drift: KeyDrift | None
-
-
 class Pipeline:
-    """Turns raw records into per-key state. `lock` guards that state against scrapes.
+    """Turns raw records into per-partition state.
 
-    `join` is None unless labels come from their own topic or file: then every prediction waits
-    in it for its label. `alert_sink` receives each batch's drift alerts.
+    Predictions wait for their labels in a join when labels come from their own topic or file
+    (`join_labels`). `alert_sink` receives each batch's drift alerts, `canary_sink` its canary
+    timeline entries.
     """
 
     def __init__(
@@ -55,335 +51,283 @@ class Pipeline:
         invalid: InvalidRecords,
         *,
         calibrator: Calibrator | None = None,
-        join: LabelJoin | None = None,
+        join_labels: bool = False,
         alert_sink: AlertSink | None = None,
         canary_sink: CanarySink | None = None,
-        references: dict[Key, dict[str, list[object]]] | None = None,
+        references: dict[Key, dict[str, list[Any]]] | None = None,
     ) -> None:
         self.config = config
-        self.decoder = EventDecoder(config.limits.max_event_bytes, InferenceEvent)
-        self.label_decoder = EventDecoder(config.limits.max_event_bytes, LabelEvent)
-        self.labels_topic = config.labels.topic
+        self.decoder = ChunkDecoder(config.limits.max_event_bytes, config.labels.topic)
         self.overflow = Overflow()
         self.calibrator = calibrator or Calibrator()
-        self.join = join
-        self.alert_sink = alert_sink
-        self.canary = CanaryMonitor(config.canary) if config.canary.enabled else None
-        self.canary_sink = canary_sink
-        self._references = references or {}
-        self.keys: KeyTable[KeyState] = KeyTable(config.limits.max_keys, self._new_key, self.overflow)
+        self.join_counts = dict.fromkeys(COUNTS, 0) if (config.labels.topic or join_labels) else None
+        shadow = config.shadow
+        self.shared = Shared(
+            config,
+            self.calibrator,
+            self.overflow,
+            self.join_counts,
+            references or {},
+            frozenset(m.source_model for m in shadow.models) if shadow.enabled else frozenset(),
+        )
+        self.partitions: dict[int, PartitionState] = {}
+        self.router = Router(config.limits.max_keys, self.overflow)
         self.invalid = invalid
+        self.alert_sink = alert_sink
+        self.canary_sink = canary_sink
         self.lock = threading.Lock()
         self.records = 0
         # Labels carried inside inference events (the join counts those from the topic).
         self.inline_labels = 0
         # Newest event time seen: the clock of a replay's label join.
         self.watermark = 0.0
-        # Recent real inputs per logged model that a shadow model replays (shadow.models).
-        shadow = config.shadow
-        self.reservoirs: dict[str, Reservoir] = (
-            {m.source_model: Reservoir(shadow.reservoir_size) for m in shadow.models} if shadow.enabled else {}
-        )
-        # The partition number each model's records come from. Producers key by model and the
-        # labels topic is co-partitioned, so a model's keys, canary, reservoir and join entries
-        # are one partition's state and move with it (checkpoints are per partition). Bounded:
-        # models with a key, and models of held labels up to twice the key cap.
-        self.partition_of: dict[str, int] = {}
 
-    def _new_key(self, key: Key) -> KeyState:
-        c = self.config
-        a = c.accuracy
-        quality = KeyPerformance(
-            a.window_events,
-            a.window_seconds,
-            a.positive_class,
-            a.slice_features,
-            a.max_slice_levels,
-            a.estimate_reference_events,
-            self.overflow,
-        )
-        drift = None
-        if c.drift.enabled:
-            drift = KeyDrift(key, c.drift, self.calibrator, c.limits.max_features, self._references.get(key))
-        return KeyState(KeyStats(c.metrics, c.limits, self.overflow), quality, drift)
+    def partition(self, p: int) -> PartitionState:
+        state = self.partitions.get(p)
+        if state is None:
+            state = self.partitions[p] = PartitionState(p, self.shared)
+        return state
 
-    def process(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
-        """Fold `records` into state; return the next offset to commit per partition."""
-        groups: dict[Key, tuple[list[InferenceEvent], list[float | None], list[int], int]] = {}
-        label_partitions: dict[str, int] = {}
-        failures: list[tuple[RawRecord, DecodeFailure]] = []
-        labels: list[LabelRecord] = []
-        offsets: dict[TopicPartition, int] = {}
-        decoder = self.decoder
-        fast_decode = decoder.fast_decode
-        max_bytes = decoder.max_bytes
-        labels_topic = self.labels_topic
-        for rec in records:
-            offsets[(rec.topic, rec.partition)] = rec.offset + 1
-            value = rec.value
-            if rec.topic == labels_topic:
-                label = self.label_decoder.decode(value)
-                if isinstance(label, DecodeFailure):
-                    failures.append((rec, label))
-                else:
-                    labels.append(
-                        (label.request_id, label.model, label.label, event_time(label.timestamp, rec.timestamp))
-                    )
-                    label_partitions[label.model] = rec.partition
-                continue
-            event: InferenceEvent
-            try:
-                # Fast path: a sane size and valid JSON. Anything else goes to decode(), which
-                # says why; this costs nothing for the valid majority.
-                if value is None or len(value) > max_bytes:
-                    raise ValueError
-                event = fast_decode(value)
-            except Exception:
-                decoded = decoder.decode(value)
-                if isinstance(decoded, DecodeFailure):
-                    failures.append((rec, decoded))
-                    continue
-                event = decoded
-            key = (event.model, event.version, event.variant)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = ([], [], [], rec.partition)
-            group[0].append(event)
-            ts = event.timestamp
-            group[1].append(ts if type(ts) is float else event_time(ts, rec.timestamp))
-            group[2].append(rec.offset)
+    # -- the data path ------------------------------------------------------------------------
+
+    def process(self, chunks: Sequence[Chunk]) -> dict[TopicPartition, int]:
+        """Fold a poll's chunks into state; return the next offset to commit per partition."""
+        decoded = self.decoder.decode(chunks)  # no state is touched: outside the lock
         alerts: list[DriftAlert] = []
-        reservoirs = self.reservoirs
+        timeline: list[dict[str, Any]] = []
         with self.lock:
-            # Before the join sees this batch's predictions: in replay the watermark is its clock.
-            newest = max((t for _, times, _, _ in groups.values() for t in times if t is not None), default=None)
-            if newest is not None and newest > self.watermark:
-                self.watermark = newest
-            last_index: dict[str, int] = {}
-            partition_of = self.partition_of
-            for key, (events, times, indices, partition) in groups.items():
-                routed, state = self.keys.route(key, len(events))
-                partition_of[routed[0]] = partition
-                if reservoirs and (reservoir := reservoirs.get(key[0])) is not None:
-                    reservoir.add_many(events, _sample)
-                state.stats.update(events, times)
-                if state.drift is not None:
-                    alerts += state.drift.update(events, indices, times)
-                alerts += self._predictions(routed, state, events, times, indices)
-                if self.canary is not None and routed == key:
-                    self.canary.model(key[0]).add_events(key[2], key[1], events)
-                    last_index[key[0]] = max(last_index.get(key[0], -1), indices[-1])
-            verdicts = self._verdicts(last_index)
-            for model, partition in label_partitions.items():
-                if model in partition_of or len(partition_of) < 2 * self.keys.max_keys:
-                    partition_of[model] = partition
-            if labels and self.join is not None:
-                alerts += self._grade(self.join.add_labels(labels))
-            if labels and reservoirs:
-                self._label_samples(labels)
-            for rec, failure in failures:
+            batch = decoded.batch
+            if batch is not None:
+                # Before the join sees this batch's predictions: in replay the watermark is its clock.
+                if not np.isnan(batch.time).all():
+                    self.watermark = max(self.watermark, float(np.nanmax(batch.time)))
+                alerts, timeline = self._events(batch)
+            if decoded.labels:
+                alerts += self._labels(decoded.labels)
+            for rec, failure in decoded.failures:
                 self.invalid.record(rec, failure)
-            self.records += len(records)
+            self.records += decoded.records
+            for (topic, p), offset in decoded.offsets.items():
+                self.partition(p).offsets[topic] = offset
+        self._emit(alerts, timeline)
+        return decoded.offsets
+
+    def _emit(self, alerts: list[DriftAlert], timeline: list[dict[str, Any]]) -> None:
         if alerts and self.alert_sink is not None:
             self.alert_sink(alerts)
-        if verdicts and self.canary_sink is not None:
-            self.canary_sink(verdicts)
-        return offsets
+        if timeline and self.canary_sink is not None:
+            self.canary_sink(timeline)
 
-    def _verdicts(self, last_index: dict[str, int]) -> list[dict[str, Any]]:
-        """Re-judge the canaries of the models in this batch; timeline entries for changes."""
-        if self.canary is None:
-            return []
-        entries = []
-        for model, index in last_index.items():
-            m = self.canary.model(model)
-            entries += [m.timeline_entry(c, index) for c in m.evaluate()]
-        return entries
+    def _events(self, batch: Batch) -> tuple[list[DriftAlert], list[dict[str, Any]]]:
+        n_keys = len(batch.keys)
+        counts = np.bincount(batch.key, minlength=n_keys)
+        _, first = np.unique(batch.key, return_index=True)
+        states: list[PartitionState] = []
+        state_of = np.empty(n_keys, dtype=np.int64)
+        row_of = np.empty(n_keys, dtype=np.int64)
+        over_of = np.zeros(n_keys, dtype=np.bool_)
+        arrival = batch.partition[first].tolist()
+        for k, key in enumerate(batch.keys):
+            state, row, over = self.router.route(key, self.partition(arrival[k]), int(counts[k]))
+            if state not in states:
+                states.append(state)
+            state_of[k], row_of[k], over_of[k] = states.index(state), row, over
+        rows = row_of[batch.key]
+        overflowed = over_of[batch.key]
+        alerts: list[DriftAlert] = []
+        timeline: list[dict[str, Any]] = []
+        per_state = state_of[batch.key]
+        for s, state in enumerate(states):
+            if len(states) == 1:
+                sub, sub_rows, sub_over = batch, rows, overflowed
+            else:
+                idx = np.flatnonzero(per_state == s)
+                sub, sub_rows, sub_over = batch.take(idx), rows[idx], overflowed[idx]
+            a, t, joined = state.update(sub_rows, sub, sub_over)
+            self.inline_labels += len(sub.labelled)
+            alerts += a
+            timeline += t
+            alerts += self._grade(state, joined)
+        return alerts, timeline
+
+    def _labels(self, labels: list[tuple[int, LabelRecord]]) -> list[DriftAlert]:
+        alerts: list[DriftAlert] = []
+        by_partition: dict[int, list[LabelRecord]] = {}
+        for p, record in labels:
+            by_partition.setdefault(p, []).append(record)
+        for p, records in by_partition.items():
+            state = self.partition(p)
+            if state.join is not None:
+                alerts += self._grade(state, state.join.add_labels(records))
+        self._label_samples(r for _, r in labels)
+        return alerts
 
     def add_labels(self, labels: Sequence[LabelRecord]) -> None:
-        """Labels from outside the record stream (replay's --labels file)."""
-        if self.join is None:
+        """Labels from outside the record stream (replay's --labels file: one partition, 0)."""
+        if self.join_counts is None:
             raise RuntimeError("add_labels needs a pipeline built with a label join")
         with self.lock:
-            alerts = self._grade(self.join.add_labels(labels))
+            state = self.partition(0)
+            assert state.join is not None
+            alerts = self._grade(state, state.join.add_labels(labels))
             self._label_samples(labels)
-        if alerts and self.alert_sink is not None:
-            self.alert_sink(alerts)
+        self._emit(alerts, [])
 
-    def _label_samples(self, labels: Sequence[LabelRecord]) -> None:
-        if not self.reservoirs:
-            return
-        for request_id, model, label, _ in labels:
-            reservoir = self.reservoirs.get(model)
-            if reservoir is not None:
-                reservoir.attach_label(request_id, label)
-
-    def reservoir_sizes(self) -> dict[str, int]:
-        return {model: len(r.items) for model, r in self.reservoirs.items()}
-
-    def shadow_samples(self) -> dict[str, list[Sample]]:
-        """A copy of every reservoir's samples, for a shadow run."""
-        with self.lock:
-            return {model: [Sample(*s.row()) for s in r.items] for model, r in self.reservoirs.items()}
-
-    def _predictions(
-        self, key: Key, state: KeyState, events: list[InferenceEvent], times: list[float | None], indices: list[int]
-    ) -> list[DriftAlert]:
-        """Grade inline labels, queue the rest for the join, feed the accuracy estimate."""
-        labelled = [i for i, e in enumerate(events) if e.label is not None]
-        if self.join is None and not labelled and not state.quality.labelled:
+    def _grade(self, joined_in: PartitionState, joined: list[JoinedLabel]) -> list[DriftAlert]:
+        """Joined labels into their keys' quality windows, canaries and error streams."""
+        if not joined:
             return []
-        slice_features = self.config.accuracy.slice_features
-        # Every event of a group has the same model: the key's, unless the key is the overflow one.
-        overflowed = events[0].model if events[0].model != key[0] else None
-        # Without a join only the inline-labelled events need a PendingPrediction.
-        chosen = range(len(events)) if self.join is not None else labelled
-        pending = {
-            i: PendingPrediction(
-                events[i].request_id,
-                key,
-                events[i].prediction,
-                events[i].score,
-                events[i].probabilities,
-                times[i],
-                tuple(_slice_value(events[i], name) for name in slice_features),
-                indices[i],
-                overflowed,
-            )
-            for i in chosen
-        }
-        positive = self.config.accuracy.positive_class
-        conf = [c for e in events if (c := confidence(e.prediction, e.score, e.probabilities, positive)) is not None]
-        state.quality.add_predictions(conf)
-        joined = [JoinedLabel(pending.pop(i), events[i].label, times[i]) for i in labelled]  # type: ignore[arg-type]
-        self.inline_labels += len(labelled)
-        if self.join is not None:
-            joined += self.join.add_predictions(pending.values())
-        return self._grade(joined)
-
-    def _grade(self, joined: list[JoinedLabel]) -> list[DriftAlert]:
-        """Joined labels into their keys' quality windows and error streams."""
         by_key: dict[Key, list[JoinedLabel]] = {}
         for j in joined:
             by_key.setdefault(j.key, []).append(j)
-        alerts: list[DriftAlert] = []
-        positive = self.config.accuracy.positive_class
+        errors: dict[int, tuple[PartitionState, list[int], list[bool], list[int], list[float]]] = {}
         for key, items in by_key.items():
-            state = self.keys.get(key)
-            if state is None:  # the key was routed before a restart that lost it
-                continue
-            state.quality.add_joined(items)
-            if state.quality.task != "classification":
-                continue
-            graded_items = [graded(j) for j in items]
-            wrong = [is_wrong(g, positive) for g in graded_items]
-            keep = [i for i, w in enumerate(wrong) if w is not None]
-            if state.drift is not None and state.drift.watch_errors:
+            if key == OTHER_KEY:
+                state, row = joined_in, joined_in.overflow_row()
+            else:
+                hit = self.router.primary(key)
+                if hit is None:  # the key was routed before a restart, or its partition went elsewhere
+                    continue
+                state, row = hit
+            classified, wrong, index, times = state.grade(row, items)
+            if classified and wrong:
+                e = errors.setdefault(id(state), (state, [], [], [], []))
+                e[1].extend([row] * len(wrong))
+                e[2].extend(wrong)
+                e[3].extend(index)
+                e[4].extend(times)
+        alerts: list[DriftAlert] = []
+        for state, rows, wrong, index, times in errors.values():
+            if state.drift is not None:
                 alerts += state.drift.update_errors(
-                    [bool(wrong[i]) for i in keep],
-                    [items[i].prediction.index or 0 for i in keep],
-                    [graded_items[i].timestamp for i in keep],
+                    np.array(rows, dtype=np.int64),
+                    np.array(wrong, dtype=np.bool_),
+                    np.array(index, dtype=np.int64),
+                    np.array(times, dtype=np.float64),
                 )
-            if self.canary is not None:
-                self.canary.model(key[0]).add_graded(key[2], key[1], [bool(wrong[i]) for i in keep])
         return alerts
+
+    def _label_samples(self, labels: Iterable[LabelRecord]) -> None:
+        if not self.shared.reservoir_models:
+            return
+        for request_id, model, label, _ in labels:
+            home = self.router.home(model)
+            reservoir = home.reservoirs.get(model) if home is not None else None
+            if reservoir is not None:
+                reservoir.attach_label(request_id, label)
 
     def tick(self) -> None:
         """What must happen even when no records come (the loop calls this): expire what outlived
         its TTL or hold, and let streams take calibrations that finished in the background."""
         alerts: list[DriftAlert] = []
         with self.lock:
-            if self.join is not None:
-                self.join.expire()
-            for _, state in self.keys.items():
+            for state in self.partitions.values():
+                if state.join is not None:
+                    state.join.expire()
                 if state.drift is not None:
                     alerts += state.drift.poll()
-        if alerts and self.alert_sink is not None:
-            self.alert_sink(alerts)
+        self._emit(alerts, [])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def held(self) -> list[tuple[PartitionState, int]]:
+        """(state, row) of every key whose series this replica shows: a key that several
+        partitions hold shows once, from the partition its events go to."""
+        out = []
+        for p in sorted(self.partitions):
+            state = self.partitions[p]
+            for row, key in enumerate(state.keys):
+                if key == OTHER_KEY or self.router.primary(key) == (state, row):
+                    out.append((state, row))
+        return out
 
     def summary(self) -> list[dict[str, Any]]:
         """Final figures per key: traffic, quality and drift (/v1/status, the replay report)."""
         with self.lock:
-            rows = []
-            for key, state in self.keys.items():
-                row = asdict(state.stats.summary(key))
-                row["quality"] = state.quality.summary()
-                if state.drift is not None:
-                    row["drift"] = {
-                        "streams": state.drift.states(),
-                        "detections": {n: m.detections for n, m in state.drift.streams.items() if m.detections},
-                    }
-                rows.append(row)
-            return rows
+            return [state.summary(row) for state, row in self.held()]
 
-    def snapshot(self, offsets: Mapping[TopicPartition, int]) -> dict[str, Any]:
-        """Every piece of state with the next offsets it reflects: a checkpoint's content (JSON-ready).
-
-        `partitions` holds one shard per partition number (its offsets on every topic and its
-        models' state), which a replica assigned that partition restores alone; `process` the
-        counters of this process as a whole. Taken between batches under the lock, so state and
-        offsets agree: restoring and resuming at the offsets continues as if nothing had happened.
-        """
+    def canary_report(self, model: str | None = None) -> dict[str, Any] | None:
+        """/v1/canary (every model) or one model's (None when it has no canary)."""
         with self.lock:
-            models: dict[int, set[str]] = {p: set() for _, p in offsets}
-            for model, p in self.partition_of.items():
-                models.setdefault(p, set()).add(model)
-            # One pass over the join for all partitions: it can hold far more entries than keys.
-            joins = self.join.snapshots(self.partition_of.get, models) if self.join is not None else None
+            reports: dict[str, Any] = {}
+            for p in sorted(self.partitions):
+                state = self.partitions[p]
+                if state.canary is not None:
+                    for name, m in state.canary.models.items():
+                        if name not in reports or self.router.home(name) is state:
+                            reports[name] = m.report()
+        if model is not None:
+            return reports.get(model)
+        return {"models": reports}
+
+    def drifting(self, hold_s: float) -> list[tuple[Key, str, str]]:
+        """(key, stream, detector) of the streams whose last detection is younger than `hold_s`."""
+        now = time.monotonic()
+        with self.lock:
+            out = []
+            for state, row in self.held():
+                d = state.drift
+                if d is None or d.newest_detection is None or now - d.newest_detection >= hold_s:
+                    continue
+                for sid in d.by_row[row]:
+                    if now - d.last_detection[sid] < hold_s:
+                        st = d.streams[sid]
+                        out.append((state.keys[row], st.name, st.detector))
+            return out
+
+    def failing_canaries(self) -> list[tuple[str, str, str]]:
+        """(model, variant, baseline) of the comparisons whose verdict is fail."""
+        report = self.canary_report()
+        assert report is not None
+        return [
+            (model, variant, m["baseline"])
+            for model, m in report["models"].items()
+            for variant, c in m["variants"].items()
+            if c["verdict"] == "fail"
+        ]
+
+    @property
+    def events(self) -> int:
+        with self.lock:
+            return sum(int(s.traffic.events[: s.traffic.rows].sum()) for s in self.partitions.values())
+
+    def reservoir_sizes(self) -> dict[str, int]:
+        with self.lock:
+            return {m: len(r.items) for s in self.partitions.values() for m, r in s.reservoirs.items()}
+
+    def shadow_samples(self) -> dict[str, list[Sample]]:
+        """A copy of every reservoir's samples, for a shadow run."""
+        with self.lock:
             return {
-                "version": SNAPSHOT_VERSION,
+                m: [Sample(*x.row()) for x in r.items]
+                for s in self.partitions.values()
+                for m, r in s.reservoirs.items()
+            }
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def snapshot(self, partitions: Collection[int] | None = None) -> dict[str, Any]:
+        """A consistent copy of the state, taken between batches: `partitions` holds one shard per
+        partition (`PartitionState.snapshot()`, with its offsets on every topic), which a replica
+        assigned that partition restores alone; `process` the counters of this process as a whole.
+        Encoding happens elsewhere, off the loop."""
+        with self.lock:
+            chosen = sorted(self.partitions if partitions is None else set(partitions) & set(self.partitions))
+            return {
                 "process": {
-                    "version": SNAPSHOT_VERSION,
                     "records": self.records,
                     "inline_labels": self.inline_labels,
                     "watermark": self.watermark,
                     "invalid": dict(self.invalid.counts),
                     "overflow": dict(self.overflow.counts),
-                    "join": dict(self.join.counts) if self.join is not None else None,
-                    # The order keys and canaries were created in, which /metrics and reports follow.
-                    "key_order": [list(key) for key, _ in self.keys.items()],
-                    "canary_order": list(self.canary.models) if self.canary is not None else [],
+                    "join": None if self.join_counts is None else dict(self.join_counts),
                 },
-                "partitions": {str(p): self._shard(p, ms, offsets, joins) for p, ms in sorted(models.items())},
+                "partitions": {p: self.partitions[p].snapshot() for p in chosen},
             }
-
-    def _shard(
-        self,
-        partition: int,
-        models: set[str],
-        offsets: Mapping[TopicPartition, int],
-        joins: dict[int, dict[str, Any]] | None,
-    ) -> dict[str, Any]:
-        return {
-            "version": SNAPSHOT_VERSION,
-            "partition": partition,
-            "offsets": [[t, o] for (t, p), o in sorted(offsets.items()) if p == partition],
-            "keys": [
-                [
-                    list(key),
-                    state.stats.snapshot(),
-                    state.quality.snapshot(),
-                    state.drift.snapshot() if state.drift is not None else None,
-                ]
-                for key, state in self.keys.items()
-                if key[0] in models
-            ],
-            "join": None if joins is None else joins[partition],
-            "canary": self.canary.snapshot(models) if self.canary is not None else None,
-            "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items() if model in models},
-        }
 
     def restore(self, state: Mapping[str, Any]) -> dict[TopicPartition, int]:
         """A whole snapshot into this freshly built pipeline; returns the offsets to resume from."""
-        _check_version(state)  # and each part checks its own: they are stored apart
-        process = state["process"]
-        self.restore_process(process)
-        with self.lock:  # placeholders in the original order; the shards replace them in place
-            for key in process["key_order"]:
-                self.keys.adopt((key[0], key[1], key[2]))
-            if self.canary is not None:
-                for model in process["canary_order"]:
-                    self.canary.model(model)
+        self.restore_process(state["process"])
         offsets: dict[TopicPartition, int] = {}
         for shard in state["partitions"].values():
             offsets.update(self.restore_partition(shard))
@@ -391,78 +335,31 @@ class Pipeline:
 
     def restore_process(self, state: Mapping[str, Any]) -> None:
         """The process-wide counters of a snapshot (a single replica's restart)."""
-        _check_version(state)
         with self.lock:
             self.records = int(state["records"])
             self.inline_labels = int(state["inline_labels"])
             self.watermark = float(state["watermark"])
             self.invalid.counts.update({k: int(v) for k, v in state["invalid"].items()})
             self.overflow.counts.update({k: int(v) for k, v in state["overflow"].items()})
-            if self.join is not None and state["join"] is not None:
-                self.join.counts.update({k: int(v) for k, v in state["join"].items() if k in self.join.counts})
+            if self.join_counts is not None and state["join"] is not None:
+                self.join_counts.update({k: int(v) for k, v in state["join"].items() if k in self.join_counts})
 
     def restore_partition(self, shard: Mapping[str, Any]) -> dict[TopicPartition, int]:
-        """One partition's shard (on assignment); returns where its topics resume.
-
-        Parts this pipeline's config does not have (a join, the canary, drift, a reservoir) are
-        dropped; parts it has that the shard lacks start empty.
-        """
-        _check_version(shard)
-        partition = int(shard["partition"])
+        """One partition's shard (on assignment), replacing what this pipeline held of it; returns
+        where its topics resume."""
+        state = PartitionState.restore(dict(shard), self.shared)
         with self.lock:
-            for key, stats, quality, drift in shard["keys"]:
-                ks = self.keys.adopt((key[0], key[1], key[2]))
-                ks.stats.restore(stats)
-                ks.quality.restore(quality)
-                if ks.drift is not None and drift is not None:
-                    ks.drift.restore(drift)
-                self.partition_of[key[0]] = partition
-            if self.join is not None and shard["join"] is not None:
-                self.join.restore(shard["join"], counts=False)
-                for _, _, model, _, _ in shard["join"]["held_labels"]:
-                    self.partition_of.setdefault(model, partition)
-            if self.canary is not None and shard["canary"] is not None:
-                self.canary.restore(shard["canary"])
-            for model, r in shard["reservoirs"].items():
-                if model in self.reservoirs:
-                    self.reservoirs[model].restore(r)
-                    self.partition_of[model] = partition
-        return {(t, partition): int(o) for t, o in shard["offsets"]}
+            old = self.partitions.pop(state.partition, None)
+            if old is not None:
+                self.router.drop(old, list(self.partitions.values()))
+            self.partitions[state.partition] = state
+            self.router.adopt(state)
+        return {(t, state.partition): o for t, o in state.offsets.items()}
 
     def drop_partitions(self, partitions: Collection[int]) -> None:
         """Forget the state of `partitions`: another replica owns them now."""
         with self.lock:
-            models = {m for m, p in self.partition_of.items() if p in partitions}
-            for key, _ in self.keys.items():
-                if key[0] in models:
-                    self.keys.remove(key)
-            if self.join is not None:
-                self.join.drop(models)
-            if self.canary is not None:
-                self.canary.drop(models)
-            size = self.config.shadow.reservoir_size
-            for model in models & self.reservoirs.keys():
-                self.reservoirs[model] = Reservoir(size)
-            for model in models:
-                del self.partition_of[model]
-
-    @property
-    def events(self) -> int:
-        return sum(s.stats.events for _, s in self.keys.items())
-
-
-def _check_version(state: Mapping[str, Any]) -> None:
-    if state.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(
-            f"checkpoint version {state.get('version')!r} is not {SNAPSHOT_VERSION}, the one this inferwatch "
-            "reads; delete the checkpoint to start afresh (state is rebuilt from new events)"
-        )
-
-
-def _sample(e: InferenceEvent) -> Sample:
-    return Sample(e.request_id, dict(e.features or {}), e.prediction, e.score, e.label, e.version, e.variant)
-
-
-def _slice_value(e: InferenceEvent, name: str) -> str:
-    v = e.features.get(name) if e.features else None
-    return "" if v is None else str(v)
+            for p in partitions:
+                state = self.partitions.pop(p, None)
+                if state is not None:
+                    self.router.drop(state, list(self.partitions.values()))

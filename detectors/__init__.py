@@ -1,7 +1,4 @@
-"""Streaming detectors and statistics: small classes with `snapshot()` / `restore()`."""
+"""Streaming detectors and statistics: drift tests, calibration, sequential tests, quality formulas.
 
-from __future__ import annotations
-
-from detectors.quantiles import QuantileSketch
-
-__all__ = ["QuantileSketch"]
+Pure statistics: nothing here imports the daemon.
+"""

@@ -200,30 +200,35 @@ def _calibrate_windowed(
     n_ref = BOOT_REFERENCES
     per_ref = max(5, min(BOOT_WINDOWS_PER_REFERENCE, (budget - n_ref * r) // (n_ref * w)))
     inst = DETECTORS[name](**{**base, "threshold" if name != "chi2" else "alpha": 0.5})
-    values = []
-    # Numeric tests take arrays as they are; the others count Python values.
-    sample: Callable[[int], Any] = (
-        (lambda n: rng.choice(ref, size=n))
-        if inst.input_kind == "numeric"
-        else (lambda n: rng.choice(ref, size=n).tolist())
-    )
-    if inst.input_kind == "categorical":
-        # A window's level counts are multinomial: draw them, not 500 values to count (5x faster).
-        levels, codes = np.unique(ref, return_inverse=True)
-        probs = np.bincount(codes) / len(ref)
-    for _ in range(n_ref):
-        # Private hooks on purpose: the statistic is computed by the detector's own code.
-        inst._reference = sample(r)
-        inst._prepare()
+    if name == "jensen_shannon":
+        values = _jensen_shannon_null(ref, r, w, n_ref, per_ref, rng)
+    elif name == "error_rate":
+        values = _error_rate_null(ref, r, w, n_ref, per_ref, rng)
+    else:
+        values = []
+        # Numeric tests take arrays; binary windows are counted from arrays too; categorical
+        # ones from their level counts.
+        sample: Callable[[int], Any] = (
+            (lambda n: rng.choice(ref, size=n))
+            if inst.input_kind == "numeric"
+            else (lambda n: rng.choice(ref, size=n).tolist())
+        )
         if inst.input_kind == "categorical":
-            slot = np.asarray([inst._levels.get(level, len(inst._levels)) for level in levels.tolist()])
-        for _ in range(per_ref):
+            # A window's level counts are multinomial: draw them, not 500 values to count (5x faster).
+            levels, codes = np.unique(ref, return_inverse=True)
+            probs = np.bincount(codes) / len(ref)
+        for _ in range(n_ref):
+            # The statistic is computed by the detector's own kernel.
+            inst.prepare(inst._reference_values(sample(r)))
             if inst.input_kind == "categorical":
-                counts = np.bincount(slot, weights=rng.multinomial(w, probs), minlength=len(inst._levels) + 1)
-                stat, p_value = inst._test_counts(counts)
-            else:
-                stat, p_value = inst._test(sample(w))
-            values.append(stat if p_value is None else -math.log(max(p_value, 1e-300)))
+                slot = np.asarray([inst._slots.get(level, len(inst.levels)) for level in levels.tolist()])
+            for _ in range(per_ref):
+                if inst.input_kind == "categorical":
+                    counts = np.bincount(slot, weights=rng.multinomial(w, probs), minlength=len(inst.levels) + 1)
+                    stat, p_value = inst.statistic(counts)
+                else:
+                    stat, p_value = inst.statistic(inst.window_values(sample(w)))
+                values.append(stat if p_value is None else -math.log(max(p_value, 1e-300)))
     stats_ = np.asarray(values)
     events = n_ref * (r + per_ref * w)
     if name == "chi2":
@@ -256,6 +261,33 @@ def _calibrate_windowed(
     return Calibration(name, {**base, "threshold": max(t, 1e-12)}, target, r + w / q, how, events)
 
 
+def _jensen_shannon_null(ref: Any, r: int, w: int, n_ref: int, per_ref: int, rng: np.random.Generator) -> list[float]:
+    """Bootstrapped Jensen-Shannon distances of windows against references, both resampled from
+    `ref`, computed for all replicates at once. Resampling is multinomial over the reference's
+    levels; a level a resampled reference lacks keeps its own bin, which gives the distance a
+    separate OTHER bucket would (q ln 2 is linear in q)."""
+    _, codes = np.unique(ref, return_inverse=True)
+    probs = np.bincount(codes) / len(ref)
+    refs = rng.multinomial(r, probs, size=n_ref).astype(np.float64) / r
+    wins = rng.multinomial(w, probs, size=(n_ref, per_ref)).astype(np.float64) / w
+    p = refs[:, None, :]
+    m = (p + wins) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        divergence = (special.rel_entr(p, m).sum(axis=2) + special.rel_entr(wins, m).sum(axis=2)) / (2 * math.log(2))
+    return np.sqrt(np.maximum(divergence, 0.0)).ravel().tolist()  # type: ignore[no-any-return]
+
+
+def _error_rate_null(ref: Any, r: int, w: int, n_ref: int, per_ref: int, rng: np.random.Generator) -> list[float]:
+    """Bootstrapped z of ErrorRateTest (a first reference, nothing absorbed) for all replicates
+    at once: resampled references and windows hold binomially many errors."""
+    p = float(np.mean(ref))
+    kr = rng.binomial(r, p, size=(n_ref, 1)).astype(np.float64)
+    kw = rng.binomial(w, p, size=(n_ref, per_ref)).astype(np.float64)
+    pooled = (kr + kw + 0.5) / (r + w + 1)
+    z = (kw / w - kr / r) / np.sqrt(pooled * (1 - pooled) * (1 / w + 1 / r))
+    return z.ravel().tolist()
+
+
 def _error_rate_late_threshold(inst: Any, ref: Any, w: int, q: float) -> float:
     """z of the smallest error count whose binomial tail at the reference rate is below q, less
     a hair, so that a window fires iff it holds that many errors, against a full-grown reference."""
@@ -267,11 +299,10 @@ def _error_rate_late_threshold(inst: Any, ref: Any, w: int, q: float) -> float:
     k = max(1, math.ceil(w * p))
     while k <= w and special.bdtrc(k - 1, w, p) > q:
         k += 1
-    inst._reference = ref
-    inst._prepare()
+    inst.prepare(np.asarray(ref, dtype=np.float64))
     grown = (MAX_REFERENCE_FACTOR - 1) * r
-    inst._absorbed = (grown, round(grown * p))
-    return float(inst._test([True] * k + [False] * (w - k))[0]) - 1e-9
+    inst.absorbed = (grown, round(grown * p))
+    return float(inst.statistic(np.asarray([1.0] * k + [0.0] * (w - k)))[0]) - 1e-9
 
 
 def _exponential_tail_quantile(values: FloatArray, q: float) -> float:

@@ -4,13 +4,18 @@ A `WindowedTest` keeps the first `reference_size` values as its reference, then 
 tumbling window of `window_size` values against it. State is bounded: the reference plus one
 window. As with River's detectors, the update after a detection resets everything, so the
 next `reference_size` values become the new reference and a lasting shift is reported once.
+
+Each test is also a kernel that a caller with its own buffers can drive (the daemon's stream
+banks keep thousands of references and windows in one array): `prepare(reference)` once, then
+`judge(window)` per window. `update()` and `update_many()` drive the same kernel from the
+test's own buffers, so both paths give the same answers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,10 +59,12 @@ def psi(reference: FloatArray, current: FloatArray) -> float:
 
 
 class WindowedTest(Parametrised):
-    """Base class: reference collection, tumbling windows, reset-after-drift and snapshots.
+    """Base class: the kernel (prepare, statistic, judge) and River's shape over it.
 
-    Subclasses set `input_kind`, `_param_names`, and implement `_prepare()` (derive whatever the
-    test needs from the reference) and `_test()` (statistic and p-value, or None, of a window).
+    Subclasses set `input_kind` and `_param_names`, and implement `prepare()` (derive what the
+    test needs from the reference), `statistic()` (statistic and p-value, or None, of a window)
+    and `passes()`. A window is what `window_values()` makes of accepted values: an array for
+    numeric and binary tests, level counts for categorical ones.
     """
 
     input_kind: ClassVar[InputKind]
@@ -69,8 +76,8 @@ class WindowedTest(Parametrised):
         self.window_size = window_size
 
     def _reset(self) -> None:
-        # A list until the reference is complete; then whatever form the test keeps it in.
-        self._reference: Any = None
+        self.prepared = False
+        self._collected: list[Any] = []  # the reference while it is collected (River shape only)
         self._buffer: list[Any] = []
         self._score: float | None = None
         self._p_value: float | None = None
@@ -83,22 +90,43 @@ class WindowedTest(Parametrised):
         self._reset()
         self._score, self._p_value = score, p_value
 
-    # -- subclass hooks -------------------------------------------------------------------------
+    # -- the kernel -----------------------------------------------------------------------------
 
-    def _accept(self, x: Any) -> Any:
+    def accept(self, x: Any) -> Any:
+        """The value this test takes for `x`, or None to skip it."""
         raise NotImplementedError
 
-    def _prepare(self) -> None:
+    def prepare(self, reference: Any) -> None:
+        """Learn the reference (accepted values; a numeric array may be sorted in place and kept)."""
         raise NotImplementedError
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
+    def window_values(self, window: list[Any]) -> Any:
+        """Accepted values as `statistic()` takes them."""
+        return np.asarray(window, dtype=np.float64)
+
+    def statistic(self, window: Any) -> tuple[float, float | None]:
         raise NotImplementedError
 
-    def _passes(self, statistic: float, p_value: float | None) -> bool:
+    def passes(self, statistic: float, p_value: float | None) -> bool:
         raise NotImplementedError
 
-    def _absorb(self, window: list[Any]) -> None:
+    def absorb(self, window: Any) -> None:
         """A window that raised nothing; a test with an expanding reference takes it in."""
+
+    def judge(self, window: Any) -> bool:
+        """Test one full window against the prepared reference; True on drift."""
+        self._score, self._p_value = self.statistic(window)
+        self._drift = self.passes(self._score, self._p_value)
+        if not self._drift:
+            self.absorb(window)
+        return self._drift
+
+    def judged_state(self) -> dict[str, Any]:
+        """What `judge()` changes besides the verdict: a bank's snapshot keeps it with the arrays."""
+        return {"score": self._score, "p_value": self._p_value}
+
+    def restore_judged_state(self, state: dict[str, Any]) -> None:
+        self._score, self._p_value = state["score"], state["p_value"]
 
     # -- the Detector protocol ------------------------------------------------------------------
 
@@ -117,65 +145,58 @@ class WindowedTest(Parametrised):
         return self._p_value
 
     def update(self, x: Any) -> None:
-        v = self._accept(x)
-        if v is None:
-            return
-        if self._drift:
-            self._restart()
-        self._buffer.append(v)
-        if self._reference is None:
-            if len(self._buffer) == self.reference_size:
-                self._reference, self._buffer = self._buffer, []
-                self._prepare()
-        elif len(self._buffer) == self.window_size:
-            window, self._buffer = self._buffer, []
-            self._score, self._p_value = self._test(window)
-            self._drift = self._passes(self._score, self._p_value)
-            if not self._drift:
-                self._absorb(window)
+        v = self.accept(x)
+        if v is not None:
+            self.update_many([v])
 
     def update_many(self, xs: Iterable[Any], *, stop_at_first: bool = False) -> list[int]:
-        """As update() per value, but filling the buffer by slices: this is the hot path."""
+        """As update() per value, but filling the buffer by slices."""
         values, positions = self._accept_many(list(xs))
         hits: list[int] = []
         done = 0
         while done < len(values):
             if self._drift:
                 self._restart()
-            target = self.reference_size if self._reference is None else self.window_size
-            take = values[done : done + target - len(self._buffer)]
-            self._buffer.extend(take)
+            target = self.window_size if self.prepared else self.reference_size
+            buffer = self._buffer if self.prepared else self._collected
+            take = values[done : done + target - len(buffer)]
+            buffer.extend(take)
             done += len(take)
-            if len(self._buffer) < target:
+            if len(buffer) < target:
                 break
-            if self._reference is None:
-                self._reference, self._buffer = self._buffer, []
-                self._prepare()
+            if not self.prepared:
+                self._collected = []
+                self.prepare(self._reference_values(buffer))
+                self.prepared = True
                 continue
-            window, self._buffer = self._buffer, []
-            self._score, self._p_value = self._test(window)
-            self._drift = self._passes(self._score, self._p_value)
-            if not self._drift:
-                self._absorb(window)
-            if self._drift:
+            window, self._buffer = self.window_values(buffer), []
+            if self.judge(window):
                 hits.append(done - 1 if positions is None else positions[done - 1])
                 if stop_at_first:
                     break
         return hits
 
+    def _reference_values(self, values: list[Any]) -> Any:
+        return np.asarray(values, dtype=np.float64)
+
     def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
         """The accepted values and their positions in `xs` (None: all accepted, positions = indices)."""
-        accepted = [self._accept(x) for x in xs]
+        accepted = [self.accept(x) for x in xs]
         if None not in accepted:
             return accepted, None
         positions = [i for i, v in enumerate(accepted) if v is not None]
         return [accepted[i] for i in positions], positions
 
+    def _reference_out(self) -> list[Any] | None:
+        """The prepared reference as accepted values, for a snapshot."""
+        raise NotImplementedError
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "kind": type(self).__name__,
             "params": self._params(),
-            "reference": None if self._reference is None else [*map(self._accept, self._reference)],
+            "reference": self._reference_out() if self.prepared else None,
+            "collected": list(self._collected),
             "buffer": list(self._buffer),
             "score": self._score,
             "p_value": self._p_value,
@@ -186,25 +207,34 @@ class WindowedTest(Parametrised):
         check_state(state, type(self).__name__, self._params())
         self._reset()
         ref = state["reference"]
-        self._buffer = [self._accept(v) for v in state["buffer"]]
+        self._collected = [self.accept(v) for v in state["collected"]]
+        self._buffer = [self.accept(v) for v in state["buffer"]]
         if ref is not None:
-            self._reference = [self._accept(v) for v in ref]
-            self._prepare()
+            self.prepare(self._reference_values([self.accept(v) for v in ref]))
+            self.prepared = True
         self._score, self._p_value, self._drift = state["score"], state["p_value"], bool(state["drift"])
 
 
 class _NumericTest(WindowedTest):
     input_kind: ClassVar[InputKind] = "numeric"
 
-    def _accept(self, x: Any) -> Any:
+    def accept(self, x: Any) -> Any:
         v = float(x)
         return v if math.isfinite(v) else None
 
-    def _prepare(self) -> None:
-        # Every numeric test is order-invariant: keep the reference sorted, as an array only
-        # (a list of Python floats costs 4x the memory, per stream, per key).
-        self._ref = np.sort(np.asarray(self._reference, dtype=np.float64))
-        self._reference = self._ref
+    def prepare(self, reference: FloatArray) -> None:
+        # Every numeric test is order-invariant: keep the reference sorted, as an array only (a
+        # list of Python floats costs 4x the memory, per stream, per key). Sorted in place: a
+        # bank's row is the reference.
+        reference.sort()
+        self.rebind(reference)
+
+    def rebind(self, reference: FloatArray) -> None:
+        """Point at the same (sorted) reference held elsewhere (a bank that grew moved it)."""
+        self._ref = reference
+
+    def _reference_out(self) -> list[Any] | None:
+        return [float(v) for v in self._ref]
 
     def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
         try:
@@ -223,7 +253,7 @@ class _PValueTest:
 
     alpha: float
 
-    def _passes(self, statistic: float, p_value: float | None) -> bool:
+    def passes(self, statistic: float, p_value: float | None) -> bool:
         return p_value is not None and p_value < self.alpha
 
 
@@ -232,7 +262,7 @@ class _ThresholdTest:
 
     threshold: float
 
-    def _passes(self, statistic: float, p_value: float | None) -> bool:
+    def passes(self, statistic: float, p_value: float | None) -> bool:
         return statistic > self.threshold
 
 
@@ -263,17 +293,25 @@ class KSTest(_PValueTest, _NumericTest):
         self.alpha = alpha
         self._reset()
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        ref, win = self._ref, np.sort(np.asarray(window, dtype=np.float64))
+    def statistic(self, window: FloatArray) -> tuple[float, float | None]:
+        ref, win = self._ref, np.sort(window)
         n, m = len(ref), len(win)
         if n * m <= EXACT_KS_MAX:
             from scipy import stats  # heavy (~45 MB): only small samples need the exact law
 
             r = stats.ks_2samp(ref, win)
             return float(r.statistic), float(r.pvalue)
-        # D = sup |F_ref − F_win|, attained at a sample point; the reference is already sorted.
-        points = np.concatenate([ref, win])
-        d = float(np.max(np.abs(np.searchsorted(ref, points, "right") / n - np.searchsorted(win, points, "right") / m)))
+        # D = sup |F_ref − F_win|, attained at a sample point: walk the merged samples (a stable sort of
+        # two sorted runs is a linear merge), stepping +m for a reference value and -n for a window
+        # one, and read the walk after the last of each run of equal values; D = max|walk| / (n·m).
+        merged = np.concatenate([ref, win])
+        order = np.argsort(merged, kind="stable")
+        values = merged[order]
+        walk = np.cumsum(np.where(order < n, m, -n))
+        last = np.empty(len(values), dtype=np.bool_)
+        last[:-1] = values[1:] != values[:-1]
+        last[-1] = True
+        d = float(np.max(np.abs(walk[last]))) / (n * m)
         # scipy's exact two-sample p-value costs ~1.5 ms a window at 1000 x 500. The plain
         # asymptotic Kolmogorov law is 2-12% above it there (p from 0.03 to 1e-8), so it errs
         # towards fewer alarms, at a twentieth of the cost.
@@ -300,17 +338,16 @@ class WassersteinTest(_ThresholdTest, _NumericTest):
         self.threshold = threshold
         self._reset()
 
-    def _prepare(self) -> None:
-        super()._prepare()
+    def prepare(self, reference: FloatArray) -> None:
+        super().prepare(reference)
         # Centre before the std so that huge offsets do not overflow the sum of squares.
-        self._norm = max(float(np.std(self._ref - np.median(self._ref))), MIN_STD)
-        # Scaled first: the distance of the scaled samples is the normed distance, and it stays
-        # finite for values near the float limits. Sorted once: every window reuses it.
-        self._ref_sorted = self._ref / self._norm
+        self.norm = max(float(np.std(reference - np.median(reference))), MIN_STD)
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        ref = self._ref_sorted
-        win = np.sort(np.asarray(window, dtype=np.float64) / self._norm)
+    def statistic(self, window: FloatArray) -> tuple[float, float | None]:
+        # Scaled first: the distance of the scaled samples is the normed distance, and it stays
+        # finite for values near the float limits.
+        ref = self._ref / self.norm
+        win = np.sort(window / self.norm)
         r, w = len(ref), len(win)
         grid = math.lcm(r, w)
         if grid <= 4 * max(r, w):
@@ -347,20 +384,20 @@ class PSITest(_ThresholdTest, _NumericTest):
         self.n_bins = n_bins
         self._reset()
 
-    def _prepare(self) -> None:
-        super()._prepare()
+    def prepare(self, reference: FloatArray) -> None:
+        super().prepare(reference)
         # Interior quantile edges; ties in the reference merge bins rather than leave empty ones.
-        qs = np.quantile(self._ref, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+        qs = np.quantile(reference, np.linspace(0, 1, self.n_bins + 1)[1:-1])
         self._edges = np.unique(qs)
-        self._ref_p = self._proportions(self._ref)
+        self._ref_p = self._proportions(reference)
 
     def _proportions(self, x: FloatArray) -> FloatArray:
         idx = np.searchsorted(self._edges, x, side="right")
         counts = np.bincount(idx, minlength=len(self._edges) + 1).astype(np.float64)
         return counts / len(x)
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        return psi(self._ref_p, self._proportions(np.asarray(window, dtype=np.float64))), None
+    def statistic(self, window: FloatArray) -> tuple[float, float | None]:
+        return psi(self._ref_p, self._proportions(window)), None
 
 
 class ErrorRateTest(_ThresholdTest, WindowedTest):
@@ -395,42 +432,54 @@ class ErrorRateTest(_ThresholdTest, WindowedTest):
     def _reset(self) -> None:
         super()._reset()
         # Windows absorbed into the reference: (values, errors).
-        self._absorbed = (0, 0)
+        self.absorbed = (0, 0)
 
-    def _accept(self, x: Any) -> Any:
+    def accept(self, x: Any) -> Any:
         return bool(x)
 
-    def _prepare(self) -> None:
-        assert self._reference is not None
-        self._ref_size, self._ref_errors = len(self._reference), sum(self._reference)
+    def prepare(self, reference: FloatArray) -> None:
+        self._ref_size, self._ref_errors = len(reference), int(np.count_nonzero(reference))
 
-    def _absorb(self, window: list[Any]) -> None:
-        n, k = self._absorbed
+    def _reference_out(self) -> list[Any] | None:
+        return [True] * self._ref_errors + [False] * (self._ref_size - self._ref_errors)
+
+    def absorb(self, window: FloatArray) -> None:
+        n, k = self.absorbed
         # Capped: a change too small to fire at once must not be absorbed into the reference
         # for ever (5% -> 8% went unreported for 70k events with an unbounded reference).
         if self.reference_size + n < MAX_REFERENCE_FACTOR * self.reference_size:
-            self._absorbed = (n + len(window), k + sum(window))
+            self.absorbed = (n + len(window), k + int(np.count_nonzero(window)))
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        r, kr = self._ref_size + self._absorbed[0], self._ref_errors + self._absorbed[1]
-        w, kw = len(window), sum(window)
+    def statistic(self, window: FloatArray) -> tuple[float, float | None]:
+        r, kr = self._ref_size + self.absorbed[0], self._ref_errors + self.absorbed[1]
+        w, kw = len(window), int(np.count_nonzero(window))
         pooled = (kr + kw + 0.5) / (r + w + 1)
         z = (kw / w - kr / r) / math.sqrt(pooled * (1 - pooled) * (1 / w + 1 / r))
         return z, None
 
+    def judged_state(self) -> dict[str, Any]:
+        return {**super().judged_state(), "absorbed": list(self.absorbed)}
+
+    def restore_judged_state(self, state: dict[str, Any]) -> None:
+        super().restore_judged_state(state)
+        n, k = state["absorbed"]
+        self.absorbed = (int(n), int(k))
+
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "absorbed": list(self._absorbed)}
+        return {**super().snapshot(), "absorbed": list(self.absorbed)}
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         n, k = state["absorbed"]
-        self._absorbed = (int(n), int(k))
+        self.absorbed = (int(n), int(k))
 
 
-class _CategoricalTest(WindowedTest):
+class CategoricalTest(WindowedTest):
+    """A window is its level counts over the reference's levels (sorted) plus OTHER, last."""
+
     input_kind: ClassVar[InputKind] = "categorical"
 
-    def _accept(self, x: Any) -> Any:
+    def accept(self, x: Any) -> Any:
         return str(x)
 
     def _accept_many(self, xs: list[Any]) -> tuple[list[Any], list[int] | None]:
@@ -438,32 +487,33 @@ class _CategoricalTest(WindowedTest):
             return xs, None
         return super()._accept_many(xs)
 
-    def _prepare(self) -> None:
-        assert self._reference is not None
-        counts = Counter(self._reference)
-        self._levels = {level: i for i, level in enumerate(sorted(counts))}
-        # Reference counts over the levels plus the OTHER bucket (last).
-        ref = np.zeros(len(self._levels) + 1)
+    def _reference_values(self, values: list[Any]) -> Any:
+        return values
+
+    def prepare(self, reference: Sequence[str]) -> None:
+        self.prepare_counts(Counter(reference))
+
+    def prepare_counts(self, counts: dict[str, int]) -> None:
+        """Learn the reference from its level counts (the order of levels does not matter)."""
+        self.levels = sorted(counts)
+        self._slots = {level: i for i, level in enumerate(self.levels)}
+        ref = np.zeros(len(self.levels) + 1)
         for level, c in counts.items():
-            ref[self._levels[level]] = c
+            ref[self._slots[level]] = c
         self._ref_counts = ref
 
-    def _test(self, window: list[Any]) -> tuple[float, float | None]:
-        return self._test_counts(self._window_counts(window))
+    def _reference_out(self) -> list[Any] | None:
+        return [level for level, c in zip(self.levels, self._ref_counts.tolist(), strict=False) for _ in range(int(c))]
 
-    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
-        """The statistic of a window given as counts over the reference's levels plus OTHER."""
-        raise NotImplementedError
-
-    def _window_counts(self, window: list[Any]) -> FloatArray:
-        counts = np.zeros(len(self._levels) + 1)
-        levels, other = self._levels, len(self._levels)
+    def window_values(self, window: list[Any]) -> FloatArray:
+        counts = np.zeros(len(self.levels) + 1)
+        slots, other = self._slots, len(self.levels)
         for level, n in Counter(window).items():  # Counter counts at C speed; few levels remain
-            counts[levels.get(level, other)] += n
+            counts[slots.get(level, other)] += n
         return counts
 
 
-class Chi2Test(_PValueTest, _CategoricalTest):
+class Chi2Test(_PValueTest, CategoricalTest):
     """Chi-squared goodness of fit of the window's level counts to the reference's proportions.
 
     Levels the reference never saw count under "__other__". Reference counts get +0.5 each
@@ -482,19 +532,19 @@ class Chi2Test(_PValueTest, _CategoricalTest):
         self.alpha = alpha
         self._reset()
 
-    def _prepare(self) -> None:
-        super()._prepare()
+    def prepare_counts(self, counts: dict[str, int]) -> None:
+        super().prepare_counts(counts)
         smoothed = self._ref_counts + 0.5
         self._ref_p = smoothed / smoothed.sum()
 
-    def _test_counts(self, observed: FloatArray) -> tuple[float, float | None]:
+    def statistic(self, observed: FloatArray) -> tuple[float, float | None]:
         # Pearson's statistic and its χ² survival (scipy.stats.chisquare, without its import cost).
         expected = self._ref_p * observed.sum()
         statistic = float(np.sum((observed - expected) ** 2 / expected))
         return statistic, float(special.chdtrc(len(observed) - 1, statistic))
 
 
-class JensenShannonTest(_ThresholdTest, _CategoricalTest):
+class JensenShannonTest(_ThresholdTest, CategoricalTest):
     """Jensen-Shannon distance (base 2, so in [0, 1]) between window and reference level proportions.
 
     Threshold 0.1 is Evidently's default.
@@ -514,11 +564,11 @@ class JensenShannonTest(_ThresholdTest, _CategoricalTest):
         self.threshold = threshold
         self._reset()
 
-    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
+    def statistic(self, counts: FloatArray) -> tuple[float, float | None]:
         return jensen_shannon(self._ref_counts, counts), None
 
 
-class CategoricalPSITest(_ThresholdTest, _CategoricalTest):
+class CategoricalPSITest(_ThresholdTest, CategoricalTest):
     """Population stability index over the reference's levels plus "__other__".
 
     >>> t = CategoricalPSITest(reference_size=100, window_size=100)
@@ -534,9 +584,9 @@ class CategoricalPSITest(_ThresholdTest, _CategoricalTest):
         self.threshold = threshold
         self._reset()
 
-    def _prepare(self) -> None:
-        super()._prepare()
+    def prepare_counts(self, counts: dict[str, int]) -> None:
+        super().prepare_counts(counts)
         self._ref_p = self._ref_counts / self._ref_counts.sum()
 
-    def _test_counts(self, counts: FloatArray) -> tuple[float, float | None]:
+    def statistic(self, counts: FloatArray) -> tuple[float, float | None]:
         return psi(self._ref_p, counts / counts.sum()), None

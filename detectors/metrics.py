@@ -75,20 +75,20 @@ def same_class(x: Label, y: Label) -> bool:
     return class_name(x) == class_name(y)
 
 
-def _number(v: Label | None) -> bool:
+def is_number(v: Label | None) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _fractional(v: Label | None) -> bool:
     """A number that no class is named by: a regression value."""
-    return _number(v) and not (math.isfinite(v) and float(v).is_integer())  # type: ignore[arg-type]
+    return is_number(v) and not (math.isfinite(v) and float(v).is_integer())  # type: ignore[arg-type]
 
 
 def task_of(g: Graded) -> str:
     return REGRESSION if _fractional(g.label) or _fractional(g.prediction) else CLASSIFICATION
 
 
-def _is_positive(name: str, positive_class: str | None) -> bool | None:
+def is_positive(name: str, positive_class: str | None) -> bool | None:
     """Whether a class is the positive one; None when that cannot be told without a configured class."""
     if positive_class is not None:
         return name == positive_class
@@ -112,7 +112,7 @@ def is_wrong(g: Graded, positive_class: str | None = None) -> bool | None:
     name = predicted_name(g)
     if name is not None:
         return name != truth
-    positive = _is_positive(truth, positive_class)
+    positive = is_positive(truth, positive_class)
     if g.score is None or not math.isfinite(g.score) or positive is None:
         return None
     return positive != (g.score >= 0.5)
@@ -131,7 +131,7 @@ def confidence(
     or 0/false), the score's side of 0.5 does.
     """
     if score is not None and math.isfinite(score):
-        positive = None if prediction is None else _is_positive(class_name(prediction), positive_class)
+        positive = None if prediction is None else is_positive(class_name(prediction), positive_class)
         return score if (score >= 0.5 if positive is None else positive) else 1.0 - score
     if probabilities:
         if prediction is not None:

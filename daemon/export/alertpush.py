@@ -38,33 +38,24 @@ def firing(
     """The alerts that hold now, with a one-line summary each; alert names match deploy/prometheus's rules."""
     wanted = set(conditions)
     out: dict[Labels, str] = {}
-    now = time.monotonic()
-    with pipeline.lock:
-        for (model, version, variant), state in pipeline.keys.items() if "drift" in wanted else ():
-            for m in state.drift.streams.values() if state.drift is not None else ():
-                if m.last_detection is not None and now - m.last_detection < hold_s:
-                    labels = _labels(
-                        alertname="InferwatchDriftSustained",
-                        severity="ticket",
-                        model=model,
-                        version=version,
-                        variant=variant,
-                        stream=m.stream,
-                        detector=m.detector,
-                    )
-                    out[labels] = f"Drift on {m.stream} of {model} {version}/{variant} ({m.detector})"
-        if "canary_fail" in wanted and pipeline.canary is not None:
-            for model, mc in pipeline.canary.models.items():
-                for variant, c in mc.comparisons.items():
-                    if c.verdict == "fail":
-                        labels = _labels(
-                            alertname="InferwatchCanaryFail",
-                            severity="page",
-                            model=model,
-                            variant=variant,
-                            baseline=c.baseline,
-                        )
-                        out[labels] = f"Canary {variant} of {model} fails against {c.baseline}"
+    if "drift" in wanted:
+        for (model, version, variant), stream, detector in pipeline.drifting(hold_s):
+            labels = _labels(
+                alertname="InferwatchDriftSustained",
+                severity="ticket",
+                model=model,
+                version=version,
+                variant=variant,
+                stream=stream,
+                detector=detector,
+            )
+            out[labels] = f"Drift on {stream} of {model} {version}/{variant} ({detector})"
+    if "canary_fail" in wanted:
+        for model, variant, baseline in pipeline.failing_canaries():
+            labels = _labels(
+                alertname="InferwatchCanaryFail", severity="page", model=model, variant=variant, baseline=baseline
+            )
+            out[labels] = f"Canary {variant} of {model} fails against {baseline}"
     run = shadow.get("last_run") if shadow else None
     for m in run["models"] if run else ():
         if m["status"] != "ok":

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from typing import Final, Generic, NamedTuple, TypeVar
 
 import msgspec
 
-from daemon.ingest.events import InferenceEvent, LabelEvent
+from daemon.ingest.batch import Batch, build
+from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
+from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
+
+# (request_id, model, label, unix-second timestamp): one record of the labels topic.
+LabelRecord = tuple[str, str, Label, float | None]
 
 # Bounded set of reasons: they become the `reason` label of inferwatch_events_invalid_total.
 REASONS: Final = (
@@ -72,3 +78,89 @@ class EventDecoder(Generic[T]):
         # Non-finite numbers cannot get here: JSON has no NaN/Infinity literals and msgspec
         # rejects overflowing ones (1e400) as out of range.
         return event
+
+
+class Decoded(NamedTuple):
+    """A poll decoded: the inference events as a batch, the labels, the rejects, the next offsets."""
+
+    batch: Batch | None
+    # (partition, (request_id, model, label, unix-second timestamp)) of the labels topic's records.
+    labels: list[tuple[int, LabelRecord]]
+    failures: list[tuple[RawRecord, DecodeFailure]]
+    offsets: dict[TopicPartition, int]
+    records: int
+
+
+class ChunkDecoder:
+    """A poll's chunks into a `Decoded`: the per-record loop of the hot path, and nothing else."""
+
+    def __init__(self, max_bytes: int, labels_topic: str | None) -> None:
+        self.events = EventDecoder(max_bytes, InferenceEvent)
+        self.labels = EventDecoder(max_bytes, LabelEvent)
+        self.labels_topic = labels_topic
+
+    def decode(self, chunks: Sequence[Chunk]) -> Decoded:
+        events: list[InferenceEvent] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        times: list[float | None] = []
+        labels: list[tuple[int, LabelRecord]] = []
+        failures: list[tuple[RawRecord, DecodeFailure]] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        records = 0
+        fast_decode, slow_decode, max_bytes = self.events.fast_decode, self.events.decode, self.events.max_bytes
+        for chunk in chunks:
+            n = len(chunk)
+            if not n:
+                continue
+            records += n
+            next_offsets[(chunk.topic, chunk.partition)] = chunk.offsets[-1] + 1
+            if chunk.topic == self.labels_topic:
+                self._labels(chunk, labels, failures)
+                continue
+            append = events.append
+            values = chunk.values
+            bad: list[int] = []
+            for i, value in enumerate(values):
+                try:
+                    # Fast path: a sane size and valid JSON; anything else goes to decode(), which
+                    # says why. This costs nothing for the valid majority.
+                    if value is None or len(value) > max_bytes:
+                        raise ValueError
+                    append(fast_decode(value))
+                except Exception:
+                    decoded = slow_decode(value)
+                    if isinstance(decoded, DecodeFailure):
+                        failures.append((chunk.record(i), decoded))
+                        bad.append(i)
+                    else:
+                        append(decoded)
+            taken = n - len(bad)
+            partitions.extend(repeat(chunk.partition, taken))
+            rejected = set(bad)
+            offsets.extend(chunk.offsets if not bad else [o for i, o in enumerate(chunk.offsets) if i not in rejected])
+            if chunk.timestamps is None:
+                times.extend(repeat(None, taken))
+            elif not bad:
+                times.extend(chunk.timestamps)
+            else:
+                times.extend(t for i, t in enumerate(chunk.timestamps) if i not in rejected)
+        batch = build(events, partitions, offsets, times) if events else None
+        return Decoded(batch, labels, failures, next_offsets, records)
+
+    def _labels(
+        self, chunk: Chunk, labels: list[tuple[int, LabelRecord]], failures: list[tuple[RawRecord, DecodeFailure]]
+    ) -> None:
+        decode = self.labels.decode
+        for i, value in enumerate(chunk.values):
+            label = decode(value)
+            if isinstance(label, DecodeFailure):
+                failures.append((chunk.record(i), label))
+                continue
+            record_time = chunk.timestamps[i] if chunk.timestamps is not None else None
+            labels.append(
+                (
+                    chunk.partition,
+                    (label.request_id, label.model, label.label, event_time(label.timestamp, record_time)),
+                )
+            )

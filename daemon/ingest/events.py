@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from detectors.metrics import Label as Label  # the events' one definition (re-exported)
+
 # Identifiers become Prometheus label values, so they are bounded: a 1 MB model name is bad
 # input, not a new series.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="Identifier, 1-128 chars.")]
@@ -19,7 +21,6 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 # overflow float() at scrape time); no real request has a billion tokens.
 TokenCount = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
 FeatureValue = float | str | bool | None
-Label = float | str | bool
 
 # Values used when an event leaves out `version` or `variant`.
 DEFAULT_VERSION = "unknown"

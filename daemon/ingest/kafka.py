@@ -21,7 +21,7 @@ from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
 from daemon.ingest.decode import DecodeFailure
-from daemon.ingest.sources import RawRecord, TopicPartition
+from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
 from daemon.runtime.logs import SampledLog
 
 log = structlog.get_logger(__name__)
@@ -107,13 +107,13 @@ class KafkaSource:
         if suppressed is not None:
             log.warning("kafka_error", operation=operation, error=repr(exc), suppressed_since_last=suppressed)
 
-    def poll(self, timeout_s: float) -> list[RawRecord]:
+    def poll(self, timeout_s: float) -> list[Chunk]:
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             self._error("poll", exc)
             return []
-        return raw_records(polled)
+        return chunks(polled)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit next-offsets of partitions still assigned. False when the broker refused."""
@@ -217,13 +217,17 @@ class KafkaDeadLetter:
         self._producer.close(timeout=5)
 
 
-def raw_records(polled: Mapping[Any, Sequence[Any]]) -> list[RawRecord]:
-    """kafka-python's poll() result as RawRecords."""
-    out: list[RawRecord] = []
-    for tp, records in polled.items():
-        topic, partition = tp.topic, tp.partition
-        out.extend(
-            RawRecord(topic, partition, r.offset, r.timestamp / 1000.0 if r.timestamp >= 0 else None, r.key, r.value)
-            for r in records
+def chunks(polled: Mapping[Any, Sequence[Any]]) -> list[Chunk]:
+    """kafka-python's poll() result as chunks: one per topic-partition, its records as columns."""
+    return [
+        Chunk(
+            tp.topic,
+            tp.partition,
+            [r.offset for r in records],
+            [r.timestamp / 1000.0 if r.timestamp >= 0 else None for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
         )
-    return out
+        for tp, records in polled.items()
+        if records
+    ]

@@ -1,8 +1,9 @@
-"""The Source protocol and the JSONL file source that `replay` uses."""
+"""The Source protocol, a poll's records as columns (`Chunk`), and the JSONL file source of `replay`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import IO, NamedTuple, Protocol
 
@@ -10,6 +11,8 @@ TopicPartition = tuple[str, int]
 
 
 class RawRecord(NamedTuple):
+    """One record, for what needs it whole: an invalid record's log line and dead-letter copy."""
+
     topic: str
     partition: int
     offset: int
@@ -19,10 +22,59 @@ class RawRecord(NamedTuple):
     value: bytes | None
 
 
-class Source(Protocol):
-    """Yields batches of raw records and takes back the offsets that are safe to commit."""
+class Chunk(NamedTuple):
+    """The records of one topic-partition from one poll, in offset order, as columns.
 
-    def poll(self, timeout_s: float) -> Sequence[RawRecord]: ...
+    A poll yields a list of chunks; nothing makes an object per record until a record turns out
+    to be invalid (`record()`).
+    """
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+    # Record times in unix seconds; None when the source has none (a file).
+    timestamps: Sequence[float | None] | None
+    keys: Sequence[bytes | None] | None
+    values: Sequence[bytes | None]
+
+    def record(self, i: int) -> RawRecord:
+        ts = self.timestamps[i] if self.timestamps is not None else None
+        key = self.keys[i] if self.keys is not None else None
+        return RawRecord(self.topic, self.partition, self.offsets[i], ts, key, self.values[i])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def chunks_of(records: Iterable[RawRecord]) -> list[Chunk]:
+    """Records as chunks: one per run of records of the same topic-partition."""
+    out: list[Chunk] = []
+    run: list[RawRecord] = []
+    for r in records:
+        if run and (r.topic, r.partition) != (run[0].topic, run[0].partition):
+            out.append(_chunk(run))
+            run = []
+        run.append(r)
+    if run:
+        out.append(_chunk(run))
+    return out
+
+
+def _chunk(run: list[RawRecord]) -> Chunk:
+    return Chunk(
+        run[0].topic,
+        run[0].partition,
+        [r.offset for r in run],
+        [r.timestamp for r in run],
+        [r.key for r in run],
+        [r.value for r in run],
+    )
+
+
+class Source(Protocol):
+    """Yields chunks of raw records and takes back the offsets that are safe to commit."""
+
+    def poll(self, timeout_s: float) -> list[Chunk]: ...
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit next-offsets (last processed + 1). False when the commit did not go through."""
@@ -45,19 +97,19 @@ class JsonlSource:
         self._offset = 0
         self.exhausted = False
 
-    def poll(self, timeout_s: float = 0.0) -> list[RawRecord]:
+    def poll(self, timeout_s: float = 0.0) -> list[Chunk]:
         if self._file is None:
             return []
-        topic = self.path.name
-        records: list[RawRecord] = []
-        for line in self._file:
-            records.append(RawRecord(topic, 0, self._offset, None, None, line.rstrip(b"\r\n")))
-            self._offset += 1
-            if len(records) >= self.batch_size:
-                return records
-        self.exhausted = True
-        self.close()
-        return records
+        lines = list(islice(self._file, self.batch_size))
+        if len(lines) < self.batch_size:
+            self.exhausted = True
+            self.close()
+        if not lines:
+            return []
+        start = self._offset
+        self._offset += len(lines)
+        values = [line.rstrip(b"\r\n") for line in lines]
+        return [Chunk(self.path.name, 0, range(start, self._offset), None, None, values)]
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         return True

@@ -17,102 +17,46 @@ The tail threshold is the baseline's `tail_quantile` over its first `min_request
 then frozen, so that both arms count exceedances of the same line from then on (a running
 quantile would move the line under the test).
 
-Verdict, once both arms have `min_requests` requests: `fail` when a critical metric's
+Looks: a model's comparisons are read after every `look_every_requests` of its requests, with
+the moments as they stood at that request: verdicts depend on the stream, not on where polls cut
+it. Verdict, once both arms have `min_requests` requests: `fail` when a critical metric's
 confidence sequence lies beyond its tolerance on the worse side (at α), or when
 Benjamini-Hochberg at q = α rejects "no worse than the tolerance" for a non-critical metric
 that is worse; `pass` when every metric with data has its worse-side bound within tolerance;
 `inconclusive` otherwise. A `fail` stands until the comparison restarts: a sequential test stops
 at its first rejection. The score is Kayenta-like: 100 × the mean over metrics of 1 (pass),
 0.5 (inconclusive) or 0 (fail). A new version of either arm restarts the comparison.
+
+Storage: every arm of a partition's models has a row of moments (n, Σx, Σx² per metric) in one
+array, which a batch updates at once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from daemon.config import CanaryConfig
-from daemon.ingest.events import InferenceEvent
-from detectors.sequential import Look, SequentialDifference, _decode_float, _encode_float, benjamini_hochberg
+from daemon.export.families import Sink, labels
+from daemon.ingest.batch import Batch, Key
+from daemon.monitors.arrays import capacity, grown
+from daemon.monitors.names import OTHER
+from detectors.sequential import Look, SequentialDifference, benjamini_hochberg
 
-FloatArray = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
 METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
+ERROR, LATENCY, TAIL, ACCURACY, SHIFT = range(5)
 BASELINE_NAMES = ("control", "baseline", "stable", "primary")
 # Worse direction: +1 higher is worse, -1 lower is worse, 0 either way.
 WORSE = {"error_rate": 1, "latency": 1, "latency_tail": 1, "accuracy": -1, "prediction_shift": 0}
-# The format of `CanaryMonitor.snapshot()` and `ModelCanary.snapshot()`.
-SNAPSHOT_VERSION = 1
-
-
-class _Moments:
-    """n, Σx, Σx² of one metric in one arm."""
-
-    __slots__ = ("n", "s", "ss")
-
-    def __init__(self) -> None:
-        self.n, self.s, self.ss = 0, 0.0, 0.0
-
-    def add(self, xs: FloatArray) -> None:
-        self.n += len(xs)
-        self.s += float(xs.sum())
-        self.ss += float(xs @ xs)
-
-    def add_binary(self, n: int, ones: int) -> None:
-        """n values of which `ones` are 1 and the rest 0."""
-        self.n += n
-        self.s += ones
-        self.ss += ones
-
-    def mean_var(self) -> tuple[float, float]:
-        mean = self.s / self.n
-        return mean, max(self.ss / self.n - mean * mean, 0.0) * self.n / max(self.n - 1, 1)
-
-    def snapshot(self) -> list[Any]:
-        return [self.n, _encode_float(self.s), _encode_float(self.ss)]
-
-    @classmethod
-    def from_snapshot(cls, state: Any) -> _Moments:
-        n, s, ss = state
-        m = cls()
-        m.n, m.s, m.ss = _int(n), _decode_float(s), _decode_float(ss)
-        return m
-
-
-@dataclass
-class _Arm:
-    version: str
-    requests: int = 0
-    moments: dict[str, _Moments] = field(default_factory=lambda: {m: _Moments() for m in METRICS})
-    # Baseline only: latencies until the tail threshold is set.
-    warmup: list[float] = field(default_factory=list)
-
-    def snapshot(self, variant: str) -> dict[str, Any]:
-        return {
-            "variant": variant,
-            "model_version": self.version,
-            "requests": self.requests,
-            "moments": {name: self.moments[name].snapshot() for name in METRICS},
-            "warmup": [_encode_float(x) for x in self.warmup],
-        }
-
-    @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> tuple[str, _Arm]:
-        moments = state["moments"]
-        _known_names(moments, "moments")
-        arm = cls(
-            _str(state["model_version"]),
-            _int(state["requests"]),
-            {name: _Moments.from_snapshot(moments[name]) for name in METRICS},
-            [_decode_float(x) for x in state["warmup"]],
-        )
-        return _str(state["variant"]), arm
 
 
 @dataclass
@@ -131,34 +75,6 @@ class MetricReading:
             "p_value": lk.p_value,
             "tolerance": self.tolerance,
         }
-
-    def snapshot(self, metric: str) -> dict[str, Any]:
-        lk = self.look
-        return {
-            "metric": metric,
-            "verdict": self.verdict,
-            "look": {
-                "n_a": lk.n_a,
-                "n_b": lk.n_b,
-                "effect": _encode_float(lk.effect),
-                "lower": _encode_float(lk.lower),
-                "upper": _encode_float(lk.upper),
-                "p_value": _encode_float(lk.p_value),
-            },
-            "tolerance": _encode_float(self.tolerance),
-        }
-
-    @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> tuple[str, MetricReading]:
-        metric, lk = state["metric"], state["look"]
-        if metric not in METRICS:
-            raise ValueError(f"snapshot: unknown metric {metric!r}")
-        look = Look(
-            _int(lk["n_a"]),
-            _int(lk["n_b"]),
-            *(_decode_float(lk[k]) for k in ("effect", "lower", "upper", "p_value")),
-        )
-        return metric, cls(_verdict(state["verdict"]), look, _decode_float(state["tolerance"]))
 
 
 @dataclass
@@ -186,133 +102,68 @@ class Comparison:
             "reasons": list(self.reasons),
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "model_version": self.version,
-            "baseline": self.baseline,
-            "tests": {name: [t.snapshot() for t in self.tests[name]] for name in METRICS},
-            "verdict": self.verdict,
-            "score": _encode_float(self.score),
-            # A list, not an object: the order of the metrics is the order of the report.
-            "metrics": [m.snapshot(name) for name, m in self.metrics.items()],
-            "reasons": list(self.reasons),
-            "requests": list(self.requests),
-            "reset": self.reset,
-        }
 
-    @classmethod
-    def from_snapshot(cls, state: dict[str, Any]) -> Comparison:
-        tests = state["tests"]
-        _known_names(tests, "tests")
-        for name in METRICS:
-            if len(tests[name]) != (1 if WORSE[name] else 2):
-                raise ValueError(f"snapshot: {name} needs {1 if WORSE[name] else 2} tests, got {len(tests[name])}")
-        base_requests, cand_requests = state["requests"]
-        reset = state["reset"]
-        if not isinstance(reset, bool):
-            raise ValueError(f"snapshot: reset must be a bool, got {reset!r}")
-        return cls(
-            _str(state["variant"]),
-            _str(state["model_version"]),
-            _str(state["baseline"]),
-            {name: [SequentialDifference.from_snapshot(t) for t in tests[name]] for name in METRICS},
-            _verdict(state["verdict"]),
-            _decode_float(state["score"]),
-            _unique((MetricReading.from_snapshot(m) for m in state["metrics"]), "metric"),
-            [_str(r) for r in state["reasons"]],
-            (_int(base_requests), _int(cand_requests)),
-            reset,
-        )
+class ArmMoments:
+    """One arm's figures at a look: requests and n, Σx, Σx² per metric."""
+
+    __slots__ = ("moments", "requests")
+
+    def __init__(self, requests: int, moments: Floats) -> None:
+        self.requests = requests
+        self.moments = moments  # [metric, (n, s, ss)]
+
+    def n(self, metric: int) -> int:
+        return int(self.moments[metric, 0])
+
+    def mean_var(self, metric: int) -> tuple[float, float]:
+        n, s, ss = (float(x) for x in self.moments[metric])
+        mean = s / n
+        return mean, max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1)
 
 
 class ModelCanary:
-    """The arms of one model and the comparisons of its candidates with its baseline."""
+    """A model's baseline, tail threshold and the comparisons of its candidates with the baseline."""
 
     def __init__(self, model: str, settings: CanaryConfig) -> None:
         self.model = model
         self.settings = settings
-        self.arms: dict[str, _Arm] = {}
         self.baseline: str | None = settings.baselines.get(model)
         self.tail_threshold: float | None = None
+        self.warmup: list[float] = []  # the baseline's latencies until the tail threshold is set
         self.comparisons: dict[str, Comparison] = {}
+        self.requests = 0  # of every arm: looks come every look_every_requests of them
 
-    # -- updates ----------------------------------------------------------------------------
-
-    def add_events(self, variant: str, version: str, events: Sequence[InferenceEvent]) -> None:
-        arm = self._arm(variant, version)
-        arm.requests += len(events)
-        m = arm.moments
-        m["error_rate"].add_binary(len(events), sum(1 for e in events if e.status == "error"))
-        lat = [x for e in events if (x := e.latency_ms) is not None and x > 0]
-        if lat:
-            values = np.asarray(lat)
-            m["latency"].add(np.log(values))
-            if variant == self.baseline and self.tail_threshold is None:
-                self._warm_up(arm, lat)
-            elif self.tail_threshold is not None:
-                m["latency_tail"].add_binary(len(lat), int(np.count_nonzero(values > self.tail_threshold)))
-        scores = [x for e in events if (x := e.score) is not None]
-        if scores:
-            m["prediction_shift"].add(np.asarray(scores))
-
-    def add_graded(self, variant: str, version: str, wrong: Sequence[bool]) -> None:
-        arm = self.arms.get(variant)
-        if arm is not None and arm.version == version:
-            arm.moments["accuracy"].add_binary(len(wrong), len(wrong) - sum(wrong))
-
-    def _arm(self, variant: str, version: str) -> _Arm:
-        arm = self.arms.get(variant)
-        if arm is None or arm.version != version:
-            # A new version: its numbers start afresh, and so does every comparison it is in.
-            arm = self.arms[variant] = _Arm(version)
-            if variant == self.baseline:
-                self.tail_threshold = None
-                self.comparisons.clear()
-            else:
-                self.comparisons.pop(variant, None)
-        return arm
-
-    def _warm_up(self, arm: _Arm, latencies: list[float]) -> None:
-        arm.warmup.extend(latencies)
-        n = self.settings.min_requests
-        if len(arm.warmup) >= n:
-            ordered = sorted(arm.warmup[:n])
-            self.tail_threshold = ordered[min(n - 1, math.ceil(self.settings.tail_quantile * n) - 1)]
-            arm.warmup = []
-
-    # -- verdicts ---------------------------------------------------------------------------
-
-    def evaluate(self) -> list[Comparison]:
-        """Update every candidate's verdict; return the comparisons whose verdict changed."""
+    def evaluate(self, arms: dict[str, tuple[str, ArmMoments]]) -> list[Comparison]:
+        """Judge every candidate against the baseline (arms: variant -> (version, figures));
+        return the comparisons whose verdict changed."""
         if self.baseline is None:
-            self.baseline = self._pick_baseline()
+            self.baseline = self._pick_baseline(arms)
             if self.baseline is None:
                 return []
-        base = self.arms.get(self.baseline)
-        if base is None:
+        if self.baseline not in arms:
             return []
+        base = arms[self.baseline][1]
         changed = []
-        for variant, arm in self.arms.items():
+        for variant, (version, cand) in arms.items():
             if variant == self.baseline:
                 continue
             comp = self.comparisons.get(variant)
             if comp is None:
-                comp = self.comparisons[variant] = Comparison(variant, arm.version, self.baseline, self._tests())
+                comp = self.comparisons[variant] = Comparison(variant, version, self.baseline, self._tests())
             before = (comp.verdict, comp.reset)
-            self._judge(comp, base, arm)
+            self._judge(comp, base, cand)
             if comp.reset or (comp.verdict, comp.reset) != before:
                 changed.append(comp)
         return changed
 
-    def _pick_baseline(self) -> str | None:
+    def _pick_baseline(self, arms: dict[str, tuple[str, ArmMoments]]) -> str | None:
         for name in BASELINE_NAMES:
-            if name in self.arms:
+            if name in arms:
                 return name
-        if len(self.arms) < 2:
+        if len(arms) < 2:
             return None
-        busiest = max(self.arms, key=lambda v: self.arms[v].requests)
-        return busiest if self.arms[busiest].requests >= self.settings.min_requests else None
+        busiest = max(arms, key=lambda v: arms[v][1].requests)
+        return busiest if arms[busiest][1].requests >= self.settings.min_requests else None
 
     def _tests(self) -> dict[str, list[SequentialDifference]]:
         """Per metric, the mSPRT of "no worse than the tolerance" (both sides for a shift)."""
@@ -334,7 +185,7 @@ class ModelCanary:
             "prediction_shift": s.prediction_shift_tolerance,
         }[name]
 
-    def _judge(self, comp: Comparison, base: _Arm, cand: _Arm) -> None:
+    def _judge(self, comp: Comparison, base: ArmMoments, cand: ArmMoments) -> None:
         s = self.settings
         comp.requests = (base.requests, cand.requests)
         if min(comp.requests) < s.min_requests:
@@ -343,11 +194,11 @@ class ModelCanary:
             return
         readings: dict[str, MetricReading] = {}
         p_values: dict[str, float] = {}
-        for name in METRICS:
-            a, b = base.moments[name], cand.moments[name]
-            if a.n < 2 or b.n < 2:
+        for m, name in enumerate(METRICS):
+            na, nb = base.n(m), cand.n(m)
+            if na < 2 or nb < 2:
                 continue
-            looks = [t.look(a.n, *a.mean_var(), b.n, *b.mean_var()) for t in comp.tests[name]]
+            looks = [t.look(na, *base.mean_var(m), nb, *cand.mean_var(m)) for t in comp.tests[name]]
             if any(lk is None for lk in looks):
                 continue
             look = looks[0]
@@ -401,44 +252,12 @@ class ModelCanary:
         comp.reset = False
         return entry
 
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        """All of this model's state, JSON-ready (non-finite floats as "inf", "-inf", "nan").
-
-        Arms and comparisons are lists, in the order they were created: that order is the order
-        of `evaluate()`'s changes and of the report, and a JSON object may not keep it.
-        """
+    def report(self) -> dict[str, Any]:
         return {
-            "version": SNAPSHOT_VERSION,
             "model": self.model,
             "baseline": self.baseline,
-            "tail_threshold": None if self.tail_threshold is None else _encode_float(self.tail_threshold),
-            "arms": [arm.snapshot(variant) for variant, arm in self.arms.items()],
-            "comparisons": [comp.snapshot() for comp in self.comparisons.values()],
+            "variants": {v: c.report() for v, c in self.comparisons.items()},
         }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Take the state of a `snapshot()` of this model (built with the same settings); all or nothing."""
-        _check_version(state, "model canary")
-        try:
-            model = state["model"]
-            if model != self.model:
-                raise ValueError(f"snapshot of model {model!r} restored into model {self.model!r}")
-            baseline = state["baseline"]
-            threshold = state["tail_threshold"]
-            arms = _unique((_Arm.from_snapshot(a) for a in state["arms"]), "arm")
-            comparisons = _unique(
-                ((c.variant, c) for c in map(Comparison.from_snapshot, state["comparisons"])), "comparison"
-            )
-            restored = (
-                None if baseline is None else _str(baseline),
-                None if threshold is None else _decode_float(threshold),
-            )
-        except (KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"malformed canary snapshot of model {self.model!r}: {e!r}") from e
-        self.baseline, self.tail_threshold = restored
-        self.arms, self.comparisons = arms, comparisons
 
 
 def _reason(name: str, r: MetricReading) -> str:
@@ -449,78 +268,368 @@ def _reason(name: str, r: MetricReading) -> str:
     return f"{name} {lk.effect:+.4f} (CI {lk.lower:+.4f}..{lk.upper:+.4f}) beyond ±{r.tolerance:.4f}"
 
 
-class CanaryMonitor:
-    """All models' canaries; the pipeline feeds it per key and per batch."""
+class Canary:
+    """The canaries of a partition's models: arm moments in arrays, verdicts per model."""
 
-    def __init__(self, settings: CanaryConfig) -> None:
+    def __init__(self, settings: CanaryConfig, keys: list[Key]) -> None:
         self.settings = settings
+        self.keys = keys
+        self.look_every = settings.look_every_requests
         self.models: dict[str, ModelCanary] = {}
+        self._model_ids: dict[str, int] = {}
+        self._model_names: list[str] = []
+        # Per model: its tail threshold (NaN: not set) and whether its state can change within a
+        # batch (no baseline yet, or a threshold still warming up): such models go event by event.
+        self.threshold = np.zeros(0, dtype=np.float64)
+        self.unsettled = np.zeros(0, dtype=np.bool_)
+        self.arm_count = np.zeros(0, dtype=np.int64)
+        # Arms: (model, variant) -> id; per arm its model id, variant and current version.
+        self._arm_ids: dict[tuple[str, str], int] = {}
+        self.arm_model = np.zeros(0, dtype=np.int64)
+        self.arm_variant: list[str] = []
+        self.arm_version: list[str] = []
+        self.requests = np.zeros(0, dtype=np.int64)
+        self.moments = np.zeros((0, len(METRICS), 3), dtype=np.float64)
+        # Per key row: its arm (-1: none, the overflow key), and whether the arm is at its version.
+        self.row_arm = np.zeros(0, dtype=np.int64)
+        self.row_current = np.zeros(0, dtype=np.bool_)
+        self.rows = 0
+
+    # -- rows, models, arms -------------------------------------------------------------------
+
+    def add_rows(self, n: int) -> None:
+        start = self.rows
+        self.rows += n
+        if self.rows > len(self.row_arm):
+            cap = capacity(self.rows, len(self.row_arm))
+            self.row_arm = grown(self.row_arm, cap, -1)
+            self.row_current = grown(self.row_current, cap, False)
+        for row in range(start, self.rows):
+            model, version, variant = self.keys[row]
+            if OTHER in (model, version, variant):
+                continue
+            self.model(model)
+            arm = self._arm_ids.get((model, variant))
+            if arm is None:
+                arm = self._new_arm(model, variant, version)
+            self.row_arm[row] = arm
+            self.row_current[row] = self.arm_version[arm] == version
 
     def model(self, name: str) -> ModelCanary:
         m = self.models.get(name)
         if m is None:
             m = self.models[name] = ModelCanary(name, self.settings)
+            i = self._model_ids[name] = len(self._model_names)
+            self._model_names.append(name)
+            if i >= len(self.threshold):
+                cap = capacity(i + 1, len(self.threshold))
+                self.threshold = grown(self.threshold, cap, math.nan)
+                self.unsettled = grown(self.unsettled, cap, True)
+                self.arm_count = grown(self.arm_count, cap, 0)
+            self._sync(m)
         return m
 
+    def _sync(self, m: ModelCanary) -> None:
+        """The model's arrays after its baseline or tail threshold changed."""
+        i = self._model_ids[m.model]
+        self.threshold[i] = math.nan if m.tail_threshold is None else m.tail_threshold
+        # Without a baseline a look may pick the busiest arm (two or more); with one, the tail
+        # threshold may still be warming up.
+        self.unsettled[i] = self.arm_count[i] >= 2 if m.baseline is None else m.tail_threshold is None
+
+    def _new_arm(self, model: str, variant: str, version: str) -> int:
+        arm = self._arm_ids[(model, variant)] = len(self.arm_variant)
+        if arm >= len(self.requests):
+            cap = capacity(arm + 1, len(self.requests))
+            self.arm_model = grown(self.arm_model, cap, -1)
+            self.requests = grown(self.requests, cap)
+            self.moments = grown(self.moments, cap)
+        self.arm_model[arm] = self._model_ids[model]
+        self.arm_variant.append(variant)
+        self.arm_version.append(version)
+        self.arm_count[self._model_ids[model]] += 1
+        m = self.models[model]
+        if m.baseline is None:
+            # A variant named like a baseline is one from the start; the busiest arm only at a look.
+            m.baseline = next((v for v in BASELINE_NAMES if (model, v) in self._arm_ids), None)
+        self._sync(m)
+        return arm
+
+    def _switch(self, row: int) -> None:
+        """A new version of the row's arm: its numbers start afresh, and so does every comparison
+        it is in."""
+        model, version, variant = self.keys[row]
+        arm = int(self.row_arm[row])
+        self.arm_version[arm] = version
+        self.requests[arm] = 0
+        self.moments[arm] = 0.0
+        m = self.models[model]
+        if variant == m.baseline:
+            m.tail_threshold, m.warmup = None, []
+            m.comparisons.clear()
+            self._sync(m)
+        else:
+            m.comparisons.pop(variant, None)
+        rows = np.flatnonzero(self.row_arm[: self.rows] == arm)
+        self.row_current[rows] = [self.keys[r][1] == version for r in rows.tolist()]
+
+    def _arms_of(self, model: int) -> list[int]:
+        return np.flatnonzero(self.arm_model[: len(self.arm_variant)] == model).tolist()
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def update(self, rows: Ints, batch: Batch) -> list[dict[str, Any]]:
+        """Fold in a batch; return the timeline entries of the looks it held (changes of verdict)."""
+        arms = self.row_arm[rows]
+        events = np.flatnonzero(arms >= 0)
+        if not len(events):
+            return []
+        models = self.arm_model[arms[events]]
+        steady = self.row_current[rows[events]] & ~self.unsettled[models]
+        slow = np.unique(models[~steady]).tolist()
+        entries: list[dict[str, Any]] = []
+        if slow:
+            fast = ~np.isin(models, slow)
+            entries += self._segment(rows, events[fast], batch)
+            for model in slow:
+                entries += self._slow(rows, events[models == model], batch)
+        else:
+            entries += self._segment(rows, events, batch)
+        return entries
+
+    def _slow(self, rows: Ints, events: Ints, batch: Batch) -> list[dict[str, Any]]:
+        """One model's events in segments within which nothing but the moments changes: a new
+        version, the tail threshold set, a baseline chosen at a look."""
+        entries: list[dict[str, Any]] = []
+        m = self.models[self.keys[int(rows[events[0]])][0]]
+        while len(events):
+            current = self.row_current[rows[events]]
+            if not current[0]:
+                self._switch(int(rows[events[0]]))
+                continue
+            end = int(np.argmin(current)) if not current.all() else len(events)
+            seg = events[:end]
+            if m.baseline is not None and m.tail_threshold is None:
+                seg = self._warm_up(m, rows, seg, batch)
+            elif m.baseline is None:
+                looks = self._look_positions(self._model_ids[m.model], len(seg))
+                if len(looks):
+                    seg = seg[: looks[0] + 1]
+            entries += self._segment(rows, seg, batch)
+            events = events[len(seg) :]
+        return entries
+
+    def _warm_up(self, m: ModelCanary, rows: Ints, seg: Ints, batch: Batch) -> Ints:
+        """Collect the baseline's latencies in `seg` for the tail threshold; when they complete it,
+        cut the segment after the event that did (the events after it count exceedances)."""
+        arm = self._arm_ids.get((m.model, m.baseline or ""))
+        lat = batch.latency_ms[seg]
+        mine = (self.row_arm[rows[seg]] == arm) & (lat > 0)
+        need = self.settings.min_requests - len(m.warmup)
+        where = np.flatnonzero(mine)
+        if len(where) < need:
+            m.warmup.extend(lat[where].tolist())
+            return seg
+        cut = int(where[need - 1]) + 1
+        m.warmup.extend(lat[where[:need]].tolist())
+        n = self.settings.min_requests
+        ordered = sorted(m.warmup[:n])
+        m.tail_threshold = ordered[min(n - 1, math.ceil(self.settings.tail_quantile * n) - 1)]
+        m.warmup = []
+        self._sync(m)
+        return seg[:cut]
+
+    def _look_positions(self, model: int, n: int) -> Ints:
+        """Positions among the next n requests of `model` at which a look falls."""
+        done = self.models[self._model_names[model]].requests
+        first = (-done - 1) % self.look_every  # position of the next multiple of look_every
+        return np.arange(first, n, self.look_every)
+
+    def _segment(self, rows: Ints, events: Ints, batch: Batch) -> list[dict[str, Any]]:
+        """Events whose arms, versions, baselines and tail thresholds do not change: their moments
+        added at once, looks read at the requests they fall on."""
+        if not len(events):
+            return []
+        arms = self.row_arm[rows[events]]
+        models = self.arm_model[arms]
+        x = np.zeros((len(events), len(METRICS), 3))
+        x[:, ERROR, :] = _moments(np.ones(len(events), dtype=np.bool_), batch.error[events].astype(np.float64))
+        lat = batch.latency_ms[events]
+        timed = lat > 0
+        x[:, LATENCY, :] = _moments(timed, np.log(np.where(timed, lat, 1.0)))
+        thresholds = self.threshold[models]
+        tail = timed & ~np.isnan(thresholds)
+        x[:, TAIL, :] = _moments(tail, (lat > thresholds).astype(np.float64))
+        x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
+        entries = self._looks(events, arms, models, x, batch)
+        np.add.at(self.moments, arms, x)
+        np.add.at(self.requests, arms, 1)
+        for model, n in zip(*np.unique(models, return_counts=True), strict=True):
+            self.models[self._model_names[model]].requests += int(n)
+        return entries
+
+    def _looks(self, events: Ints, arms: Ints, models: Ints, x: Floats, batch: Batch) -> list[dict[str, Any]]:
+        """Read the comparisons of each model at every look_every-th of its requests here."""
+        order = np.argsort(models, kind="stable")
+        sorted_models = models[order]
+        starts = np.flatnonzero(np.r_[True, sorted_models[1:] != sorted_models[:-1]])
+        lengths = np.diff(np.r_[starts, len(order)])
+        looks: list[tuple[int, int]] = []  # (event position in `events`, model)
+        for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
+            model = int(sorted_models[s])
+            if self.arm_count[model] < 2:
+                continue  # one arm: nothing to compare, and its baseline needs no look
+            looks += [(int(order[s + k]), model) for k in self._look_positions(model, n).tolist()]
+        if not looks:
+            return []
+        looks.sort()
+        # Each arm's moments as of every one of its events in this segment (inclusive).
+        by_arm = np.argsort(arms, kind="stable")
+        cum = np.cumsum(x[by_arm], axis=0)
+        arm_sorted = arms[by_arm]
+        arm_starts = np.flatnonzero(np.r_[True, arm_sorted[1:] != arm_sorted[:-1]])
+        first_of = dict(zip(arm_sorted[arm_starts].tolist(), arm_starts.tolist(), strict=True))
+        ends = np.r_[arm_starts[1:], len(by_arm)]
+        end_of = dict(zip(arm_sorted[arm_starts].tolist(), ends.tolist(), strict=True))
+        entries = []
+        for pos, model in looks:
+            m = self.models[self._model_names[model]]
+            figures: dict[str, tuple[str, ArmMoments]] = {}
+            for arm in self._arms_of(model):
+                moments, requests = self.moments[arm].copy(), int(self.requests[arm])
+                a = first_of.get(arm)
+                if a is not None:
+                    # This arm's events up to the look: positions in `by_arm` order are ascending.
+                    k = a + int(np.searchsorted(by_arm[a : end_of[arm]], pos, side="right"))
+                    if k > a:
+                        moments += cum[k - 1] - (cum[a - 1] if a else 0.0)
+                        requests += k - a
+                figures[self.arm_variant[arm]] = (self.arm_version[arm], ArmMoments(requests, moments))
+            index = int(batch.index[events[pos]])
+            entries += [m.timeline_entry(c, index) for c in m.evaluate(figures)]
+            self._sync(m)
+        return entries
+
+    def add_graded(self, row: int, wrong: npt.NDArray[np.bool_]) -> None:
+        """Labelled predictions of a key: right ones count towards its arm's accuracy."""
+        arm = int(self.row_arm[row])
+        if arm >= 0 and self.row_current[row]:
+            right = float(len(wrong) - np.count_nonzero(wrong))
+            self.moments[arm, ACCURACY] += (len(wrong), right, right)
+
+    # -- reading ------------------------------------------------------------------------------
+
     def report(self, model: str | None = None) -> dict[str, Any]:
-        def one(m: ModelCanary) -> dict[str, Any]:
-            return {
-                "model": m.model,
-                "baseline": m.baseline,
-                "variants": {v: c.report() for v, c in m.comparisons.items()},
-            }
-
         if model is not None:
-            return one(self.models[model])
-        return {"models": {name: one(m) for name, m in self.models.items()}}
+            return self.models[model].report()
+        return {"models": {name: m.report() for name, m in self.models.items()}}
 
-    def snapshot(self, models: Collection[str] | None = None) -> dict[str, Any]:
-        """Every model's canary state, or `models`' only, JSON-ready:
-        `{"version": 1, "models": [ModelCanary.snapshot(), ...]}`."""
-        chosen = [m for name, m in self.models.items() if models is None or name in models]
-        return {"version": SNAPSHOT_VERSION, "models": [m.snapshot() for m in chosen]}
+    def snapshot(self) -> dict[str, Any]:
+        """The models' state and the arms' moments (a partition's checkpoint part)."""
+        n = len(self.arm_variant)
+        return {
+            "models": [_model_state(m) for m in self.models.values()],
+            "arms": [
+                [self._model_names[int(self.arm_model[a])], self.arm_variant[a], self.arm_version[a]] for a in range(n)
+            ],
+            "requests": self.requests[:n].copy(),
+            "moments": self.moments[:n].copy(),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take the models of a `snapshot()` (taken under the same settings), replacing those of
-        the same name; all or nothing."""
-        _check_version(state, "canary")
-        try:
-            models: dict[str, ModelCanary] = {}
-            for entry in state["models"]:
-                m = ModelCanary(_str(entry["model"]), self.settings)
-                if m.model in models:
-                    raise ValueError(f"canary snapshot: model {m.model!r} appears twice")
-                m.restore(entry)
-                models[m.model] = m
-        except (KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"malformed canary snapshot: {e!r}") from e
-        self.models.update(models)
-
-    def drop(self, models: Collection[str]) -> None:
-        """Forget `models` (their partitions went to another replica)."""
-        for name in models:
-            self.models.pop(name, None)
+        """Take a snapshot into this empty canary (rows are added after it, by the partition)."""
+        for ms in state["models"]:
+            m = self.model(_str(ms["model"]))
+            _restore_model(m, ms)
+            self._sync(m)
+        for a, (model, variant, version) in enumerate(state["arms"]):
+            self.model(model)
+            arm = self._new_arm(model, variant, version)
+            self.requests[arm] = state["requests"][a]
+            self.moments[arm] = state["moments"][a]
 
 
-# -- snapshot decoding: a wrong type is a ValueError, not a silent different run ---------------
+def _moments(present: npt.NDArray[np.bool_], x: Floats) -> Floats:
+    """Per event (n, x, x²), zero where not present."""
+    p = present.astype(np.float64)
+    xp = np.where(present, x, 0.0)
+    return np.stack([p, xp, xp * xp], axis=1)
 
-_T = TypeVar("_T")
+
+# -- snapshots: a wrong type is a ValueError, not a silent different run ----------------------
 
 
-def _check_version(state: Any, what: str) -> None:
-    if not isinstance(state, dict):
-        raise ValueError(f"{what} snapshot must be a JSON object, got {type(state).__name__}")
-    version = state.get("version")
-    if type(version) is not int or version != SNAPSHOT_VERSION:
-        raise ValueError(
-            f"unsupported {what} snapshot version {version!r}: this build reads version {SNAPSHOT_VERSION}"
-        )
+def _model_state(m: ModelCanary) -> dict[str, Any]:
+    return {
+        "model": m.model,
+        "baseline": m.baseline,
+        "tail_threshold": m.tail_threshold,
+        "warmup": list(m.warmup),
+        "requests": m.requests,
+        "comparisons": [
+            {
+                "variant": c.variant,
+                "model_version": c.version,
+                "baseline": c.baseline,
+                "tests": {name: [t.snapshot() for t in c.tests[name]] for name in METRICS},
+                "verdict": c.verdict,
+                "score": c.score,
+                "metrics": [
+                    [name, r.verdict, [r.look.n_a, r.look.n_b, r.look.effect, r.look.lower, r.look.upper,
+                                       r.look.p_value], r.tolerance]
+                    for name, r in c.metrics.items()
+                ],
+                "reasons": list(c.reasons),
+                "requests": list(c.requests),
+                "reset": c.reset,
+            }
+            for c in m.comparisons.values()
+        ],
+    }  # fmt: skip
+
+
+def _restore_model(m: ModelCanary, state: dict[str, Any]) -> None:
+    try:
+        baseline, threshold = state["baseline"], state["tail_threshold"]
+        m.baseline = None if baseline is None else _str(baseline)
+        m.tail_threshold = None if threshold is None else float(threshold)
+        m.warmup = [float(x) for x in state["warmup"]]
+        m.requests = _int(state["requests"])
+        comparisons: dict[str, Comparison] = {}
+        for c in state["comparisons"]:
+            tests = c["tests"]
+            if not isinstance(tests, dict) or set(tests) != set(METRICS):
+                raise ValueError(f"canary snapshot: tests must name exactly the metrics {METRICS}")
+            variant = _str(c["variant"])
+            if variant in comparisons:
+                raise ValueError(f"canary snapshot: comparison {variant!r} appears twice")
+            metrics = {
+                _metric(name): MetricReading(
+                    _verdict(verdict), Look(int(lk[0]), int(lk[1]), *map(float, lk[2:])), float(tol)
+                )
+                for name, verdict, lk, tol in c["metrics"]
+            }
+            comparisons[variant] = Comparison(
+                variant,
+                _str(c["model_version"]),
+                _str(c["baseline"]),
+                {name: [SequentialDifference.from_snapshot(t) for t in tests[name]] for name in METRICS},
+                _verdict(c["verdict"]),
+                float(c["score"]),
+                metrics,
+                [_str(r) for r in c["reasons"]],
+                (_int(c["requests"][0]), _int(c["requests"][1])),
+                bool(c["reset"]),
+            )
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"malformed canary snapshot of model {m.model!r}: {e!r}") from e
+    m.comparisons = comparisons
 
 
 def _int(value: Any) -> int:
-    if type(value) is not int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"snapshot: expected an integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _str(value: Any) -> str:
@@ -529,22 +638,63 @@ def _str(value: Any) -> str:
     return value
 
 
+def _metric(value: Any) -> str:
+    if value not in METRICS:
+        raise ValueError(f"snapshot: unknown metric {value!r}")
+    return cast(str, value)
+
+
 def _verdict(value: Any) -> Verdict:
     if value in ("pass", "fail", "inconclusive"):
         return cast(Verdict, value)
     raise ValueError(f"snapshot: unknown verdict {value!r}")
 
 
-def _known_names(per_metric: Any, what: str) -> None:
-    if not isinstance(per_metric, dict) or set(per_metric) != set(METRICS):
-        names = sorted(per_metric) if isinstance(per_metric, dict) else per_metric
-        raise ValueError(f"snapshot: {what} must name exactly the metrics {METRICS}, got {names!r}")
+# -- the exposition: a copy under the lock, samples outside it ---------------------------------
+
+# (model, variant, baseline, verdict, score, requests, ((metric, verdict, p, effect, lower, upper), ...))
+CanaryCopy = list[
+    tuple[str, str, str, str, float, tuple[int, int], tuple[tuple[str, str, float, float, float, float], ...]]
+]
 
 
-def _unique(pairs: Iterable[tuple[str, _T]], what: str) -> dict[str, _T]:
-    out: dict[str, _T] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError(f"snapshot: {what} {name!r} appears twice")
-        out[name] = value
-    return out
+def copy(c: Canary, models: Collection[str]) -> CanaryCopy:
+    """The comparisons of `models` (the ones this partition shows), copied under the lock."""
+    return [
+        (
+            name, variant, comp.baseline, comp.verdict, comp.score, comp.requests,
+            tuple(
+                (metric, r.verdict, r.look.p_value, r.look.effect, r.look.lower, r.look.upper)
+                for metric, r in comp.metrics.items()
+            ),
+        )
+        for name, m in c.models.items()
+        if name in models
+        for variant, comp in m.comparisons.items()
+    ]  # fmt: skip
+
+
+def collect(c: CanaryCopy, out: Sink) -> None:
+    if not c:
+        return
+    sets = [labels(model=model, variant=variant, baseline=baseline) for model, variant, baseline, *_ in c]
+    out.samples("inferwatch_canary_verdict", sets, [VERDICT_VALUE[x[3]] for x in c])
+    out.samples("inferwatch_canary_score", sets, [x[4] for x in c])
+    out.samples(
+        "inferwatch_canary_requests",
+        [f'{s},arm="{arm}"' for s in sets for arm in ("baseline", "candidate")],
+        [n for x in c for n in x[5]],
+    )
+    metric_sets = [f'{s},metric="{m[0]}"' for s, x in zip(sets, c, strict=True) for m in x[6]]
+    readings = [m for x in c for m in x[6]]
+    out.samples("inferwatch_canary_metric_verdict", metric_sets, [VERDICT_VALUE[m[1]] for m in readings])
+    for i, family in enumerate(
+        (
+            "inferwatch_canary_metric_p_value",
+            "inferwatch_canary_metric_effect",
+            "inferwatch_canary_metric_effect_lower",
+            "inferwatch_canary_metric_effect_upper",
+        ),
+        start=2,
+    ):
+        out.samples(family, metric_sets, [m[i] for m in readings])

@@ -1,14 +1,21 @@
-"""Drift monitoring per key: one calibrated detector per stream, fed a batch at a time.
+"""Drift monitoring: one calibrated detector per stream of every key of a partition, values in arrays.
 
-A key's streams are `score`, `latency`, `feature:<name>` (each feature, numeric or
-categorical by its first value) and `errors` (misclassified, from joined labels). Each stream:
+A key's streams are `score`, `latency`, `feature:<name>` (numeric or categorical by its first
+value) and `errors` (misclassified, from joined labels). Each stream:
 
 1. collects its reference: the first `reference_events` values, or a reference file's;
 2. calibrates its detector on that reference to the target expected run time (ERT), inline
    (replay: deterministic) or on a background thread (the daemon: off the ingest loop; values
    that arrive meanwhile wait in a bounded buffer);
-3. detects. Every detection becomes a `DriftAlert` carrying the input index of the event that
-   completed the evidence.
+3. detects. Window tests judge each tumbling window of `window_events` values against the
+   reference; River's detectors take the values one by one. Every detection becomes a
+   `DriftAlert` carrying the input index of the event that completed the evidence, and the
+   stream learns a new reference.
+
+Storage: a bank per value kind holds every stream's reference and window in one row, `[reference
+| window]` (numbers as float64; categories as this partition's level codes). A batch scatters each
+stream's values into its row at once; Python runs per stream only when a reference or a window
+fills, a few times per thousand values.
 
 Multiple testing: with `bonferroni`, each of a key's m feature streams is calibrated to
 m × target, so the key's features together raise about one false alarm per target events.
@@ -18,31 +25,43 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, repeat
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from daemon.config import DriftConfig
-from daemon.ingest.events import InferenceEvent
-from daemon.state.routing import Key
-from detectors.base import InputKind
+from daemon.export.families import Sink, escape
+from daemon.ingest.batch import Batch, Key
+from daemon.monitors.arrays import grown
+from daemon.monitors.names import Overflow, RowNames
 from detectors.calibration import Calibration, calibrate
-from detectors.distribution import WindowedTest
+from detectors.distribution import CategoricalTest, WindowedTest
 from detectors.registry import DETECTORS
 
 log = structlog.get_logger(__name__)
 
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 StreamState = Literal["reference", "calibrating", "active", "failed"]
 STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", "failed")
+Kind = Literal["numeric", "categorical", "binary"]
+
+# Phases of a stream, in an array (`Drift.phase`).
+COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF = 0, 1, 2, 3, 4
+_STATE_OF_PHASE: tuple[StreamState, ...] = ("reference", "active", "calibrating", "active", "failed")
 # Values held per stream while its calibration runs in the background; beyond it they are
 # skipped (counted) rather than held without bound.
 MAX_PENDING = 100_000
-# Format of StreamMonitor and KeyDrift snapshots; restore() refuses any other.
-SNAPSHOT_VERSION = 1
+# Levels of one categorical feature a partition tells apart; later ones share code 0 (OTHER),
+# counted as `feature_level` overflow. Level codes are what the bank stores.
+MAX_LEVELS = 10_000
+OTHER_LEVEL = "__other__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,274 +113,267 @@ class Calibrator:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class StreamMonitor:
-    """Reference → calibration → detection, for one stream of one key."""
+class Stream:
+    """What a stream keeps besides its bank row and the arrays: its detector and calibration."""
 
-    def __init__(
-        self,
-        stream: str,
-        kind: InputKind,
-        detector: str,
-        settings: DriftConfig,
-        calibrator: Calibrator,
-        target_ert: Callable[[], float],
-        reference: Sequence[Any] = (),
-    ) -> None:
-        self.stream = stream
+    __slots__ = (
+        "calibration",
+        "detector",
+        "error",
+        "feature",
+        "future",
+        "kind",
+        "name",
+        "pending",
+        "row",
+        "skipped",
+        "slot_codes",
+        "target",
+        "tester",
+    )
+
+    def __init__(self, name: str, kind: Kind, detector: str, row: int, feature: str | None) -> None:
+        self.name = name
         self.kind = kind
         self.detector = detector
-        self._settings = settings
-        self._calibrator = calibrator
-        self._target_ert = target_ert
-        self.state: StreamState = "reference"
-        self._reference: list[Any] = list(reference[: settings.reference_events])
-        self._future: Future[Calibration] | None = None
-        self._det: Any = None
+        self.row = row  # the key's row
+        self.feature = feature
+        self.tester: Any = None  # the calibrated detector while the stream is active
         self.calibration: Calibration | None = None
-        # Values that came while calibrating, with their input indices and timestamps.
-        self._pending: tuple[list[Any], list[int], list[float | None]] = ([], [], [])
+        self.target: float | None = None  # the target ERT of the calibration last submitted
+        self.future: Future[Calibration] | None = None
+        # Values that came while calibrating: (values, event indices, event times) arrays.
+        self.pending: list[tuple[npt.NDArray[Any], Ints, Floats]] = []
         self.skipped = 0
-        self.detections = 0
-        self.last_detection: float | None = None  # monotonic seconds
-        self.last_score: float | None = None
         self.error: str | None = None
-        # The target ERT of the calibration last submitted (the bonferroni target can grow later).
-        self._calibration_target: float | None = None
+        # Categorical window tests: the level code of each of the tester's reference levels.
+        self.slot_codes: Ints | None = None
 
     @property
-    def score(self) -> float | None:
-        """The detector's latest statistic; while a new reference is collected, the one that fired."""
-        if self._det is None:
-            return self.last_score
-        s = getattr(self._det, "score", None)
-        return None if s is None or not math.isfinite(s) else float(s)
-
-    def feed(self, values: list[Any], indices: list[int], times: list[float | None]) -> list[DriftAlert]:
-        """Take values (already of this stream's kind) with their input indices and timestamps."""
-        if self.state == "reference":
-            need = self._settings.reference_events - len(self._reference)
-            self._reference.extend(values[:need])
-            if len(self._reference) < self._settings.reference_events:
-                return []
-            values, indices, times = values[need:], indices[need:], times[need:]
-            self._start_calibration()
-        if self.state == "calibrating":
-            assert self._future is not None
-            if not self._future.done():
-                self._hold(values, indices, times)
-                return []
-            if self._finish_calibration(self._future):
-                pv, pi, pt = self._pending
-                self._pending = ([], [], [])
-                values, indices, times = pv + values, pi + indices, pt + times
-        if self.state != "active":
-            return []
-        hits = self._det.update_many(values, stop_at_first=True)
-        if not hits:
-            return []
-        h = hits[0]
-        self.detections += 1
-        self.last_detection = time.monotonic()
-        self.last_score = self.score
-        assert self.calibration is not None
-        alert = DriftAlert(
-            indices[h], times[h], ("", "", ""), self.stream, self.detector, self.last_score, self.calibration.target_ert
-        )
-        # Start over: the values after the detection are the new reference, and the threshold is
-        # calibrated on it afresh (a bootstrapped test's null depends on its reference).
-        self.state, self._det = "reference", None
-        h += 1
-        return [alert, *self.feed(values[h:], indices[h:], times[h:])]
-
-    @property
-    def calibrated(self) -> bool:
-        """A calibration has finished but the stream has not taken it yet (it does at its next feed)."""
-        return self.state == "calibrating" and self._future is not None and self._future.done()
-
-    def _start_calibration(self) -> None:
-        self._submit_calibration(self._target_ert())
-        assert self._future is not None
-        if self._future.done():
-            self._finish_calibration(self._future)
-
-    def _submit_calibration(self, target: float) -> None:
-        """Calibrate on the current reference to `target`, on the calibrator (inline or not)."""
-        reference = list(self._reference)
-        params: dict[str, Any] = {}
-        if issubclass(DETECTORS[self.detector], WindowedTest):
-            params = {"reference_size": len(reference), "window_size": self._settings.window_events}
-        name = self.detector
-        self._calibration_target = target  # a snapshot taken meanwhile resubmits with it
-        self._future = self._calibrator.submit(lambda: calibrate(name, reference, target, params=params))
-        self.state = "calibrating"
-
-    def _finish_calibration(self, future: Future[Calibration]) -> bool:
-        """Build the detector from a finished calibration; False if the stream cannot be monitored."""
-        try:
-            cal = future.result()
-        except Exception as exc:
-            # A reference a detector cannot learn from (a constant stream, no errors at all), or
-            # a bug: this stream stays unmonitored, and says why; ingestion goes on.
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.info("drift_stream_not_monitored", stream=self.stream, detector=self.detector, reason=self.error)
-            return False
-        self.calibration = cal
-        self._det = cal.build()
-        self._det.update_many(self._reference)  # a window test's reference; a River detector's warm-up
-        self._reference = []
-        self.state = "active"
-        return True
-
-    def _hold(self, values: list[Any], indices: list[int], times: list[float | None]) -> None:
-        pv, pi, pt = self._pending
-        room = MAX_PENDING - len(pv)
-        if room < len(values):
-            self.skipped += len(values) - max(room, 0)
-            values, indices, times = values[:room], indices[:room], times[:room]
-        pv.extend(values)
-        pi.extend(indices)
-        pt.extend(times)
-
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state (see `SNAPSHOT_VERSION`); `restore()` on a like monitor continues it.
-
-        A stream whose calibration has not been taken yet is stored as calibrating, with its
-        reference and held values: `restore()` submits the (deterministic) calibration again.
-        `last_detection` is stored as an age, since monotonic clocks do not cross processes.
-        """
-        cal = self.calibration
-        pv, pi, pt = self._pending
-        out: dict[str, Any] = _to_json(
-            {
-                "version": SNAPSHOT_VERSION,
-                "stream": self.stream,
-                "kind": self.kind,
-                "detector": self.detector,
-                "state": self.state,
-                "reference": _values(self._reference, self.kind),
-                "calibration_target": self._calibration_target,
-                "calibration": None if cal is None else _calibration_state(cal),
-                "detector_state": None if self._det is None else self._det.snapshot(),
-                "pending": {"values": _values(pv, self.kind), "indices": list(pi), "times": list(pt)},
-                "skipped": self.skipped,
-                "detections": self.detections,
-                "last_detection_age": _age(self.last_detection),
-                "last_score": self.last_score,
-                "error": self.error,
-            }
-        )
-        return out
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state with a snapshot's, taken from a monitor of the same stream and detector."""
-        _check_version(state, "drift stream")
-        st = _from_json(state)
-        for name in ("stream", "kind", "detector"):
-            if st[name] != getattr(self, name):
-                raise ValueError(
-                    f"drift stream snapshot is for {name} {st[name]!r}, not {getattr(self, name)!r}; "
-                    "the configuration changed: start this stream afresh"
-                )
-        if st["state"] not in STREAM_STATES:
-            raise ValueError(f"drift stream snapshot has unknown state {st['state']!r}")
-        self.state = st["state"]
-        self._reference = _values(st["reference"], self.kind)
-        self._future, self._det = None, None
-        self.calibration = None if st["calibration"] is None else _calibration(st["calibration"])
-        target = st["calibration_target"]
-        self._calibration_target = None if target is None else float(target)
-        pending = st["pending"]
-        self._pending = (
-            _values(pending["values"], self.kind),
-            [int(i) for i in pending["indices"]],
-            [None if t is None else float(t) for t in pending["times"]],
-        )
-        self.skipped, self.detections = int(st["skipped"]), int(st["detections"])
-        self.last_detection = _since(st["last_detection_age"])
-        self.last_score = None if st["last_score"] is None else float(st["last_score"])
-        self.error = st["error"]
-        if self.state == "active":
-            if self.calibration is None or st["detector_state"] is None:
-                raise ValueError("drift stream snapshot is active but lacks its calibration or detector state")
-            self._det = self.calibration.build()
-            self._det.restore(st["detector_state"])
-        elif self.state == "calibrating":
-            if self._calibration_target is None:
-                raise ValueError("drift stream snapshot is calibrating but lacks its calibration target")
-            # Taken by the next feed() or KeyDrift.poll(), as the interrupted calibration would have been.
-            self._submit_calibration(self._calibration_target)
+    def windowed(self) -> bool:
+        return issubclass(DETECTORS[self.detector], WindowedTest)
 
 
-class KeyDrift:
-    """The streams of one (model, version, variant)."""
+class Drift:
+    """Every drift stream of a partition's keys. `keys` is the partition's list of keys by row."""
 
     def __init__(
         self,
-        key: Key,
         settings: DriftConfig,
         calibrator: Calibrator,
         max_features: int,
-        references: dict[str, list[Any]] | None = None,
+        keys: list[Key],
+        overflow: Overflow,
+        references: dict[Key, dict[str, list[Any]]] | None = None,
     ) -> None:
-        self.key = key
         self.settings = settings
-        self._calibrator = calibrator
-        self._max_features = max_features
-        self._references = references or {}
-        self.streams: dict[str, StreamMonitor] = {}
-        self._features: dict[str, StreamMonitor] = {}
+        self.calibrator = calibrator
+        self.keys = keys
+        self.overflow = overflow
+        self.references = references or {}
+        self.R, self.W = settings.reference_events, settings.window_events
         watch = settings.streams
-        self._watch_features = "features" in watch
-        self._watch_score = "score" in watch
-        self._watch_latency = "latency" in watch
-        self.watch_errors = "errors" in watch
-        # Bumped when anything the exposition shows may have changed.
-        self.version = 0
-        self._states: tuple[int, dict[str, int]] = (-1, {})
-        # Monotonic time of the newest detection of any stream.
-        self.last_detection: float | None = None
+        self.watch = {s: s in watch for s in ("features", "score", "latency", "errors")}
+        self.streams: list[Stream] = []
+        # Per stream: phase, values in its buffer, detections, monotonic time of the last one, the
+        # detector's latest statistic (NaN: none), and its row in the bank of its kind.
+        self.phase = np.zeros(0, dtype=np.int8)
+        self.fill = np.zeros(0, dtype=np.int64)
+        self.detections = np.zeros(0, dtype=np.int64)
+        self.last_detection = np.zeros(0, dtype=np.float64)
+        self.score = np.zeros(0, dtype=np.float64)
+        self.bank_row = np.zeros(0, dtype=np.int64)
+        self.categorical = np.zeros(0, dtype=np.bool_)
+        self.banks: dict[str, npt.NDArray[Any]] = {
+            "numeric": np.zeros((0, self.R + self.W), dtype=np.float64),
+            "categorical": np.zeros((0, self.R + self.W), dtype=np.int32),
+        }
+        self.bank_rows = {"numeric": 0, "categorical": 0}
+        # Per key row: its score, latency and errors streams, and its feature streams by column.
+        self.rows = 0
+        self.fixed = np.full((0, 3), -1, dtype=np.int64)  # score, latency, errors
+        self.by_row: list[list[int]] = []
+        # Each stream's label pairs for the exposition, built once.
+        self.stream_labels: list[str] = []
+        self.feature_names = RowNames(max_features, "feature", Overflow())  # drift does not count overflow
+        self.feature_stream = np.full((0, max_features), -1, dtype=np.int64)
+        # Each categorical feature's level codes (0 is OTHER), shared by the partition's keys.
+        self.levels: dict[str, dict[str, int]] = {}
+        self.level_names: dict[str, list[str]] = {}
+        # Streams whose background calibration finished: taken at the next batch or poll().
+        self._ready: deque[int] = deque()
+        # Monotonic time of the newest detection of any stream (the exposition checks holds only then).
+        self.newest_detection: float | None = None
 
-    def _monitor(self, stream: str, kind: InputKind) -> StreamMonitor:
+    # -- rows and streams ---------------------------------------------------------------------
+
+    def add_rows(self, n: int) -> None:
+        self.rows += n
+        self.feature_names.add_rows(n)
+        self.by_row.extend([] for _ in range(n))
+        if self.rows > len(self.fixed):
+            cap = max(self.rows, 2 * len(self.fixed), 16)
+            self.fixed = grown(self.fixed, cap, -1)
+            self.feature_stream = grown(self.feature_stream, cap, -1)
+
+    def _stream(self, row: int, name: str, kind: Kind, feature: str | None = None) -> int:
         s = self.settings
         detector = {"numeric": s.numeric_detector, "categorical": s.categorical_detector, "binary": s.error_detector}[
             kind
         ]
-        target: Callable[[], float] = lambda: float(s.target_ert_events)  # noqa: E731
-        if stream.startswith("feature:") and s.multiple_testing == "bonferroni":
-            target = lambda: float(s.target_ert_events) * max(1, len(self._features))  # noqa: E731
-        m = StreamMonitor(stream, kind, detector, s, self._calibrator, target, self._references.get(stream, ()))
-        self.streams[stream] = m
-        return m
+        sid = len(self.streams)
+        self.streams.append(Stream(name, kind, detector, row, feature))
+        if sid >= len(self.phase):
+            cap = max(2 * len(self.phase), 64)
+            self.phase = grown(self.phase, cap, COLLECT)
+            self.fill = grown(self.fill, cap, 0)
+            self.detections = grown(self.detections, cap, 0)
+            self.last_detection = grown(self.last_detection, cap, math.nan)
+            self.score = grown(self.score, cap, math.nan)
+            self.bank_row = grown(self.bank_row, cap, -1)
+            self.categorical = grown(self.categorical, cap, False)
+        self.categorical[sid] = kind == "categorical"
+        self.by_row[row].append(sid)
+        bank = "categorical" if kind == "categorical" else "numeric"
+        brow = self.bank_rows[bank]
+        self.bank_rows[bank] += 1
+        if brow >= len(self.banks[bank]):
+            self._grow_bank(bank, max(2 * len(self.banks[bank]), 64))
+        self.bank_row[sid] = brow
+        self.phase[sid], self.fill[sid] = COLLECT, 0
+        reference = self.references.get(self.keys[row], {}).get(name)
+        if reference:
+            values = reference[: self.R]
+            if kind == "categorical":
+                assert feature is not None
+                codes = self._level_codes(feature, [str(v) for v in values])
+                self.banks[bank][brow, : len(codes)] = codes
+            else:
+                self.banks[bank][brow, : len(values)] = values
+            self.fill[sid] = len(values)
+        return sid
 
-    def update(
-        self, events: Sequence[InferenceEvent], indices: list[int], times: list[float | None]
-    ) -> list[DriftAlert]:
-        """Feed a batch of this key's events; return the detections, in no particular order."""
-        alerts: list[DriftAlert] = []
-        for stream, kind, column in self._columns(events):
-            values, idx, ts = _usable(column, kind, indices, times)
-            if values:
-                m = self.streams.get(stream) or self._monitor(stream, kind)
-                alerts.extend(self._stamp(m.feed(values, idx, ts)))
-        self.version += 1
+    def _grow_bank(self, bank: str, rows: int) -> None:
+        """A bigger bank: the window testers' references are views of it, so they move along."""
+        self.banks[bank] = new = grown(self.banks[bank], rows, 0)
+        if bank == "numeric":
+            for sid, st in enumerate(self.streams):
+                if hasattr(st.tester, "rebind"):
+                    st.tester.rebind(new[self.bank_row[sid], : self.R])
+
+    def _level_codes(self, feature: str, names: Sequence[str]) -> Ints:
+        table = self.levels.get(feature)
+        if table is None:
+            table = self.levels[feature] = {OTHER_LEVEL: 0}
+            self.level_names[feature] = [OTHER_LEVEL]
+        out = []
+        for name in names:
+            code = table.get(name)
+            if code is None:
+                if len(table) < MAX_LEVELS:
+                    code = table[name] = len(table)
+                    self.level_names[feature].append(name)
+                else:
+                    code = 0
+                    self.overflow.add("feature_level")
+            out.append(code)
+        codes: Ints = np.array(out, dtype=np.int64)
+        return codes
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def update(self, rows: Ints, order: Ints, batch: Batch) -> list[DriftAlert]:
+        """Feed a batch; `order` sorts its events by row, stably. Returns the detections."""
+        alerts = self._take_ready()
+        srows = rows[order]
+        numeric: list[tuple[Ints, Floats, Ints]] = []
+        categorical: list[tuple[Ints, Ints, Ints]] = []
+        for slot, (watched, values) in enumerate(
+            ((self.watch["score"], batch.score), (self.watch["latency"], batch.latency_ms))
+        ):
+            if watched:
+                v = values[order]
+                has = ~np.isnan(v)
+                if has.any():
+                    sids = self._fixed_streams(srows, has, slot, "score" if slot == 0 else "latency")
+                    numeric.append((sids[has], v[has], order[has]))
+        if self.watch["features"] and batch.features:
+            self._features(srows, order, batch, numeric, categorical)
+        for kind, triples in (("numeric", numeric), ("categorical", categorical)):
+            if triples:
+                sids = np.concatenate([t[0] for t in triples])
+                values = np.concatenate([t[1] for t in triples])
+                events = np.concatenate([t[2] for t in triples])
+                keep = sids >= 0
+                if not keep.all():
+                    sids, values, events = sids[keep], values[keep], events[keep]
+                alerts += self._place(sids, values, batch.index[events], batch.time[events], kind)
         return alerts
 
-    def _columns(self, events: Sequence[InferenceEvent]) -> Iterator[tuple[str, InputKind, list[Any]]]:
-        """(stream, kind, one value or None per event) for each watched stream of the batch."""
-        if self._watch_score:
-            yield "score", "numeric", [e.score if e.score is not None else _top_probability(e) for e in events]
-        if self._watch_latency:
-            yield "latency", "numeric", [e.latency_ms for e in events]
-        if self._watch_features:
-            feats = [e.features for e in events]
-            if any(feats):
-                complete = None not in feats
-                for name in self._feature_names(feats):
-                    m = self._features[name]
-                    if complete:  # the usual case: map() runs the lookups at C speed
-                        yield m.stream, m.kind, list(map(dict.get, feats, repeat(name)))  # type: ignore[arg-type]
-                    else:
-                        yield m.stream, m.kind, [f.get(name) if f else None for f in feats]
+    def _fixed_streams(self, srows: Ints, has: npt.NDArray[np.bool_], slot: int, name: str) -> Ints:
+        sids: Ints = self.fixed[srows, slot]
+        missing = has & (sids < 0)
+        if missing.any():
+            for row in np.unique(srows[missing]).tolist():
+                self.fixed[row, slot] = self._stream(row, name, "numeric")
+            sids = self.fixed[srows, slot]
+        return sids
+
+    def _features(
+        self,
+        srows: Ints,
+        order: Ints,
+        batch: Batch,
+        numeric: list[tuple[Ints, Floats, Ints]],
+        categorical: list[tuple[Ints, Ints, Ints]],
+    ) -> None:
+        # Register the batch's new (key, feature) streams first, all of them, in the order of their
+        # first value: a feature stream's Bonferroni target counts every feature known by then.
+        columns = []
+        for i, f in enumerate(batch.features):
+            usable = f.present[order]
+            if f.num is not None and f.codes is not None:  # mixed: strings and bools or numbers
+                usable = usable & ((f.codes[order] >= 0) | ~np.isnan(f.num[order]))
+            codes = np.where(usable, i, -1)
+            cols, taken = self.feature_names.columns(srows, codes, [g.name for g in batch.features])
+            for row, col, at in taken:
+                e = order[at]
+                kind: Kind = "categorical" if f.codes is not None and f.codes[e] >= 0 else "numeric"
+                self.feature_stream[row, col] = self._stream(row, f"feature:{f.name}", kind, f.name)
+            columns.append((f, usable, cols))
+        for f, usable, cols in columns:
+            ok = usable & (cols >= 0) & (cols < self.feature_names.cap)
+            if not ok.any():
+                continue
+            sids = np.full(len(srows), -1, dtype=np.int64)
+            sids[ok] = self.feature_stream[srows[ok], cols[ok]]
+            if f.codes is None:
+                numeric.append((sids[ok], f.num[order][ok], order[ok]))  # type: ignore[index]
+                continue
+            is_cat = self.categorical
+            cat = ok & is_cat[np.maximum(sids, 0)]
+            codes = f.codes[order]
+            cat &= codes >= 0
+            if cat.any():
+                table = self._level_codes(f.name, f.levels)
+                categorical.append((sids[cat], table[codes[cat]], order[cat]))
+            if f.num is not None:
+                num = ok & ~is_cat[np.maximum(sids, 0)] & ~np.isnan(f.num[order])
+                if num.any():
+                    numeric.append((sids[num], f.num[order][num], order[num]))
+
+    def update_errors(self, rows: Ints, wrong: npt.NDArray[np.bool_], index: Ints, times: Floats) -> list[DriftAlert]:
+        """Graded predictions in label order: True where the prediction was wrong."""
+        if not self.watch["errors"] or not len(rows):
+            return []
+        alerts = self._take_ready()
+        order = np.argsort(rows, kind="stable")
+        srows = rows[order]
+        sids = self.fixed[srows, 2]
+        for row in np.unique(srows[sids < 0]).tolist():
+            self.fixed[row, 2] = self._stream(row, "errors", "binary")
+        sids = self.fixed[srows, 2]
+        return alerts + self._place(sids, wrong[order].astype(np.float64), index[order], times[order], "numeric")
 
     def poll(self) -> list[DriftAlert]:
         """Streams whose calibration finished take it now and test the values held meanwhile.
@@ -369,227 +381,458 @@ class KeyDrift:
         Without this a stream would wait for its key's next event: a key gone quiet would show
         `calibrating` forever and never test a drift that arrived while it was calibrating.
         """
-        done = [m for m in self.streams.values() if m.calibrated]
-        if not done:
-            return []
+        return self._take_ready()
+
+    # -- the placement ------------------------------------------------------------------------
+
+    def _place(self, sids: Ints, values: npt.NDArray[Any], index: Ints, times: Floats, kind: str) -> list[DriftAlert]:
+        """Put each stream's values (contiguous runs per stream, in input order) where they belong."""
         alerts: list[DriftAlert] = []
-        for m in done:
-            alerts.extend(self._stamp(m.feed([], [], [])))
-        self.version += 1
+        bank = self.banks[kind]
+        while len(sids):
+            n = len(sids)
+            starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
+            run_sid = sids[starts]
+            run_len = np.diff(np.r_[starts, n])
+            phase = self.phase[run_sid]
+            buffered = (phase == COLLECT) | (phase == WINDOW)
+            room = np.where(phase == COLLECT, self.R, self.W) - self.fill[run_sid]
+            room = np.where(buffered, room, 0)
+            rank = np.arange(n) - np.repeat(starts, run_len)
+            fits = rank < np.repeat(room, run_len)
+            if fits.any():
+                s = sids[fits]
+                col = np.where(self.phase[s] == COLLECT, 0, self.R) + self.fill[s] + rank[fits]
+                bank[self.bank_row[s], col] = values[fits]
+                self.fill[run_sid] += np.minimum(run_len, room)
+            leftover = ~fits
+            # Streams whose buffer filled, and those that take values another way, one by one.
+            full = buffered & (self.fill[run_sid] == np.where(phase == COLLECT, self.R, self.W))
+            for u in np.flatnonzero(full | ~buffered).tolist():
+                sid = int(run_sid[u])
+                a, b = int(starts[u]), int(starts[u] + run_len[u])
+                if not buffered[u]:
+                    done = self._unbuffered(sid, values[a:b], index[a:b], times[a:b], alerts)
+                    leftover[a + done : b] = True
+                    leftover[a : a + done] = False
+                    continue
+                last = a + int(room[u]) - 1  # the value that filled the buffer
+                alerts += self._full(sid, index[last] if last >= a else None, times[last] if last >= a else None)
+            sids, values, index, times = sids[leftover], values[leftover], index[leftover], times[leftover]
         return alerts
 
-    def update_errors(self, wrong: list[bool], indices: list[int], times: list[float | None]) -> list[DriftAlert]:
-        """Feed graded predictions in label order: True where the prediction was wrong."""
-        if not self.watch_errors or not wrong:
+    def _unbuffered(
+        self, sid: int, values: npt.NDArray[Any], index: Ints, times: Floats, alerts: list[DriftAlert]
+    ) -> int:
+        """Values of a stream that holds them (calibrating), drops them (failed) or feeds a River
+        detector; returns how many it used (the rest go round again: a detection restarted it)."""
+        st, phase = self.streams[sid], self.phase[sid]
+        if phase == OFF:
+            return len(values)
+        if phase == HOLD:
+            held = sum(len(p[0]) for p in st.pending)
+            room = max(MAX_PENDING - held, 0)
+            if room < len(values):
+                st.skipped += len(values) - room
+            if room:
+                st.pending.append((values[:room].copy(), index[:room].copy(), times[:room].copy()))
+            return len(values)
+        hits = st.tester.update_many(values.tolist(), stop_at_first=True)
+        if not hits:
+            return len(values)
+        h = int(hits[0])
+        alerts.append(self._detected(sid, int(index[h]), float(times[h]), None))
+        return h + 1
+
+    def _full(self, sid: int, index: Any, at: Any) -> list[DriftAlert]:
+        """A stream's reference or window filled with the value at input `index` (time `at`)."""
+        st = self.streams[sid]
+        brow = self.bank_row[sid]
+        if self.phase[sid] == COLLECT:
+            self._submit(sid)
+            if st.future is not None and st.future.done():
+                return self._finish(sid)
             return []
-        m = self.streams.get("errors") or self._monitor("errors", "binary")
-        self.version += 1
-        return self._stamp(m.feed(wrong, indices, times))
+        tester: WindowedTest = st.tester
+        window = self.banks["categorical" if st.kind == "categorical" else "numeric"][brow, self.R :]
+        if st.kind == "categorical":
+            assert st.slot_codes is not None
+            counts = np.bincount(window, minlength=len(self.level_names[st.feature or ""]))
+            slots = counts[st.slot_codes].astype(np.float64)
+            drifted = tester.judge(np.r_[slots, self.W - slots.sum()])
+        else:
+            drifted = tester.judge(window)
+        self.fill[sid] = 0
+        stat = tester.score
+        self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
+        if not drifted:
+            return []
+        return [self._detected(sid, int(index), float(at), self.score[sid])]
 
-    def _feature_names(self, feats: list[dict[str, Any] | None]) -> list[str]:
-        """Known feature streams, after registering new names (kind from the first usable value)."""
-        known = self._features
-        if len(known) < self._max_features and not known.keys() >= set(chain.from_iterable(filter(None, feats))):
-            for f in feats:
-                if f is None:
-                    continue
-                for name, v in f.items():
-                    if name in known or v is None or len(known) >= self._max_features:
-                        continue
-                    kind: InputKind = "categorical" if isinstance(v, str | bool) else "numeric"
-                    known[name] = self._monitor(f"feature:{name}", kind)
-        return list(known)
+    def _detected(self, sid: int, index: int, at: float, score: float | None) -> DriftAlert:
+        st = self.streams[sid]
+        now = time.monotonic()
+        self.detections[sid] += 1
+        self.last_detection[sid] = self.newest_detection = now
+        if score is None:
+            stat = getattr(st.tester, "score", None)
+            score = None if stat is None or not math.isfinite(stat) else float(stat)
+        elif math.isnan(score):
+            score = None
+        assert st.calibration is not None
+        alert = DriftAlert(
+            index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector, score,
+            st.calibration.target_ert,
+        )  # fmt: skip
+        # Start over: the values after the detection are the new reference, and the threshold is
+        # calibrated on it afresh (a bootstrapped test's null depends on its reference).
+        self.phase[sid], self.fill[sid] = COLLECT, 0
+        st.tester = None
+        st.slot_codes = None
+        log.warning(
+            "drift_detected",
+            model=alert.key[0],
+            version=alert.key[1],
+            variant=alert.key[2],
+            stream=alert.stream,
+            detector=alert.detector,
+            index=alert.index,
+            event_timestamp=alert.timestamp,
+            score=alert.score,
+        )
+        return alert
 
-    def _stamp(self, alerts: list[DriftAlert]) -> list[DriftAlert]:
-        out = [DriftAlert(a.index, a.timestamp, self.key, a.stream, a.detector, a.score, a.target_ert) for a in alerts]
-        if out:
-            self.last_detection = time.monotonic()
-        for a in out:
-            log.warning(
-                "drift_detected",
-                model=a.key[0],
-                version=a.key[1],
-                variant=a.key[2],
-                stream=a.stream,
-                detector=a.detector,
-                index=a.index,
-                event_timestamp=a.timestamp,
-                score=a.score,
-            )
-        return out
+    # -- calibration --------------------------------------------------------------------------
+
+    def _target(self, sid: int) -> float:
+        s = self.settings
+        st = self.streams[sid]
+        if st.name.startswith("feature:") and s.multiple_testing == "bonferroni":
+            return float(s.target_ert_events) * max(1, len(self.feature_names.names[st.row]))
+        return float(s.target_ert_events)
+
+    def reference(self, sid: int) -> list[Any]:
+        """A stream's reference in the order it was collected (what calibration resamples)."""
+        st = self.streams[sid]
+        brow = self.bank_row[sid]
+        if st.kind == "categorical":
+            names = self.level_names[st.feature or ""]
+            return [names[c] for c in self.banks["categorical"][brow, : self.R].tolist()]
+        ref = self.banks["numeric"][brow, : self.R]
+        return [bool(v) for v in ref.tolist()] if st.kind == "binary" else ref.tolist()
+
+    def _submit(self, sid: int, target: float | None = None) -> None:
+        st = self.streams[sid]
+        st.target = target = self._target(sid) if target is None else target
+        params: dict[str, Any] = {}
+        if st.windowed:
+            params = {"reference_size": self.R, "window_size": self.W}
+        name, reference = st.detector, self.reference(sid)
+        st.future = self.calibrator.submit(lambda: calibrate(name, reference, target, params=params))
+        self.phase[sid] = HOLD
+        if not st.future.done():
+            st.future.add_done_callback(lambda _f: self._ready.append(sid))
+
+    def _take_ready(self) -> list[DriftAlert]:
+        alerts: list[DriftAlert] = []
+        while self._ready:
+            sid = self._ready.popleft()
+            st = self.streams[sid]
+            if self.phase[sid] == HOLD and st.future is not None and st.future.done():
+                alerts += self._finish(sid)
+        return alerts
+
+    def _finish(self, sid: int) -> list[DriftAlert]:
+        """Build the detector from a finished calibration, then test what was held meanwhile."""
+        st = self.streams[sid]
+        assert st.future is not None
+        future, st.future = st.future, None
+        try:
+            cal = future.result()
+        except Exception as exc:
+            # A reference a detector cannot learn from (a constant stream, no errors at all), or
+            # a bug: this stream stays unmonitored, and says why; ingestion goes on.
+            self.phase[sid], st.error = OFF, f"{type(exc).__name__}: {exc}"
+            st.pending = []
+            log.info("drift_stream_not_monitored", stream=st.name, detector=st.detector, reason=st.error)
+            return []
+        st.calibration = cal
+        self._activate(sid)
+        pending, st.pending = st.pending, []
+        if not pending:
+            return []
+        values = np.concatenate([p[0] for p in pending])
+        index = np.concatenate([p[1] for p in pending])
+        times = np.concatenate([p[2] for p in pending])
+        sids = np.full(len(values), sid, dtype=np.int64)
+        return self._place(sids, values, index, times, "categorical" if st.kind == "categorical" else "numeric")
+
+    def _activate(self, sid: int) -> None:
+        """The calibrated detector, with this stream's reference (a window test's, a River one's warm-up)."""
+        st = self.streams[sid]
+        assert st.calibration is not None
+        tester = st.calibration.build()
+        brow = self.bank_row[sid]
+        if isinstance(tester, WindowedTest):
+            if isinstance(tester, CategoricalTest):
+                tester.prepare(self.reference(sid))
+                table = self.levels[st.feature or ""]
+                st.slot_codes = np.array([table[level] for level in tester.levels], dtype=np.int64)
+            else:
+                tester.prepare(self.banks["numeric"][brow, : self.R])
+            tester.prepared = True
+            self.phase[sid] = WINDOW
+        else:
+            tester.update_many(self.reference(sid))
+            self.phase[sid] = SEQUENTIAL
+        st.tester = tester
+        self.fill[sid] = 0
+        self.score[sid] = math.nan
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def state(self, sid: int) -> StreamState:
+        return _STATE_OF_PHASE[int(self.phase[sid])]
+
+    def states(self, row: int | None = None) -> dict[str, int]:
+        """Streams by state, of one key row or of all."""
+        phases = self.phase[: len(self.streams)] if row is None else self.phase[self.by_row[row]]
+        counts = np.bincount(phases, minlength=5)
+        return {
+            "reference": int(counts[COLLECT]),
+            "calibrating": int(counts[HOLD]),
+            "active": int(counts[WINDOW] + counts[SEQUENTIAL]),
+            "failed": int(counts[OFF]),
+        }
+
+    def detections_of(self, row: int) -> dict[str, int]:
+        return {self.streams[sid].name: int(self.detections[sid]) for sid in self.by_row[row] if self.detections[sid]}
+
+    # -- checkpoints --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every stream (see `SNAPSHOT_VERSION`); `version` is not kept.
-
-        Feature streams are listed in the order they were registered (names and kinds), since
-        bonferroni targets and the cap depend on it; `last_detection` is stored as an age.
-        """
+        """Copies of the arrays and the banks' rows in use, and each stream's calibration and detector
+        state. A stream still calibrating is stored with its reference: a restore calibrates again
+        (deterministically). Detection times are stored as ages (monotonic clocks do not cross
+        processes)."""
+        n = len(self.streams)
+        now = time.monotonic()
         return {
-            "version": SNAPSHOT_VERSION,
-            "key": list(self.key),
-            "features": [[name, m.kind] for name, m in self._features.items()],
-            "streams": [m.snapshot() for m in self.streams.values()],
-            "last_detection_age": _to_json(_age(self.last_detection)),
+            "streams": [_stream_state(st) for st in self.streams],
+            "phase": self.phase[:n].copy(),
+            "fill": self.fill[:n].copy(),
+            "detections": self.detections[:n].copy(),
+            "last_detection_age": now - self.last_detection[:n],
+            "score": self.score[:n].copy(),
+            "bank_row": self.bank_row[:n].copy(),
+            "numeric": self.banks["numeric"][: self.bank_rows["numeric"]].copy(),
+            "categorical": self.banks["categorical"][: self.bank_rows["categorical"]].copy(),
+            "fixed": self.fixed[: self.rows].copy(),
+            "feature_names": [list(x) for x in self.feature_names.names],
+            "feature_stream": self.feature_stream[: self.rows].copy(),
+            "levels": dict(self.level_names),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Replace every stream with a snapshot's. Streams calibrating when it was taken calibrate
-        again on this key's calibrator, and take the result at the next update() or poll()."""
-        _check_version(state, "drift key")
-        if tuple(state["key"]) != tuple(self.key):
-            raise ValueError(f"drift key snapshot is for key {tuple(state['key'])!r}, not {self.key!r}")
-        features = [(str(name), str(kind)) for name, kind in state["features"]]
-        if len(features) > self._max_features:
-            raise ValueError(
-                f"drift key snapshot has {len(features)} feature streams, more than max_features={self._max_features}"
-            )
-        self.streams, self._features = {}, {}
-        kinds = {f"feature:{name}": kind for name, kind in features}
-        # Register the features first, in their order: a feature stream's target counts them all.
-        for name, kind in features:
-            if kind not in ("numeric", "categorical"):
-                raise ValueError(f"drift key snapshot has feature {name!r} of unknown kind {kind!r}")
-            self._features[name] = self._monitor(f"feature:{name}", kind)  # type: ignore[arg-type]
-        streams: dict[str, StreamMonitor] = {}
-        for st in state["streams"]:
-            name = st["stream"]
-            stream_kind = kinds.get(name) or _STREAM_KINDS.get(name)
-            if stream_kind is None:
-                raise ValueError(f"drift key snapshot has an unknown stream {name!r}")
-            m = self.streams.get(name) or self._monitor(name, stream_kind)  # type: ignore[arg-type]
-            m.restore(st)
-            streams[name] = m
-        missing = set(self.streams) - set(streams)
-        if missing:
-            raise ValueError(f"drift key snapshot registers features without their streams: {sorted(missing)}")
-        self.streams = streams  # in the snapshot's order, which poll() follows
-        self.last_detection = _since(_from_json(state["last_detection_age"]))
-        self.version += 1
-        self._states = (-1, {})
-
-    def states(self) -> dict[str, int]:
-        """Streams by state; cached per version, since every scrape asks for every key."""
-        if self._states[0] != self.version:
-            counts: dict[str, int] = dict.fromkeys(STREAM_STATES, 0)
-            for m in self.streams.values():
-                counts[m.state] += 1
-            self._states = (self.version, counts)
-        return self._states[1]
-
-
-def reference_columns(
-    events: Sequence[InferenceEvent], settings: DriftConfig, max_features: int
-) -> dict[str, list[Any]]:
-    """Each stream's values in `events`, as a key's monitors would take them: a reference file."""
-    probe = KeyDrift(("", "", ""), settings, Calibrator(), max_features)
-    out: dict[str, list[Any]] = {}
-    none: list[Any] = [None] * len(events)
-    for stream, kind, column in probe._columns(events):
-        out[stream] = _usable(column, kind, none, none)[0]
-    return out
-
-
-def _usable(
-    column: list[Any], kind: InputKind, indices: list[int], times: list[float | None]
-) -> tuple[list[Any], list[int], list[float | None]]:
-    """The values of `column` this stream takes, with their indices and times."""
-    types = set(map(type, column))  # one C-level pass; usually a single type
-    if kind == "numeric":
-        if types <= _NUMBERS:
-            return column, indices, times
-        keep = [i for i, v in enumerate(column) if type(v) is float or type(v) is int]
-    else:
-        if types == _STR:
-            return column, indices, times
-        keep = [i for i, v in enumerate(column) if type(v) is str or type(v) is bool]
-        return [str(column[i]) for i in keep], [indices[i] for i in keep], [times[i] for i in keep]
-    return [column[i] for i in keep], [indices[i] for i in keep], [times[i] for i in keep]
+        """Take a snapshot into this drift, whose rows (the keys) are added already and empty."""
+        if self.streams:
+            raise ValueError("drift state restores into an empty partition only")
+        for bank in ("numeric", "categorical"):
+            if state[bank].shape[1] != self.R + self.W:
+                raise ValueError(
+                    f"the checkpoint's drift streams hold {state[bank].shape[1]} values, this config "
+                    f"{self.R} + {self.W} (drift.reference_events, window_events changed): start afresh"
+                )
+        self.level_names = {f: list(names) for f, names in state["levels"].items()}
+        self.levels = {f: {name: i for i, name in enumerate(names)} for f, names in self.level_names.items()}
+        for row, names in enumerate(state["feature_names"]):
+            self.feature_names.restore_row(row, names)
+        self.fixed[: self.rows] = state["fixed"]
+        k = min(state["feature_stream"].shape[1], self.feature_stream.shape[1])
+        self.feature_stream[: self.rows, :k] = state["feature_stream"][:, :k]
+        for bank in ("numeric", "categorical"):
+            rows = len(state[bank])
+            self._grow_bank(bank, max(rows, 64))
+            self.banks[bank][:rows] = state[bank]
+            self.bank_rows[bank] = rows
+        n = len(state["streams"])
+        cap = max(n, 64)
+        self.phase, self.fill = state["phase"].astype(np.int8), state["fill"].astype(np.int64)
+        self.detections = state["detections"].astype(np.int64)
+        self.last_detection = time.monotonic() - state["last_detection_age"]
+        self.score = state["score"].astype(np.float64)
+        self.bank_row = state["bank_row"].astype(np.int64)
+        for name in ("phase", "fill", "detections", "last_detection", "score", "bank_row"):
+            setattr(self, name, grown(getattr(self, name), cap, math.nan if name in ("last_detection", "score") else 0))
+        self.categorical = np.zeros(cap, dtype=np.bool_)
+        if np.any(~np.isnan(self.last_detection[:n])):
+            self.newest_detection = float(np.nanmax(self.last_detection[:n]))
+        for sid, st_state in enumerate(state["streams"]):
+            st = _stream_from(st_state)
+            self.streams.append(st)
+            self.categorical[sid] = st.kind == "categorical"
+            self.by_row[st.row].append(sid)
+            phase = int(self.phase[sid])
+            if phase in (WINDOW, SEQUENTIAL):
+                if st.calibration is None:
+                    raise ValueError(f"drift stream {st.name!r} is active but its checkpoint lacks its calibration")
+                self._activate(sid)
+                self.fill[sid] = state["fill"][sid]
+                self.score[sid] = state["score"][sid]
+                tester_state = st_state["tester"]
+                if phase == WINDOW:
+                    st.tester.restore_judged_state(tester_state)
+                else:
+                    st.tester.restore(tester_state)
+            elif phase == HOLD:
+                if st.target is None:
+                    raise ValueError(f"drift stream {st.name!r} is calibrating but its checkpoint lacks the target")
+                self._submit(sid, st.target)
+                if st.future is not None and st.future.done():
+                    self._ready.append(sid)
 
 
-def _check_version(state: dict[str, Any], what: str) -> None:
-    if state.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(
-            f"{what} snapshot version must be {SNAPSHOT_VERSION}, got {state.get('version')!r}; "
-            "it was written by another inferwatch: delete the checkpoint to start drift monitoring afresh"
-        )
-
-
-def _age(at: float | None) -> float | None:
-    return None if at is None else time.monotonic() - at
-
-
-def _since(age: float | None) -> float | None:
-    return None if age is None else time.monotonic() - float(age)
-
-
-def _values(values: list[Any], kind: InputKind) -> list[Any]:
-    """A stream's values as a snapshot holds them: floats, bools (True = error) or strings."""
-    if kind == "numeric":
-        return [float(v) for v in values]
-    if kind == "binary":
-        return [bool(v) for v in values]
-    return [str(v) for v in values]
-
-
-def _calibration_state(cal: Calibration) -> dict[str, Any]:
+def _stream_state(st: Stream) -> dict[str, Any]:
+    cal = st.calibration
+    tester: Any = None
+    if st.tester is not None:
+        tester = st.tester.judged_state() if isinstance(st.tester, WindowedTest) else st.tester.snapshot()
+    values = [p[0] for p in st.pending]
     return {
-        "name": cal.name,
-        "params": dict(cal.params),
-        "target_ert": cal.target_ert,
-        "estimated_ert": cal.estimated_ert,
-        "method": cal.method,
-        "simulated_events": cal.simulated_events,
-        "points": [list(p) for p in cal.points],
+        "name": st.name,
+        "kind": st.kind,
+        "detector": st.detector,
+        "row": st.row,
+        "feature": st.feature,
+        "calibration": None
+        if cal is None
+        else {
+            "name": cal.name,
+            "params": dict(cal.params),
+            "target_ert": cal.target_ert,
+            "estimated_ert": cal.estimated_ert,
+            "method": cal.method,
+            "simulated_events": cal.simulated_events,
+            "points": [list(p) for p in cal.points],
+        },
+        "target": st.target,
+        "tester": tester,
+        "pending": None
+        if not values
+        else [
+            np.concatenate(values),
+            np.concatenate([p[1] for p in st.pending]),
+            np.concatenate([p[2] for p in st.pending]),
+        ],
+        "skipped": st.skipped,
+        "error": st.error,
     }
 
 
-def _calibration(state: dict[str, Any]) -> Calibration:
-    return Calibration(
-        name=state["name"],
-        params=dict(state["params"]),
-        target_ert=float(state["target_ert"]),
-        estimated_ert=float(state["estimated_ert"]),
-        method=state["method"],
-        simulated_events=int(state["simulated_events"]),
-        points=[(float(v), float(arl), int(n)) for v, arl, n in state["points"]],
+def _stream_from(state: dict[str, Any]) -> Stream:
+    kind = state["kind"]
+    if kind not in ("numeric", "categorical", "binary"):
+        raise ValueError(f"drift stream {state['name']!r} has an unknown kind {kind!r}")
+    if state["detector"] not in DETECTORS:
+        raise ValueError(f"drift stream {state['name']!r} uses an unknown detector {state['detector']!r}")
+    st = Stream(str(state["name"]), kind, str(state["detector"]), int(state["row"]), state["feature"])
+    cal = state["calibration"]
+    if cal is not None:
+        st.calibration = Calibration(
+            name=cal["name"],
+            params=dict(cal["params"]),
+            target_ert=float(cal["target_ert"]),
+            estimated_ert=float(cal["estimated_ert"]),
+            method=cal["method"],
+            simulated_events=int(cal["simulated_events"]),
+            points=[(float(v), float(arl), int(n)) for v, arl, n in cal["points"]],
+        )
+    st.target = None if state["target"] is None else float(state["target"])
+    if state["pending"] is not None:
+        values, index, times = state["pending"]
+        st.pending = [(values, index.astype(np.int64), times.astype(np.float64))]
+    st.skipped, st.error = int(state["skipped"]), state["error"]
+    return st
+
+
+# -- the exposition: a copy under the lock, samples outside it ---------------------------------
+
+
+@dataclass(slots=True)
+class DriftCopy:
+    rows: Ints  # each stream's key row
+    labels: list[str]  # each stream's `stream="...",detector="..."`
+    phase: npt.NDArray[np.int8]
+    detections: Ints
+    last_detection: Floats
+    score: Floats
+
+
+def copy(d: Drift) -> DriftCopy:
+    """What the drift families show, copied (call under the pipeline's lock)."""
+    n = len(d.streams)
+    if len(d.stream_labels) != n:
+        d.stream_labels += [
+            f'stream="{escape(st.name)}",detector="{st.detector}"' for st in d.streams[len(d.stream_labels) :]
+        ]
+    return DriftCopy(
+        np.array([st.row for st in d.streams], dtype=np.int64) if n else np.zeros(0, dtype=np.int64),
+        d.stream_labels[:n],
+        d.phase[:n].copy(),
+        d.detections[:n].copy(),
+        d.last_detection[:n].copy(),
+        d.score[:n].copy(),
     )
 
 
-# A non-finite float in a snapshot: {"$float": "nan" | "inf" | "-inf"} (JSON has no such numbers).
-_FLOAT_TAG = "$float"
+def collect(c: DriftCopy, key_sets: Sequence[str | None], hold_s: float, now: float, out: Sink) -> None:
+    """Streams that are active, or re-learning their reference after a detection (still held);
+    `key_sets[row]` is None for a key another partition shows."""
+    shown = ((c.phase == WINDOW) | (c.phase == SEQUENTIAL) | (c.detections > 0)) & np.array(
+        [key_sets[r] is not None for r in c.rows.tolist()], dtype=np.bool_
+    )
+    idx = np.flatnonzero(shown).tolist()
+    if not idx:
+        return
+    sets = [f"{key_sets[c.rows[i]]},{c.labels[i]}" for i in idx]
+    scored = [k for k, i in enumerate(idx) if not math.isnan(c.score[i])]
+    out.samples("inferwatch_drift_score", [sets[k] for k in scored], c.score[[idx[k] for k in scored]].tolist())
+    held = (now - c.last_detection[idx]) < hold_s  # NaN (never) compares False
+    out.samples("inferwatch_drift_detected", sets, held.astype(np.int64).tolist())
+    out.samples("inferwatch_drift_events", sets, c.detections[idx].tolist())
 
 
-def _to_json(obj: Any) -> Any:
-    """`obj` with tuples as lists, numpy scalars as Python ones and non-finite floats tagged."""
-    if isinstance(obj, float):
-        return float(obj) if math.isfinite(obj) else {_FLOAT_TAG: repr(float(obj))}
-    if obj is None or isinstance(obj, str | int):  # bool is an int
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_to_json(v) for v in obj]
-    item = getattr(obj, "item", None)  # a numpy scalar
-    if item is not None:
-        return _to_json(item())
-    raise TypeError(f"cannot put a {type(obj).__name__} in a drift snapshot")
+def state_counts(c: DriftCopy) -> Ints:
+    """Streams by phase (index: COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF)."""
+    return np.bincount(c.phase, minlength=5)
 
 
-def _from_json(obj: Any) -> Any:
-    """The inverse of `_to_json` (but lists stay lists)."""
-    if isinstance(obj, dict):
-        if len(obj) == 1 and _FLOAT_TAG in obj:
-            return float(obj[_FLOAT_TAG])
-        return {k: _from_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_json(v) for v in obj]
-    return obj
-
-
-_STREAM_KINDS: dict[str, str] = {"score": "numeric", "latency": "numeric", "errors": "binary"}
-_NUMBERS = {float, int}
-_STR = {str}
-
-
-def _top_probability(e: InferenceEvent) -> float | None:
-    return max(e.probabilities.values()) if e.probabilities else None
+def reference_values(batch: Batch, settings: DriftConfig, max_features: int) -> dict[Key, dict[str, list[Any]]]:
+    """Each key's stream values in `batch`, as its streams would take them: a reference file's."""
+    out: dict[Key, dict[str, list[Any]]] = {}
+    watch = settings.streams
+    for k, key in enumerate(batch.keys):
+        idx = np.flatnonzero(batch.key == k)
+        streams: dict[str, list[Any]] = {}
+        for name, values in (("score", batch.score), ("latency", batch.latency_ms)):
+            if name in watch:
+                v = values[idx]
+                streams[name] = v[~np.isnan(v)].tolist()
+        if "features" in watch:
+            for f in batch.features:
+                if sum(n.startswith("feature:") for n in streams) >= max_features:
+                    break
+                codes = f.codes[idx] if f.codes is not None else None
+                num = f.num[idx] if f.num is not None else None
+                usable = np.flatnonzero(
+                    (codes >= 0 if codes is not None else False) | (~np.isnan(num) if num is not None else False)
+                )
+                if not len(usable):
+                    continue
+                if codes is not None and codes[usable[0]] >= 0:
+                    streams[f"feature:{f.name}"] = [f.levels[c] for c in codes[codes >= 0].tolist()]
+                else:
+                    assert num is not None
+                    streams[f"feature:{f.name}"] = num[~np.isnan(num)].tolist()
+        out[key] = streams
+    return out

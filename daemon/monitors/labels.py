@@ -10,22 +10,17 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from daemon.ingest.batch import Key
+from daemon.ingest.decode import LabelRecord
 from daemon.ingest.events import Label
-from daemon.state.routing import Key
 
 COUNTS = ("joined", "late", "unmatched", "expired", "evicted", "duplicate")
-SNAPSHOT_VERSION = 2
-
-# (request_id, model, label, unix-second timestamp): one record of the label topic.
-LabelRecord = tuple[str, str, Label, float | None]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingPrediction:
+class PendingPrediction(NamedTuple):
     """A prediction waiting for its label. `slices` is opaque here: it is for per-slice accuracy."""
 
     request_id: str
@@ -36,7 +31,7 @@ class PendingPrediction:
     timestamp: float | None = None
     slices: tuple[str, ...] = ()
     # Input position of the prediction's event: an alert on the error stream points at it.
-    index: int | None = None
+    position: int | None = None
     # The model the event named, when its key is the overflow key (labels name that model).
     overflowed_model: str | None = None
 
@@ -46,8 +41,7 @@ class PendingPrediction:
         return self.overflowed_model or self.key[0]
 
 
-@dataclass(frozen=True, slots=True)
-class JoinedLabel:
+class JoinedLabel(NamedTuple):
     """A prediction and the label that grades it."""
 
     prediction: PendingPrediction
@@ -94,6 +88,7 @@ class LabelJoin:
         max_entries: int,
         label_hold_s: float,
         clock: Callable[[], float] = time.monotonic,
+        counts: dict[str, int] | None = None,
     ) -> None:
         for name, value in (("ttl_s", ttl_s), ("label_hold_s", label_hold_s)):
             if (
@@ -108,10 +103,8 @@ class LabelJoin:
         self.max_entries = max_entries
         self.label_hold_s = float(label_hold_s)
         self.clock = clock
-        self._reset()
-
-    def _reset(self) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        # Outcomes by name; the pipeline shares one dict among its partitions' joins.
+        self.counts: dict[str, int] = counts if counts is not None else dict.fromkeys(COUNTS, 0)
         # OrderedDict rather than dict: popping a plain dict's front leaves dummy slots that
         # the next `next(iter(d))` must skip, which turns steady expiry quadratic.
         self._predictions: OrderedDict[str, tuple[float, PendingPrediction]] = OrderedDict()
@@ -227,107 +220,35 @@ class LabelJoin:
         return len(self._predictions) + len(self._held)
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state. Times are stored as ages, so a restore in a new process works.
+        """Every entry, oldest first, with times as ages (a restore in a new process works).
 
-        Nothing expires here: a snapshot must not change what an uninterrupted run would do.
+        Nothing expires here: a snapshot must not change what an uninterrupted run would do. The
+        outcome counts are the process's, not this join's: they are not in it.
         """
-        return self.snapshots(lambda model: 0, (0,))[0]
-
-    def snapshots(self, part: Callable[[str], int | None], parts: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """`snapshot()` split in one pass by `part(model)`, the partition of each entry's model
-        (None: the entry is in none), with a snapshot for each of `parts` even without entries."""
         now = self.clock()
-        out = {p: self._empty_snapshot() for p in parts}
-
-        def rows(model: str, store: str) -> list[list[Any]] | None:
-            p = part(model)
-            return None if p is None else out.setdefault(p, self._empty_snapshot())[store]
-
-        # Oldest first, as in the stores: [request_id, age_s, key, prediction, score,
-        # probabilities, timestamp, slices, index, overflowed_model].
-        for rid, (at, pp) in self._predictions.items():
-            if (r := rows(pp.key[0], "predictions")) is not None:
-                probabilities = None if pp.probabilities is None else dict(pp.probabilities)
-                r.append(
-                    [
-                        rid,
-                        now - at,
-                        list(pp.key),
-                        pp.prediction,
-                        pp.score,
-                        probabilities,
-                        pp.timestamp,
-                        list(pp.slices),
-                        pp.index,
-                        pp.overflowed_model,
-                    ]
-                )
-        for rid, h in self._held.items():
-            if (r := rows(h.model, "held_labels")) is not None:
-                r.append([rid, now - h.at, h.model, h.label, h.timestamp])
-        for store, memory in (("joined_ids", self._joined), ("gone_ids", self._gone)):
-            for rid, (at, m) in memory.items():
-                if (r := rows(m, store)) is not None:
-                    r.append([rid, now - at, m])
-        return out
-
-    def _empty_snapshot(self) -> dict[str, Any]:
         return {
-            "version": SNAPSHOT_VERSION,
-            "counts": dict(self.counts),
-            "predictions": [],
-            "held_labels": [],
-            "joined_ids": [],
-            "gone_ids": [],
+            # [request_id, age_s, key, prediction, score, probabilities, timestamp, slices, index, overflowed_model]
+            "predictions": [[rid, now - at, *p] for rid, (at, p) in self._predictions.items()],
+            "held_labels": [[rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items()],
+            "joined_ids": [[rid, now - at, m] for rid, (at, m) in self._joined.items()],
+            "gone_ids": [[rid, now - at, m] for rid, (at, m) in self._gone.items()],
         }
 
-    def restore(self, state: dict[str, Any], *, counts: bool = True) -> None:
-        """Add a snapshot's entries to this join's (a new process: it is empty; an assigned
-        partition: they are that partition's). `counts` takes the snapshot's outcome counts too,
-        which belong to the whole process, not to a partition. Over max_entries the oldest go.
-        """
-        if state.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"label join snapshot version must be {SNAPSHOT_VERSION}, got {state.get('version')!r}; "
-                "delete the checkpoint to start the join afresh"
-            )
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take a snapshot's entries into this empty join. Over max_entries the oldest go."""
         now = self.clock()
-        if counts:
-            for name in COUNTS:
-                self.counts[name] = int(state["counts"].get(name, 0))
-        predictions = dict(self._predictions)
         for rid, age, key, prediction, score, probabilities, ts, slices, index, overflowed in state["predictions"]:
             p = PendingPrediction(
-                request_id=rid,
-                key=(str(key[0]), str(key[1]), str(key[2])),
-                prediction=prediction,
-                score=score,
-                probabilities=probabilities,
-                timestamp=ts,
-                slices=tuple(slices),
-                index=index,
-                overflowed_model=overflowed,
-            )
-            predictions[rid] = (now - float(age), p)
-        held = dict(self._held)
+                rid, (str(key[0]), str(key[1]), str(key[2])), prediction, score, probabilities, ts, tuple(slices),
+                index, overflowed,
+            )  # fmt: skip
+            self._predictions[rid] = (now - float(age), p)
         for rid, age, model, label, ts in state["held_labels"]:
-            held[rid] = _Held(now - float(age), model, label, ts)
-        memories = [dict(self._joined), dict(self._gone)]
-        for memory, rows in zip(memories, (state["joined_ids"], state["gone_ids"]), strict=True):
+            self._held[rid] = _Held(now - float(age), model, label, ts)
+        for memory, rows in ((self._joined, state["joined_ids"]), (self._gone, state["gone_ids"])):
             for rid, age, model in rows:
                 memory[rid] = (now - float(age), str(model))
-        # Each store's front must stay its oldest entry: merged entries go where their age puts them.
-        self._predictions = OrderedDict(sorted(predictions.items(), key=lambda kv: kv[1][0]))
-        self._held = OrderedDict(sorted(held.items(), key=lambda kv: kv[1].at))
-        self._joined, self._gone = (OrderedDict(sorted(m.items(), key=lambda kv: kv[1][0])) for m in memories)
         self._trim(now)
-
-    def drop(self, models: Collection[str]) -> None:
-        """Forget every entry of `models` (their partitions went to another replica)."""
-        self._predictions = OrderedDict((r, e) for r, e in self._predictions.items() if e[1].key[0] not in models)
-        self._held = OrderedDict((r, h) for r, h in self._held.items() if h.model not in models)
-        self._joined = OrderedDict((r, e) for r, e in self._joined.items() if e[1] not in models)
-        self._gone = OrderedDict((r, e) for r, e in self._gone.items() if e[1] not in models)
 
     def _trim(self, now: float) -> None:
         """Hold every store to max_entries, oldest out first (after a restore with a smaller cap)."""

@@ -12,48 +12,34 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from daemon.ingest.events import Label
+from daemon.export.families import Sink, escape
 from daemon.monitors.labels import JoinedLabel
-from daemon.monitors.traffic import (
-    MAX_LABEL_VALUE_CHARS,
-    OTHER,
-    SNAPSHOT_VERSION,
-    Overflow,
-    _check_snapshot_version,
-    _float_in,
-    _float_out,
-    _optional_float_in,
-    _optional_float_out,
+from daemon.monitors.names import MAX_LABEL_VALUE_CHARS, OTHER, Overflow
+from detectors.metrics import (
+    CLASSIFICATION,
+    REGRESSION,
+    Graded,
+    classification_metrics,
+    confidence,
+    is_number,
+    is_wrong,
+    isotonic_fit,
+    isotonic_predict,
+    regression_metrics,
+    task_of,
 )
 
 ALL = "__all__"
 # Slice level of an event that lacks the slice feature; it does not count against the cap.
 MISSING = "__missing__"
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
 # A time window also holds at most this many items, so memory is bounded however fast labels come.
 MAX_TIME_WINDOW_ITEMS = 100_000
-# Log loss clips probabilities to [EPS, 1 - EPS], as sklearn does: one sure miss is not infinite.
-EPS = 1e-15
-ECE_BINS = 10
-
 Floats = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
-
-
-class Graded(NamedTuple):
-    """A prediction with its label: what the windows hold."""
-
-    prediction: Label | None
-    label: Label
-    score: float | None
-    probabilities: dict[str, float] | None
-    timestamp: float | None
 
 
 def graded(j: JoinedLabel) -> Graded:
@@ -61,232 +47,6 @@ def graded(j: JoinedLabel) -> Graded:
     p = j.prediction
     ts = j.label_timestamp if j.label_timestamp is not None else p.timestamp
     return Graded(p.prediction, j.label, p.score, p.probabilities, ts)
-
-
-def class_name(v: Label) -> str:
-    """One name per class whatever the JSON type: 1, 1.0 and "1" are the same class."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return v
-    if math.isfinite(v) and float(v).is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return str(v)
-
-
-def _number(v: Label | None) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _fractional(v: Label | None) -> bool:
-    """A number that no class is named by: a regression value."""
-    return _number(v) and not (math.isfinite(v) and float(v).is_integer())  # type: ignore[arg-type]
-
-
-def _task_of(g: Graded) -> str:
-    return REGRESSION if _fractional(g.label) or _fractional(g.prediction) else CLASSIFICATION
-
-
-def _is_positive(name: str, positive_class: str | None) -> bool | None:
-    """Whether a class is the positive one; None when that cannot be told without a configured class."""
-    if positive_class is not None:
-        return name == positive_class
-    return True if name in ("1", "true") else False if name in ("0", "false") else None
-
-
-def _predicted_name(g: Graded) -> str | None:
-    """The predicted class: the prediction, else the most probable class; None for a bare score."""
-    if g.prediction is not None:
-        return class_name(g.prediction)
-    if g.probabilities:
-        return max(g.probabilities.items(), key=lambda kv: kv[1])[0]
-    return None
-
-
-def is_wrong(g: Graded, positive_class: str | None = None) -> bool | None:
-    """Whether a classification item's prediction misses its label; None when that cannot be told."""
-    if _task_of(g) != CLASSIFICATION:
-        return None
-    truth = class_name(g.label)
-    name = _predicted_name(g)
-    if name is not None:
-        return name != truth
-    positive = _is_positive(truth, positive_class)
-    if g.score is None or not math.isfinite(g.score) or positive is None:
-        return None
-    return positive != (g.score >= 0.5)
-
-
-def confidence(
-    prediction: Label | None,
-    score: float | None,
-    probabilities: dict[str, float] | None,
-    positive_class: str | None = None,
-) -> float | None:
-    """Probability the model gives its own predicted class; None when it gives none.
-
-    A score is P(positive): the confidence is s when the predicted class is positive, else 1 - s.
-    When the prediction does not say which class it is (no configured positive class, not 1/true
-    or 0/false), the score's side of 0.5 does.
-    """
-    if score is not None and math.isfinite(score):
-        positive = None if prediction is None else _is_positive(class_name(prediction), positive_class)
-        return score if (score >= 0.5 if positive is None else positive) else 1.0 - score
-    if probabilities:
-        if prediction is not None:
-            return float(probabilities.get(class_name(prediction), 0.0))
-        return float(max(probabilities.values()))
-    return None
-
-
-def _ratio(a: float, b: float) -> float:
-    """sklearn's zero_division=0: a figure with nothing to divide by is 0."""
-    return a / b if b else 0.0
-
-
-def _probabilistic(p_true: Floats, brier: Floats, conf: Floats, correct: Bools) -> dict[str, float]:
-    """Log loss, Brier and ECE (ten equal-width bins over the predicted class's confidence)."""
-    bins = np.minimum((np.clip(conf, 0.0, 1.0) * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    # Σ_b (n_b/n)|acc_b - conf_b| = Σ_b |Σ_{i∈b} (correct_i - conf_i)| / n
-    gaps = np.bincount(bins, weights=correct.astype(np.float64) - conf, minlength=ECE_BINS)
-    return {
-        "log_loss": float(-np.mean(np.log(np.clip(p_true, EPS, 1.0 - EPS)))),
-        "brier": float(np.mean(brier)),
-        "ece": float(np.sum(np.abs(gaps)) / len(conf)),
-    }
-
-
-def _binary(
-    items: list[Graded], truth: list[str], pred: list[str | None], pos: str, neg: str | None
-) -> dict[str, float]:
-    y = np.array([t == pos for t in truth], dtype=np.bool_)
-    yhat = np.array(
-        [
-            p == pos if p is not None else g.score is not None and g.score >= 0.5
-            for g, p in zip(items, pred, strict=True)
-        ],
-        dtype=np.bool_,
-    )
-    tp, fp, fn = int(np.sum(y & yhat)), int(np.sum(~y & yhat)), int(np.sum(y & ~yhat))
-    out = {
-        "accuracy": float(np.mean(y == yhat)),
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-    }
-    p_pos = np.array([_p_positive(g, pos, neg) for g in items], dtype=np.float64)
-    has = ~np.isnan(p_pos)
-    if has.any():
-        p, yy, yh = p_pos[has], y[has], yhat[has]
-        out.update(_probabilistic(np.where(yy, p, 1.0 - p), (p - yy) ** 2, np.where(yh, p, 1.0 - p), yh == yy))
-    return out
-
-
-def _p_positive(g: Graded, pos: str, neg: str | None) -> float:
-    """P(positive) of a binary item: the score, else from the probabilities (a missing class has 0)."""
-    if g.score is not None:
-        return g.score
-    probs = g.probabilities
-    if not probs:
-        return math.nan
-    if pos in probs:
-        return float(probs[pos])
-    return 1.0 - float(probs[neg]) if neg is not None and neg in probs else 0.0
-
-
-def _multiclass(items: list[Graded], truth: list[str], pred: list[str | None]) -> dict[str, float]:
-    """Macro averages over the classes seen; a bare score names no class here, so its item is left out."""
-    kept = [(g, t, p) for g, t, p in zip(items, truth, pred, strict=True) if p is not None]
-    if not kept:
-        return {}
-    index = {c: k for k, c in enumerate(sorted({t for _, t, _ in kept} | {p for _, _, p in kept}))}
-    k = len(index)
-    codes = np.array([index[t] * k + index[p] for _, t, p in kept], dtype=np.int64)
-    cm = np.bincount(codes, minlength=k * k).reshape(k, k).astype(np.float64)
-    tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
-
-    def macro(num: Floats, den: Floats) -> float:
-        return float(np.mean(np.divide(num, den, out=np.zeros(k), where=den > 0)))
-
-    out = {
-        "accuracy": float(tp.sum() / len(kept)),
-        "precision": macro(tp, predicted),
-        "recall": macro(tp, actual),
-        "f1": macro(2 * tp, predicted + actual),
-    }
-    rows = [
-        (
-            float(probs.get(t, 0.0)),
-            sum((v - (c == t)) ** 2 for c, v in probs.items()) + (0.0 if t in probs else 1.0),
-            float(probs.get(p, 0.0)),
-            p == t,
-        )
-        for g, t, p in kept
-        # Values outside [0, 1] are no probabilities (and 1e200 ** 2 overflows): not scored.
-        if (probs := g.probabilities) and all(0.0 <= v <= 1.0 for v in probs.values())
-    ]
-    if rows:
-        p_true, brier, conf, correct = (np.array(col) for col in zip(*rows, strict=True))
-        out.update(_probabilistic(p_true, brier, conf, correct))
-    return out
-
-
-def _classification(items: list[Graded], positive_class: str | None) -> dict[str, float]:
-    truth = [class_name(g.label) for g in items]
-    pred = [_predicted_name(g) for g in items]
-    classes = set(truth).union(p for p in pred if p is not None)
-    pos = positive_class or ("1" if "1" in classes else "true" if "true" in classes else None)
-    # Binary: the positive class and at most one other. Any other class is then the negative one.
-    if pos is not None and len(classes | {pos}) <= 2:
-        return _binary(items, truth, pred, pos, next(iter(classes - {pos}), None))
-    return _multiclass(items, truth, pred)
-
-
-def _regression(items: list[Graded]) -> dict[str, float]:
-    y = np.array([float(g.label) for g in items])
-    err = y - np.array([float(g.prediction) for g in items])  # type: ignore[arg-type]
-    out = {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
-    nonzero = y != 0
-    if nonzero.any():
-        out["mape"] = float(np.mean(np.abs(err[nonzero]) / np.abs(y[nonzero])))
-    return out
-
-
-def _check_version(state: dict[str, Any], what: str) -> None:
-    """The parts of a KeyPerformance snapshot carry their version as "v"."""
-    _check_snapshot_version(state, what, "v")
-
-
-def _label_out(v: Label | None) -> Any:
-    """A label or prediction for strict JSON: a non-finite float becomes {"float": "nan"|"inf"|"-inf"}
-    (a plain string would be read back as a class name)."""
-    return {"float": str(v)} if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _label_in(v: Any) -> Label | None:
-    return float(v["float"]) if isinstance(v, dict) else v
-
-
-def _graded_out(g: Graded) -> list[Any]:
-    probs = g.probabilities
-    return [
-        _label_out(g.prediction),
-        _label_out(g.label),
-        _optional_float_out(g.score),
-        None if probs is None else {c: _float_out(p) for c, p in probs.items()},
-        _optional_float_out(g.timestamp),
-    ]
-
-
-def _graded_in(item: list[Any]) -> Graded:
-    prediction, label, score, probs, ts = item
-    return Graded(
-        _label_in(prediction),
-        _label_in(label),  # type: ignore[arg-type]
-        _optional_float_in(score),
-        None if probs is None else {str(c): _float_in(p) for c, p in probs.items()},
-        _optional_float_in(ts),
-    )
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -348,14 +108,16 @@ class QualityWindow:
             return
         self.version += 1
         for g in items:
-            task = _task_of(g)
+            task = task_of(g)
             if g.prediction is None and (task == REGRESSION or (not g.probabilities and g.score is None)):
                 self.unusable += 1
                 continue
             if self._task is None:
                 self._task = task
             # A regressor may predict or be graded by whole numbers: those are still regression items.
-            elif task != self._task and not (self._task == REGRESSION and _number(g.label) and _number(g.prediction)):
+            elif task != self._task and not (
+                self._task == REGRESSION and is_number(g.label) and is_number(g.prediction)
+            ):
                 self.mismatched += 1
                 continue
             if self.window_seconds is not None:
@@ -386,61 +148,29 @@ class QualityWindow:
             if not items:
                 result: dict[str, float] = {}
             elif self._task == REGRESSION:
-                result = _regression(items)
+                result = regression_metrics(items)
             else:
-                result = _classification(items, self.positive_class)
+                result = classification_metrics(items, self.positive_class)
             self._cache = (self.version, result)
         return dict(self._cache[1])
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "v": SNAPSHOT_VERSION,
             "task": self._task,
             "mismatched": self.mismatched,
             "unusable": self.unusable,
             "newest": self._newest,
-            "items": [_graded_out(g) for g in self._items],
+            "items": [list(g) for g in self._items],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the state with a snapshot's; this window's own size keeps the newest items."""
-        _check_version(state, "quality window")
         self._reset()
         self._task = state["task"]
         self.mismatched, self.unusable = int(state["mismatched"]), int(state["unusable"])
         self._newest = state["newest"]
-        self._items.extend(_graded_in(item) for item in state["items"])
+        self._items.extend(Graded(*item) for item in state["items"])
         self.version += 1
-
-
-def isotonic_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Floats, Floats]:
-    """Increasing least-squares fit of y on x by pool-adjacent-violators: (block centres, block means).
-
-    Equal x are pooled first (a function has one value per x); each block keeps the weighted mean of
-    its x (its centre) and of its y, and `isotonic_predict` interpolates between the centres.
-    """
-    ux, inverse, counts = np.unique(np.asarray(x, dtype=np.float64), return_inverse=True, return_counts=True)
-    sum_y = np.bincount(inverse.ravel(), weights=np.asarray(y, dtype=np.float64), minlength=len(ux))
-    weights: list[float] = []
-    sums_x: list[float] = []
-    sums_y: list[float] = []
-    for w, sx, sy in zip(counts.tolist(), (ux * counts).tolist(), sum_y.tolist(), strict=True):
-        w, sx, sy = float(w), float(sx), float(sy)
-        # Pool while the block before has a higher mean: sy_prev/w_prev > sy/w without dividing.
-        while weights and sums_y[-1] * w > sy * weights[-1]:
-            w += weights.pop()
-            sx += sums_x.pop()
-            sy += sums_y.pop()
-        weights.append(w)
-        sums_x.append(sx)
-        sums_y.append(sy)
-    ws = np.array(weights)
-    return np.array(sums_x) / ws, np.array(sums_y) / ws
-
-
-def isotonic_predict(centres: Floats, values: Floats, x: Sequence[float] | Floats) -> Floats:
-    """Linear between block centres, flat beyond the ends."""
-    return np.interp(np.asarray(x, dtype=np.float64), centres, values)
 
 
 class ConfidenceEstimator:
@@ -490,14 +220,12 @@ class ConfidenceEstimator:
     def snapshot(self) -> dict[str, Any]:
         fit = None if self._fit is None else [self._fit[0].tolist(), self._fit[1].tolist()]
         return {
-            "v": SNAPSHOT_VERSION,
             "reference": [list(r) for r in self._reference],
             "fit": fit,
             "window": list(self._window),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        _check_version(state, "confidence estimator")
         self._reference = [(float(c), bool(ok)) for c, ok in state["reference"]]
         fit = state["fit"]
         self._fit = None if fit is None else (np.array(fit[0], dtype=np.float64), np.array(fit[1], dtype=np.float64))
@@ -616,7 +344,6 @@ class KeyPerformance:
         """JSON-serialisable state (non-finite floats encoded); the shared Overflow is not in it.
         A restore into a KeyPerformance of the same config continues exactly."""
         return {
-            "version": SNAPSHOT_VERSION,
             "labelled_events": self.labelled_events,
             "overall": self.overall.snapshot(),
             "estimator": self.estimator.snapshot(),
@@ -625,7 +352,6 @@ class KeyPerformance:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the state with a snapshot's; slices of features no longer configured are dropped."""
-        _check_snapshot_version(state, "KeyPerformance")
         self.labelled_events = int(state["labelled_events"])
         self.overall.restore(state["overall"])
         self.estimator.restore(state["estimator"])
@@ -636,3 +362,23 @@ class KeyPerformance:
                     window = self.slices[feature][level] = QualityWindow(*self._settings)
                     window.restore(window_state)
         self.version += 1
+
+
+# -- the exposition ----------------------------------------------------------------------------
+
+
+def collect(rows: list[tuple[str, list[tuple[str, str, str, float]]]], out: Sink) -> None:
+    """Quality families from (key label set, KeyPerformance.rows()) of each labelled key."""
+    realized_sets, realized, estimated_sets, estimated = [], [], [], []
+    for key_set, metrics in rows:
+        for metric, feature, level, value in metrics:
+            if metric.endswith("_estimated"):
+                estimated_sets.append(f'{key_set},metric="{metric.removesuffix("_estimated")}"')
+                estimated.append(value)
+            else:
+                realized_sets.append(
+                    f'{key_set},metric="{metric}",slice_feature="{escape(feature)}",slice_value="{escape(level)}"'
+                )
+                realized.append(value)
+    out.samples("inferwatch_model_performance", realized_sets, realized)
+    out.samples("inferwatch_model_performance_estimated", estimated_sets, estimated)

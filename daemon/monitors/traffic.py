@@ -1,110 +1,30 @@
-"""Per-key state that the pipeline updates in batches and the collector reads at scrape time."""
+"""Traffic, errors, latency, predictions and feature completeness of every key of a partition, as arrays.
+
+One row per key; a batch updates every row it touches at once (`np.add.at` over row x bucket),
+so the cost of a batch does not grow with the number of keys in it.
+"""
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from daemon.config import LimitsConfig, MetricsConfig
-from daemon.ingest.events import InferenceEvent
-from detectors.quantiles import SMALL_BATCH, QuantileSketch
+from daemon.export.families import Sink
+from daemon.ingest.batch import Batch, Key
+from daemon.monitors.arrays import grown
+from daemon.monitors.names import OTHER, Overflow, RowNames
+from detectors.quantiles import LogBuckets
 
-OTHER = "__other__"
-# Format of the per-key snapshots (a checkpoint's KeyStats and KeyPerformance); bump on any change.
-SNAPSHOT_VERSION = 1
-# Longer class names and feature names are folded into OTHER: they become label values.
-MAX_LABEL_VALUE_CHARS = 128
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
-
-class Overflow:
-    """Counts values folded into OTHER because a cap was reached, by dimension."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def add(self, dimension: str, n: int = 1) -> None:
-        self.counts[dimension] = self.counts.get(dimension, 0) + n
-
-
-class Histogram:
-    """Bucket counts with Prometheus semantics: bucket i counts values ≤ bounds[i]."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = [float(b) for b in bounds]
-        self._np_bounds = np.asarray(self.bounds, dtype=np.float64)
-        self.counts: list[int] = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe_many(self, values: Sequence[float]) -> None:
-        if len(values) < SMALL_BATCH:
-            for v in values:
-                self.counts[bisect_left(self.bounds, v)] += 1
-            self.sum += math.fsum(values)
-            return
-        arr = np.asarray(values, dtype=np.float64)
-        idx = np.searchsorted(self._np_bounds, arr, side="left")
-        added = np.bincount(idx, minlength=len(self.counts)).tolist()
-        self.counts = [a + b for a, b in zip(self.counts, added, strict=True)]
-        self.sum += float(arr.sum())
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"counts": list(self.counts), "sum": _float_out(self.sum)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        if len(state["counts"]) != len(self.counts):
-            raise ValueError(
-                f"histogram snapshot has {len(state['counts'])} buckets, this histogram has {len(self.counts)}"
-            )
-        self.counts = [int(c) for c in state["counts"]]
-        self.sum = float(state["sum"])
-
-
-class CappedCounts:
-    """name → count for at most `cap` names; later names fold into OTHER."""
-
-    def __init__(self, cap: int, dimension: str, overflow: Overflow) -> None:
-        self.cap = cap
-        self.dimension = dimension
-        self.counts: dict[str, int] = {}
-        self._overflow = overflow
-
-    def add(self, name: str, n: int = 1) -> None:
-        counts = self.counts
-        if name in counts:
-            counts[name] += n
-        elif len(counts) < self.cap and len(name) <= MAX_LABEL_VALUE_CHARS and name != OTHER:
-            counts[name] = n
-        else:
-            counts[OTHER] = counts.get(OTHER, 0) + n
-            self._overflow.add(self.dimension, n)
-
-    def snapshot(self) -> dict[str, int]:
-        """name → count in first-seen order; the overflow is the pipeline's to snapshot."""
-        return dict(self.counts)
-
-    def restore(self, counts: dict[str, Any]) -> None:
-        self.counts = {str(name): int(n) for name, n in counts.items()}
-
-
-@dataclass(slots=True)
-class FeatureStats:
-    # Events of this key before the feature was first seen: they do not count as missing it.
-    first_seen_at: int
-    present: int = 0
-
-    def missing(self, events: int) -> int:
-        return events - self.first_seen_at - self.present
+# The latency sketch's buckets: 1% relative accuracy from 1 µs to 1e6 s.
+SKETCH = LogBuckets()
 
 
 @dataclass(slots=True)
@@ -122,205 +42,379 @@ class KeySummary:
     errors_by_type: dict[str, int] = field(default_factory=dict)
 
 
-class KeyStats:
-    """Streaming traffic, error, latency, prediction and feature-completeness figures of one key."""
+class Histograms:
+    """Prometheus histograms, one row per key: bucket i counts values ≤ bounds[i] (the last is +Inf)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.counts = np.zeros((0, len(bounds) + 1), dtype=np.int64)
+        self.sums = np.zeros(0, dtype=np.float64)
+
+    @classmethod
+    def single(cls, bounds: tuple[float, ...]) -> Histograms:
+        """One histogram (row 0): the loop's batch durations."""
+        h = cls(bounds)
+        h.resize(1)
+        return h
+
+    def observe_one(self, value: float) -> None:
+        self.counts[0, int(np.searchsorted(self.bounds, value, side="left"))] += 1
+        self.sums[0] += value
+
+    def resize(self, rows: int) -> None:
+        self.counts = grown(self.counts, rows)
+        self.sums = grown(self.sums, rows)
+
+    def observe(self, rows: Ints, values: Floats) -> None:
+        """Values (NaN: none) of the events of `rows`."""
+        has = ~np.isnan(values)
+        if not has.any():
+            return
+        r, v = rows[has], values[has]
+        np.add.at(self.counts, (r, np.searchsorted(self.bounds, v, side="left")), 1)
+        np.add.at(self.sums, r, v)
+
+
+class Traffic:
+    """Counters, histograms, latency sketch, classes, error types and feature completeness per key row."""
 
     def __init__(self, metrics: MetricsConfig, limits: LimitsConfig, overflow: Overflow) -> None:
-        self.events = 0
-        self.errors = CappedCounts(limits.max_error_types, "error_type", overflow)
-        self.latency = Histogram(metrics.latency_buckets_seconds)
-        self.latency_sketch = QuantileSketch()
-        self.ttft = Histogram(metrics.ttft_buckets_seconds)
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self.score = Histogram(metrics.score_buckets)
-        self.classes = CappedCounts(limits.max_classes, "class", overflow)
-        self.features: dict[str, FeatureStats] = {}
-        self.max_features = limits.max_features
-        self.last_event_timestamp: float | None = None
-        self._overflow = overflow
-        # Bumped by every update: the exposition re-renders a key only when it has moved.
-        self.version = 0
+        self.rows = 0
+        self.events = np.zeros(0, dtype=np.int64)
+        self.last_time = np.zeros(0, dtype=np.float64)
+        self.tokens = np.zeros((0, 2), dtype=np.int64)  # in, out
+        self.latency = Histograms(metrics.latency_buckets_seconds)
+        self.ttft = Histograms(metrics.ttft_buckets_seconds)
+        self.score = Histograms(metrics.score_buckets)
+        self.sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
+        self.error_names = RowNames(limits.max_error_types, "error_type", overflow)
+        self.errors = np.zeros((0, limits.max_error_types + 1), dtype=np.int64)
+        self.class_names = RowNames(limits.max_classes, "class", overflow)
+        self.classes = np.zeros((0, limits.max_classes + 1), dtype=np.int64)
+        self.feature_names = RowNames(limits.max_features, "feature", overflow)
+        # Per feature: events of the key before the feature was first named (they do not count as
+        # missing it), and events that had it, not null.
+        self.first_seen = np.zeros((0, limits.max_features), dtype=np.int64)
+        self.present = np.zeros((0, limits.max_features), dtype=np.int64)
 
-    def update(self, events: Sequence[InferenceEvent], times: Sequence[float | None]) -> None:
-        """Fold a batch of this key's events in; `times` are their unix-second timestamps.
+    def add_rows(self, n: int) -> None:
+        self.rows += n
+        for names in (self.error_names, self.class_names, self.feature_names):
+            names.add_rows(n)
+        if self.rows > len(self.events):
+            self._resize(max(self.rows, 2 * len(self.events), 16))
 
-        One pass per field rather than one branchy pass per event: list comprehensions and
-        Counter run at C speed (bench/pipeline_throughput.py).
-        """
-        if not events:
-            return
-        self.version += 1
-        lat = [x / 1000.0 for e in events if (x := e.latency_ms) is not None]
-        if lat:
-            self.latency.observe_many(lat)
-            self.latency_sketch.update_many(lat)
-        errors = [e.error_type or "unknown" for e in events if e.status == "error"]
-        if errors:
-            for error_type, n in Counter(errors).items():
-                self.errors.add(error_type, n)
-        scores = [x for e in events if (x := e.score) is not None]
-        for e in [e for e in events if e.probabilities and e.score is None]:
-            best = max(e.probabilities.items(), key=_second)  # type: ignore[union-attr]
-            scores.append(best[1])
-            if e.prediction is None:
-                self.classes.add(best[0])
-        if scores:
-            self.score.observe_many(scores)
-        for pred, n in Counter([p for e in events if (p := e.prediction) is not None]).items():
-            cls = _class_name(pred)
-            if cls is not None:
-                self.classes.add(cls, n)
-        self._update_features(events)
-        ttft = [x / 1000.0 for e in events if (x := e.ttft_ms) is not None]
-        if ttft:
-            self.ttft.observe_many(ttft)
-        tokens = [e for e in events if e.tokens_in is not None or e.tokens_out is not None]
-        if tokens:
-            self.tokens_in += sum([e.tokens_in or 0 for e in tokens])
-            self.tokens_out += sum([e.tokens_out or 0 for e in tokens])
-        self.events += len(events)
-        newest = max(filter(None, times), default=None)
-        if newest is not None and (self.last_event_timestamp is None or newest > self.last_event_timestamp):
-            self.last_event_timestamp = newest
+    def _resize(self, capacity: int) -> None:
+        self.events = grown(self.events, capacity)
+        self.last_time = grown(self.last_time, capacity, math.nan)
+        self.tokens = grown(self.tokens, capacity)
+        for h in (self.latency, self.ttft, self.score):
+            h.resize(capacity)
+        self.sketch = grown(self.sketch, capacity)
+        self.errors = grown(self.errors, capacity)
+        self.classes = grown(self.classes, capacity)
+        self.first_seen = grown(self.first_seen, capacity)
+        self.present = grown(self.present, capacity)
 
-    def _update_features(self, events: Sequence[InferenceEvent]) -> None:
-        # Count names with C-level Counter/chain instead of touching every feature of every
-        # event in Python; nulls are rare and counted on a slow path.
-        feats = [f for e in events if (f := e.features)]
-        if not feats:
-            return
-        seen = Counter(chain.from_iterable(feats))
-        with_null = [f for f in feats if None in f.values()]
-        nulls = Counter([k for f in with_null for k, v in f.items() if v is None]) if with_null else _NO_NULLS
-        features = self.features
-        new = [name for name in seen if name not in features]
-        if new:
-            self._register(new, events)
-        for name, n in seen.items():
-            fs = features.get(name)
-            if fs is not None:
-                fs.present += n - nulls[name]
-            else:
-                self._overflow.add("feature", n)
+    def update(self, rows: Ints, rank: Ints, batch: Batch) -> None:
+        """Fold in a batch; `rows[i]` is event i's row, `rank[i]` how many of that row's events
+        came before it in this batch."""
+        before = self.events.copy() if batch.features else self.events
+        np.add.at(self.events, rows, 1)
+        np.fmax.at(self.last_time, rows, batch.time)
+        latency = batch.latency_ms / 1000.0
+        self.latency.observe(rows, latency)
+        has = ~np.isnan(latency)
+        if has.any():
+            np.add.at(self.sketch, (rows[has], SKETCH.index(latency[has])), 1)
+        self.ttft.observe(rows, batch.ttft_ms / 1000.0)
+        self.score.observe(rows, batch.score)
+        for i, tokens in enumerate((batch.tokens_in, batch.tokens_out)):
+            has = ~np.isnan(tokens)
+            if has.any():
+                np.add.at(self.tokens[:, i], rows[has], tokens[has].astype(np.int64))
+        if batch.error_types:
+            cols, _ = self.error_names.columns(rows, batch.error_type, batch.error_types)
+            _count(self.errors, rows, cols)
+        if batch.classes:
+            cols, _ = self.class_names.columns(rows, batch.cls, batch.classes)
+            _count(self.classes, rows, cols)
+        if batch.features:
+            self._features(rows, rank, batch, before)
 
-    def _register(self, names: list[str], events: Sequence[InferenceEvent]) -> None:
-        """Start counting `names`, each from the first event of this batch that carries it."""
-        todo = set(names)
-        for i, e in enumerate(events):
-            if e.features:
-                for name in [n for n in e.features if n in todo]:  # in order: the cap keeps the first
-                    todo.discard(name)
-                    if len(self.features) < self.max_features and len(name) <= MAX_LABEL_VALUE_CHARS:
-                        self.features[name] = FeatureStats(first_seen_at=self.events + i)
-                if not todo:
-                    return
+    def _features(self, rows: Ints, rank: Ints, batch: Batch, before: Ints) -> None:
+        named = [f.named if f.named is not None else f.present for f in batch.features]
+        where = [np.flatnonzero(m) for m in named]
+        all_rows = np.concatenate([rows[w] for w in where])
+        codes = np.concatenate([np.full(len(w), i, dtype=np.int64) for i, w in enumerate(where)])
+        cols, taken = self.feature_names.columns(all_rows, codes, [f.name for f in batch.features])
+        if taken:
+            positions = np.concatenate(where)
+            for row, col, at in taken:
+                self.first_seen[row, col] = before[row] + rank[positions[at]]
+        present = np.concatenate([f.present[w] for f, w in zip(batch.features, where, strict=True)])
+        keep = present & (cols >= 0) & (cols < self.feature_names.cap)
+        np.add.at(self.present, (all_rows[keep], cols[keep]), 1)
 
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.counts.values())
+    # -- reading ------------------------------------------------------------------------------
 
-    def summary(self, key: tuple[str, str, str]) -> KeySummary:
-        errors = self.error_count
-        sk = self.latency_sketch
-        quantiles = {f"p{int(q * 100)}": _finite(sk.quantile(q)) for q in (0.5, 0.95, 0.99)}
+    def missing(self, row: int) -> dict[str, int]:
+        """Feature name -> events of the key that lacked it, or had it null, since it was first named."""
+        names = self.feature_names.names[row]
+        k = len(names)
+        counts = self.events[row] - self.first_seen[row, :k] - self.present[row, :k]
+        return dict(zip(names, counts.tolist(), strict=True))
+
+    def counts(self, row: int, which: str) -> dict[str, int]:
+        """name -> count of the key's error types or classes, OTHER last when it has any."""
+        names, counts = (self.error_names, self.errors) if which == "errors" else (self.class_names, self.classes)
+        row_names = names.names[row]
+        out = dict(zip(row_names, counts[row, : len(row_names)].tolist(), strict=True))
+        if counts[row, -1]:
+            out[OTHER] = int(counts[row, -1])
+        return out
+
+    def summary(self, row: int, key: Key) -> KeySummary:
+        errors = int(self.errors[row].sum())
+        events = int(self.events[row])
+        quantiles = {f"p{int(q * 100)}": _finite(SKETCH.quantile(self.sketch[row], q)) for q in (0.5, 0.95, 0.99)}
+        last = float(self.last_time[row])
         return KeySummary(
             model=key[0],
             version=key[1],
             variant=key[2],
-            events=self.events,
+            events=events,
             errors=errors,
-            error_rate=errors / self.events if self.events else 0.0,
+            error_rate=errors / events if events else 0.0,
             latency_seconds=quantiles,
-            last_event_timestamp=self.last_event_timestamp,
-            errors_by_type=dict(self.errors.counts),
+            last_event_timestamp=None if math.isnan(last) else last,
+            errors_by_type=self.counts(row, "errors"),
         )
 
+    # -- checkpoints --------------------------------------------------------------------------
+
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state (non-finite floats as "nan"/"inf"/"-inf"); the shared Overflow is
-        not in it. A restore into a KeyStats of the same config continues exactly."""
+        """Copies of the arrays (the rows in use) and the names per row: a consistent part of a
+        partition's checkpoint, taken between batches."""
+        n = self.rows
         return {
-            "version": SNAPSHOT_VERSION,
-            "events": self.events,
-            "errors": self.errors.snapshot(),
-            "latency": self.latency.snapshot(),
-            "latency_sketch": self.latency_sketch.snapshot(),
-            "ttft": self.ttft.snapshot(),
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "score": self.score.snapshot(),
-            "classes": self.classes.snapshot(),
-            # name → [first_seen_at, present], in first-seen order.
-            "features": {name: [fs.first_seen_at, fs.present] for name, fs in self.features.items()},
-            "last_event_timestamp": _optional_float_out(self.last_event_timestamp),
+            "events": self.events[:n].copy(),
+            "last_time": self.last_time[:n].copy(),
+            "tokens": self.tokens[:n].copy(),
+            **{
+                f"{name}_{part}": getattr(h, part)[:n].copy()
+                for name, h in (("latency", self.latency), ("ttft", self.ttft), ("score", self.score))
+                for part in ("counts", "sums")
+            },
+            "sketch": self.sketch[:n].copy(),
+            "errors": self.errors[:n].copy(),
+            "error_names": [list(x) for x in self.error_names.names],
+            "classes": self.classes[:n].copy(),
+            "class_names": [list(x) for x in self.class_names.names],
+            "first_seen": self.first_seen[:n].copy(),
+            "present": self.present[:n].copy(),
+            "feature_names": [list(x) for x in self.feature_names.names],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state with a snapshot's (see snapshot())."""
-        _check_snapshot_version(state, "KeyStats")
-        self.events = int(state["events"])
-        self.errors.restore(state["errors"])
-        self.latency.restore(state["latency"])
-        self.latency_sketch.restore(state["latency_sketch"])
-        self.ttft.restore(state["ttft"])
-        self.tokens_in = int(state["tokens_in"])
-        self.tokens_out = int(state["tokens_out"])
-        self.score.restore(state["score"])
-        self.classes.restore(state["classes"])
-        self.features = {
-            str(name): FeatureStats(first_seen_at=int(first), present=int(present))
-            for name, (first, present) in state["features"].items()
-        }
-        self.last_event_timestamp = _optional_float_in(state["last_event_timestamp"])
-        self.version += 1
+        """Take a snapshot's rows into this (empty) partition's arrays; caps may differ from the
+        snapshot's: names past a smaller cap fold into OTHER."""
+        n = len(state["events"])
+        if self.rows:
+            raise ValueError("traffic state restores into an empty partition only")
+        self.add_rows(n)
+        self.events[:n] = state["events"]
+        self.last_time[:n] = state["last_time"]
+        self.tokens[:n] = state["tokens"]
+        for name, h in (("latency", self.latency), ("ttft", self.ttft), ("score", self.score)):
+            counts = state[f"{name}_counts"]
+            if counts.shape[1] != h.counts.shape[1]:
+                raise ValueError(
+                    f"the checkpoint's {name} histogram has {counts.shape[1]} buckets, this config "
+                    f"{h.counts.shape[1]} (metrics.*_buckets changed): start afresh"
+                )
+            h.counts[:n] = counts
+            h.sums[:n] = state[f"{name}_sums"]
+        self.sketch[:n] = state["sketch"]
+        for names, counts, target in (
+            (self.error_names, state["errors"], self.errors),
+            (self.class_names, state["classes"], self.classes),
+        ):
+            old = state["error_names" if names is self.error_names else "class_names"]
+            for row, row_names in enumerate(old):
+                for src, col in enumerate(names.restore_row(row, row_names)):
+                    target[row, col] += counts[row, src]
+                target[row, -1] += counts[row, -1]
+        for row, row_names in enumerate(state["feature_names"]):
+            for src, col in enumerate(self.feature_names.restore_row(row, row_names)):
+                if col < self.feature_names.cap:
+                    self.first_seen[row, col] = state["first_seen"][row, src]
+                    self.present[row, col] = state["present"][row, src]
 
 
-_NO_NULLS: Counter[str] = Counter()
-
-
-def _class_name(pred: float | str | bool) -> str | None:
-    """Class label of a prediction; None for a non-integral number (a regression output)."""
-    if pred is True or pred is False:
-        return "true" if pred else "false"
-    if isinstance(pred, str):
-        return pred
-    if pred.is_integer() and abs(pred) < 1e15:
-        return str(int(pred))
-    return None
-
-
-def _second(item: tuple[str, float]) -> float:
-    return item[1]
+def _count(counts: Ints, rows: Ints, cols: Ints) -> None:
+    has = cols >= 0
+    np.add.at(counts, (rows[has], cols[has]), 1)
 
 
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
-def _check_snapshot_version(state: Any, what: str, field: str = "version") -> None:
-    """Refuse a snapshot this inferwatch cannot read, saying why."""
-    if not isinstance(state, dict):
-        raise ValueError(f"{what} snapshot must be a JSON object, got {type(state).__name__}")
-    version = state.get(field)
-    if type(version) is int and version == SNAPSHOT_VERSION:
-        return
-    if type(version) is int and version > SNAPSHOT_VERSION:
-        raise ValueError(f"{what} snapshot version {version} is newer than this inferwatch ({SNAPSHOT_VERSION})")
-    raise ValueError(f"{what} snapshot version {version!r} is not one this inferwatch reads ({SNAPSHOT_VERSION})")
+# -- the exposition: a copy under the lock, samples outside it ---------------------------------
+
+HISTOGRAMS = (
+    ("latency", "inferwatch_request_latency_seconds"),
+    ("ttft", "inferwatch_llm_time_to_first_token_seconds"),
+    ("score", "inferwatch_prediction_score"),
+)
 
 
-def _float_out(x: float) -> float | str:
-    """A float for strict JSON: a non-finite one becomes "nan", "inf" or "-inf", which float() reads back."""
-    return x if math.isfinite(x) else str(x)
+@dataclass(slots=True)
+class TrafficCopy:
+    """The rows of one or more partitions' traffic, as a scrape shows them."""
+
+    keys: list[Key]
+    events: Ints
+    last_time: Floats
+    tokens: Ints
+    histograms: dict[str, tuple[Ints, Floats]]
+    errors: Ints
+    error_names: list[list[str]]
+    classes: Ints
+    class_names: list[list[str]]
+    missing: Ints
+    feature_names: list[list[str]]
 
 
-def _float_in(v: float | str) -> float:
-    return float(v) if isinstance(v, str) else v
+def copy(t: Traffic, keys: list[Key]) -> TrafficCopy:
+    """What the traffic families show, copied (call under the pipeline's lock)."""
+    n = t.rows
+    return TrafficCopy(
+        list(keys[:n]),
+        t.events[:n].copy(),
+        t.last_time[:n].copy(),
+        t.tokens[:n].copy(),
+        {name: (h.counts[:n].copy(), h.sums[:n].copy()) for name, h in _histograms(t)},
+        t.errors[:n].copy(),
+        [list(x) for x in t.error_names.names],
+        t.classes[:n].copy(),
+        [list(x) for x in t.class_names.names],
+        t.events[:n, None] - t.first_seen[:n] - t.present[:n],
+        [list(x) for x in t.feature_names.names],
+    )  # fmt: skip
 
 
-def _optional_float_out(x: float | None) -> float | str | None:
-    return None if x is None else _float_out(x)
+def _histograms(t: Traffic) -> tuple[tuple[str, Histograms], ...]:
+    return (("latency", t.latency), ("ttft", t.ttft), ("score", t.score))
 
 
-def _optional_float_in(v: float | str | None) -> float | None:
-    return None if v is None else _float_in(v)
+def merge(copies: list[TrafficCopy]) -> TrafficCopy:
+    """One copy of several partitions' rows; a key several of them hold gets its rows summed."""
+    if len(copies) == 1:
+        out = copies[0]
+    else:
+        out = TrafficCopy(
+            [k for c in copies for k in c.keys],
+            np.concatenate([c.events for c in copies]),
+            np.concatenate([c.last_time for c in copies]),
+            np.concatenate([c.tokens for c in copies]),
+            {
+                name: (
+                    np.concatenate([c.histograms[name][0] for c in copies]),
+                    np.concatenate([c.histograms[name][1] for c in copies]),
+                )
+                for name in copies[0].histograms
+            },
+            np.concatenate([c.errors for c in copies]),
+            [x for c in copies for x in c.error_names],
+            np.concatenate([c.classes for c in copies]),
+            [x for c in copies for x in c.class_names],
+            np.concatenate([c.missing for c in copies]),
+            [x for c in copies for x in c.feature_names],
+        )
+    seen: dict[Key, int] = {}
+    drop = []
+    for row, key in enumerate(out.keys):
+        first = seen.setdefault(key, row)
+        if first != row:
+            _fold(out, first, row)
+            drop.append(row)
+    if drop:
+        keep = np.setdiff1d(np.arange(len(out.keys)), drop)
+        out = TrafficCopy(
+            [out.keys[i] for i in keep.tolist()],
+            out.events[keep],
+            out.last_time[keep],
+            out.tokens[keep],
+            {name: (c[keep], s[keep]) for name, (c, s) in out.histograms.items()},
+            out.errors[keep],
+            [out.error_names[i] for i in keep.tolist()],
+            out.classes[keep],
+            [out.class_names[i] for i in keep.tolist()],
+            out.missing[keep],
+            [out.feature_names[i] for i in keep.tolist()],
+        )
+    return out
+
+
+def _fold(c: TrafficCopy, into: int, row: int) -> None:
+    """Add row's figures to row `into` (the same key in another partition)."""
+    c.events[into] += c.events[row]
+    c.last_time[into] = np.fmax(c.last_time[into], c.last_time[row])
+    c.tokens[into] += c.tokens[row]
+    for counts, sums in c.histograms.values():
+        counts[into] += counts[row]
+        sums[into] += sums[row]
+    for counts, names in ((c.errors, c.error_names), (c.classes, c.class_names), (c.missing, c.feature_names)):
+        for col, name in enumerate(names[row]):
+            if name in names[into]:
+                counts[into, names[into].index(name)] += counts[row, col]
+            elif len(names[into]) < counts.shape[1] - (counts is not c.missing):
+                names[into].append(name)
+                counts[into, len(names[into]) - 1] = counts[row, col]
+        if counts is not c.missing:
+            counts[into, -1] += counts[row, -1]
+
+
+def collect(c: TrafficCopy, key_sets: list[str], les: dict[str, list[str]], out: Sink) -> None:
+    """The traffic families' samples; `key_sets[i]` is the label set of `c.keys[i]`."""
+    out.samples("inferwatch_events", key_sets, c.events.tolist())
+    out.labelled("inferwatch_errors", key_sets, "error_type", *_named(c.error_names, c.errors, True))
+    for name, family in HISTOGRAMS:
+        counts, sums = c.histograms[name]
+        shown = np.ones(len(sums), dtype=np.bool_) if name == "latency" else (sums != 0) | counts.any(axis=1)
+        if shown.all():
+            out.histograms(family, key_sets, counts, sums, les[name])
+        elif shown.any():
+            idx = np.flatnonzero(shown)
+            out.histograms(family, [key_sets[i] for i in idx.tolist()], counts[idx], sums[idx], les[name])
+    has_tokens = np.flatnonzero(c.tokens.any(axis=1)).tolist()
+    if has_tokens:
+        sets = [key_sets[i] for i in has_tokens]
+        out.samples("inferwatch_llm_input_tokens", sets, c.tokens[has_tokens, 0].tolist())
+        out.samples("inferwatch_llm_output_tokens", sets, c.tokens[has_tokens, 1].tolist())
+    out.labelled("inferwatch_predictions", key_sets, "class", *_named(c.class_names, c.classes, True))
+    out.labelled("inferwatch_feature_missing", key_sets, "feature", *_named(c.feature_names, c.missing, False))
+    timed = np.flatnonzero(~np.isnan(c.last_time)).tolist()
+    if timed:
+        out.samples(
+            "inferwatch_last_event_timestamp_seconds", [key_sets[i] for i in timed], c.last_time[timed].tolist()
+        )
+
+
+def _named(names: list[list[str]], counts: Ints, other: bool) -> tuple[list[list[str]], list[list[int]]]:
+    """Each row's names and their counts; with `other`, OTHER (the last column) where the row folded
+    something into it."""
+    values = counts.tolist()
+    if not other:
+        return names, [v[: len(n)] for n, v in zip(names, values, strict=True)]
+    out_names, out_values = [], []
+    for n, v in zip(names, values, strict=True):
+        if v[-1]:
+            out_names.append([*n, OTHER])
+            out_values.append([*v[: len(n)], v[-1]])
+        else:
+            out_names.append(n)
+            out_values.append(v[: len(n)])
+    return out_names, out_values

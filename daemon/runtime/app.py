@@ -23,14 +23,14 @@ from daemon.export.exposition import (
     MetricsExposition,
     RetrainingStats,
 )
+from daemon.ingest.batch import Key, build
 from daemon.ingest.decode import DecodeFailure, EventDecoder
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.invalid import InvalidRecords
 from daemon.ingest.kafka import KafkaDeadLetter, KafkaSource
 from daemon.ingest.sources import Source, TopicPartition
-from daemon.monitors.drift import Calibrator, reference_columns
-from daemon.monitors.labels import LabelJoin
-from daemon.monitors.traffic import Histogram
+from daemon.monitors.drift import Calibrator, reference_values
+from daemon.monitors.traffic import Histograms
 from daemon.pipeline import AlertSink, CanarySink, Pipeline
 from daemon.retraining.outbox import Outbox, OutboxError
 from daemon.retraining.receiver import PayloadError, authorized, parse_alertmanager
@@ -42,7 +42,6 @@ from daemon.runtime.logs import SampledLog
 from daemon.shadow.service import ShadowService
 from daemon.state.checkpoint import CheckpointError, KafkaCheckpoints, LocalCheckpoints
 from daemon.state.handover import Handover
-from daemon.state.routing import Key
 
 log = structlog.get_logger(__name__)
 
@@ -65,15 +64,11 @@ def build_pipeline(
     labels topic is configured or `join_labels` is set (replay --labels). Calibration runs inline
     unless `calibration_workers` threads are asked for (the daemon: off the ingest loop).
     """
-    join = None
-    if config.labels.topic or join_labels:
-        labels = config.labels
-        join = LabelJoin(labels.ttl_seconds, labels.max_entries, labels.hold_seconds)
     return Pipeline(
         config,
         InvalidRecords(sampled or SampledLog(config.logging.invalid_sample_seconds)),
         calibrator=Calibrator(calibration_workers),
-        join=join,
+        join_labels=join_labels,
         alert_sink=alert_sink,
         canary_sink=canary_sink,
         references=load_references(config),
@@ -86,7 +81,7 @@ def load_references(config: Config) -> dict[Key, dict[str, list[Any]]]:
     if path is None:
         return {}
     decoder = EventDecoder(config.limits.max_event_bytes, InferenceEvent)
-    by_key: dict[Key, list[InferenceEvent]] = {}
+    events: list[InferenceEvent] = []
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
@@ -95,10 +90,13 @@ def load_references(config: Config) -> dict[Key, dict[str, list[Any]]]:
                 event = decoder.decode(line)
                 if isinstance(event, DecodeFailure):
                     raise ConfigError(f"drift.reference_file: {path} line {n} is not a valid event: {event.detail}")
-                by_key.setdefault((event.model, event.version, event.variant), []).append(event)
+                events.append(event)
     except OSError as exc:
         raise ConfigError(f"drift.reference_file: cannot read {path}: {exc.strerror}") from None
-    return {key: reference_columns(events, config.drift, config.limits.max_features) for key, events in by_key.items()}
+    if not events:
+        return {}
+    batch = build(events, [0] * len(events), list(range(len(events))), [None] * len(events))
+    return reference_values(batch, config.drift, config.limits.max_features)
 
 
 class Daemon:
@@ -122,7 +120,7 @@ class Daemon:
         self.notifications = dict.fromkeys(NOTIFICATION_OUTCOMES, 0)
         self._notifications_lock = threading.Lock()  # the HTTP server answers on several threads
         self.outbox, self.sender, self.triggers = self._retraining(config)
-        self.batch_duration = Histogram(BATCH_BUCKETS)
+        self.batch_duration = Histograms.single(BATCH_BUCKETS)
         self.exposition = MetricsExposition(self.pipeline, config.metrics, self._loop_stats)
         self.watchdog = Watchdog(config.lifecycle.watchdog_timeout_seconds)
         self.shutdown = Shutdown()
@@ -282,13 +280,7 @@ class Daemon:
 
     def canary_report(self, model: str | None) -> dict[str, Any] | None:
         """/v1/canary (model None) or /v1/canary/{model}; None for a model without a canary."""
-        p = self.pipeline
-        if p.canary is None:
-            return None if model is not None else {"models": {}}
-        with p.lock:
-            if model is not None and model not in p.canary.models:
-                return None
-            return p.canary.report(model)
+        return self.pipeline.canary_report(model)
 
     def shadow_report(self) -> dict[str, Any]:
         """/v1/shadow: schedule, run counts and the latest run ({"enabled": false} when off)."""
@@ -394,7 +386,7 @@ class Daemon:
                 if self.handover is not None:
                     self.handover.position.update(done)
                 elapsed = time.perf_counter() - t0
-                self.batch_duration.observe(elapsed)
+                self.batch_duration.observe_one(elapsed)
                 if elapsed > slow_batch_s:
                     log.warning("slow_batch", seconds=round(elapsed, 3), records=len(records))
             if self.triggers is not None:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
-from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.decode import DecodeFailure, LabelRecord
 from daemon.ingest.events import event_time
 from daemon.ingest.sources import JsonlSource
 from daemon.monitors.drift import DriftAlert
-from daemon.monitors.labels import LabelRecord
 from daemon.pipeline import Pipeline
 from daemon.runtime.app import build_pipeline
 
@@ -54,8 +53,9 @@ def replay_state(path: str | Path, config: Config, labels: str | Path | None = N
         "canary": sorted(canary, key=lambda e: e["index"]),
         "summary": summary,
     }
-    if feed is not None and pipeline.join is not None:
-        report["labels"] = {**pipeline.join.counts, "inline": pipeline.inline_labels, "invalid": feed.invalid}
+    if feed is not None:
+        assert pipeline.join_counts is not None
+        report["labels"] = {**pipeline.join_counts, "inline": pipeline.inline_labels, "invalid": feed.invalid}
     return report, pipeline
 
 
@@ -66,14 +66,15 @@ class _LabelFeed:
         self._pipeline = pipeline
         # Event time: the events' watermark, or past the last event the labels' own time.
         self._label_time = 0.0
-        assert pipeline.join is not None
-        pipeline.join.clock = lambda: max(pipeline.watermark, self._label_time)
+        join = pipeline.partition(0).join  # a file is one partition
+        assert join is not None
+        join.clock = lambda: max(pipeline.watermark, self._label_time)
         self._records = self._read(Path(path))
         self._next: LabelRecord | None = next(self._records, None)
         self.invalid = 0
 
     def _read(self, path: Path) -> Iterator[LabelRecord]:
-        decode = self._pipeline.label_decoder.decode
+        decode = self._pipeline.decoder.labels.decode
         with path.open("rb") as f:
             for line in f:
                 label = decode(line.rstrip(b"\r\n"))

@@ -48,7 +48,7 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition as KafkaTP
 
-    from daemon.ingest.kafka import raw_records
+    from daemon.ingest.kafka import chunks
 
     kafka = config.source.kafka
     consumer = KafkaConsumer(
@@ -73,7 +73,7 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
             consumer.seek(tp, max(starts[tp], ends[tp] - budget))
         idle = 0
         while idle < IDLE_POLLS:
-            records = raw_records(consumer.poll(timeout_ms=kafka.poll_timeout_ms))
+            records = chunks(consumer.poll(timeout_ms=kafka.poll_timeout_ms))
             idle = 0 if records else idle + 1
             pipeline.process(records)
     finally:

@@ -4,13 +4,14 @@ A shard (`Pipeline.snapshot()["partitions"][p]`) is partition p's state and its 
 every topic, so the replica that is assigned p restores it alone (state follows partitions, as in
 Kafka Streams). The daemon writes shards before it commits the same offsets, so a restore never
 misses an event the broker thinks was processed, and resumes at the shard's offsets, so it
-counts none twice. Two stores:
+counts none twice. Shards are encoded by `daemon.state.codec` (binary, versioned), on a writer
+thread of the store: the loop hands over a copy and goes on. Two stores:
 
-- `KafkaCheckpoints` (the default): a compacted topic. Each shard is zlib-compressed JSON, cut
-  into records of at most `max_record_bytes` keyed `<partition>/<checkpoint id>/<chunk>`; once a
-  shard is complete on the broker, the previous one's records get tombstones, which compaction
-  turns into space. A reader takes, per partition, the complete checkpoint with the furthest
-  offsets: a crash mid-write leaves an incomplete one, which is ignored, and the previous one.
+- `KafkaCheckpoints` (the default): a compacted topic. Each encoded shard is cut into records of
+  at most `max_record_bytes` keyed `<partition>/<checkpoint id>/<chunk>`; once a shard is
+  complete on the broker, the previous one's records get tombstones, which compaction turns into
+  space. A reader takes, per partition, the complete checkpoint with the furthest offsets: a
+  crash mid-write leaves an incomplete one, which is ignored, and the previous one.
 - `LocalCheckpoints`: a directory, one file per partition plus the process-wide counters, each
   replaced atomically. For single replicas (or replicas sharing one volume).
 
@@ -22,11 +23,10 @@ exporter's counters.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
-import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,12 +37,15 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPart
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.runtime.files import write_atomically
+from daemon.state import codec
 
 log = structlog.get_logger(__name__)
 
 FORMAT = "inferwatch-checkpoint"
-# The single file of the first (whole-process) format, which this one no longer reads.
-OLD_FILE = "checkpoint.json"
+# Files of earlier formats, which this one does not read: the first (one file per process) and
+# the second (JSON per partition).
+OLD_FILES = ("checkpoint.json", "process.json")
+SUFFIX = ".ckpt"
 
 
 class CheckpointError(Exception):
@@ -59,24 +62,45 @@ class Write(Protocol):
         ...
 
 
-class Written:
-    """A write that finished inside `save()` (the directory store: a local disk)."""
+class Writing:
+    """A write running on the store's writer thread (encoding first, then the store's own I/O)."""
+
+    def __init__(self, future: Future[None]) -> None:
+        self._future = future
 
     def done(self) -> bool:
-        return True
+        return self._future.done()
 
     def result(self, timeout_s: float = 0.0) -> None:
-        pass
+        try:
+            self._future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise CheckpointError(f"checkpoint not written within {timeout_s:g} s") from None
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint not written: {exc!r}") from None
+
+
+class _Writer:
+    """One thread that encodes and writes checkpoints in the order they were saved."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def submit(self, job: Callable[[], None]) -> Writing:
+        return Writing(self._pool.submit(job))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 class CheckpointStore(Protocol):
     where: str
 
     def save(self, snapshot: Mapping[str, Any]) -> Write:
-        """Every shard of a `Pipeline.snapshot()`, then the process-wide part (if kept).
-
-        Encodes now (the snapshot is the loop's), and may finish writing in the background.
-        """
+        """Every shard of a `Pipeline.snapshot()`, then the process-wide part (if kept), encoded and
+        written on the store's writer thread (the snapshot is a copy: the loop goes on)."""
         ...
 
     def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
@@ -98,39 +122,45 @@ class LocalCheckpoints:
         self.directory = Path(directory)
         self.group_id = group_id
         self.where = f"directory {self.directory}"
+        self._writer = _Writer("checkpoint-file")
 
     def _file(self, partition: int | None) -> Path:
-        return self.directory / ("process.json" if partition is None else f"partition-{partition}.json")
+        return self.directory / (f"process{SUFFIX}" if partition is None else f"partition-{partition}{SUFFIX}")
 
     def save(self, snapshot: Mapping[str, Any]) -> Write:
+        return self._writer.submit(lambda: self._save(snapshot))
+
+    def _save(self, snapshot: Mapping[str, Any]) -> None:
         for p, shard in snapshot["partitions"].items():
             self._write(self._file(int(p)), shard)
         self._write(self._file(None), snapshot["process"])
-        return Written()
 
     def _write(self, path: Path, state: Mapping[str, Any]) -> None:
         body = {"format": FORMAT, "group_id": self.group_id, "written_at": time.time(), "state": state}
-        write_atomically(path, json.dumps(body, separators=(",", ":")))
+        write_atomically(path, codec.encode(body))
 
     def load(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
         shards = {p: self._read(self._file(p)) for p in partitions}
         return {p: s for p, s in shards.items() if s is not None}
 
     def load_process(self) -> dict[str, Any] | None:
-        if (self.directory / OLD_FILE).exists():
-            raise CheckpointError(
-                f"{self.directory / OLD_FILE} is a checkpoint of an older inferwatch (one file per process), which "
-                "this version does not read; move it away to start afresh"
-            )
+        for name in OLD_FILES:
+            if (self.directory / name).exists():
+                raise CheckpointError(
+                    f"{self.directory / name} is a checkpoint of an older inferwatch, which this version does not "
+                    "read; move it away to start afresh"
+                )
         return self._read(self._file(None))
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            body = json.loads(path.read_text())
+            body = codec.decode(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); move it away to start afresh") from None
+        except codec.CodecError as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be used: {exc}") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an inferwatch checkpoint; move it away to start afresh")
         if body.get("group_id") != self.group_id:
@@ -142,7 +172,7 @@ class LocalCheckpoints:
         return state
 
     def close(self) -> None:
-        pass
+        self._writer.close()
 
 
 class KafkaCheckpoints:
@@ -167,8 +197,9 @@ class KafkaCheckpoints:
         self.max_record_bytes = max_record_bytes
         self.timeout_s = timeout_s
         self.where = f"topic {topic}"
-        self._writer = uuid.uuid4().hex[:12]
+        self._writer_id = uuid.uuid4().hex[:12]
         self._seq = 0
+        self._writer = _Writer("checkpoint-topic")
         # Per partition, the record keys of checkpoints that a newer complete one replaces.
         self._stale: dict[int, set[bytes]] = {}
         self._create_topic()
@@ -178,8 +209,8 @@ class KafkaCheckpoints:
             linger_ms=0,
             max_request_size=max(max_record_bytes + 4096, 1_048_576),
             request_timeout_ms=int(timeout_s * 1000),
-            # send() runs on the loop, which must not wait on a hung broker: a checkpoint that
-            # finds no metadata or buffer space fails at once, and the next one tries again.
+            # A checkpoint that finds no metadata or buffer space fails at once, and the next one
+            # tries again (the writer thread must not queue checkpoints behind a hung broker).
             max_block_ms=1000,
         )
         self._producer.partitions_for(topic)  # metadata now, while the broker answers
@@ -197,16 +228,31 @@ class KafkaCheckpoints:
             admin.close()
 
     def save(self, snapshot: Mapping[str, Any]) -> Write:
-        return _TopicWrite(self, [self._send_shard(int(p), shard) for p, shard in snapshot["partitions"].items()])
+        shards = dict(snapshot["partitions"])
+        return self._writer.submit(lambda: self._save(shards))
+
+    def _save(self, shards: dict[Any, Any]) -> None:
+        """On the writer thread: encode and send every shard, wait for the broker to have them all,
+        then tombstone the checkpoints they replace."""
+        deadline = time.monotonic() + self.timeout_s
+        sent = [self._send_shard(int(p), shard) for p, shard in shards.items()]
+        for partition, keys, futures in sent:
+            try:
+                for f in futures:
+                    f.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except KafkaError as exc:
+                raise self._failed(partition, exc) from None
+            self._complete(partition, keys)
 
     def _send_shard(self, partition: int, shard: Mapping[str, Any]) -> tuple[int, list[bytes], list[Any]]:
-        data = zlib.compress(json.dumps(shard, separators=(",", ":")).encode(), 1)
+        data = codec.encode(shard)
         self._seq += 1
-        cid = f"{self._writer}-{self._seq}"
+        cid = f"{self._writer_id}-{self._seq}"
         size = self.max_record_bytes
         chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
         headers = [
             ("format", FORMAT.encode()),
+            ("version", str(codec.VERSION).encode()),
             ("group", self.group_id.encode()),
             ("chunks", str(len(chunks)).encode()),
             ("position", str(shard_position(shard)).encode()),
@@ -255,6 +301,13 @@ class KafkaCheckpoints:
             h = {k: v.decode() for k, v in record.headers}
             if h.get("format") != FORMAT or h.get("group") != self.group_id:
                 continue
+            if h.get("version") != str(codec.VERSION):
+                older = "format 2, JSON" if "version" not in h else f"format {h['version']}"
+                raise CheckpointError(
+                    f"checkpoint topic {self.topic}: partition {p}'s checkpoint was written by another inferwatch "
+                    f"({older}); this one reads format {codec.VERSION}: run the version that wrote it, or delete "
+                    "the topic to start afresh"
+                )
             by_id.setdefault(cid, {})[i] = record.value
             meta[(p, cid)] = (int(h["chunks"]), int(h["position"]), record.offset)
         shards: dict[int, dict[str, Any]] = {}
@@ -267,8 +320,8 @@ class KafkaCheckpoints:
             cid = max(complete, key=lambda c: meta[(p, c)][1:])
             parts = by_id[cid]
             try:
-                shards[p] = json.loads(zlib.decompress(b"".join(parts[i] for i in range(len(parts)))))
-            except (zlib.error, ValueError, KeyError) as exc:
+                shards[p] = codec.decode(b"".join(parts[i] for i in range(len(parts))))
+            except (codec.CodecError, KeyError) as exc:
                 raise CheckpointError(
                     f"checkpoint topic {self.topic}: partition {p}'s checkpoint {cid} cannot be decoded ({exc!r}); "
                     "delete the topic to start afresh"
@@ -315,36 +368,8 @@ class KafkaCheckpoints:
     def close(self) -> None:
         """At shutdown, after the final checkpoint: a producer that cannot close cleanly (its I/O
         thread gone, the broker away) only loses tombstones, so it is logged, not raised."""
+        self._writer.close()
         try:
             self._producer.close(self.timeout_s)
         except (KafkaError, OSError) as exc:
             log.warning("checkpoint_producer_close_failed", topic=self.topic, error=repr(exc))
-
-
-class _TopicWrite:
-    """The records of one checkpoint in the producer's hands; done when the broker acked them all."""
-
-    def __init__(self, store: KafkaCheckpoints, shards: list[tuple[int, list[bytes], list[Any]]]) -> None:
-        self._store = store
-        self._shards = shards
-        self._outcome: CheckpointError | bool | None = False  # False: not settled yet
-
-    def done(self) -> bool:
-        return all(f.is_done for _, _, futures in self._shards for f in futures)
-
-    def result(self, timeout_s: float = 0.0) -> None:
-        if self._outcome is False:
-            self._outcome = self._settle(timeout_s)
-        if isinstance(self._outcome, CheckpointError):
-            raise self._outcome
-
-    def _settle(self, timeout_s: float) -> CheckpointError | None:
-        deadline = time.monotonic() + timeout_s
-        for partition, keys, futures in self._shards:
-            try:
-                for f in futures:
-                    f.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except KafkaError as exc:
-                return self._store._failed(partition, exc)
-            self._store._complete(partition, keys)
-        return None

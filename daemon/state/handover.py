@@ -54,7 +54,8 @@ class Handover:
         t0 = time.perf_counter()
         self.stats.writing_since = time.time()
         try:
-            self._write = self.store.save(self.pipeline.snapshot(self.position))
+            # The loop takes a copy only; the store encodes and writes it on its own thread.
+            self._write = self.store.save(self.pipeline.snapshot({p for _, p in self.position}))
         except (CheckpointError, OSError, ValueError, TypeError) as exc:
             self._failed(exc)
             return

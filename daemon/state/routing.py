@@ -1,54 +1,88 @@
-"""Route events to per-(model, version, variant) state, with a cap on the number of keys."""
+"""Which partition's state holds each key: a model lives where this replica first saw it.
+
+Producers key by model, so a model's records come from one partition and its keys, canary,
+reservoir and label-join entries are that partition's state. A model whose records arrive on
+several partitions (the producer keys by request id, say) still has one home in this replica: its
+events from every partition update the state of the partition it was first seen on, so its
+figures and verdicts are whole here. Across replicas each one that reads such a model has a state
+of its own for it (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from daemon.monitors.traffic import OTHER, Overflow
+from daemon.ingest.batch import Key
+from daemon.monitors.names import OTHER, Overflow
 
-Key = tuple[str, str, str]
+if TYPE_CHECKING:
+    from daemon.state.partition import PartitionState
+
 OTHER_KEY: Key = (OTHER, OTHER, OTHER)
-S = TypeVar("S")
 
 
-class KeyTable(Generic[S]):
-    """At most `max_keys` keys; events of any later key fold into OTHER_KEY (counted)."""
+class Router:
+    """Key -> (partition state, row), with at most `max_keys` keys in all; past the cap, events
+    fold into the overflow key of the partition they arrived on (counted)."""
 
-    def __init__(self, max_keys: int, factory: Callable[[Key], S], overflow: Overflow) -> None:
+    def __init__(self, max_keys: int, overflow: Overflow) -> None:
         self.max_keys = max_keys
-        self._factory = factory
         self._overflow = overflow
-        self._states: dict[Key, S] = {}
+        self._keys: dict[Key, tuple[PartitionState, int]] = {}
+        self._homes: dict[str, PartitionState] = {}
+        self._count = 0  # keys other than the overflow ones
 
-    def route(self, key: Key, n_events: int) -> tuple[Key, S]:
-        """The key that `n_events` events of `key` are accounted under, and its state."""
-        state = self._states.get(key)
-        if state is not None:
-            return key, state
-        if len(self._states) < self.max_keys and OTHER not in key:
-            state = self._states[key] = self._factory(key)
-            return key, state
+    def route(self, key: Key, arrival: PartitionState, n_events: int) -> tuple[PartitionState, int, bool]:
+        """The state and row that `n_events` events of `key` that arrived on `arrival` update, and
+        whether that is an overflow key."""
+        hit = self._keys.get(key)
+        if hit is not None:
+            return hit[0], hit[1], False
+        if self._count < self.max_keys and OTHER not in key:
+            home = self._homes.setdefault(key[0], arrival)
+            row = home.add_keys([key])[0]
+            self._keys[key] = (home, row)
+            self._count += 1
+            return home, row, False
         self._overflow.add("key", n_events)
-        state = self._states.get(OTHER_KEY)
-        if state is None:
-            # The overflow key may push the table one past max_keys; it is the only one that can.
-            state = self._states[OTHER_KEY] = self._factory(OTHER_KEY)
-        return OTHER_KEY, state
+        return arrival, arrival.overflow_row(), True
 
-    def get(self, key: Key) -> S | None:
-        return self._states.get(key)
+    def adopt(self, state: PartitionState) -> None:
+        """A restored partition's keys and models; those this replica already routes elsewhere stay
+        where they are (the exposition sums their counters)."""
+        for row, key in enumerate(state.keys):
+            if key == OTHER_KEY or key in self._keys:
+                continue
+            self._keys[key] = (state, row)
+            self._homes.setdefault(key[0], state)
+            self._count += 1
+        for model in state.models():
+            self._homes.setdefault(model, state)
 
-    def adopt(self, key: Key) -> S:
-        """A fresh state for `key`, outside the cap (a restore brings back keys the table had)."""
-        state = self._states[key] = self._factory(key)
-        return state
+    def drop(self, state: PartitionState, others: list[PartitionState]) -> None:
+        """Forget a partition's keys and models; a key another partition also holds routes there."""
+        for key in [k for k, (s, _) in self._keys.items() if s is state]:
+            del self._keys[key]
+            self._count -= 1
+            for other in others:
+                row = other.row_of(key)
+                if row is not None:
+                    self._keys[key] = (other, row)
+                    self._count += 1
+                    break
+        for model in [m for m, s in self._homes.items() if s is state]:
+            del self._homes[model]
 
-    def remove(self, key: Key) -> None:
-        self._states.pop(key, None)
+    def primary(self, key: Key) -> tuple[PartitionState, int] | None:
+        """Where `key`'s events go now: its series, of the partitions that hold it, to expose."""
+        return self._keys.get(key)
 
-    def items(self) -> Iterator[tuple[Key, S]]:
-        return iter(list(self._states.items()))
+    def home(self, model: str) -> PartitionState | None:
+        return self._homes.get(model)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._states)
+        return self._count

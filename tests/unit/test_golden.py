@@ -2,7 +2,19 @@
 report and /metrics recorded before the columnar core (tests/golden/*.json).
 
 `INFERWATCH_GOLDEN_UPDATE=1 pytest tests/unit/test_golden.py` rewrites the recordings; a change
-to them needs a reason in the commit (see CHANGES below for the ones made on purpose).
+to them needs a reason, here and in the commit.
+
+Changed on purpose since the recording before the columnar core (ecca19d):
+- the canary timeline and the canary gauges: comparisons are read every `canary.look_every_requests`
+  requests of the model instead of at the end of each poll, so verdicts no longer depend on where
+  polls cut the stream. Same verdicts in the same order (inconclusive, then fail on latency_tail);
+  the entries name the request of the look (138 and 22838, before 1998 and 21999, the ends of
+  the polls), and the gauges show the figures of the last look. A baseline named control/baseline/
+  stable/primary is one from its first request (before: from the first look), so the tail
+  threshold learns from slightly earlier baseline requests.
+- `inferwatch_cardinality_overflow_total{dimension="feature_level"}`: a new dimension (levels of a
+  categorical feature past drift's per-feature cap), 0 here.
+The report's counts, alerts (indices, scores) and summary, and every other sample, are unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import from_mapping
 from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.monitors.traffic import Histogram
+from daemon.monitors.traffic import Histograms
 from daemon.runtime.replay import replay_state
 from tests.golden import stream
 
@@ -35,7 +47,7 @@ def golden_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any]
     stream.write(events, labels)
     config = from_mapping({"labels": {"ttl_seconds": 600}})
     report, pipeline = replay_state(events, config, labels)
-    loop = LoopStats(lag={}, source_errors={}, dead_letter={}, batch_duration=Histogram(BATCH_BUCKETS))
+    loop = LoopStats(lag={}, source_errors={}, dead_letter={}, batch_duration=Histograms.single(BATCH_BUCKETS))
     text = MetricsExposition(pipeline, config.metrics, lambda: loop).render().decode()
     samples = {
         f"{s.name}{json.dumps(dict(sorted(s.labels.items())))}": s.value
