@@ -31,6 +31,7 @@ from _common import (
 )
 
 from daemon.config import Config
+from daemon.runtime.lifecycle import tune_gc
 from daemon.runtime.replay import replay
 
 NAME = "replay_throughput"
@@ -85,6 +86,7 @@ def main() -> None:
     n = args.events or (100_000 if args.quick else 1_000_000)
     repeats = args.repeats if not args.quick else 1
     cpu = pin_to_one_core(args.cpu)
+    tune_gc()  # as `inferwatch replay` does (both variants run under it)
     config = Config()
     results: dict[str, Any] = {}
     lines = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load
+from daemon.runtime.lifecycle import tune_gc
 from daemon.runtime.logs import configure
 
 
@@ -27,7 +28,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     configure(config.logging.level, config.logging.format)
-    return Daemon(config).run()
+    daemon = Daemon(config)
+    tune_gc()
+    return daemon.run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -58,6 +61,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.labels is not None and not Path(args.labels).is_file():
         print(f"inferwatch: --labels {args.labels} is not a file", file=sys.stderr)
         return 2
+    tune_gc()
     report = replay(args.file, config, labels=args.labels)
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(f"replayed {report['events']} events ({report['invalid']} invalid) → {args.report}")
@@ -151,6 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # The terminal summary tells the story; the daemon's own lines would drown it.
     configure("error", "auto")
+    tune_gc()
     try:
         return run_demo(args.duration, args.http_port, args.rate, args.summary_every, args.seed)
     except RuntimeError as exc:  # the embedded broker is missing or would not start

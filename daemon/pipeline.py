@@ -120,25 +120,26 @@ class Pipeline:
 
     def _events(self, batch: Batch) -> tuple[list[DriftAlert], list[dict[str, Any]]]:
         n_keys = len(batch.keys)
-        counts = np.bincount(batch.key, minlength=n_keys)
-        _, first = np.unique(batch.key, return_index=True)
-        states: list[PartitionState] = []
-        state_of = np.empty(n_keys, dtype=np.int64)
-        row_of = np.empty(n_keys, dtype=np.int64)
+        hits: list[tuple[PartitionState, int] | None] = list(map(self.router.get, batch.keys))
         over_of = np.zeros(n_keys, dtype=np.bool_)
-        arrival = batch.partition[first].tolist()
-        for k, key in enumerate(batch.keys):
-            state, row, over = self.router.route(key, self.partition(arrival[k]), int(counts[k]))
-            if state not in states:
-                states.append(state)
-            state_of[k], row_of[k], over_of[k] = states.index(state), row, over
+        if None in hits:  # keys new to this replica, or over the cap
+            counts = np.bincount(batch.key, minlength=n_keys)
+            _, first = np.unique(batch.key, return_index=True)
+            arrival = batch.partition[first].tolist()
+            for k in [k for k, h in enumerate(hits) if h is None]:
+                state, row, over = self.router.route(batch.keys[k], self.partition(arrival[k]), int(counts[k]))
+                hits[k] = (state, row)
+                over_of[k] = over
+        states: list[PartitionState] = list({id(h[0]): h[0] for h in hits}.values())  # type: ignore[index]
+        state_of = np.array([states.index(h[0]) for h in hits], dtype=np.int64) if len(states) > 1 else None  # type: ignore[index]
+        row_of = np.fromiter((h[1] for h in hits), dtype=np.int64, count=n_keys)  # type: ignore[index]
         rows = row_of[batch.key]
         overflowed = over_of[batch.key]
         alerts: list[DriftAlert] = []
         timeline: list[dict[str, Any]] = []
-        per_state = state_of[batch.key]
+        per_state = state_of[batch.key] if state_of is not None else None
         for s, state in enumerate(states):
-            if len(states) == 1:
+            if per_state is None:
                 sub, sub_rows, sub_over = batch, rows, overflowed
             else:
                 idx = np.flatnonzero(per_state == s)

@@ -115,10 +115,15 @@ class WindowedTest(Parametrised):
 
     def judge(self, window: Any) -> bool:
         """Test one full window against the prepared reference; True on drift."""
-        self._score, self._p_value = self.statistic(window)
-        self._drift = self.passes(self._score, self._p_value)
-        if not self._drift:
+        drifted = self.judged(*self.statistic(window))
+        if not drifted:
             self.absorb(window)
+        return drifted
+
+    def judged(self, statistic: float, p_value: float | None) -> bool:
+        """Take a window's statistic (computed here, or for many windows at once by the caller)."""
+        self._score, self._p_value = statistic, p_value
+        self._drift = self.passes(statistic, p_value)
         return self._drift
 
     def judged_state(self) -> dict[str, Any]:
@@ -294,28 +299,37 @@ class KSTest(_PValueTest, _NumericTest):
         self._reset()
 
     def statistic(self, window: FloatArray) -> tuple[float, float | None]:
-        ref, win = self._ref, np.sort(window)
-        n, m = len(ref), len(win)
+        ref = self._ref
+        n, m = len(ref), len(window)
         if n * m <= EXACT_KS_MAX:
             from scipy import stats  # heavy (~45 MB): only small samples need the exact law
 
-            r = stats.ks_2samp(ref, win)
+            r = stats.ks_2samp(ref, window)
             return float(r.statistic), float(r.pvalue)
-        # D = sup |F_ref − F_win|, attained at a sample point: walk the merged samples (a stable sort of
-        # two sorted runs is a linear merge), stepping +m for a reference value and -n for a window
-        # one, and read the walk after the last of each run of equal values; D = max|walk| / (n·m).
-        merged = np.concatenate([ref, win])
-        order = np.argsort(merged, kind="stable")
-        values = merged[order]
-        walk = np.cumsum(np.where(order < n, m, -n))
-        last = np.empty(len(values), dtype=np.bool_)
-        last[:-1] = values[1:] != values[:-1]
-        last[-1] = True
-        d = float(np.max(np.abs(walk[last]))) / (n * m)
-        # scipy's exact two-sample p-value costs ~1.5 ms a window at 1000 x 500. The plain
-        # asymptotic Kolmogorov law is 2-12% above it there (p from 0.03 to 1e-8), so it errs
-        # towards fewer alarms, at a twentieth of the cost.
-        return d, float(special.kolmogorov(math.sqrt(n * m / (n + m)) * d))
+        d, p = ks_asymptotic(ref[None, :], window[None, :])
+        return float(d[0]), float(p[0])
+
+
+def ks_asymptotic(refs: FloatArray, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """KS statistics D and asymptotic p-values of many (sorted reference, window) pairs at once, one
+    pair a row: what `KSTest.statistic` computes for large samples, for a whole bank of streams.
+
+    D = sup |F_ref − F_win| is attained at a sample point: walk the merged samples (a stable sort of
+    two sorted runs is a linear merge), stepping +m for a reference value and -n for a window one,
+    and read the walk after the last of each run of equal values; D = max|walk| / (n·m). scipy's
+    exact two-sample p-value costs ~1.5 ms a window at 1000 x 500; the asymptotic Kolmogorov law is
+    2-12% above it there (p from 0.03 to 1e-8), so it errs towards fewer alarms, at a twentieth of
+    the cost.
+    """
+    n, m = refs.shape[1], windows.shape[1]
+    merged = np.concatenate([refs, np.sort(windows, axis=1)], axis=1)
+    order = np.argsort(merged, axis=1, kind="stable")
+    values = np.take_along_axis(merged, order, axis=1)
+    walk = np.cumsum(np.where(order < n, m, -n), axis=1)
+    last = np.ones(values.shape, dtype=np.bool_)
+    last[:, :-1] = values[:, 1:] != values[:, :-1]
+    d = np.max(np.abs(np.where(last, walk, 0)), axis=1) / (n * m)
+    return d, special.kolmogorov(math.sqrt(n * m / (n + m)) * d)
 
 
 class WassersteinTest(_ThresholdTest, _NumericTest):

@@ -26,6 +26,7 @@ Bools = npt.NDArray[np.bool_]
 _NUMBER = frozenset({float, int, type(None)})
 _CATEGORY = frozenset({str, bool, type(None)})
 _NO_FEATURES: dict[str, object] = {}
+_ERROR = "error"
 
 
 @dataclass(slots=True, eq=False)
@@ -107,7 +108,7 @@ class Batch:
         )
 
 
-def _floats(values: list[float | int | None]) -> Floats:
+def _floats(values: Sequence[float | int | None]) -> Floats:
     return np.array(values, dtype=np.float64)  # None becomes NaN
 
 
@@ -128,29 +129,37 @@ def build(
 ) -> Batch:
     """The columns of decoded events; the lists give each event's record."""
     n = len(events)
-    key_ids: dict[Key, int] = {}
-    keys = [(e.model, e.version, e.variant) for e in events]
-    key = np.array([key_ids.setdefault(k, len(key_ids)) for k in keys], dtype=np.int64)
-
+    # A comprehension per field: the fastest way CPython has to turn structs into columns.
+    models = [e.model for e in events]
+    versions = [e.version for e in events]
+    variants = [e.variant for e in events]
     stamps = [e.timestamp for e in events]
+    statuses = [e.status for e in events]
+    scores = [e.score for e in events]
+    predictions = [e.prediction for e in events]
+    probabilities = [e.probabilities for e in events]
+    labels = [e.label for e in events]
+    keys = list(zip(models, versions, variants, strict=True))
+    distinct = list(dict.fromkeys(keys))
+    key = np.fromiter(
+        map(dict(zip(distinct, range(len(distinct)), strict=True)).__getitem__, keys), dtype=np.int64, count=n
+    )
+
     if all(type(t) is float for t in stamps):
         time = _floats(stamps)  # type: ignore[arg-type]
     else:
         time = _floats([event_time(t, r) for t, r in zip(stamps, record_times, strict=True)])
 
-    error = np.array([e.status == "error" for e in events], dtype=np.bool_)
+    error = np.fromiter(map(_ERROR.__eq__, statuses), dtype=np.bool_, count=n)
     error_types: list[str] = []
     if error.any():
-        types = [e.error_type or "unknown" if e.status == "error" else None for e in events]
+        types = [(e.error_type or "unknown") if e.status == "error" else None for e in events]
         error_type = _codes(types, error_types)
     else:
         error_type = np.full(n, -1, dtype=np.int64)
 
-    scores = [e.score for e in events]
     score = _floats(scores)
     score_given = ~np.isnan(score)
-    predictions = [e.prediction for e in events]
-    probabilities = [e.probabilities for e in events]
     if any(probabilities):
         # Without a score the top class probability is the score, and without a prediction its
         # class is the one counted.
@@ -163,11 +172,10 @@ def build(
     classes: list[str] = []
     cls = _class_codes(predictions, classes)
 
-    labels = [e.label for e in events]
     labelled = np.array([i for i, v in enumerate(labels) if v is not None], dtype=np.int64)
     return Batch(
         events,
-        list(key_ids),
+        distinct,
         key,
         np.array(partitions, dtype=np.int64),
         np.array(offsets, dtype=np.int64),

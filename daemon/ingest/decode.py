@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from typing import Final, Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -118,23 +118,27 @@ class ChunkDecoder:
             if chunk.topic == self.labels_topic:
                 self._labels(chunk, labels, failures)
                 continue
-            append = events.append
             values = chunk.values
             bad: list[int] = []
-            for i, value in enumerate(values):
-                try:
-                    # Fast path: a sane size and valid JSON; anything else goes to decode(), which
-                    # says why. This costs nothing for the valid majority.
-                    if value is None or len(value) > max_bytes:
-                        raise ValueError
-                    append(fast_decode(value))
-                except Exception:
-                    decoded = slow_decode(value)
-                    if isinstance(decoded, DecodeFailure):
-                        failures.append((chunk.record(i), decoded))
-                        bad.append(i)
-                    else:
-                        append(decoded)
+            # Fast path: sane sizes and valid JSON, decoded at C speed; a record that fails it goes
+            # to decode(), which says why, and the fast path resumes after it.
+            fast = None not in values and max(map(len, values)) <= max_bytes  # type: ignore[arg-type]
+            i = 0
+            while i < n:
+                if fast:
+                    before = len(events)
+                    try:
+                        events.extend(map(fast_decode, islice(values, i, None)))  # type: ignore[arg-type]
+                        break
+                    except Exception:  # extend kept the records before the one that failed
+                        i += len(events) - before
+                decoded = slow_decode(values[i])
+                if isinstance(decoded, DecodeFailure):
+                    failures.append((chunk.record(i), decoded))
+                    bad.append(i)
+                else:
+                    events.append(decoded)
+                i += 1
             taken = n - len(bad)
             partitions.extend(repeat(chunk.partition, taken))
             rejected = set(bad)

@@ -27,7 +27,7 @@ DEFAULT_VERSION = "unknown"
 DEFAULT_VARIANT = "default"
 
 
-class InferenceEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+class InferenceEvent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One inference logged by a model server. Unknown fields are ignored."""
 
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]

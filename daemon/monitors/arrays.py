@@ -10,7 +10,9 @@ import numpy.typing as npt
 
 def grown(a: npt.NDArray[Any], rows: int, fill: Any = 0) -> npt.NDArray[Any]:
     """`a` with `rows` rows (more than it has): the old ones copied, the new ones `fill`."""
-    out = np.full((rows, *a.shape[1:]), fill, dtype=a.dtype)
+    shape = (rows, *a.shape[1:])
+    # Zeros come from calloc: pages no row has touched cost nothing until they are written.
+    out = np.zeros(shape, dtype=a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
     out[: len(a)] = a
     return out
 

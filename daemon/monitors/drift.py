@@ -41,7 +41,7 @@ from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import grown
 from daemon.monitors.names import Overflow, RowNames
 from detectors.calibration import Calibration, calibrate
-from detectors.distribution import CategoricalTest, WindowedTest
+from detectors.distribution import EXACT_KS_MAX, CategoricalTest, KSTest, WindowedTest, ks_asymptotic
 from detectors.registry import DETECTORS
 
 log = structlog.get_logger(__name__)
@@ -329,17 +329,27 @@ class Drift:
     ) -> None:
         # Register the batch's new (key, feature) streams first, all of them, in the order of their
         # first value: a feature stream's Bonferroni target counts every feature known by then.
-        columns = []
-        for i, f in enumerate(batch.features):
+        usable_masks = []
+        for f in batch.features:
             usable = f.present[order]
             if f.num is not None and f.codes is not None:  # mixed: strings and bools or numbers
                 usable = usable & ((f.codes[order] >= 0) | ~np.isnan(f.num[order]))
-            codes = np.where(usable, i, -1)
-            cols, taken = self.feature_names.columns(srows, codes, [g.name for g in batch.features])
-            for row, col, at in taken:
-                e = order[at]
-                kind: Kind = "categorical" if f.codes is not None and f.codes[e] >= 0 else "numeric"
-                self.feature_stream[row, col] = self._stream(row, f"feature:{f.name}", kind, f.name)
+            usable_masks.append(usable)
+        where = [np.flatnonzero(u) for u in usable_masks]
+        positions = np.concatenate(where)
+        codes = np.concatenate([np.full(len(w), i, dtype=np.int64) for i, w in enumerate(where)])
+        all_cols, taken = self.feature_names.columns(srows[positions], codes, [f.name for f in batch.features])
+        for row, col, at in taken:
+            f = batch.features[int(codes[at])]
+            e = order[positions[at]]
+            kind: Kind = "categorical" if f.codes is not None and f.codes[e] >= 0 else "numeric"
+            self.feature_stream[row, col] = self._stream(row, f"feature:{f.name}", kind, f.name)
+        columns = []
+        start = 0
+        for f, usable, w in zip(batch.features, usable_masks, where, strict=True):
+            cols = np.full(len(srows), -1, dtype=np.int64)
+            cols[w] = all_cols[start : start + len(w)]
+            start += len(w)
             columns.append((f, usable, cols))
         for f, usable, cols in columns:
             ok = usable & (cols >= 0) & (cols < self.feature_names.cap)
@@ -386,7 +396,12 @@ class Drift:
     # -- the placement ------------------------------------------------------------------------
 
     def _place(self, sids: Ints, values: npt.NDArray[Any], index: Ints, times: Floats, kind: str) -> list[DriftAlert]:
-        """Put each stream's values (contiguous runs per stream, in input order) where they belong."""
+        """Put each stream's values (contiguous runs per stream, in input order) where they belong.
+
+        A round fills every stream's buffer; the values past a full window form further full
+        windows straight from `values` (tested with it, in order), and what follows a detection, or
+        the last partial window, goes round again.
+        """
         alerts: list[DriftAlert] = []
         bank = self.banks[kind]
         while len(sids):
@@ -406,8 +421,10 @@ class Drift:
                 bank[self.bank_row[s], col] = values[fits]
                 self.fill[run_sid] += np.minimum(run_len, room)
             leftover = ~fits
-            # Streams whose buffer filled, and those that take values another way, one by one.
+            # Streams whose buffer filled, and those that take values another way, one by one;
+            # then the windows that filled, together.
             full = buffered & (self.fill[run_sid] == np.where(phase == COLLECT, self.R, self.W))
+            windows: list[tuple[int, int, int]] = []  # (stream, start of its values here, values after the bank's)
             for u in np.flatnonzero(full | ~buffered).tolist():
                 sid = int(run_sid[u])
                 a, b = int(starts[u]), int(starts[u] + run_len[u])
@@ -415,9 +432,12 @@ class Drift:
                     done = self._unbuffered(sid, values[a:b], index[a:b], times[a:b], alerts)
                     leftover[a + done : b] = True
                     leftover[a : a + done] = False
-                    continue
-                last = a + int(room[u]) - 1  # the value that filled the buffer
-                alerts += self._full(sid, index[last] if last >= a else None, times[last] if last >= a else None)
+                elif phase[u] == COLLECT:
+                    alerts += self._reference_full(sid)
+                else:
+                    windows.append((sid, a + int(room[u]), b))
+            if windows:
+                alerts += self._judge(windows, values, index, times, leftover)
             sids, values, index, times = sids[leftover], values[leftover], index[leftover], times[leftover]
         return alerts
 
@@ -444,30 +464,81 @@ class Drift:
         alerts.append(self._detected(sid, int(index[h]), float(times[h]), None))
         return h + 1
 
-    def _full(self, sid: int, index: Any, at: Any) -> list[DriftAlert]:
-        """A stream's reference or window filled with the value at input `index` (time `at`)."""
+    def _reference_full(self, sid: int) -> list[DriftAlert]:
+        """A stream's reference is complete: calibrate, and (inline) start testing."""
         st = self.streams[sid]
-        brow = self.bank_row[sid]
-        if self.phase[sid] == COLLECT:
-            self._submit(sid)
-            if st.future is not None and st.future.done():
-                return self._finish(sid)
-            return []
-        tester: WindowedTest = st.tester
-        window = self.banks["categorical" if st.kind == "categorical" else "numeric"][brow, self.R :]
-        if st.kind == "categorical":
-            assert st.slot_codes is not None
-            counts = np.bincount(window, minlength=len(self.level_names[st.feature or ""]))
-            slots = counts[st.slot_codes].astype(np.float64)
-            drifted = tester.judge(np.r_[slots, self.W - slots.sum()])
-        else:
-            drifted = tester.judge(window)
-        self.fill[sid] = 0
-        stat = tester.score
-        self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
-        if not drifted:
-            return []
-        return [self._detected(sid, int(index), float(at), self.score[sid])]
+        self._submit(sid)
+        if st.future is not None and st.future.done():
+            return self._finish(sid)
+        return []
+
+    def _judge(
+        self,
+        windows: list[tuple[int, int, int]],
+        values: npt.NDArray[Any],
+        index: Ints,
+        times: Floats,
+        leftover: npt.NDArray[np.bool_],
+    ) -> list[DriftAlert]:
+        """Test the streams whose window filled: the bank's window, then each further full window
+        of values[start:end], in order, until one drifts (what follows it goes round again).
+        `windows` holds (stream, start, end); KS windows of large samples are tested together."""
+        W, R = self.W, self.R
+        # Per stream, its windows: None for the one in the bank, else the start of a slice of values.
+        plan = [(sid, [None, *range(start, end - W + 1, W)], start, end) for sid, start, end in windows]
+        ks = [p for p in plan if type(self.streams[p[0]].tester) is KSTest and R * W > EXACT_KS_MAX]
+        ks_results: dict[int, list[tuple[float, float]]] = {}
+        if ks:
+            bank = self.banks["numeric"]
+            refs = np.repeat(bank[self.bank_row[[p[0] for p in ks]], :R], [len(p[1]) for p in ks], axis=0)
+            wins = np.stack(
+                [bank[self.bank_row[sid], R:] if w is None else values[w : w + W] for sid, ws, _, _ in ks for w in ws]
+            )
+            stats, p_values = ks_asymptotic(refs, wins)
+            k = 0
+            for sid, ws, _, _ in ks:
+                ks_results[sid] = list(
+                    zip(stats[k : k + len(ws)].tolist(), p_values[k : k + len(ws)].tolist(), strict=True)
+                )
+                k += len(ws)
+        alerts = []
+        for sid, ws, start, end in plan:
+            st = self.streams[sid]
+            tester: WindowedTest = st.tester
+            brow = self.bank_row[sid]
+            used = start
+            for j, w in enumerate(ws):
+                if sid in ks_results:
+                    drifted = tester.judged(*ks_results[sid][j])
+                else:
+                    window = (
+                        self.banks["categorical" if st.kind == "categorical" else "numeric"][brow, R:]
+                        if w is None
+                        else values[w : w + W]
+                    )
+                    drifted = tester.judge(self._counts(st, window) if st.kind == "categorical" else window)
+                last = start - 1 if w is None else w + W - 1  # the value that filled this window
+                used = last + 1
+                if drifted:
+                    stat = tester.score
+                    self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
+                    alerts.append(self._detected(sid, int(index[last]), float(times[last]), self.score[sid]))
+                    break
+            else:
+                stat = tester.score
+                self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
+                self.fill[sid] = 0
+            # The windows tested used values up to `used`; the rest go round again.
+            leftover[start:used] = False
+            leftover[used:end] = True
+        return alerts
+
+    def _counts(self, st: Stream, window: npt.NDArray[Any]) -> Floats:
+        """A categorical window as counts over the tester's reference levels, OTHER last."""
+        assert st.slot_codes is not None
+        counts = np.bincount(window, minlength=len(self.level_names[st.feature or ""]))
+        slots = counts[st.slot_codes].astype(np.float64)
+        return np.r_[slots, self.W - slots.sum()]
 
     def _detected(self, sid: int, index: int, at: float, score: float | None) -> DriftAlert:
         st = self.streams[sid]

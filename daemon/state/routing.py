@@ -33,6 +33,10 @@ class Router:
         self._homes: dict[str, PartitionState] = {}
         self._count = 0  # keys other than the overflow ones
 
+    def get(self, key: Key) -> tuple[PartitionState, int] | None:
+        """Where `key`'s events go, when it has a place already (the fast path of a batch)."""
+        return self._keys.get(key)
+
     def route(self, key: Key, arrival: PartitionState, n_events: int) -> tuple[PartitionState, int, bool]:
         """The state and row that `n_events` events of `key` that arrived on `arrival` update, and
         whether that is an overflow key."""
