@@ -9,7 +9,9 @@ time, as Prometheus would:
 - idle: no ingestion, no compression. This is the figure the target is checked on.
 - gzip: `Accept-Encoding: gzip`, which Prometheus sends on every scrape.
 - under ingest: while a second thread keeps feeding the same keys through the pipeline,
-  as the daemon's loop does; scrapes contend for the GIL and the pipeline lock.
+  as the daemon's loop does; scrapes contend for the GIL and the pipeline lock. Issue 13's
+  target: p99 < 100 ms here (scrapes back to back), and the ingest rate with a scrape every
+  second at least 90% of the rate without (alternating 5 s stretches, medians).
 
 The render alone (`Daemon.exposition.render()`, no HTTP) is timed too, and profiled when
 the p99 misses, so that a miss comes with its reasons.
@@ -47,6 +49,7 @@ from _common import (
 NAME = "scrape"
 KEYS = 1000
 TARGET_P99_MS = 100.0
+TARGET_INGEST_RATIO = 0.9
 TARGET_RSS_MB = 150.0
 BATCH_SIZE = 2000
 WARMUP_SCRAPES = 2
@@ -73,10 +76,14 @@ def build_daemon() -> Any:
 
 
 def batches_of(values: list[bytes], offset0: int = 0) -> list[list[Any]]:
-    from daemon.ingest.sources import RawRecord
+    """Polls of BATCH_SIZE records of one partition, as the Kafka source hands them over."""
+    from daemon.ingest.sources import Chunk
 
-    records = [RawRecord("inference-logs", 0, offset0 + i, None, None, v) for i, v in enumerate(values)]
-    return [records[i : i + BATCH_SIZE] for i in range(0, len(records), BATCH_SIZE)]
+    return [
+        [Chunk("inference-logs", 0, range(offset0 + i, offset0 + i + len(vs)), None, None, vs)]
+        for i in range(0, len(values), BATCH_SIZE)
+        for vs in [values[i : i + BATCH_SIZE]]
+    ]
 
 
 def populate(daemon: Any, per_key: int) -> dict[str, Any]:
@@ -86,11 +93,12 @@ def populate(daemon: Any, per_key: int) -> dict[str, Any]:
         daemon.pipeline.process(batch)
     seconds = time.perf_counter() - t0
     p = daemon.pipeline
-    if len(p.keys) != KEYS or p.overflow.counts or p.invalid.total:
+    if len(p.router) != KEYS or p.overflow.counts or p.invalid.total:
         raise RuntimeError(
-            f"populate: {len(p.keys)} keys, overflow {p.overflow.counts}, invalid {p.invalid.total}; want {KEYS} clean"
+            f"populate: {len(p.router)} keys, overflow {p.overflow.counts}, invalid {p.invalid.total}; "
+            f"want {KEYS} clean"
         )
-    return {"events": len(values), "keys": len(p.keys), "seconds": round(seconds, 3)}
+    return {"events": len(values), "keys": len(p.router), "seconds": round(seconds, 3)}
 
 
 def child(mode: str, per_key: int) -> None:
@@ -193,7 +201,9 @@ def scrapes_all_keys_changed(daemon: Any, url: str, n: int) -> list[float]:
     return latencies
 
 
-def scrapes_under_ingest(daemon: Any, url: str, n: int, budget_s: float, per_key: int) -> dict[str, Any]:
+def scrapes_under_ingest(
+    daemon: Any, url: str, n: int, budget_s: float, per_key: int, rounds: int, stretch_s: float
+) -> dict[str, Any]:
     """Scrape while another thread feeds the pipeline non-stop, as the daemon's loop would."""
     batches = batches_of(keyed_events(KEYS, per_key, seed=8), offset0=10**9)
     stop = threading.Event()
@@ -215,9 +225,31 @@ def scrapes_under_ingest(daemon: Any, url: str, n: int, budget_s: float, per_key
     latencies, _ = scrapes(url, n, budget_s)
     wall = time.perf_counter() - t0
     fed_during = fed[0] - fed0
+    # Ingest rate with one scrape a second against none, in alternating stretches.
+    with_scrapes: list[float] = []
+    without: list[float] = []
+    paced: list[float] = []
+    for _ in range(rounds):
+        for scraping, rates in ((False, without), (True, with_scrapes)):
+            f0, s0 = fed[0], time.perf_counter()
+            while time.perf_counter() - s0 < stretch_s:
+                if scraping:
+                    paced.append(scrape(url)[0])
+                    time.sleep(max(0.0, 1.0 - (time.perf_counter() - s0) % 1.0))
+                else:
+                    time.sleep(0.1)
+            rates.append((fed[0] - f0) / (time.perf_counter() - s0))
     stop.set()
     worker.join()
-    return {**latency_stats(latencies), "ingest_events_per_s_during": round(fed_during / wall)}
+    ratio = percentile(with_scrapes, 50) / percentile(without, 50)
+    return {
+        **latency_stats(latencies),
+        "ingest_events_per_s_during": round(fed_during / wall),
+        "ingest_events_per_s_scraped_every_second": [round(r) for r in with_scrapes],
+        "ingest_events_per_s_not_scraped": [round(r) for r in without],
+        "ingest_ratio_scraped_over_not": round(ratio, 3),
+        "scrape_every_second": latency_stats(paced),
+    }
 
 
 def main() -> None:
@@ -251,38 +283,47 @@ def main() -> None:
             raise RuntimeError("the gzip scrape does not hold the same exposition as the plain one")
         changed_s = scrapes_all_keys_changed(daemon, url, n_idle)
         no_http = render_no_http(daemon.exposition.render, url, reps=3 if args.quick else 20)
-        under_ingest = scrapes_under_ingest(daemon, url, n_other, budget_s, per_key)
+        under_ingest = scrapes_under_ingest(
+            daemon, url, n_other, budget_s, per_key, rounds=1 if args.quick else 3, stretch_s=2.0 if args.quick else 5.0
+        )
     finally:
         daemon.http.stop()
 
     idle = latency_stats(idle_s)
     changed = latency_stats(changed_s)
     gz = latency_stats(gz_s)
-    # The verdict is on the worse of the two quiet cases: every key changed since the last scrape.
-    # Scrapes while another thread ingests flat out are reported beside it (GIL sharing).
-    p99_ok = changed["p99_ms"] < TARGET_P99_MS
+    # Issue 13's verdict: scrapes while another thread ingests flat out (GIL sharing), and what a
+    # scrape a second costs that ingestion; the quiet cases are reported beside it.
+    p99_ok = under_ingest["p99_ms"] < TARGET_P99_MS
+    ingest_ok = under_ingest["ingest_ratio_scraped_over_not"] >= TARGET_INGEST_RATIO
     # The profile costs a few seconds (cProfile slows the render ~3x): full runs only, unless asked.
     want_profile = args.profile or (not p99_ok and not args.quick)
     profile = profile_render(daemon.exposition.render) if want_profile else None
 
     rss_ok = rss_pop["peak_rss_mb"] <= TARGET_RSS_MB
-    ok = p99_ok and rss_ok
+    ok = p99_ok and ingest_ok and rss_ok
 
     summary = (
         f"{NAME}: /metrics with {KEYS:,} keys ({shape['samples']:,} samples, {shape['bytes'] / 1e6:.1f} MB) "
-        f"p99 {changed['p99_ms']:.1f} ms with every key changed (idle {idle['p99_ms']:.1f}, "
-        f"{under_ingest['p99_ms']:.0f} under full ingest; {idle['n']} scrapes each) "
-        f"vs target < {TARGET_P99_MS:.0f} ms: "
-        f"{verdict(p99_ok)}; peak RSS {rss_pop['peak_rss_mb']:.0f} MB (bare import {rss_bare['peak_rss_mb']:.0f} MB) "
-        f"vs target <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}" + (" [quick]" if args.quick else "")
+        f"p99 {under_ingest['p99_ms']:.1f} ms under full ingest vs < {TARGET_P99_MS:.0f} ms: {verdict(p99_ok)} "
+        f"(every key changed {changed['p99_ms']:.1f}, idle {idle['p99_ms']:.1f}); ingest with a scrape a second "
+        f"{under_ingest['ingest_ratio_scraped_over_not']:.2f}x of without vs >= {TARGET_INGEST_RATIO}: "
+        f"{verdict(ingest_ok)}; peak RSS {rss_pop['peak_rss_mb']:.0f} MB (bare import {rss_bare['peak_rss_mb']:.0f} "
+        f"MB) vs <= {TARGET_RSS_MB:.0f} MB: {verdict(rss_ok)}" + (" [quick]" if args.quick else "")
     )
     write_result(
         NAME,
         args.quick,
         {
-            "target": {"p99_ms_below": TARGET_P99_MS, "peak_rss_mb_at_most": TARGET_RSS_MB, "keys": KEYS},
+            "target": {
+                "p99_ms_below_under_full_ingest": TARGET_P99_MS,
+                "ingest_ratio_with_a_scrape_a_second_at_least": TARGET_INGEST_RATIO,
+                "peak_rss_mb_at_most": TARGET_RSS_MB,
+                "keys": KEYS,
+            },
             "pass": ok,
             "pass_p99": p99_ok,
+            "pass_ingest_ratio": ingest_ok,
             "all_keys_changed_text_0_0_4": changed,
             "pass_rss": rss_ok,
             "setup": {

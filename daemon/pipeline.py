@@ -144,10 +144,11 @@ class Pipeline:
             else:
                 idx = np.flatnonzero(per_state == s)
                 sub, sub_rows, sub_over = batch.take(idx), rows[idx], overflowed[idx]
-            a, t, joined = state.update(sub_rows, sub, sub_over)
+            a, t, inline, joined = state.update(sub_rows, sub, sub_over)
             self.inline_labels += len(sub.labelled)
             alerts += a
             timeline += t
+            alerts += self._grade(state, inline, canary=False)  # the canary counted them at their requests
             alerts += self._grade(state, joined)
         return alerts, timeline
 
@@ -174,7 +175,7 @@ class Pipeline:
             self._label_samples(labels)
         self._emit(alerts, [])
 
-    def _grade(self, joined_in: PartitionState, joined: list[JoinedLabel]) -> list[DriftAlert]:
+    def _grade(self, joined_in: PartitionState, joined: list[JoinedLabel], canary: bool = True) -> list[DriftAlert]:
         """Joined labels into their keys' quality windows, canaries and error streams."""
         if not joined:
             return []
@@ -190,7 +191,7 @@ class Pipeline:
                 if hit is None:  # the key was routed before a restart, or its partition went elsewhere
                     continue
                 state, row = hit
-            classified, wrong, index, times = state.grade(row, items)
+            classified, wrong, index, times = state.grade(row, items, canary)
             if classified and wrong:
                 e = errors.setdefault(id(state), (state, [], [], [], []))
                 e[1].extend([row] * len(wrong))

@@ -78,6 +78,11 @@ class LoopStats:
     source_up: bool | None = None
     source_last_contact: float | None = None
 
+    @classmethod
+    def idle(cls) -> LoopStats:
+        """No loop: the pipeline alone (replay, tests)."""
+        return cls({}, {}, {}, Histograms.single(BATCH_BUCKETS))
+
 
 def _num(x: Any) -> str:
     """A sample value as the text format writes it."""

@@ -54,6 +54,8 @@ Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
 METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
 ERROR, LATENCY, TAIL, ACCURACY, SHIFT = range(5)
+# A key's version in its arm: the arm's current one, one it had before (left out), or a new one.
+CURRENT, STALE, NEW = 0, 1, 2
 BASELINE_NAMES = ("control", "baseline", "stable", "primary")
 # Worse direction: +1 higher is worse, -1 lower is worse, 0 either way.
 WORSE = {"error_rate": 1, "latency": 1, "latency_tail": 1, "accuracy": -1, "prediction_shift": 0}
@@ -283,16 +285,20 @@ class Canary:
         self.threshold = np.zeros(0, dtype=np.float64)
         self.unsettled = np.zeros(0, dtype=np.bool_)
         self.arm_count = np.zeros(0, dtype=np.int64)
+        self.baseline_arm = np.zeros(0, dtype=np.int64)  # -1: no baseline yet
+        self.warmup_len = np.zeros(0, dtype=np.int64)
         # Arms: (model, variant) -> id; per arm its model id, variant and current version.
         self._arm_ids: dict[tuple[str, str], int] = {}
         self.arm_model = np.zeros(0, dtype=np.int64)
         self.arm_variant: list[str] = []
         self.arm_version: list[str] = []
+        self.arm_versions: list[set[str]] = []  # every version the arm has had
+        self.arm_rows: list[list[int]] = []
         self.requests = np.zeros(0, dtype=np.int64)
         self.moments = np.zeros((0, len(METRICS), 3), dtype=np.float64)
-        # Per key row: its arm (-1: none, the overflow key), and whether the arm is at its version.
+        # Per key row: its arm (-1: none, the overflow key), and where its version stands there.
         self.row_arm = np.zeros(0, dtype=np.int64)
-        self.row_current = np.zeros(0, dtype=np.bool_)
+        self.row_state = np.zeros(0, dtype=np.int8)
         self.rows = 0
 
     # -- rows, models, arms -------------------------------------------------------------------
@@ -303,7 +309,7 @@ class Canary:
         if self.rows > len(self.row_arm):
             cap = capacity(self.rows, len(self.row_arm))
             self.row_arm = grown(self.row_arm, cap, -1)
-            self.row_current = grown(self.row_current, cap, False)
+            self.row_state = grown(self.row_state, cap, CURRENT)
         for row in range(start, self.rows):
             model, version, variant = self.keys[row]
             if OTHER in (model, version, variant):
@@ -313,7 +319,13 @@ class Canary:
             if arm is None:
                 arm = self._new_arm(model, variant, version)
             self.row_arm[row] = arm
-            self.row_current[row] = self.arm_version[arm] == version
+            self.arm_rows[arm].append(row)
+            self.row_state[row] = self._state(arm, version)
+
+    def _state(self, arm: int, version: str) -> int:
+        if version == self.arm_version[arm]:
+            return CURRENT
+        return STALE if version in self.arm_versions[arm] else NEW
 
     def model(self, name: str) -> ModelCanary:
         m = self.models.get(name)
@@ -326,6 +338,8 @@ class Canary:
                 self.threshold = grown(self.threshold, cap, math.nan)
                 self.unsettled = grown(self.unsettled, cap, True)
                 self.arm_count = grown(self.arm_count, cap, 0)
+                self.baseline_arm = grown(self.baseline_arm, cap, -1)
+                self.warmup_len = grown(self.warmup_len, cap, 0)
             self._sync(m)
         return m
 
@@ -336,6 +350,8 @@ class Canary:
         # Without a baseline a look may pick the busiest arm (two or more); with one, the tail
         # threshold may still be warming up.
         self.unsettled[i] = self.arm_count[i] >= 2 if m.baseline is None else m.tail_threshold is None
+        self.baseline_arm[i] = -1 if m.baseline is None else self._arm_ids.get((m.model, m.baseline), -1)
+        self.warmup_len[i] = len(m.warmup)
 
     def _new_arm(self, model: str, variant: str, version: str) -> int:
         arm = self._arm_ids[(model, variant)] = len(self.arm_variant)
@@ -347,6 +363,8 @@ class Canary:
         self.arm_model[arm] = self._model_ids[model]
         self.arm_variant.append(variant)
         self.arm_version.append(version)
+        self.arm_versions.append({version})
+        self.arm_rows.append([])
         self.arm_count[self._model_ids[model]] += 1
         m = self.models[model]
         if m.baseline is None:
@@ -357,10 +375,13 @@ class Canary:
 
     def _switch(self, row: int) -> None:
         """A new version of the row's arm: its numbers start afresh, and so does every comparison
-        it is in."""
+        it is in. The versions it had before are stale: their late requests are left out (two
+        versions serving one variant during a rollout must not restart the comparison at every
+        request)."""
         model, version, variant = self.keys[row]
         arm = int(self.row_arm[row])
         self.arm_version[arm] = version
+        self.arm_versions[arm].add(version)
         self.requests[arm] = 0
         self.moments[arm] = 0.0
         m = self.models[model]
@@ -370,58 +391,96 @@ class Canary:
             self._sync(m)
         else:
             m.comparisons.pop(variant, None)
-        rows = np.flatnonzero(self.row_arm[: self.rows] == arm)
-        self.row_current[rows] = [self.keys[r][1] == version for r in rows.tolist()]
+        for r in self.arm_rows[arm]:
+            self.row_state[r] = self._state(arm, self.keys[r][1])
 
     def _arms_of(self, model: int) -> list[int]:
         return np.flatnonzero(self.arm_model[: len(self.arm_variant)] == model).tolist()
 
     # -- batches ------------------------------------------------------------------------------
 
-    def update(self, rows: Ints, batch: Batch) -> list[dict[str, Any]]:
-        """Fold in a batch; return the timeline entries of the looks it held (changes of verdict)."""
+    def update(self, rows: Ints, batch: Batch, accuracy: Floats | None = None) -> list[dict[str, Any]]:
+        """Fold in a batch; return the timeline entries of the looks it held (changes of verdict).
+        `accuracy[i]` is 1 (right) or 0 (wrong) for an event graded by the label it carries, NaN
+        otherwise: it counts at its request, like the others."""
+        if accuracy is None:
+            accuracy = np.full(len(rows), np.nan)
         arms = self.row_arm[rows]
-        events = np.flatnonzero(arms >= 0)
+        events = np.flatnonzero((arms >= 0) & (self.row_state[rows] != STALE))
         if not len(events):
             return []
-        models = self.arm_model[arms[events]]
-        steady = self.row_current[rows[events]] & ~self.unsettled[models]
-        slow = np.unique(models[~steady]).tolist()
+        ev_arms = arms[events]
+        models = self.arm_model[ev_arms]
+        slow = set(models[self.row_state[rows[events]] != CURRENT].tolist())  # a version to switch to
+        n_models = len(self._model_names)
+        warming = np.zeros(0, dtype=np.int64)
+        if self.unsettled[models].any():
+            # A model whose state may change within this batch goes event by event; one that cannot
+            # (its tail threshold will not complete here, its busiest arm cannot be chosen yet)
+            # stays on the path for all, which only collects its warm-up latencies.
+            lat = batch.latency_ms[events]
+            base = self.baseline_arm[models]
+            timed_base = (ev_arms == base) & (lat > 0)
+            need = self.settings.min_requests - self.warmup_len[:n_models]
+            got = np.bincount(models[timed_base], minlength=n_models)
+            per_arm = self.requests[: len(self.arm_variant)] + np.bincount(ev_arms, minlength=len(self.arm_variant))
+            busiest = np.zeros(n_models, dtype=np.int64)
+            np.maximum.at(busiest, self.arm_model[: len(self.arm_variant)], per_arm)
+            warming_model = (self.baseline_arm[:n_models] >= 0) & np.isnan(self.threshold[:n_models])
+            choosing = (self.baseline_arm[:n_models] < 0) & (self.arm_count[:n_models] >= 2)
+            present = np.zeros(n_models, dtype=np.bool_)
+            present[models] = True
+            slow |= set(np.flatnonzero(present & warming_model & (got >= need)).tolist())
+            slow |= set(np.flatnonzero(present & choosing & (busiest >= self.settings.min_requests)).tolist())
+            warming = np.flatnonzero(warming_model & (got > 0) & (got < need))
+            for model in warming.tolist():
+                m = self.models[self._model_names[model]]
+                m.warmup.extend(lat[timed_base & (models == model)].tolist())
+                self.warmup_len[model] = len(m.warmup)
         entries: list[dict[str, Any]] = []
         if slow:
-            fast = ~np.isin(models, slow)
-            entries += self._segment(rows, events[fast], batch)
-            for model in slow:
-                entries += self._slow(rows, events[models == model], batch)
+            fast = ~np.isin(models, list(slow))
+            entries += self._segment(rows, events[fast], batch, accuracy)
+            for model in sorted(slow):
+                entries += self._slow(rows, events[models == model], batch, accuracy)
         else:
-            entries += self._segment(rows, events, batch)
+            entries += self._segment(rows, events, batch, accuracy)
         return entries
 
-    def _slow(self, rows: Ints, events: Ints, batch: Batch) -> list[dict[str, Any]]:
+    def _slow(self, rows: Ints, events: Ints, batch: Batch, accuracy: Floats) -> list[dict[str, Any]]:
         """One model's events in segments within which nothing but the moments changes: a new
         version, the tail threshold set, a baseline chosen at a look."""
         entries: list[dict[str, Any]] = []
         m = self.models[self.keys[int(rows[events[0]])][0]]
         while len(events):
-            current = self.row_current[rows[events]]
-            if not current[0]:
+            state = self.row_state[rows[events]]
+            if state[0] == NEW:
                 self._switch(int(rows[events[0]]))
                 continue
+            if (state == STALE).any():  # a switch made some versions stale
+                events = events[state != STALE]
+                continue
+            current = state == CURRENT
             end = int(np.argmin(current)) if not current.all() else len(events)
             seg = events[:end]
+            threshold = None
             if m.baseline is not None and m.tail_threshold is None:
-                seg = self._warm_up(m, rows, seg, batch)
+                seg, threshold = self._warm_up(m, rows, seg, batch)
             elif m.baseline is None:
                 looks = self._look_positions(self._model_ids[m.model], len(seg))
                 if len(looks):
                     seg = seg[: looks[0] + 1]
-            entries += self._segment(rows, seg, batch)
+            entries += self._segment(rows, seg, batch, accuracy)
+            if threshold is not None:  # the requests after the one that completed it count against it
+                m.tail_threshold, m.warmup = threshold, []
+                self._sync(m)
             events = events[len(seg) :]
         return entries
 
-    def _warm_up(self, m: ModelCanary, rows: Ints, seg: Ints, batch: Batch) -> Ints:
+    def _warm_up(self, m: ModelCanary, rows: Ints, seg: Ints, batch: Batch) -> tuple[Ints, float | None]:
         """Collect the baseline's latencies in `seg` for the tail threshold; when they complete it,
-        cut the segment after the event that did (the events after it count exceedances)."""
+        cut the segment after the event that did and return the threshold (the requests after it
+        count exceedances)."""
         arm = self._arm_ids.get((m.model, m.baseline or ""))
         lat = batch.latency_ms[seg]
         mine = (self.row_arm[rows[seg]] == arm) & (lat > 0)
@@ -429,15 +488,13 @@ class Canary:
         where = np.flatnonzero(mine)
         if len(where) < need:
             m.warmup.extend(lat[where].tolist())
-            return seg
+            self.warmup_len[self._model_ids[m.model]] = len(m.warmup)
+            return seg, None
         cut = int(where[need - 1]) + 1
         m.warmup.extend(lat[where[:need]].tolist())
         n = self.settings.min_requests
         ordered = sorted(m.warmup[:n])
-        m.tail_threshold = ordered[min(n - 1, math.ceil(self.settings.tail_quantile * n) - 1)]
-        m.warmup = []
-        self._sync(m)
-        return seg[:cut]
+        return seg[:cut], ordered[min(n - 1, math.ceil(self.settings.tail_quantile * n) - 1)]
 
     def _look_positions(self, model: int, n: int) -> Ints:
         """Positions among the next n requests of `model` at which a look falls."""
@@ -445,7 +502,7 @@ class Canary:
         first = (-done - 1) % self.look_every  # position of the next multiple of look_every
         return np.arange(first, n, self.look_every)
 
-    def _segment(self, rows: Ints, events: Ints, batch: Batch) -> list[dict[str, Any]]:
+    def _segment(self, rows: Ints, events: Ints, batch: Batch, accuracy: Floats) -> list[dict[str, Any]]:
         """Events whose arms, versions, baselines and tail thresholds do not change: their moments
         added at once, looks read at the requests they fall on."""
         if not len(events):
@@ -461,6 +518,8 @@ class Canary:
         tail = timed & ~np.isnan(thresholds)
         x[:, TAIL, :] = _moments(tail, (lat > thresholds).astype(np.float64))
         x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
+        right = accuracy[events]
+        x[:, ACCURACY, :] = _moments(~np.isnan(right), np.nan_to_num(right))
         entries = self._looks(events, arms, models, x, batch)
         np.add.at(self.moments, arms, x)
         np.add.at(self.requests, arms, 1)
@@ -513,7 +572,7 @@ class Canary:
     def add_graded(self, row: int, wrong: npt.NDArray[np.bool_]) -> None:
         """Labelled predictions of a key: right ones count towards its arm's accuracy."""
         arm = int(self.row_arm[row])
-        if arm >= 0 and self.row_current[row]:
+        if arm >= 0 and self.row_state[row] == CURRENT:
             right = float(len(wrong) - np.count_nonzero(wrong))
             self.moments[arm, ACCURACY] += (len(wrong), right, right)
 
@@ -542,7 +601,13 @@ class Canary:
             m = self.model(_str(ms["model"]))
             _restore_model(m, ms)
             self._sync(m)
+        if not len(state["arms"]) == len(state["requests"]) == len(state["moments"]):
+            raise ValueError("canary snapshot: its arms and their figures differ in number")
+        seen: set[tuple[str, str]] = set()
         for a, (model, variant, version) in enumerate(state["arms"]):
+            if (model, variant) in seen:
+                raise ValueError(f"canary snapshot: arm {variant!r} of model {model!r} appears twice")
+            seen.add((model, variant))
             self.model(model)
             arm = self._new_arm(model, variant, version)
             self.requests[arm] = state["requests"][a]

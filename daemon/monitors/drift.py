@@ -246,7 +246,9 @@ class Drift:
             values = reference[: self.R]
             if kind == "categorical":
                 assert feature is not None
-                codes = self._level_codes(feature, [str(v) for v in values])
+                codes, folded = self._level_codes(feature, [str(v) for v in values])
+                if folded.any():
+                    self.overflow.add("feature_level", int(np.count_nonzero(folded)))
                 self.banks[bank][brow, : len(codes)] = codes
             else:
                 self.banks[bank][brow, : len(values)] = values
@@ -261,24 +263,22 @@ class Drift:
                 if hasattr(st.tester, "rebind"):
                     st.tester.rebind(new[self.bank_row[sid], : self.R])
 
-    def _level_codes(self, feature: str, names: Sequence[str]) -> Ints:
+    def _level_codes(self, feature: str, names: Sequence[str]) -> tuple[Ints, npt.NDArray[np.bool_]]:
+        """The partition's code of each level name, and which of them were folded into OTHER (past
+        MAX_LEVELS; the caller counts the values that carry them)."""
         table = self.levels.get(feature)
         if table is None:
             table = self.levels[feature] = {OTHER_LEVEL: 0}
             self.level_names[feature] = [OTHER_LEVEL]
-        out = []
+        out, folded = [], []
         for name in names:
             code = table.get(name)
-            if code is None:
-                if len(table) < MAX_LEVELS:
-                    code = table[name] = len(table)
-                    self.level_names[feature].append(name)
-                else:
-                    code = 0
-                    self.overflow.add("feature_level")
-            out.append(code)
-        codes: Ints = np.array(out, dtype=np.int64)
-        return codes
+            if code is None and len(table) < MAX_LEVELS:
+                code = table[name] = len(table)
+                self.level_names[feature].append(name)
+            out.append(0 if code is None else code)
+            folded.append(code is None)
+        return np.array(out, dtype=np.int64), np.array(folded, dtype=np.bool_)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -338,7 +338,12 @@ class Drift:
         where = [np.flatnonzero(u) for u in usable_masks]
         positions = np.concatenate(where)
         codes = np.concatenate([np.full(len(w), i, dtype=np.int64) for i, w in enumerate(where)])
-        all_cols, taken = self.feature_names.columns(srows[positions], codes, [f.name for f in batch.features])
+        names = [f.name for f in batch.features]
+
+        def within(i: int) -> int:  # the name's place in its event's features (new names only)
+            return list(batch.events[order[positions[i]]].features or ()).index(names[codes[i]])
+
+        all_cols, taken = self.feature_names.columns(srows[positions], codes, names, order[positions], within)
         for row, col, at in taken:
             f = batch.features[int(codes[at])]
             e = order[positions[at]]
@@ -357,20 +362,24 @@ class Drift:
                 continue
             sids = np.full(len(srows), -1, dtype=np.int64)
             sids[ok] = self.feature_stream[srows[ok], cols[ok]]
-            if f.codes is None:
-                numeric.append((sids[ok], f.num[order][ok], order[ok]))  # type: ignore[index]
-                continue
-            is_cat = self.categorical
-            cat = ok & is_cat[np.maximum(sids, 0)]
-            codes = f.codes[order]
-            cat &= codes >= 0
-            if cat.any():
-                table = self._level_codes(f.name, f.levels)
-                categorical.append((sids[cat], table[codes[cat]], order[cat]))
+            # A stream takes the values of its kind only: numbers in a categorical stream (and
+            # strings in a numeric one) are skipped, as if absent.
+            is_cat = self.categorical[np.maximum(sids, 0)]
+            if f.codes is not None:
+                codes = f.codes[order]
+                cat = ok & is_cat & (codes >= 0)
+                if cat.any():
+                    table, folded = self._level_codes(f.name, f.levels)
+                    mapped = codes[cat]
+                    n_folded = int(np.count_nonzero(folded[mapped]))
+                    if n_folded:
+                        self.overflow.add("feature_level", n_folded)
+                    categorical.append((sids[cat], table[mapped], order[cat]))
             if f.num is not None:
-                num = ok & ~is_cat[np.maximum(sids, 0)] & ~np.isnan(f.num[order])
+                values = f.num[order]
+                num = ok & ~is_cat & ~np.isnan(values)
                 if num.any():
-                    numeric.append((sids[num], f.num[order][num], order[num]))
+                    numeric.append((sids[num], values[num], order[num]))
 
     def update_errors(self, rows: Ints, wrong: npt.NDArray[np.bool_], index: Ints, times: Floats) -> list[DriftAlert]:
         """Graded predictions in label order: True where the prediction was wrong."""
@@ -538,7 +547,8 @@ class Drift:
         assert st.slot_codes is not None
         counts = np.bincount(window, minlength=len(self.level_names[st.feature or ""]))
         slots = counts[st.slot_codes].astype(np.float64)
-        return np.r_[slots, self.W - slots.sum()]
+        out: Floats = np.r_[slots, self.W - slots.sum()]
+        return out
 
     def _detected(self, sid: int, index: int, at: float, score: float | None) -> DriftAlert:
         st = self.streams[sid]
@@ -552,8 +562,8 @@ class Drift:
             score = None
         assert st.calibration is not None
         alert = DriftAlert(
-            index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector, score,
-            st.calibration.target_ert,
+            index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
+            None if score is None else float(score), st.calibration.target_ert,
         )  # fmt: skip
         # Start over: the values after the detection are the new reference, and the threshold is
         # calibrated on it afresh (a bootstrapped test's null depends on its reference).
@@ -701,18 +711,31 @@ class Drift:
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),
-            "levels": dict(self.level_names),
+            "levels": {feature: list(names) for feature, names in self.level_names.items()},
+            "reference_events": self.R,
+            "window_events": self.W,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a snapshot into this drift, whose rows (the keys) are added already and empty."""
         if self.streams:
             raise ValueError("drift state restores into an empty partition only")
-        for bank in ("numeric", "categorical"):
-            if state[bank].shape[1] != self.R + self.W:
+        if (state["reference_events"], state["window_events"]) != (self.R, self.W):
+            raise ValueError(
+                f"the checkpoint's drift streams have references of {state['reference_events']} and windows of "
+                f"{state['window_events']} values, this config {self.R} and {self.W} (drift.reference_events, "
+                "window_events changed): set them back, or start afresh"
+            )
+        s = self.settings
+        configured = {"numeric": s.numeric_detector, "categorical": s.categorical_detector, "binary": s.error_detector}
+        for st_state in state["streams"]:
+            if st_state["detector"] not in DETECTORS:
+                raise ValueError(f"drift stream {st_state['name']!r} uses an unknown detector {st_state['detector']!r}")
+            if configured.get(st_state["kind"], st_state["detector"]) != st_state["detector"]:
                 raise ValueError(
-                    f"the checkpoint's drift streams hold {state[bank].shape[1]} values, this config "
-                    f"{self.R} + {self.W} (drift.reference_events, window_events changed): start afresh"
+                    f"the checkpoint's drift stream {st_state['name']!r} runs {st_state['detector']!r}, this config "
+                    f"{configured[st_state['kind']]!r} (the drift.*_detector for {st_state['kind']} streams changed): "
+                    "set it back, or start afresh"
                 )
         self.level_names = {f: list(names) for f, names in state["levels"].items()}
         self.levels = {f: {name: i for i, name in enumerate(names)} for f, names in self.level_names.items()}

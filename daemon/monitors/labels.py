@@ -228,7 +228,7 @@ class LabelJoin:
         now = self.clock()
         return {
             # [request_id, age_s, key, prediction, score, probabilities, timestamp, slices, index, overflowed_model]
-            "predictions": [[rid, now - at, *p] for rid, (at, p) in self._predictions.items()],
+            "predictions": [[rid, now - at, *p[1:]] for rid, (at, p) in self._predictions.items()],
             "held_labels": [[rid, now - h.at, h.model, h.label, h.timestamp] for rid, h in self._held.items()],
             "joined_ids": [[rid, now - at, m] for rid, (at, m) in self._joined.items()],
             "gone_ids": [[rid, now - at, m] for rid, (at, m) in self._gone.items()],

@@ -3,7 +3,7 @@ most `cap` of each; later ones fold into OTHER and an overflow counter says so."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -55,9 +55,19 @@ class RowNames:
         grown[:r, :w] = self._col
         self._col = grown
 
-    def columns(self, rows: Ints, codes: Ints, names: Sequence[str]) -> tuple[Ints, list[tuple[int, int, int]]]:
-        """The column of each event's name (`names[codes[i]]` in row `rows[i]`; code -1: no name, column
-        -1), and the pairs taken now as (row, column, position of their first event)."""
+    def columns(
+        self,
+        rows: Ints,
+        codes: Ints,
+        names: Sequence[str],
+        events: Ints | None = None,
+        within: Callable[[int], int] | None = None,
+    ) -> tuple[Ints, list[tuple[int, int, int]]]:
+        """The column of each pair's name (`names[codes[i]]` in row `rows[i]`; code -1: no name, column
+        -1), and the pairs taken now as (row, column, index i of their first pair). New pairs are
+        taken in the order of `events[i]` (the event each pair belongs to; default: i), then of
+        `within(i)` (the name's place in its event), so that a key keeps the first names its own
+        events showed, whatever order the pairs come in."""
         out = np.full(len(rows), -1, dtype=np.int64)
         has = codes >= 0
         if not names or not has.any():
@@ -70,9 +80,15 @@ class RowNames:
         todo = np.flatnonzero(has & (out < 0))
         if len(todo):
             combined = rows[todo] * len(names) + codes[todo]
-            uniq, first = np.unique(combined, return_index=True)
+            when = todo if events is None else events[todo]
+            by_event = np.argsort(when, kind="stable")
+            uniq, first_sorted = np.unique(combined[by_event], return_index=True)
+            first = by_event[first_sorted]
             # In the order of their first event: the cap keeps the first names seen.
-            for u in np.argsort(first, kind="stable").tolist():
+            new = np.argsort(when[first], kind="stable").tolist()
+            if within is not None:
+                new.sort(key=lambda u: (int(when[first[u]]), within(int(todo[first[u]]))))
+            for u in new:
                 row, code = divmod(int(uniq[u]), len(names))
                 col = self._take(row, names[code])
                 if col < self.cap:

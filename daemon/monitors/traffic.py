@@ -147,9 +147,14 @@ class Traffic:
         where = [np.flatnonzero(m) for m in named]
         all_rows = np.concatenate([rows[w] for w in where])
         codes = np.concatenate([np.full(len(w), i, dtype=np.int64) for i, w in enumerate(where)])
-        cols, taken = self.feature_names.columns(all_rows, codes, [f.name for f in batch.features])
+        positions = np.concatenate(where)
+        names = [f.name for f in batch.features]
+
+        def within(i: int) -> int:  # the name's place in its event's features (new names only)
+            return list(batch.events[positions[i]].features or ()).index(names[codes[i]])
+
+        cols, taken = self.feature_names.columns(all_rows, codes, names, positions, within)
         if taken:
-            positions = np.concatenate(where)
             for row, col, at in taken:
                 self.first_seen[row, col] = before[row] + rank[positions[at]]
         present = np.concatenate([f.present[w] for f, w in zip(batch.features, where, strict=True)])
@@ -220,9 +225,10 @@ class Traffic:
         """Take a snapshot's rows into this (empty) partition's arrays; caps may differ from the
         snapshot's: names past a smaller cap fold into OTHER."""
         n = len(state["events"])
-        if self.rows:
-            raise ValueError("traffic state restores into an empty partition only")
-        self.add_rows(n)
+        if not self.rows:
+            self.add_rows(n)
+        elif self.rows != n or self.events[:n].any():
+            raise ValueError("traffic state restores into an empty partition only (its keys added, nothing counted)")
         self.events[:n] = state["events"]
         self.last_time[:n] = state["last_time"]
         self.tokens[:n] = state["tokens"]

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from detectors import metrics
+from detectors.metrics import Label
+
 TASKS = ("classification", "regression")
 # Elements of one bootstrap index matrix (resamples x pairs); larger runs are drawn in chunks.
 BOOTSTRAP_CHUNK_ELEMENTS = 5_000_000
@@ -91,11 +94,16 @@ def _pair_arrays(candidate: np.ndarray, production: np.ndarray) -> tuple[np.ndar
 
 
 def same_class(x: Any, y: Any) -> bool:
-    """Class equality: numbers (and numeric strings) compare numerically, anything else by str()."""
-    a, b = _number(x), _number(y)
-    if a is not None and b is not None:
-        return a == b
-    return str(x) == str(y)
+    """Class equality by the daemon's one definition of a class (detectors.metrics.class_name), so that
+    shadow accuracy and skew grade a prediction as live accuracy does: True, 1, 1.0, "1" and "1.0" are
+    class "1". numpy scalars count as the Python values they hold; anything else is its str()."""
+    return metrics.same_class(_label(x), _label(y))
+
+
+def _label(v: Any) -> Label:
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v if isinstance(v, str | bool | int | float) else str(v)
 
 
 def agreement(a: Sequence[Any], b: Sequence[Any], task: str) -> dict[str, float | int]:

@@ -286,6 +286,7 @@ class KafkaCheckpoints:
         # partition -> checkpoint id -> chunk index -> bytes; and each id's chunk count and position.
         chunks: dict[int, dict[str, dict[int, bytes]]] = {}
         meta: dict[tuple[int, str], tuple[int, int, int]] = {}
+        versions: dict[tuple[int, str], str] = {}
         for record in self._read_all():
             try:
                 p_text, cid, i_text = record.key.decode().split("/")
@@ -301,15 +302,9 @@ class KafkaCheckpoints:
             h = {k: v.decode() for k, v in record.headers}
             if h.get("format") != FORMAT or h.get("group") != self.group_id:
                 continue
-            if h.get("version") != str(codec.VERSION):
-                older = "format 2, JSON" if "version" not in h else f"format {h['version']}"
-                raise CheckpointError(
-                    f"checkpoint topic {self.topic}: partition {p}'s checkpoint was written by another inferwatch "
-                    f"({older}); this one reads format {codec.VERSION}: run the version that wrote it, or delete "
-                    "the topic to start afresh"
-                )
             by_id.setdefault(cid, {})[i] = record.value
             meta[(p, cid)] = (int(h["chunks"]), int(h["position"]), record.offset)
+            versions[(p, cid)] = h.get("version", "2, JSON")
         shards: dict[int, dict[str, Any]] = {}
         for p, by_id in chunks.items():
             live = {f"{p}/{cid}/{i}".encode() for cid, parts in by_id.items() for i in parts}
@@ -318,6 +313,12 @@ class KafkaCheckpoints:
             if not complete:
                 continue
             cid = max(complete, key=lambda c: meta[(p, c)][1:])
+            if versions[(p, cid)] != str(codec.VERSION):
+                raise CheckpointError(
+                    f"checkpoint topic {self.topic}: partition {p}'s checkpoint was written by another inferwatch "
+                    f"(format {versions[(p, cid)]}); this one reads format {codec.VERSION}: run the version that "
+                    "wrote it, or delete the topic to start afresh"
+                )
             parts = by_id[cid]
             try:
                 shards[p] = codec.decode(b"".join(parts[i] for i in range(len(parts))))

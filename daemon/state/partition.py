@@ -25,7 +25,7 @@ from daemon.monitors.quality import KeyPerformance, graded
 from daemon.monitors.reservoir import Reservoir, Sample
 from daemon.monitors.traffic import Traffic
 from daemon.state.routing import OTHER_KEY
-from detectors.metrics import CLASSIFICATION, confidence, is_positive, is_wrong
+from detectors.metrics import CLASSIFICATION, Graded, confidence, is_positive, is_wrong
 
 Ints = npt.NDArray[np.int64]
 
@@ -110,10 +110,12 @@ class PartitionState:
 
     def update(
         self, rows: Ints, batch: Batch, overflowed: npt.NDArray[np.bool_]
-    ) -> tuple[list[DriftAlert], list[dict[str, Any]], list[JoinedLabel]]:
+    ) -> tuple[list[DriftAlert], list[dict[str, Any]], list[JoinedLabel], list[JoinedLabel]]:
         """Fold in the events of `batch` (rows[i]: event i's row; overflowed[i]: its key is the
-        overflow key). Returns drift alerts, canary timeline entries, and the labels that joined
-        (the pipeline grades them: a joined prediction's key may live in another partition)."""
+        overflow key). Returns drift alerts, canary timeline entries, and the labels that joined:
+        those the events carried (the canary has counted them, each at its request) and those
+        the join matched (the pipeline grades both: a joined prediction's key may live in another
+        partition)."""
         order = np.argsort(rows, kind="stable")
         starts = np.r_[True, rows[order][1:] != rows[order][:-1]]
         first = np.flatnonzero(starts)
@@ -121,21 +123,26 @@ class PartitionState:
         rank[order] = np.arange(len(rows)) - np.repeat(first, np.diff(np.r_[first, len(rows)]))
         self.traffic.update(rows, rank, batch)
         alerts = self.drift.update(rows, order, batch) if self.drift is not None else []
-        joined = self._predictions(rows, order, batch, overflowed)
-        timeline = self.canary.update(rows, batch) if self.canary is not None else []
+        inline, joined = self._predictions(rows, order, batch, overflowed)
+        timeline = []
+        if self.canary is not None:
+            timeline = self.canary.update(
+                rows, batch, _graded_inline(batch, self.shared.config.accuracy.positive_class)
+            )
         if self.reservoirs or self.shared.reservoir_models:
             self._sample(rows, batch)
-        return alerts, timeline, joined
+        return alerts, timeline, inline, joined
 
     def _predictions(
         self, rows: Ints, order: Ints, batch: Batch, overflowed: npt.NDArray[np.bool_]
-    ) -> list[JoinedLabel]:
-        """Queue predictions for the join (or grade inline labels), feed the accuracy estimate."""
+    ) -> tuple[list[JoinedLabel], list[JoinedLabel]]:
+        """Queue predictions for the join, feed the accuracy estimate; returns the inline labels
+        and what the join matched, to grade."""
         labelled = batch.labelled
         if self.join is None and not len(labelled):
             keys = np.unique(rows).tolist()
             if not any(self.quality[r] is not None and self.quality[r].labelled for r in keys):
-                return []
+                return [], []
         a = self.shared.config.accuracy
         positive = a.positive_class
         confidences = _confidences(batch, positive)
@@ -149,7 +156,7 @@ class PartitionState:
             chosen[labelled] = True
         inline = np.zeros(len(rows), dtype=np.bool_)
         inline[labelled] = True
-        joined: list[JoinedLabel] = []
+        inline_joined: list[JoinedLabel] = []
         pending: list[PendingPrediction] = []
         slice_features = a.slice_features
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
@@ -177,16 +184,18 @@ class PartitionState:
                     e.model if overflowed[i] else None,
                 )
                 if inline[i]:
-                    joined.append(JoinedLabel(p, e.label, p.timestamp))
+                    inline_joined.append(JoinedLabel(p, e.label, p.timestamp))
                 else:
                     pending.append(p)
-        if self.join is not None:
-            joined += self.join.add_predictions(pending)
-        return joined
+        joined = self.join.add_predictions(pending) if self.join is not None else []
+        return inline_joined, joined
 
-    def grade(self, row: int, items: list[JoinedLabel]) -> tuple[bool, list[bool], list[int], list[float]]:
-        """Joined labels of one key into its quality windows and canary; returns what the error
-        stream takes: (classification?, wrong flags, indices, times) of the gradable ones."""
+    def grade(
+        self, row: int, items: list[JoinedLabel], canary: bool = True
+    ) -> tuple[bool, list[bool], list[int], list[float]]:
+        """Joined labels of one key into its quality windows and (unless it counted them already)
+        canary; returns what the error stream takes: (classification?, wrong flags, indices, times)
+        of the gradable ones."""
         quality = self.quality[row]
         if quality is None:
             quality = self.quality[row] = self._quality()
@@ -198,7 +207,7 @@ class PartitionState:
         wrong = [is_wrong(g, positive) for g in graded_items]
         keep = [i for i, w in enumerate(wrong) if w is not None]
         flags = [bool(wrong[i]) for i in keep]
-        if self.canary is not None:
+        if canary and self.canary is not None:
             self.canary.add_graded(row, np.array(flags, dtype=np.bool_))
         times = [graded_items[i].timestamp for i in keep]
         return (
@@ -291,6 +300,17 @@ def _confidences(batch: Batch, positive_class: str | None) -> npt.NDArray[np.flo
         if e.probabilities:
             c = confidence(e.prediction, e.score, e.probabilities, positive_class)
             out[i] = np.nan if c is None else c
+    return out
+
+
+def _graded_inline(batch: Batch, positive_class: str | None) -> npt.NDArray[np.float64]:
+    """1 (right) or 0 (wrong) for each event graded by the label it carries; NaN otherwise."""
+    out = np.full(len(batch), np.nan)
+    for i in batch.labelled.tolist():
+        e = batch.events[i]
+        wrong = is_wrong(Graded(e.prediction, e.label, e.score, e.probabilities, None), positive_class)
+        if wrong is not None:
+            out[i] = 0.0 if wrong else 1.0
     return out
 
 

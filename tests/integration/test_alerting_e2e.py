@@ -183,7 +183,7 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
         except AssertionError as exc:
             s = daemon.scrape()
             seen = {k: v for k, v in s.items() if k[0] in ("inferwatch_events_total", "inferwatch_drift_streams")}
-            raise AssertionError(f"{exc}\n{seen}\n{daemon.runtime.logs()[-3000:]}") from None
+            raise AssertionError(f"{exc}\n{seen}\n{daemon.logs()[-3000:]}") from None
         assert receiver.deliveries == [], "a trigger before any drift was injected"
 
         t0 = time.time()
@@ -222,7 +222,7 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
             "deliveries": list(receiver.deliveries),
             "metrics": daemon.scrape(),
             "scrape": scrape,
-            "logs": daemon.runtime.logs(),
+            "logs": daemon.logs(),
             "panels": _panel_results(prom),
         }
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from daemon.config import AlertmanagerPushConfig, from_mapping
 from daemon.export.alertpush import AlertPusher, firing
-from daemon.ingest.sources import RawRecord
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 from tests.integration.observability import alertmanager, webhook_receiver
 from tests.integration.support import wait_for
@@ -64,15 +65,18 @@ def test_firing_lists_held_drift_detections_and_canary_fails() -> None:
         {"request_id": f"r{i}", "model": "m", "variant": "canary" if i % 2 else "control", "latency_ms": 5.0}
         for i in range(200)
     ]
-    pipeline.process([RawRecord("t", 0, i, 1.0, None, json.dumps(e).encode()) for i, e in enumerate(events)])
+    pipeline.process(chunks_of([RawRecord("t", 0, i, 1.0, None, json.dumps(e).encode()) for i, e in enumerate(events)]))
     assert firing(pipeline, None, ("drift", "canary_fail"), 600) == {}
-    stream = pipeline.keys.get(("m", "unknown", "control")).drift.streams["latency"]  # type: ignore[union-attr]
-    stream.last_detection = __import__("time").monotonic()
+    state = pipeline.partitions[0]
+    drift = state.drift
+    assert drift is not None
+    (sid,) = [s for s in drift.by_row[state.row_of(("m", "unknown", "control"))] if drift.streams[s].name == "latency"]
+    drift.last_detection[sid] = drift.newest_detection = time.monotonic()  # as a detection would
     alerts = firing(pipeline, None, ("drift",), 600)
     assert list(alerts) == [
         (
             ("alertname", "InferwatchDriftSustained"),
-            ("detector", stream.detector),
+            ("detector", drift.streams[sid].detector),
             ("model", "m"),
             ("severity", "ticket"),
             ("stream", "latency"),

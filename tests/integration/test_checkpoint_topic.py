@@ -10,6 +10,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from daemon.dev.broker import TansuBroker
+from daemon.state import codec
 from daemon.state.checkpoint import FORMAT, KafkaCheckpoints
 
 
@@ -68,7 +69,13 @@ def test_an_interrupted_write_is_ignored_and_the_furthest_offsets_win(broker: Ta
     store.save(_snapshot(300, (0,))).result(10)
     # A writer killed mid-checkpoint: 1 chunk of 3 of a shard that got further.
     producer = KafkaProducer(bootstrap_servers=[broker.bootstrap])
-    headers = [("format", FORMAT.encode()), ("group", b"g"), ("chunks", b"3"), ("position", b"999999")]
+    headers = [
+        ("format", FORMAT.encode()),
+        ("version", str(codec.VERSION).encode()),
+        ("group", b"g"),
+        ("chunks", b"3"),
+        ("position", b"999999"),
+    ]
     producer.send(topic, key=b"0/dead-1/0", value=b"x" * 100, headers=headers, partition=0)
     # A zombie (a replica that lost the partition) that wrote an older state after the new owner.
     zombie = _store(broker, topic)

@@ -22,10 +22,9 @@ from kafka import KafkaConsumer
 from daemon.config import Config
 from daemon.dev.broker import TansuBroker
 from daemon.dev.generator import TrafficGenerator, TrafficSpec
-from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
+from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.ingest.decode import REASONS
-from daemon.ingest.sources import RawRecord
-from daemon.monitors.traffic import Histogram
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 from tests.integration.support import Samples, get, parse, produce, running_daemon, total, wait_for
 
@@ -145,8 +144,10 @@ def _replay(config: dict[str, Any], topic: str, labels_topic: str, good: list[It
     """The scrape of a pipeline fed the valid records alone, in-process."""
     pipeline = build_pipeline(Config.model_validate(config))
     records = [RawRecord(topic, 0, i, None, k, v) for i, (k, v) in enumerate(good)]
-    pipeline.process(records + [RawRecord(labels_topic, 0, i, None, k, v) for i, (k, v) in enumerate(labels)])
-    loop = LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS))
+    pipeline.process(
+        chunks_of(records + [RawRecord(labels_topic, 0, i, None, k, v) for i, (k, v) in enumerate(labels)])
+    )
+    loop = LoopStats.idle()
     return parse(MetricsExposition(pipeline, pipeline.config.metrics, lambda: loop).render().decode())
 
 

@@ -7,13 +7,17 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from daemon.cli import main
 from daemon.config import CanaryConfig, from_mapping
+from daemon.ingest.batch import Key, build
 from daemon.ingest.events import InferenceEvent
-from daemon.monitors.canary import ModelCanary
+from daemon.ingest.sources import RawRecord, chunks_of
+from daemon.monitors.canary import Canary
 from daemon.runtime.app import Daemon
+from daemon.runtime.replay import replay
 from tests.integration.support import parse, total
 
 
@@ -53,14 +57,32 @@ def replay_canary(tmp_path: Path, config: str = "") -> list[dict[str, Any]]:
     return list(json.loads(out.read_text())["canary"])
 
 
+def _first_look_with(path: Path, requests: int, look_every: int = 100) -> int:
+    """The input position of the first look (every look_every-th request of model m, the only
+    one) at which both arms have `requests`."""
+    arms: dict[str, int] = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        variant = json.loads(line)["variant"]
+        arms[variant] = arms.get(variant, 0) + 1
+        if (i + 1) % look_every == 0 and len(arms) == 2 and min(arms.values()) >= requests:
+            return i
+    raise AssertionError("no such look")
+
+
 def test_a_30_percent_latency_regression_fails_naming_latency(tmp_path: Path) -> None:
     stream(tmp_path / "events.jsonl", 20_000, seed=1, slow=1.3)
     timeline = replay_canary(tmp_path)
     assert timeline[-1]["verdict"] == "fail"
     assert (timeline[-1]["model"], timeline[-1]["variant"], timeline[-1]["baseline"]) == ("m", "canary", "control")
     assert any(r.startswith("latency +") for r in timeline[-1]["reasons"])
-    # The first verdict comes with the first batch where both arms have min_requests (500).
-    assert timeline[0]["index"] == 1_999 and timeline[0]["reset"] is True
+    # Entries come at looks: the model's 100th, 200th, ... request.
+    assert all(e["index"] % 100 == 99 for e in timeline)
+    # The comparison starts at the first look, waiting; its first verdict comes with the first
+    # look where both arms have min_requests (500).
+    assert timeline[0]["index"] == 99 and timeline[0]["reset"] is True
+    assert (timeline[0]["verdict"], timeline[0]["reasons"]) == ("inconclusive", ["waiting for 500 requests per arm"])
+    assert timeline[1]["index"] == _first_look_with(tmp_path / "events.jsonl", 500)
+    assert timeline[1]["verdict"] == "fail" and timeline[1]["reset"] is False
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -80,43 +102,76 @@ def test_a_critical_error_rate_fails_fast_and_a_new_version_restarts(tmp_path: P
     assert first_fail["index"] < 4_000  # critical: no waiting for BH across the other metrics
     restarted = [e for e in timeline if e["version"] == "3"]
     assert restarted and restarted[0]["reset"] is True and restarted[0]["index"] >= 10_000
+    assert all(e["index"] % 100 == 99 for e in timeline)  # at looks
 
 
-def _events(variant: str, n: int, version: str = "1") -> list[InferenceEvent]:
-    return [InferenceEvent(request_id=f"{variant}{i}", model="m", variant=variant, version=version) for i in range(n)]
+# Requests in a row: (variant, how many) of model m, or (variant, how many, model).
+Run = tuple[str, int] | tuple[str, int, str]
+
+
+def _fed(settings: CanaryConfig, *polls: list[Run]) -> tuple[Canary, list[dict[str, Any]]]:
+    """A partition's canary fed polls of runs of requests, each run (variant, how many[, model]),
+    model m by default; returns it and its timeline."""
+    keys: list[Key] = []
+    canary = Canary(settings, keys)
+    timeline: list[dict[str, Any]] = []
+    position = 0
+    for poll in polls:
+        runs = [(run[0], run[1], run[2] if len(run) == 3 else "m") for run in poll]
+        events = [
+            InferenceEvent(request_id=f"r{position + i}", model=model, variant=variant, version="1", latency_ms=10.0)
+            for variant, n, model in runs
+            for i in range(n)
+        ]
+        new = [k for k in dict.fromkeys((e.model, e.version, e.variant) for e in events) if k not in keys]
+        keys.extend(new)
+        canary.add_rows(len(new))
+        rows = np.array([keys.index((e.model, e.version, e.variant)) for e in events], dtype=np.int64)
+        batch = build(events, [0] * len(events), list(range(position, position + len(events))), [None] * len(events))
+        timeline += canary.update(rows, batch)
+        position += len(events)
+    return canary, timeline
 
 
 def test_baseline_defaults() -> None:
-    named = ModelCanary("m", CanaryConfig())
-    named.add_events("blue", "1", _events("blue", 900))
-    named.add_events("stable", "1", _events("stable", 10))
-    named.evaluate()
-    assert named.baseline == "stable"
-    busiest = ModelCanary("m", CanaryConfig(min_requests=100))
-    busiest.add_events("blue", "1", _events("blue", 300))
-    busiest.add_events("green", "1", _events("green", 50))
-    busiest.evaluate()
-    assert busiest.baseline == "blue" and set(busiest.comparisons) == {"green"}
-    configured = ModelCanary("m", CanaryConfig(baselines={"m": "green"}))
-    assert configured.baseline == "green"
-    alone = ModelCanary("m", CanaryConfig(min_requests=10))
-    alone.add_events("blue", "1", _events("blue", 300))
-    assert alone.evaluate() == [] and alone.baseline is None
+    # A variant named like a baseline is the baseline from its first request, however busy the others.
+    named, _ = _fed(CanaryConfig(), [("blue", 900)], [("stable", 1)])
+    assert named.models["m"].baseline == "stable"
+    # Otherwise the busiest arm, picked at a look once it has min_requests.
+    busiest, timeline = _fed(CanaryConfig(min_requests=100), [("blue", 300), ("green", 50)])
+    assert busiest.models["m"].baseline == "blue" and set(busiest.models["m"].comparisons) == {"green"}
+    assert [(e["index"], e["baseline"], e["variant"]) for e in timeline] == [(99, "blue", "green")]
+    configured, _ = _fed(CanaryConfig(min_requests=100, baselines={"m": "green"}), [("blue", 300), ("green", 50)])
+    assert configured.models["m"].baseline == "green" and set(configured.models["m"].comparisons) == {"blue"}
+    alone, timeline = _fed(CanaryConfig(min_requests=10), [("blue", 300)])
+    assert timeline == [] and alone.models["m"].baseline is None and alone.models["m"].comparisons == {}
+
+
+def test_a_model_waiting_for_its_baseline_pick_is_left_alone_by_polls_without_it() -> None:
+    """Model n's busiest arm has min_requests but no look has come yet (n's 100th request): a poll
+    of model m alone changes nothing of n's, and n's baseline is picked at its 100th request."""
+    canary, timeline = _fed(
+        CanaryConfig(min_requests=10),
+        [("blue", 20, "n"), ("green", 10, "n")],
+        [("control", 5)],
+        [("blue", 70, "n")],
+    )
+    assert canary.models["n"].baseline == "blue"
+    # n's 100th request is at position 104 (30 of n, then 5 of m, then 70 of n).
+    assert [(e["index"], e["model"], e["baseline"], e["variant"]) for e in timeline] == [(104, "n", "blue", "green")]
 
 
 def test_gauges_and_the_canary_endpoint(tmp_path: Path) -> None:
     d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
     rng = random.Random(5)
-    from daemon.ingest.sources import RawRecord
-
     records = []
     for i in range(4_000):
         variant = "canary" if i % 2 else "control"
-        ev = {"request_id": f"r{i}", "model": "m", "variant": variant, "version": "2" if i % 2 else "1"}
+        ev: dict[str, Any] = {"request_id": f"r{i}", "model": "m", "variant": variant, "version": "2" if i % 2 else "1"}
         ev["latency_ms"] = rng.lognormvariate(3.0, 0.3) * (1.5 if i % 2 else 1.0)
         records.append(RawRecord("t", 0, i, None, None, json.dumps(ev).encode()))
     for i in range(0, len(records), 2_000):
-        d.pipeline.process(records[i : i + 2_000])
+        d.pipeline.process(chunks_of(records[i : i + 2_000]))
     s = parse(d.exposition.render().decode())
     lbl = {"model": "m", "variant": "canary", "baseline": "control"}
     assert total(s, "inferwatch_canary_verdict", **lbl) == -1
@@ -136,8 +191,75 @@ def test_a_fail_stands_until_a_new_version(tmp_path: Path) -> None:
         for i in range(40_000):
             arm = i % 2 == 1
             slow = 1.3 if arm and i < 2_000 else 1.0  # the canary recovers after 1,000 of its requests
-            ev = {"request_id": f"r{i}", "model": "m", "variant": "canary" if arm else "control"}
-            ev |= {"version": "2" if arm else "1", "latency_ms": rng.lognormvariate(3.0, 0.3) * slow}
+            version = ("3" if i >= 20_000 else "2") if arm else "1"
+            ev: dict[str, Any] = {"request_id": f"r{i}", "model": "m", "variant": "canary" if arm else "control"}
+            ev |= {"version": version, "latency_ms": rng.lognormvariate(3.0, 0.3) * slow}
             f.write(json.dumps(ev) + "\n")
     timeline = replay_canary(tmp_path)
-    assert [e["verdict"] for e in timeline] == ["fail"]
+    verdicts = [(e["version"], e["verdict"], e["reset"]) for e in timeline]
+    # v2: the comparison starts (waiting for min_requests) and fails while the canary is slow;
+    # 18,000 recovered requests later the fail still stands. v3 starts afresh, and passes.
+    assert verdicts == [
+        ("2", "inconclusive", True),
+        ("2", "fail", False),
+        ("3", "inconclusive", True),
+        ("3", "pass", False),
+    ]
+    assert timeline[0]["reasons"] == ["waiting for 500 requests per arm"]
+    assert timeline[1]["index"] < 2_000 and any(r.startswith("latency +") for r in timeline[1]["reasons"])
+    assert timeline[2]["index"] > 20_000
+
+
+def mixed(path: Path, n: int, *, latency: bool = False, labels: bool = False) -> None:
+    """Model m (control v1; canary v2, then v3 from n/2, with 5% errors against 1%, and 30% slower
+    with latencies) and model n (blue and green, alike: its baseline is picked at a look)."""
+    rng = random.Random(21)
+    with path.open("w") as f:
+        for i in range(n):
+            if rng.random() < 0.6:
+                canary = rng.random() < 0.5
+                ev: dict[str, Any] = {"model": "m", "variant": "canary" if canary else "control"}
+                ev["version"] = ("3" if i >= n // 2 else "2") if canary else "1"
+                ev["status"] = "error" if rng.random() < (0.05 if canary else 0.01) else "ok"
+                if latency:
+                    ev["latency_ms"] = rng.lognormvariate(3.0, 0.3) * (1.3 if canary else 1.0)
+            else:
+                ev = {"model": "n", "variant": "blue" if rng.random() < 0.7 else "green", "version": "1"}
+                if latency:
+                    ev["latency_ms"] = rng.lognormvariate(2.0, 0.5)
+            ev |= {"request_id": f"r{i}", "score": rng.random()}
+            ev["prediction"] = int(ev["score"] > 0.5)
+            if labels and rng.random() < 0.3:
+                ev["label"] = ev["prediction"] if rng.random() < 0.9 else 1 - ev["prediction"]
+            f.write(json.dumps(ev) + "\n")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("errors and scores"),
+        pytest.param(
+            "latencies",
+        ),
+        pytest.param(
+            "inline labels",
+        ),
+    ],
+)
+def test_the_timeline_is_the_same_whatever_the_poll_sizes(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "events.jsonl"
+    mixed(path, 8_000, latency=kind == "latencies", labels=kind == "inline labels")
+
+    def timeline(cut: int) -> list[dict[str, Any]]:
+        config = from_mapping({"drift": {"enabled": False}, "source": {"kafka": {"max_poll_records": cut}}})
+        return list(replay(path, config)["canary"])
+
+    reference = timeline(2_000)
+    # The stream has what must not depend on the cuts: both models, fails, a pass, a restart.
+    assert {e["model"] for e in reference} == {"m", "n"}
+    assert {(e["version"], e["verdict"]) for e in reference if e["model"] == "m"} >= {("2", "fail"), ("3", "fail")}
+    if kind == "errors and scores":
+        assert any(e["model"] == "n" and e["verdict"] == "pass" for e in reference)
+    assert any(e["version"] == "3" and e["reset"] for e in reference)
+    for cut in (333, 7):
+        assert timeline(cut) == reference, f"polls of {cut} events"

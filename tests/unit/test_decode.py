@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from daemon.config import Config
 from daemon.ingest.decode import REASONS, DecodeFailure, EventDecoder
 from daemon.ingest.events import DEFAULT_VARIANT, DEFAULT_VERSION, InferenceEvent, event_time
-from daemon.ingest.sources import RawRecord
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 
 decoder = EventDecoder(max_bytes=4096, type_=InferenceEvent)
@@ -104,7 +104,7 @@ event_like = st.fixed_dictionaries(
 def test_pipeline_survives_any_batch_and_counts_every_record(values: list[bytes]) -> None:
     pipeline = build_pipeline(Config())
     records = [RawRecord("t", 0, i, 1.0, None, v) for i, v in enumerate(values)]
-    offsets = pipeline.process(records)
+    offsets = pipeline.process(chunks_of(records))
     assert pipeline.events + pipeline.invalid.total == len(values)
     if values:
         assert offsets == {("t", 0): len(values)}

@@ -17,7 +17,7 @@ from daemon.config import Config
 from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from daemon.ingest.decode import DecodeFailure, EventDecoder
 from daemon.ingest.events import InferenceEvent
-from daemon.ingest.sources import RawRecord
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 
 EVENTS, LABELS = "events", "labels"
@@ -76,12 +76,12 @@ records = st.lists(
 @given(records)
 def test_every_record_is_counted_once_and_none_is_internal(batch: list[tuple[str, bytes | None, bool]]) -> None:
     pipeline = build_pipeline(CONFIG)
-    decoders: dict[str, EventDecoder[Any]] = {EVENTS: pipeline.decoder, LABELS: pipeline.label_decoder}
+    decoders: dict[str, EventDecoder[Any]] = {EVENTS: pipeline.decoder.events, LABELS: pipeline.decoder.labels}
     alone = [decoders[topic].decode(value) for topic, value, _ in batch]
     failures = Counter(o.reason for o in alone if isinstance(o, DecodeFailure))
     valid_events = sum(isinstance(o, InferenceEvent) for o in alone)
 
-    pipeline.process([RawRecord(topic, 0, i, 1.0, None, value) for i, (topic, value, _) in enumerate(batch)])
+    pipeline.process(chunks_of([RawRecord(topic, 0, i, 1.0, None, value) for i, (topic, value, _) in enumerate(batch)]))
 
     assert failures["internal"] == 0, [o for o in alone if isinstance(o, DecodeFailure) and o.reason == "internal"]
     assert {r: n for r, n in pipeline.invalid.counts.items() if n} == dict(failures)

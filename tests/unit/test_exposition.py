@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import from_mapping
 from daemon.export.exposition import BATCH_BUCKETS, FAMILIES, LoopStats, MetricsExposition
-from daemon.ingest.sources import RawRecord
-from daemon.monitors.traffic import Histogram
+from daemon.ingest.sources import RawRecord, chunks_of
+from daemon.monitors.traffic import Histograms
 from daemon.runtime.app import Daemon, build_pipeline
 from tests.integration.support import parse, total
 
@@ -35,7 +35,7 @@ def daemon() -> Daemon:
         RawRecord("t", 0, 4, None, None, b"{broken"),
         RawRecord("t", 0, 5, None, None, b'{"model": "m"}'),
     ]
-    d.pipeline.process(records)
+    d.pipeline.process(chunks_of(records))
     return d
 
 
@@ -113,7 +113,7 @@ def test_broker_contact_families() -> None:
     pipeline = build_pipeline(config)
 
     def names(up: bool | None = None, contact: float | None = None) -> dict[str, float]:
-        stats = LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS), source_up=up, source_last_contact=contact)
+        stats = LoopStats({}, {}, {}, Histograms.single(BATCH_BUCKETS), source_up=up, source_last_contact=contact)
         text = MetricsExposition(pipeline, config.metrics, lambda: stats).render().decode()
         return {name: value for (name, _), value in parse(text).items() if name.startswith("inferwatch_source_")}
 
@@ -146,7 +146,7 @@ def test_label_values_are_escaped_and_round_trip() -> None:
     d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
     odd = 'we"ird\\mo%del\nname %d'
     body = {"request_id": "r", "model": odd, "status": "error", "error_type": "50%", "features": {'f"%s': None}}
-    d.pipeline.process([RawRecord("t", 0, 0, 1.0, None, json.dumps(body).encode())])
+    d.pipeline.process(chunks_of([RawRecord("t", 0, 0, 1.0, None, json.dumps(body).encode())]))
     s = scrape(d)
     labels = {"model": odd, "version": "unknown", "variant": "default"}
     assert s[("inferwatch_events_total", tuple(sorted(labels.items())))] == 1
@@ -157,7 +157,7 @@ def test_label_values_are_escaped_and_round_trip() -> None:
 def test_drift_and_quality_families_follow_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
     config = from_mapping({"drift": {"hold_seconds": 60}, "accuracy": {"slice_features": ["region"]}})
     pipeline = build_pipeline(config)
-    exposition = MetricsExposition(pipeline, config.metrics, lambda: LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS)))
+    exposition = MetricsExposition(pipeline, config.metrics, lambda: LoopStats.idle())
     rng = random.Random(3)
     records = [
         _record(
@@ -168,7 +168,7 @@ def test_drift_and_quality_families_follow_the_state(monkeypatch: pytest.MonkeyP
         )
         for i in range(1_500)
     ]
-    pipeline.process(records)
+    pipeline.process(chunks_of(records))
     s = parse(exposition.render().decode())
     drift = {"stream": "feature:x", "detector": "ks"}
     assert total(s, "inferwatch_drift_events_total", **drift) == 1

@@ -8,10 +8,11 @@ Changed on purpose since the recording before the columnar core (ecca19d):
 - the canary timeline and the canary gauges: comparisons are read every `canary.look_every_requests`
   requests of the model instead of at the end of each poll, so verdicts no longer depend on where
   polls cut the stream. Same verdicts in the same order (inconclusive, then fail on latency_tail);
-  the entries name the request of the look (138 and 22838, before 1998 and 21999, the ends of
+  the entries name the request of the look (138 and 22394, before 1998 and 21999, the ends of
   the polls), and the gauges show the figures of the last look. A baseline named control/baseline/
   stable/primary is one from its first request (before: from the first look), so the tail
-  threshold learns from slightly earlier baseline requests.
+  threshold learns from slightly earlier baseline requests; and only the requests after the one
+  that completes the threshold count exceedances (before: the whole poll that completed it).
 - `inferwatch_cardinality_overflow_total{dimension="feature_level"}`: a new dimension (levels of a
   categorical feature past drift's per-feature cap), 0 here.
 The report's counts, alerts (indices, scores) and summary, and every other sample, are unchanged.
@@ -29,8 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import from_mapping
-from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.monitors.traffic import Histograms
+from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.runtime.replay import replay_state
 from tests.golden import stream
 
@@ -47,7 +47,7 @@ def golden_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any]
     stream.write(events, labels)
     config = from_mapping({"labels": {"ttl_seconds": 600}})
     report, pipeline = replay_state(events, config, labels)
-    loop = LoopStats(lag={}, source_errors={}, dead_letter={}, batch_duration=Histograms.single(BATCH_BUCKETS))
+    loop = LoopStats.idle()
     text = MetricsExposition(pipeline, config.metrics, lambda: loop).render().decode()
     samples = {
         f"{s.name}{json.dumps(dict(sorted(s.labels.items())))}": s.value

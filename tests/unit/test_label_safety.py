@@ -7,9 +7,8 @@ import json
 import random
 
 from daemon.config import from_mapping
-from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.ingest.sources import RawRecord
-from daemon.monitors.traffic import Histogram
+from daemon.export.exposition import LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 
 
@@ -35,12 +34,8 @@ def test_request_ids_and_feature_values_stay_out_of_the_labels() -> None:
             "features": {"email": email, "amount": round(1000 + i * 0.37, 2), "country": country},
         }
         records.append(RawRecord("t", 0, i, None, None, json.dumps(event).encode()))
-    pipeline.process(records)
-    text = (
-        MetricsExposition(pipeline, config.metrics, lambda: LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS)))
-        .render()
-        .decode()
-    )
+    pipeline.process(chunks_of(records))
+    text = MetricsExposition(pipeline, config.metrics, lambda: LoopStats.idle()).render().decode()
     leaked = [s for s in secrets if s in text]
     assert leaked == []
     # The configured slice feature is the exception, capped: 3 levels, then __other__.

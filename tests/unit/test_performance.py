@@ -11,23 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.ingest.events import Label
+from daemon.config import Config
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.monitors.labels import JoinedLabel, PendingPrediction
-from daemon.monitors.quality import (
-    ALL,
-    MISSING,
-    ConfidenceEstimator,
+from daemon.monitors.names import OTHER, Overflow
+from daemon.monitors.quality import ALL, MISSING, ConfidenceEstimator, KeyPerformance, QualityWindow, graded
+from daemon.runtime.app import build_pipeline
+from daemon.shadow import compare
+from daemon.state.codec import decode, encode
+from detectors.metrics import (
     Graded,
-    KeyPerformance,
-    QualityWindow,
+    Label,
     class_name,
     confidence,
-    graded,
+    counted_class,
     is_wrong,
     isotonic_fit,
     isotonic_predict,
+    same_class,
 )
-from daemon.monitors.traffic import OTHER, Overflow
 
 
 def g(
@@ -92,10 +94,105 @@ def test_bad_window_parameters_raise_naming_the_parameter(kwargs: dict[str, Any]
 
 @pytest.mark.parametrize(
     ("value", "name"),
-    [(True, "true"), (False, "false"), ("cat", "cat"), (1.0, "1"), (3, "3"), (-2.0, "-2"), (0.5, "0.5")],
+    [
+        (True, "1"),
+        (False, "0"),
+        (1, "1"),
+        (1.0, "1"),
+        ("1", "1"),
+        ("1.0", "1"),
+        ("01", "1"),
+        (0.0, "0"),
+        ("cat", "cat"),
+        ("true", "true"),  # a string is no bool: its own class
+        ("True", "True"),
+        (3, "3"),
+        (-2.0, "-2"),
+        ("-2.00", "-2"),
+        (0.5, "0.5"),
+        ("0.50", "0.5"),
+        ("nan", "nan"),
+    ],
 )
-def test_class_name(value: Label, name: str) -> None:
+def test_class_name_is_one_name_whatever_the_json_type(value: Label, name: str) -> None:
     assert class_name(value) == name
+
+
+def test_counted_class_leaves_regression_outputs_out() -> None:
+    assert [counted_class(v) for v in (True, False, 2.0, 2, "2.0", "x", 0.37, -1.5)] == [
+        "1",
+        "0",
+        "2",
+        "2",
+        "2",
+        "x",
+        None,
+        None,
+    ]
+
+
+# (prediction, label, whether they name the same class) under the one definition.
+CLASS_PAIRS: list[tuple[Label, Label, bool]] = [
+    (True, "1", True),
+    (1, "1.0", True),
+    (True, 1.0, True),
+    (False, "0", True),
+    (False, 0, True),
+    (1.0, True, True),
+    ("cat", "cat", True),
+    (True, "0", False),
+    (False, "1", False),
+    (2, "2.5", False),
+    ("cat", "dog", False),
+    (True, "True", False),  # the string "True" is its own class, the bool True is "1"
+    (True, "true", False),
+]
+
+
+@pytest.mark.parametrize(("prediction", "label", "same"), CLASS_PAIRS)
+def test_live_and_shadow_grading_share_one_definition_of_a_class(prediction: Label, label: Label, same: bool) -> None:
+    """A prediction True against a label "1" is right for live accuracy (is_wrong) and for the shadow
+    runner's accuracy, agreement and skew (compare.same_class) alike."""
+    assert same_class(prediction, label) is same
+    assert compare.same_class(prediction, label) is same
+    assert is_wrong(g(prediction, label)) is (not same)
+    # Also when a shadow model's output comes as a numpy scalar.
+    if isinstance(prediction, bool | int | float):
+        assert compare.same_class(np.array([prediction])[0], label) is same
+    shadow = compare.accuracy([prediction], [label], "classification")
+    assert shadow == {"labelled": 1, "accuracy": 1.0 if same else 0.0}
+
+
+def test_shadow_same_class_keeps_comparing_numbers_as_classes() -> None:
+    assert compare.same_class(np.int64(2), 2.0) and compare.same_class("1e3", 1000)
+    assert not compare.same_class(1, 2) and not compare.same_class("1", "one")
+    assert not compare.same_class(0.1, np.float32(0.1))  # a float32 0.1 is another number
+    # Regression skew still compares numbers with tolerances, not class names.
+    r = compare.skew([100.005, 2.0], [100.0, 2.5], "regression", atol=0.01, rtol=0.0, tolerance=0.9)
+    assert (r["compared"], r["mismatches"]) == (2, 1)
+
+
+def test_true_against_label_1_is_graded_right_through_the_pipeline() -> None:
+    events = [
+        {"prediction": True, "label": "1"},
+        {"prediction": 1, "label": "1.0"},
+        {"prediction": False, "label": "1"},
+        {"prediction": "0", "label": False},
+    ]
+    records = [
+        RawRecord("t", 0, i, 100.0 + i, None, json.dumps({"request_id": f"r{i}", "model": "m", **e}).encode())
+        for i, e in enumerate(events)
+    ]
+    pipeline = build_pipeline(Config())
+    pipeline.process(chunks_of(records))
+    state = pipeline.partitions[0]
+    # Predictions counted as True are exported as class "1", and 1 is the same class.
+    assert state.traffic.counts(0, "classes") == {"1": 2, "0": 2}
+    (summary,) = pipeline.summary()
+    m = summary["quality"]["metrics"]
+    # Positive "1": y = 1, 1, 1, 0; predicted 1, 1, 0, 0.
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3)
 
 
 def test_graded_takes_the_label_time_else_the_prediction_time() -> None:
@@ -395,35 +492,51 @@ def test_key_performance_estimate_from_labelled_reference() -> None:
     assert kp.summary()["accuracy_estimated"] == pytest.approx(0.5)
 
 
-def test_snapshots_restore_equal_state_through_json() -> None:
+def through_codec(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores and reads back."""
+    back: dict[str, Any] = decode(encode(state))
+    return back
+
+
+def test_snapshots_restore_equal_state_through_the_codec() -> None:
     rng = np.random.default_rng(3)
     w = QualityWindow(window_events=None, window_seconds=50)
     w.add([g(None, float(rng.random() < 0.5), score=float(rng.random()), ts=float(t)) for t in range(80)])
     w2 = QualityWindow(window_events=None, window_seconds=50)
-    w2.restore(json.loads(json.dumps(w.snapshot())))
+    w2.restore(through_codec(w.snapshot()))
     assert w2.snapshot() == w.snapshot() and w2.metrics() == w.metrics() and w2.task == w.task
+    assert len(w2) == 51  # t = 29..79: cutoff 29 is not < 29
     w.add([g(None, 1.0, score=0.9, ts=100.0)])
     w2.add([g(None, 1.0, score=0.9, ts=100.0)])
-    assert w2.metrics() == w.metrics() and len(w2) == len(w)
+    assert w2.metrics() == w.metrics() and len(w2) == len(w) == 31  # t = 50..79 and 100
 
     est = ConfidenceEstimator(reference_size=20, window_events=30)
     est.add_labelled(*_stream(rng, 0.5, 20))
     est.add_predictions(rng.uniform(0.5, 1, 40).tolist())
     est2 = ConfidenceEstimator(reference_size=20, window_events=30)
-    est2.restore(json.loads(json.dumps(est.snapshot())))
+    est2.restore(through_codec(est.snapshot()))
     assert est2.calibrated and est2.expected_accuracy == est.expected_accuracy
+    est.add_predictions([0.55] * 10)
+    est2.add_predictions([0.55] * 10)
+    assert est2.expected_accuracy == est.expected_accuracy  # the window carried on, its size kept
     half = ConfidenceEstimator(reference_size=20)
     half.add_labelled([0.7], [True])
     half2 = ConfidenceEstimator(reference_size=20)
-    half2.restore(json.loads(json.dumps(half.snapshot())))
-    assert half2.snapshot() == half.snapshot()
+    half2.restore(through_codec(half.snapshot()))
+    assert half2.snapshot() == half.snapshot() and not half2.calibrated
 
     kp = key_performance(Overflow())
     kp.add_joined([joined(str(i), "a", "ab"[i % 2], (str(i % 3),), score=0.7) for i in range(12)])
     kp2 = key_performance(Overflow())
-    kp2.restore(json.loads(json.dumps(kp.snapshot())))
+    kp2.restore(through_codec(kp.snapshot()))
     assert kp2.rows() == kp.rows() and kp2.snapshot() == kp.snapshot()
+    assert set(kp2.slices["country"]) == {"0", "1", OTHER}  # max_slice_levels 2
 
-    for obj in (w2, est2, kp2):
-        with pytest.raises(ValueError, match="version"):
-            obj.restore({"v": 2})
+
+def test_restore_drops_slices_of_features_no_longer_configured() -> None:
+    kp = key_performance(Overflow(), slice_features=("country", "device"))
+    kp.add_joined([joined("1", "a", "a", ("de", "ios")), joined("2", "a", "b", ("fr", "web"))])
+    kp2 = key_performance(Overflow(), slice_features=("device",))
+    kp2.restore(through_codec(kp.snapshot()))
+    assert list(kp2.slices) == ["device"] and kp2.slices["device"].keys() == {"ios", "web"}
+    assert kp2.summary()["metrics"] == kp.summary()["metrics"]

@@ -17,9 +17,8 @@ from itertools import count, islice
 from daemon.config import from_mapping
 from daemon.dev.demo import LABELS_TOPIC, TOPIC
 from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode
-from daemon.export.exposition import BATCH_BUCKETS, LoopStats, MetricsExposition
-from daemon.ingest.sources import RawRecord
-from daemon.monitors.traffic import Histogram
+from daemon.export.exposition import LoopStats, MetricsExposition
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
 from daemon.state.routing import OTHER_KEY
 
@@ -55,7 +54,7 @@ def test_a_cardinality_attack_of_100k_model_names_stays_in_bounded_memory() -> N
         {"labels": {"topic": LABELS_TOPIC, "max_entries": join_cap}, "limits": {"max_keys": max_keys}}
     )
     pipeline = build_pipeline(config)
-    exposition = MetricsExposition(pipeline, config.metrics, lambda: LoopStats({}, {}, {}, Histogram(BATCH_BUCKETS)))
+    exposition = MetricsExposition(pipeline, config.metrics, lambda: LoopStats.idle())
     gen = TrafficGenerator(TrafficSpec(rate=200, duration_s=names / 200, seed=7, start_time=1_700_000_000.0))
     events, offsets = gen.events(), count()
 
@@ -65,8 +64,10 @@ def test_a_cardinality_attack_of_100k_model_names_stays_in_bounded_memory() -> N
             batch = list(islice(events, size))
             for ev in batch:
                 ev["model"] = f"name-{ev['request_id']}"
-            pipeline.process([RawRecord(TOPIC, 0, next(offsets), None, *encode(ev)) for ev in batch])
-            pipeline.process([RawRecord(LABELS_TOPIC, 0, next(offsets), None, *encode(gen.label(ev))) for ev in batch])
+            pipeline.process(chunks_of([RawRecord(TOPIC, 0, next(offsets), None, *encode(ev)) for ev in batch]))
+            pipeline.process(
+                chunks_of([RawRecord(LABELS_TOPIC, 0, next(offsets), None, *encode(gen.label(ev))) for ev in batch])
+            )
         exposition.render()
 
     growth = _steady_growth(feed, names, stretch)
@@ -74,12 +75,13 @@ def test_a_cardinality_attack_of_100k_model_names_stays_in_bounded_memory() -> N
     assert growth < MAX_GROWTH_BYTES, f"{growth:,} bytes more after the last {stretch:,} names"
     # Every event is counted: the first max_keys names have keys, the rest fold into the overflow key.
     assert pipeline.events == names
-    assert len(pipeline.keys) == max_keys + 1
-    other = pipeline.keys.get(OTHER_KEY)
-    assert other is not None and other.stats.events == pipeline.overflow.counts["key"] == names - max_keys
-    assert pipeline.canary is not None and set(pipeline.canary.models) <= {key[0] for key, _ in pipeline.keys.items()}
+    (state,) = pipeline.partitions.values()
+    assert len(state.keys) == max_keys + 1 and len(pipeline.router) == max_keys
+    other = state.row_of(OTHER_KEY)
+    assert other is not None and state.traffic.events[other] == pipeline.overflow.counts["key"] == names - max_keys
+    assert state.canary is not None and set(state.canary.models) <= {key[0] for key in state.keys}
     # Every label and every prediction is accounted for once.
-    join = pipeline.join
+    join = state.join
     assert join is not None and len(join) <= join_cap
     c = join.counts
     assert c["joined"] == names  # labels of overflowed models join too: they name the event's model
@@ -96,12 +98,12 @@ def test_a_million_labels_whose_predictions_never_come_stay_within_the_join_cap(
             lost = [
                 (i, {"request_id": f"lost-{i}", "model": "fraud-detector", "label": 1}) for i in islice(offsets, size)
             ]
-            pipeline.process([RawRecord(LABELS_TOPIC, 0, i, None, *encode(label)) for i, label in lost])
+            pipeline.process(chunks_of([RawRecord(LABELS_TOPIC, 0, i, None, *encode(label)) for i, label in lost]))
 
     growth = _steady_growth(feed, labels, stretch)
 
     assert growth < MAX_GROWTH_BYTES, f"{growth:,} bytes more after the last {stretch:,} labels"
-    join = pipeline.join
+    join = pipeline.partitions[0].join
     assert join is not None
     sizes, c = join.sizes(), join.counts
     assert sizes["held_labels"] <= max_entries and sizes["predictions"] == 0

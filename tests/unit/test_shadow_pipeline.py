@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any
 
 from daemon.config import from_mapping
-from daemon.export.exposition import FAMILIES, _Families, _shadow_lines
-from daemon.ingest.sources import RawRecord
+from daemon.export.exposition import LoopStats, TextSink, _loop_lines, _shadow_lines
+from daemon.export.families import FAMILIES
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.monitors.reservoir import Sample
 from daemon.runtime.app import build_pipeline
 from daemon.shadow.service import ShadowService
+from daemon.state import codec
+from tests.integration.support import parse
 
 MODEL = {
     "name": "clf-prod",
@@ -32,42 +36,63 @@ def config(**shadow: Any) -> Any:
     )
 
 
-def record(i: int, model: str = "clf", topic: str = "t", **fields: Any) -> RawRecord:
+def record(i: int, model: str = "clf", topic: str = "t", partition: int = 0, **fields: Any) -> RawRecord:
     body = {"request_id": f"r{i}", "model": model, "features": {"a": i, "b": "x"}, "prediction": i % 2, **fields}
-    return RawRecord(topic, 0, i, 1000.0 + i, None, json.dumps(body).encode())
+    return RawRecord(topic, partition, i, 1000.0 + i, None, json.dumps(body).encode())
+
+
+def label(i: int, value: Any, partition: int = 0) -> RawRecord:
+    body = {"request_id": f"r{i}", "model": "clf", "label": value}
+    return RawRecord("labels", partition, 10_000 + i, None, None, json.dumps(body).encode())
 
 
 def test_the_pipeline_samples_only_the_source_models_inputs_and_attaches_labels() -> None:
     pipeline = build_pipeline(config(), join_labels=True)
-    pipeline.process([record(i) for i in range(30)] + [record(100 + i, model="other") for i in range(30)])
+    pipeline.process(chunks_of([record(i) for i in range(30)] + [record(100 + i, model="other") for i in range(30)]))
     samples = pipeline.shadow_samples()
     assert set(samples) == {"clf"}
     assert len(samples["clf"]) == 30 and pipeline.reservoir_sizes() == {"clf": 30}
     s = samples["clf"][3]
     assert (s.request_id, s.features, s.prediction, s.label) == ("r3", {"a": 3, "b": "x"}, 1, None)
-    labels = [
-        RawRecord(
-            "labels", 0, 500 + i, None, None, json.dumps({"request_id": f"r{i}", "model": "clf", "label": 7}).encode()
-        )
-        for i in range(5)
-    ]
-    pipeline.process(labels)
+    pipeline.process(chunks_of([label(i, 7) for i in range(5)]))
     labelled = {s.request_id: s.label for s in pipeline.shadow_samples()["clf"] if s.label is not None}
     assert labelled == {f"r{i}": 7 for i in range(5)}
     # Bounded: a long stream keeps reservoir_size samples.
-    pipeline.process([record(1000 + i) for i in range(500)])
+    pipeline.process(chunks_of([record(1000 + i) for i in range(500)]))
     assert pipeline.reservoir_sizes() == {"clf": 50}
 
 
 def test_inline_labels_travel_with_the_sample() -> None:
     pipeline = build_pipeline(config())
-    pipeline.process([record(i, label=1 - i % 2) for i in range(10)])
+    pipeline.process(chunks_of([record(i, label=1 - i % 2) for i in range(10)]))
     assert [s.label for s in pipeline.shadow_samples()["clf"]] == [1 - i % 2 for i in range(10)]
+
+
+def test_a_reservoir_lives_and_moves_with_its_models_partition() -> None:
+    """The reservoir is state of the partition that homes its model: a label on the model's
+    partition attaches to it, the partition's shard carries it, and dropping the partition takes it."""
+    pipeline = build_pipeline(config())
+    pipeline.process(chunks_of([record(i, partition=1) for i in range(20)] + [record(100, model="other")]))
+    assert set(pipeline.partitions[1].reservoirs) == {"clf"} and pipeline.partitions[0].reservoirs == {}
+    pipeline.process(chunks_of([label(i, 1, partition=1) for i in range(3)]))
+    before = pipeline.shadow_samples()
+    assert [s.label for s in before["clf"][:4]] == [1, 1, 1, None]
+
+    shard = codec.decode(codec.encode(pipeline.snapshot([1])["partitions"][1]))
+    pipeline.drop_partitions([1])
+    assert pipeline.shadow_samples() == {} and pipeline.reservoir_sizes() == {}
+    elsewhere = build_pipeline(config())
+    assert elsewhere.restore_partition(shard) == {("t", 1): 20, ("labels", 1): 10_003}
+    assert elsewhere.shadow_samples() == before
+    # The restored reservoir goes on: later samples and labels of its model join it.
+    elsewhere.process(chunks_of([record(20 + i, partition=1) for i in range(5)] + [label(21, 0, partition=1)]))
+    samples = elsewhere.shadow_samples()["clf"]
+    assert len(samples) == 25 and samples[21].label == 0
 
 
 def test_no_reservoirs_when_shadow_runs_are_off() -> None:
     pipeline = build_pipeline(from_mapping({"shadow": {"enabled": False, "models": [MODEL]}}))
-    pipeline.process([record(i) for i in range(5)])
+    pipeline.process(chunks_of([record(i) for i in range(5)]))
     assert pipeline.shadow_samples() == {}
 
 
@@ -179,9 +204,21 @@ def test_every_shadow_family_is_rendered_from_a_full_report() -> None:
         'inferwatch_shadow_agreement{model="m-cand",production="m-prod"} 0.75'
     ]
     assert 'cpu="Xeon \\"x\\""' in lines["inferwatch_shadow_environment_info"][0]
+    # Through the loop's lines, as /metrics writes them: valid text, one sample per line above.
+    sink = TextSink({})
+    _loop_lines(sink, dataclasses.replace(LoopStats.idle(), shadow=report))
+    samples = parse(sink.text().decode())
+    assert len(samples) == sum(len(v) for v in lines.values())
+    assert samples[("inferwatch_shadow_agreement", (("model", "m-cand"), ("production", "m-prod")))] == 0.75
+    # Through the loop's lines, as /metrics writes them: valid text, one sample per line above.
+    sink = TextSink({})
+    _loop_lines(sink, dataclasses.replace(LoopStats.idle(), shadow=report))
+    samples = parse(sink.text().decode())
+    assert len(samples) == sum(len(v) for v in lines.values())
+    assert samples[("inferwatch_shadow_agreement", (("model", "m-cand"), ("production", "m-prod")))] == 0.75
 
 
 def _lines(report: dict[str, Any]) -> dict[str, list[str]]:
-    families = _Families()
-    _shadow_lines(families, report)
-    return families.lines
+    sink = TextSink({})
+    _shadow_lines(sink, report)
+    return sink.lines

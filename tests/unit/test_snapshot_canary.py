@@ -1,4 +1,9 @@
-"""Canary snapshots: a restored monitor continues exactly like one that never stopped."""
+"""Canary snapshots: a restored canary continues exactly like one that never stopped.
+
+A partition's `Canary` is fed here the way `PartitionState` feeds it (rows for new keys, then a
+poll's columnar batch, then the grades of labelled predictions), and its snapshot goes through
+the checkpoint codec, as a store keeps it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
-from daemon.config import CanaryConfig
+from daemon.config import CanaryConfig, from_mapping
+from daemon.ingest.batch import Key, build
 from daemon.ingest.events import InferenceEvent
-from daemon.monitors.canary import CanaryMonitor, ModelCanary
+from daemon.ingest.sources import RawRecord, chunks_of
+from daemon.monitors.canary import METRICS, TAIL, Canary
+from daemon.runtime.app import build_pipeline
+from daemon.state import codec
 from detectors.sequential import SequentialDifference
 
 BATCH = 250
@@ -20,157 +30,188 @@ N_EVENTS = 12_000
 # The canary's version changes here, which restarts its comparison.
 NEW_VERSION_AT = 7_000
 
-Batch = tuple[list[InferenceEvent], list[tuple[str, str, bool]]]
+# A poll: its events, and the grades (key, wrong?) of labelled predictions that arrive with it.
+Poll = tuple[list[InferenceEvent], list[tuple[Key, bool]]]
 
 
-def batches(seed: int = 7) -> list[Batch]:
-    """Events for model m (control v1, canary v2 then v3, the canary 30% slower) and, per batch,
-    the grades of some predictions of the batch before (late labels: a few are for a version that
-    has gone by then, which add_graded must drop)."""
+def polls(seed: int = 7) -> list[Poll]:
+    """Model m (control v1; canary v2, then v3 from NEW_VERSION_AT; the canary 30% slower) and
+    model n (blue and green, alike; no variant named like a baseline: it is picked at a look).
+    Each poll carries grades of some predictions of the poll before (late labels: a few are for
+    a version that has gone by then, which the canary must drop)."""
     rng = random.Random(seed)
-    out: list[Batch] = []
-    pending: list[tuple[str, str, bool]] = []
+    out: list[Poll] = []
+    pending: list[tuple[Key, bool]] = []
     for start in range(0, N_EVENTS, BATCH):
         events = []
         for i in range(start, start + BATCH):
-            canary = rng.random() < 0.5
-            variant = "canary" if canary else "control"
-            version = ("3" if i >= NEW_VERSION_AT else "2") if canary else "1"
+            if rng.random() < 0.6:
+                canary = rng.random() < 0.5
+                model, variant = "m", "canary" if canary else "control"
+                version = ("3" if i >= NEW_VERSION_AT else "2") if canary else "1"
+                slow = 1.3 if canary else 1.0
+            else:
+                model, variant, version, slow = "n", "blue" if rng.random() < 0.7 else "green", "1", 1.0
             error = rng.random() < 0.01
             events.append(
                 InferenceEvent(
                     request_id=f"r{i}",
-                    model="m",
+                    model=model,
                     version=version,
                     variant=variant,
-                    latency_ms=rng.lognormvariate(3.0, 0.3) * (1.3 if canary else 1.0),
+                    latency_ms=rng.lognormvariate(3.0, 0.3) * slow,
                     status="error" if error else "ok",
                     error_type="Timeout" if error else None,
                     score=rng.random(),
                 )
             )
         out.append((events, pending))
-        pending = [(e.variant, e.version, rng.random() < 0.1) for e in events if rng.random() < 0.4]
+        pending = [((e.model, e.version, e.variant), rng.random() < 0.1) for e in events if rng.random() < 0.4]
     return out
 
 
-def feed(monitor: CanaryMonitor, batch: Batch, index: int) -> list[dict[str, Any]]:
-    """One batch the way the pipeline feeds it: events per key, grades per key, then verdicts."""
-    events, graded = batch
-    m = monitor.model("m")
-    groups: dict[tuple[str, str], list[InferenceEvent]] = {}
-    for e in events:
-        groups.setdefault((e.variant, e.version), []).append(e)
-    for (variant, version), group in groups.items():
-        m.add_events(variant, version, group)
-    grades: dict[tuple[str, str], list[bool]] = {}
-    for variant, version, wrong in graded:
-        grades.setdefault((variant, version), []).append(wrong)
-    for (variant, version), wrong_list in grades.items():
-        m.add_graded(variant, version, wrong_list)
-    return [m.timeline_entry(c, index) for c in m.evaluate()]
+class Partition:
+    """A partition's canary, fed as `PartitionState` feeds it; restored as `PartitionState.restore`
+    restores it (the canary's part first, then the rows of the shard's keys)."""
+
+    def __init__(self, settings: CanaryConfig, checkpoint: dict[str, Any] | None = None) -> None:
+        self.keys: list[Key] = []
+        self.rows: dict[Key, int] = {}
+        self.canary = Canary(settings, self.keys)
+        self.position = 0
+        if checkpoint is not None:
+            self.canary.restore(checkpoint["canary"])
+            self._add([(str(k[0]), str(k[1]), str(k[2])) for k in checkpoint["keys"]])
+            self.position = int(checkpoint["position"])
+
+    def _add(self, keys: list[Key]) -> None:
+        for key in keys:
+            self.rows[key] = len(self.keys)
+            self.keys.append(key)
+        self.canary.add_rows(len(keys))
+
+    def feed(self, events: list[InferenceEvent], graded: list[tuple[Key, bool]] | None = None) -> list[dict[str, Any]]:
+        keys = [(e.model, e.version, e.variant) for e in events]
+        self._add([k for k in dict.fromkeys(keys) if k not in self.rows])
+        n = len(events)
+        batch = build(events, [0] * n, list(range(self.position, self.position + n)), [None] * n)
+        self.position += n
+        timeline = self.canary.update(np.array([self.rows[k] for k in keys], dtype=np.int64), batch)
+        wrong: dict[Key, list[bool]] = {}
+        for key, w in graded or []:
+            wrong.setdefault(key, []).append(w)
+        for key, flags in wrong.items():
+            self.canary.add_graded(self.rows[key], np.array(flags, dtype=np.bool_))
+        return timeline
+
+    def run(self, stream: list[Poll]) -> list[dict[str, Any]]:
+        timeline: list[dict[str, Any]] = []
+        for events, graded in stream:
+            timeline += self.feed(events, graded)
+        return timeline
+
+    def checkpoint(self) -> dict[str, Any]:
+        """As stored: the keys and the canary's part, through the checkpoint codec."""
+        state = {"keys": [list(k) for k in self.keys], "position": self.position, "canary": self.canary.snapshot()}
+        stored: dict[str, Any] = codec.decode(codec.encode(state))
+        return stored
 
 
-def run(monitor: CanaryMonitor, stream: list[Batch], first: int = 0) -> list[dict[str, Any]]:
-    timeline: list[dict[str, Any]] = []
-    for k, batch in enumerate(stream[first:], first):
-        timeline += feed(monitor, batch, (k + 1) * BATCH - 1)
-    return timeline
-
-
-def round_trip(state: dict[str, Any]) -> dict[str, Any]:
-    """Through JSON text, as a checkpoint store would keep it; strict JSON (no NaN or Infinity)."""
-    restored: dict[str, Any] = json.loads(json.dumps(state, allow_nan=False))
-    return restored
+def plain(x: Any) -> Any:
+    """A snapshot as comparable values: arrays with their dtype, NaN as a string, tuples as lists."""
+    if isinstance(x, np.ndarray):
+        return {"dtype": x.dtype.str, "shape": list(x.shape), "values": plain(x.tolist())}
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    return x
 
 
 @pytest.fixture(scope="module")
-def stream() -> list[Batch]:
-    return batches()
+def stream() -> list[Poll]:
+    return polls()
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(stream: list[Batch]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    monitor = CanaryMonitor(CanaryConfig())
-    timeline = run(monitor, stream)
-    return timeline, monitor.report(), monitor.snapshot()
+def uninterrupted(stream: list[Poll]) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
+    part = Partition(CanaryConfig())
+    timeline = part.run(stream)
+    return timeline, part.canary.report(), plain(part.canary.snapshot())
+
+
+def _poll_of(index: int) -> int:
+    return index // BATCH
 
 
 def test_the_stream_exercises_what_a_snapshot_must_carry(
-    uninterrupted: tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]],
+    uninterrupted: tuple[list[dict[str, Any]], dict[str, Any], Any],
 ) -> None:
     timeline, report, _ = uninterrupted
-    verdicts = [(e["version"], e["verdict"], e["reset"]) for e in timeline]
+    m = [(e["version"], e["verdict"], e["reset"]) for e in timeline if e["model"] == "m"]
     # Fails on the regression, restarts on the new version, and fails again.
-    assert ("2", "fail", False) in verdicts
-    assert ("3", "inconclusive", True) in verdicts
-    assert verdicts[-1] == ("3", "fail", False)
-    assert any("latency" in r for r in timeline[-1]["reasons"])
+    assert m[0] == ("2", "inconclusive", True)
+    assert ("2", "fail", False) in m
+    assert ("3", "inconclusive", True) in m
+    assert m[-1] == ("3", "fail", False)
+    last_m = [e for e in timeline if e["model"] == "m"][-1]
+    assert any(r.startswith("latency +") for r in last_m["reasons"])
     metrics = report["models"]["m"]["variants"]["canary"]["metrics"]
-    assert set(metrics) == {"error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"}
+    assert set(metrics) == set(METRICS)
+    # n's baseline is picked at a look (the busier arm); its alike arms never fail.
+    assert report["models"]["n"]["baseline"] == "blue"
+    assert all(e["verdict"] != "fail" for e in timeline if e["model"] == "n")
+    # Where the splits below fall (in polls fed before the snapshot).
+    first_fail = next(e["index"] for e in timeline if e["verdict"] == "fail")
+    restart = next(e["index"] for e in timeline if e["version"] == "3")
+    assert (_poll_of(first_fail), _poll_of(restart), _poll_of(last_m["index"])) == (FIRST_FAIL, RESTART, LAST_FAIL)
+    n_first = next(e["index"] for e in timeline if e["model"] == "n")
+    assert _poll_of(n_first) == N_BASELINE
 
 
-# Splits (in batches fed before the snapshot): before any verdict, during the baseline's tail
-# warm-up, just before and after the first fail (batch 4), mid-run, just before and after the
-# version change (batch 28), around the second fail (batch 31), and after the last batch.
-@pytest.mark.parametrize("split", [1, 2, 3, 4, 5, 17, 28, 29, 31, 32, 47, 48])
+# The polls of the first fail, the restart (v3) and the last fail, and of n's first look with a
+# baseline (picked at a look: model n goes event by event until then). Checked above.
+FIRST_FAIL, RESTART, LAST_FAIL, N_BASELINE = 7, 28, 34, 8
+
+
+# Splits (in polls fed before the snapshot): before any look; while m's baseline warms up its tail
+# threshold (halfway, and one poll before it is complete) and n has no baseline yet; just before
+# and after the first fail, which is just before n's baseline is picked; while n's baseline warms
+# up (its first poll, one poll before it is complete); just before and after the version change;
+# around the second fail; after the last poll.
+@pytest.mark.parametrize("split", [0, 1, 3, 6, 7, 8, 9, 14, 28, 29, 34, 35, 47, 48])
 def test_a_restore_continues_exactly_like_an_uninterrupted_run(
-    stream: list[Batch],
-    uninterrupted: tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]],
+    stream: list[Poll],
+    uninterrupted: tuple[list[dict[str, Any]], dict[str, Any], Any],
     split: int,
 ) -> None:
     timeline_a, report_a, snapshot_a = uninterrupted
-    before = CanaryMonitor(CanaryConfig())
-    timeline_b = run(before, stream[:split])
-    state = round_trip(before.snapshot())
-    assert state["version"] == 1
+    before = Partition(CanaryConfig())
+    timeline_b = before.run(stream[:split])
+    checkpoint = before.checkpoint()
 
-    after = CanaryMonitor(CanaryConfig())
-    after.restore(state)
-    assert after.snapshot() == before.snapshot()
-    assert after.report() == before.report()
-    timeline_b += run(after, stream, split)
+    after = Partition(CanaryConfig(), checkpoint)
+    assert plain(after.canary.snapshot()) == plain(before.canary.snapshot())
+    assert after.canary.report() == before.canary.report()
+    timeline_b += after.run(stream[split:])
 
     assert timeline_b == timeline_a
-    assert after.report() == report_a
-    assert after.snapshot() == snapshot_a
+    assert after.canary.report() == report_a
+    assert plain(after.canary.snapshot()) == snapshot_a
 
 
-def test_a_model_canary_restores_on_its_own(stream: list[Batch]) -> None:
-    monitor = CanaryMonitor(CanaryConfig())
-    run(monitor, stream[:20])
-    state = round_trip(monitor.model("m").snapshot())
-    m = ModelCanary("m", CanaryConfig())
-    m.restore(state)
-    assert m.snapshot() == monitor.model("m").snapshot()
-    with pytest.raises(ValueError, match="model 'm' restored into model 'other'"):
-        ModelCanary("other", CanaryConfig()).restore(state)
-
-
-def test_non_finite_floats_survive_strict_json() -> None:
-    monitor = CanaryMonitor(CanaryConfig(min_requests=10))
-    m = monitor.model("m")
-    events = [
-        InferenceEvent(request_id=f"r{i}", model="m", variant=v, latency_ms=10.0 + i, score=0.5)
-        for i in range(20)
-        for v in ("control", "canary")
-    ]
-    big = [InferenceEvent(request_id="x", model="m", variant="canary", latency_ms=12.0, score=math.inf)]
-    m.add_events("control", "unknown", [e for e in events if e.variant == "control"])
-    m.add_events("canary", "unknown", [e for e in events if e.variant == "canary"] + big)
-    m.evaluate()
-    test = m.comparisons["canary"].tests["prediction_shift"][0]
-    test.p_value = math.nan  # not reachable by look(); stands for any non-finite state value
-    state = monitor.snapshot()
-    moments = next(a for a in state["models"][0]["arms"] if a["variant"] == "canary")["moments"]
-    assert moments["prediction_shift"][1:] == ["inf", "inf"]
-
-    restored = CanaryMonitor(CanaryConfig(min_requests=10))
-    restored.restore(round_trip(state))
-    assert restored.snapshot() == state
-    arm = restored.model("m").arms["canary"].moments["prediction_shift"]
-    assert arm.s == math.inf and arm.ss == math.inf
-    assert math.isnan(restored.model("m").comparisons["canary"].tests["prediction_shift"][0].p_value)
+def test_the_snapshot_is_a_copy(stream: list[Poll]) -> None:
+    """A checkpoint is encoded on the store's writer thread while the loop goes on: later polls
+    must not change a snapshot already taken."""
+    part = Partition(CanaryConfig())
+    part.run(stream[:10])
+    snapshot = part.canary.snapshot()
+    frozen = plain(snapshot)
+    part.run(stream[10:12])
+    assert plain(snapshot) == frozen
+    assert plain(part.canary.snapshot()) != frozen
 
 
 def test_sequential_difference_keeps_its_running_minimum() -> None:
@@ -178,46 +219,104 @@ def test_sequential_difference_keeps_its_running_minimum() -> None:
     assert test.look(400, 0.0, 1.0, 400, 0.3, 1.0) is not None
     low = test.p_value
     assert low < 1.0
-    copy = SequentialDifference.from_snapshot(json.loads(json.dumps(test.snapshot())))
+    copy = SequentialDifference.from_snapshot(codec.decode(codec.encode(test.snapshot())))
     assert copy.snapshot() == test.snapshot()
     # A look that alone would give a higher p-value keeps the minimum in both.
     assert test.look(800, 0.0, 1.0, 800, 0.0, 1.0) == copy.look(800, 0.0, 1.0, 800, 0.0, 1.0)
     assert copy.p_value == low
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1", True, 1.5])
-def test_another_snapshot_version_is_refused(version: Any) -> None:
-    monitor = CanaryMonitor(CanaryConfig())
-    monitor.model("m").add_events("control", "1", [InferenceEvent(request_id="r", model="m", latency_ms=5.0)])
-    state = monitor.snapshot()
-    state["version"] = version
-    if version is None:
-        del state["version"]
-    fresh = CanaryMonitor(CanaryConfig())
-    with pytest.raises(ValueError, match=r"unsupported canary snapshot version .*reads version 1"):
-        fresh.restore(state)
-    assert fresh.models == {}
-    inner = monitor.snapshot()["models"][0]
-    inner["version"] = version
-    with pytest.raises(ValueError, match="unsupported model canary snapshot version"):
-        ModelCanary("m", CanaryConfig()).restore(inner)
+# -- a malformed canary part: refused, and the pipeline keeps what it held -------------------
 
 
-def test_a_malformed_snapshot_is_a_value_error_and_changes_nothing(stream: list[Batch]) -> None:
-    monitor = CanaryMonitor(CanaryConfig())
-    run(monitor, stream[:10])
-    good = monitor.snapshot()
-    corruptions: list[Callable[[dict[str, Any]], object]] = [
-        lambda s: s["models"][0]["arms"][0].pop("moments"),
-        lambda s: s["models"][0]["comparisons"][0].update(verdict="maybe"),
-        lambda s: s["models"][0]["arms"][0].update(requests="12"),
-        lambda s: s["models"][0]["arms"].append(s["models"][0]["arms"][0]),
+def _pipeline_records(n: int) -> list[RawRecord]:
+    rng = random.Random(11)
+    out = []
+    for i in range(n):
+        canary = i % 2 == 1
+        ev: dict[str, Any] = {"request_id": f"r{i}", "model": "m", "variant": "canary" if canary else "control"}
+        ev |= {"version": "2" if canary else "1", "latency_ms": rng.lognormvariate(3.0, 0.3) * (1.3 if canary else 1)}
+        out.append(RawRecord("events", 0, i, None, None, json.dumps(ev).encode()))
+    return out
+
+
+def _duplicate_arm(c: dict[str, Any]) -> None:
+    c["arms"].append(c["arms"][0])
+
+
+def _duplicate_arm_with_its_figures(c: dict[str, Any]) -> None:
+    c["arms"].append(c["arms"][0])
+    c["requests"] = np.r_[c["requests"], c["requests"][:1]]
+    c["moments"] = np.concatenate([c["moments"], c["moments"][:1]])
+
+
+CORRUPTIONS: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
+    ("no moments", lambda c: c.pop("moments")),
+    ("unknown verdict", lambda c: c["models"][0]["comparisons"][0].update(verdict="maybe")),
+    ("requests as text", lambda c: c["models"][0].update(requests="12")),
+    ("unknown metric", lambda c: c["models"][0]["comparisons"][0]["metrics"][0].__setitem__(0, "speed")),
+    ("a comparison twice", lambda c: c["models"][0]["comparisons"].append(c["models"][0]["comparisons"][0])),
+    ("tests of too few metrics", lambda c: c["models"][0]["comparisons"][0]["tests"].pop("latency")),
+]
+DUPLICATE_ARMS = [
+    pytest.param(
+        _duplicate_arm,
+        id="an arm twice",
+    ),
+    pytest.param(
+        _duplicate_arm_with_its_figures,
+        id="an arm twice with its figures",
+    ),
+]
+
+
+def _refused_and_nothing_changes(corrupt: Callable[[dict[str, Any]], object]) -> None:
+    pipeline = build_pipeline(from_mapping({"drift": {"enabled": False}}))
+    pipeline.process(chunks_of(_pipeline_records(1_500)))
+    good = codec.decode(codec.encode(pipeline.snapshot()))
+    assert good["partitions"][0]["canary"]["models"][0]["comparisons"][0]["metrics"]  # a comparison with readings
+    bad = codec.decode(codec.encode(good["partitions"][0]))
+    corrupt(bad["canary"])
+    # The handover turns these into a CheckpointError naming the partition and the store.
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        pipeline.restore_partition(bad)
+    assert plain(pipeline.snapshot()) == plain(good)
+    assert pipeline.canary_report("m") is not None
+
+
+@pytest.mark.parametrize("corrupt", [c for _, c in CORRUPTIONS], ids=[name for name, _ in CORRUPTIONS])
+def test_a_malformed_canary_part_is_refused_and_changes_nothing(corrupt: Callable[[dict[str, Any]], object]) -> None:
+    _refused_and_nothing_changes(corrupt)
+
+
+@pytest.mark.parametrize("corrupt", DUPLICATE_ARMS)
+def test_an_arm_listed_twice_is_refused(corrupt: Callable[[dict[str, Any]], object]) -> None:
+    _refused_and_nothing_changes(corrupt)
+
+
+# -- the tail threshold: learnt from the baseline's first requests, counted after them --------
+
+
+@pytest.mark.parametrize("cut", [1_000, 7])
+def test_latency_tail_counts_only_requests_after_the_threshold_is_set(cut: int) -> None:
+    settings = CanaryConfig(min_requests=100)
+    part = Partition(settings)
+    rng = random.Random(3)
+    events = [
+        InferenceEvent(
+            request_id=f"r{i}",
+            model="m",
+            variant="canary" if i % 2 else "control",
+            version="2" if i % 2 else "1",
+            latency_ms=rng.lognormvariate(3.0, 0.3),
+        )
+        for i in range(1_000)
     ]
-    for corrupt in corruptions:
-        bad = json.loads(json.dumps(good))
-        corrupt(bad)
-        target = CanaryMonitor(CanaryConfig())
-        target.restore(good)
-        with pytest.raises(ValueError, match="snapshot"):
-            target.restore(bad)
-        assert target.snapshot() == good
+    for start in range(0, len(events), cut):
+        part.feed(events[start : start + cut])
+    c = part.canary
+    # Control's 100th request (position 198) completes the warm-up; 400 control and 401 canary
+    # requests come after it.
+    assert c.models["m"].tail_threshold is not None
+    arms = dict(zip(c.arm_variant, range(len(c.arm_variant)), strict=True))
+    assert (c.moments[arms["control"], TAIL, 0], c.moments[arms["canary"], TAIL, 0]) == (400, 401)
