@@ -79,6 +79,10 @@ class KafkaConfig(_Section):
     # Processed offsets are committed at most this often (and always on revoke and shutdown):
     # a synchronous commit per batch cost ~5% of end-to-end throughput. 0 commits every batch.
     commit_interval_ms: int = Field(1_000, ge=0)
+    # The consumer (kafka-python: fetching and parsing records in pure Python) runs in a child
+    # process, which hands raw records over, so that parsing overlaps with the pipeline on
+    # another core. false: in the daemon's own process (one core's worth of CPU for both).
+    consumer_process: bool = True
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod

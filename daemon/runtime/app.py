@@ -24,6 +24,7 @@ from daemon.export.exposition import (
     RetrainingStats,
 )
 from daemon.ingest.batch import Key, build
+from daemon.ingest.consumer import ConsumerProcess
 from daemon.ingest.decode import DecodeFailure, EventDecoder
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.invalid import InvalidRecords
@@ -45,6 +46,8 @@ from daemon.state.handover import Handover
 
 log = structlog.get_logger(__name__)
 
+# Sources that are a Kafka consumer (in this process, or in a child process of its own).
+CONSUMERS = (KafkaSource, ConsumerProcess)
 # Backoff between attempts to reach the broker at start-up.
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -171,10 +174,10 @@ class Daemon:
 
     def after_assign(self, partitions: list[TopicPartition]) -> None:
         """Restore the state of newly assigned partitions, then seek them to its offsets."""
-        if self.handover is not None and isinstance(self._source, KafkaSource):
+        if self.handover is not None and isinstance(self._source, CONSUMERS):
             self._restore(self._source, partitions)
 
-    def _restore(self, source: KafkaSource, partitions: list[TopicPartition]) -> None:
+    def _restore(self, source: KafkaSource | ConsumerProcess, partitions: list[TopicPartition]) -> None:
         assert self.handover is not None
         try:
             resume = self.handover.assigned(partitions)
@@ -194,7 +197,7 @@ class Daemon:
         # An outage: no broker response for a whole session timeout. A healthy broker answers a
         # fetch at least every fetch_max_wait_ms (0.5 s), even on an idle topic, and a heartbeat
         # every third of the session timeout; the coordinator evicts a member silent that long.
-        contact = self._source.last_contact if isinstance(self._source, KafkaSource) else None
+        contact = self._source.last_contact if isinstance(self._source, CONSUMERS) else None
         outage_s = self.config.source.kafka.session_timeout_ms / 1000.0
         return LoopStats(
             source_up=contact is not None and time.time() - contact <= outage_s,
@@ -354,7 +357,14 @@ class Daemon:
                 self._open_checkpoints()
                 labels_topic = self.config.labels.topic
                 extra = (labels_topic,) if labels_topic else ()
-                source = KafkaSource(self.config.source.kafka, self.source_errors, self.sampled, extra)
+                kafka = self.config.source.kafka
+                source: KafkaSource | ConsumerProcess
+                if kafka.consumer_process:
+                    logging = self.config.logging
+                    settings = (logging.level, logging.format)
+                    source = ConsumerProcess(kafka, self.source_errors, settings, logging.invalid_sample_seconds, extra)
+                else:
+                    source = KafkaSource(kafka, self.source_errors, self.sampled, extra)
                 source.before_revoke = self.before_revoke
                 source.after_assign = self.after_assign
             except KafkaError as exc:
@@ -414,7 +424,7 @@ class Daemon:
         safe = h.finished()
         if safe is not None:
             self._commit(source, safe)
-        if h.retry_due() and isinstance(source, KafkaSource):
+        if h.retry_due() and isinstance(source, CONSUMERS):
             self._restore(source, list(h.paused))
         if not h.writing and self._pending and time.monotonic() >= self._next_checkpoint:
             if self._flush_dead_letters():

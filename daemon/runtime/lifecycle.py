@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType
@@ -27,6 +29,20 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, older, oldest)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process (the shadow runner, the Kafka consumer): be killed when the parent dies,
+    whatever killed it (SIGKILL included)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the child ends by itself (its pipes close)
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
 
 
 class Shutdown:

@@ -8,15 +8,14 @@ SIGKILL leaves no run behind. Logs go to stderr, in the daemon's format.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import sys
 from typing import Any
 
 from daemon.config import ShadowConfig
 from daemon.monitors.reservoir import Sample
+from daemon.runtime.lifecycle import die_with_parent
 from daemon.runtime.logs import configure
 
 
@@ -32,21 +31,9 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     return run(shadow, samples)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the run ends by itself, bounded by its config
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        sys.exit(1)
-
-
 def main() -> int:
     request = json.loads(sys.stdin.buffer.read())
-    _die_with(request["parent"])
+    die_with_parent(request["parent"])
     configure(request.get("log_level", "info"), request.get("log_format", "json"))
     nice = int(request["shadow"].get("nice", 0))
     if nice:
