@@ -24,6 +24,7 @@ of each detector rather than simulating millions of events per candidate:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def calibrate(
     check_int("budget_events", budget_events, 10_000)
     check_int("seed", seed, 0)
     cls = DETECTORS[name]
-    base = {**_defaults(cls), **(params or {})}
+    base = {**_defaults(cls), **(params or {})}  # a copy: the cached defaults stay as they are
     cls(**base)  # bad fixed parameters raise here, naming the field
     rng = np.random.default_rng(seed)
     kind: str = getattr(cls, "input_kind")  # noqa: B009 - DETECTORS is typed dict[str, type]
@@ -130,7 +131,7 @@ def calibrate(
     elif kind == "binary" and name in _SEQUENTIAL:
         ref = _binary_reference(reference)
     elif kind == "binary":
-        ref = np.asarray([bool(v) for v in reference])
+        ref = np.asarray(reference, dtype=bool)
         if len(ref) < 2:
             raise ValueError(f"reference must hold at least 2 values, got {len(ref)}")
     else:
@@ -140,6 +141,7 @@ def calibrate(
     return _calibrate_windowed(name, ref, float(target_ert), rng, budget_events, base)
 
 
+@functools.cache
 def _defaults(cls: type) -> dict[str, Any]:
     import inspect
 
@@ -164,7 +166,7 @@ def _numeric_reference(reference: Sequence[Any]) -> FloatArray:
 def _binary_reference(reference: Sequence[Any]) -> float:
     if len(reference) < 2:
         raise ValueError(f"reference must hold at least 2 values, got {len(reference)}")
-    p = sum(bool(v) for v in reference) / len(reference)
+    p = float(np.count_nonzero(np.asarray(reference, dtype=bool))) / len(reference)
     if not 0 < p < 1:
         raise ValueError(
             f"reference error rate is {p}; it must be strictly between 0 and 1 to simulate a stationary stream, "

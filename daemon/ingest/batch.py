@@ -224,7 +224,11 @@ def _features(dicts: Sequence[dict[str, object] | None]) -> list[Feature]:
     if not any(dicts):
         return []
     feats = [d if d is not None else _NO_FEATURES for d in dicts]
-    names = list(dict.fromkeys(chain.from_iterable(feats)))
+    # The names in first-seen order. Usually every event names the same features: a set union
+    # (no order kept, a third of the cost) that equals the first event's names says so.
+    first = next(f for f in feats if f)
+    seen = set().union(*feats)
+    names = list(first) if len(seen) == len(first) else list(dict.fromkeys(chain.from_iterable(feats)))
     return [_feature(name, list(map(dict.get, feats, repeat(name))), feats) for name in names]
 
 

@@ -592,15 +592,16 @@ class Drift:
             return float(s.target_ert_events) * max(1, len(self.feature_names.names[st.row]))
         return float(s.target_ert_events)
 
-    def reference(self, sid: int) -> list[Any]:
-        """A stream's reference in the order it was collected (what calibration resamples)."""
+    def reference(self, sid: int) -> Any:
+        """A copy of a stream's reference in the order it was collected (what calibration resamples):
+        level names for a categorical stream, a float (or, for errors, bool) array otherwise."""
         st = self.streams[sid]
         brow = self.bank_row[sid]
         if st.kind == "categorical":
             names = self.level_names[st.feature or ""]
             return [names[c] for c in self.banks["categorical"][brow, : self.R].tolist()]
         ref = self.banks["numeric"][brow, : self.R]
-        return [bool(v) for v in ref.tolist()] if st.kind == "binary" else ref.tolist()
+        return ref.astype(np.bool_) if st.kind == "binary" else ref.copy()
 
     def _submit(self, sid: int, target: float | None = None) -> None:
         st = self.streams[sid]

@@ -170,7 +170,7 @@ def test_restore_with_an_errors_stream(split: int) -> None:
     assert set(row.tolist()) <= {0.0, 1.0}  # errors as 0/1 in the numeric bank
     restored = new()
     restored.restore(state, [KEY])
-    assert all(type(v) is bool for v in restored.drift.reference(sid))  # calibrated on as bools
+    assert restored.drift.reference(sid).dtype == np.bool_  # calibrated on as bools
     # 1600: just after the detection at 1599, re-learning.
     assert errors["phase"] == {150: COLLECT, 1_300: WINDOW, 1_600: COLLECT, 2_450: WINDOW}[split]
     if errors["phase"] == WINDOW:
