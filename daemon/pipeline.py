@@ -308,11 +308,12 @@ class Pipeline:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def snapshot(self, partitions: Collection[int] | None = None) -> dict[str, Any]:
+    def snapshot(self, partitions: Collection[int] | None = None, fresh: bool = False) -> dict[str, Any]:
         """A consistent copy of the state, taken between batches: `partitions` holds one shard per
         partition (`PartitionState.snapshot()`, with its offsets on every topic), which a replica
         assigned that partition restores alone; `process` the counters of this process as a whole.
-        Encoding happens elsewhere, off the loop."""
+        Encoding happens elsewhere, off the loop. Drift references are shared, not copied: take the
+        next snapshot only once this one has been encoded, or ask for `fresh` copies."""
         with self.lock:
             chosen = sorted(self.partitions if partitions is None else set(partitions) & set(self.partitions))
             return {
@@ -324,7 +325,7 @@ class Pipeline:
                     "overflow": dict(self.overflow.counts),
                     "join": None if self.join_counts is None else dict(self.join_counts),
                 },
-                "partitions": {p: self.partitions[p].snapshot() for p in chosen},
+                "partitions": {p: self.partitions[p].snapshot(fresh) for p in chosen},
             }
 
     def restore(self, state: Mapping[str, Any]) -> dict[TopicPartition, int]:

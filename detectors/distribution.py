@@ -126,11 +126,8 @@ class WindowedTest(Parametrised):
         self._drift = self.passes(statistic, p_value)
         return self._drift
 
-    def judged_state(self) -> dict[str, Any]:
-        """What `judge()` changes besides the verdict: a bank's snapshot keeps it with the arrays."""
-        return {"score": self._score, "p_value": self._p_value}
-
     def restore_judged_state(self, state: dict[str, Any]) -> None:
+        """Take back what `judge()` leaves besides the reference: the last statistic and p-value."""
         self._score, self._p_value = state["score"], state["p_value"]
 
     # -- the Detector protocol ------------------------------------------------------------------
@@ -470,9 +467,6 @@ class ErrorRateTest(_ThresholdTest, WindowedTest):
         pooled = (kr + kw + 0.5) / (r + w + 1)
         z = (kw / w - kr / r) / math.sqrt(pooled * (1 - pooled) * (1 / w + 1 / r))
         return z, None
-
-    def judged_state(self) -> dict[str, Any]:
-        return {**super().judged_state(), "absorbed": list(self.absorbed)}
 
     def restore_judged_state(self, state: dict[str, Any]) -> None:
         super().restore_judged_state(state)

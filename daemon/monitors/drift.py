@@ -41,7 +41,14 @@ from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import grown
 from daemon.monitors.names import Overflow, RowNames
 from detectors.calibration import Calibration, calibrate
-from detectors.distribution import EXACT_KS_MAX, CategoricalTest, KSTest, WindowedTest, ks_asymptotic
+from detectors.distribution import (
+    EXACT_KS_MAX,
+    CategoricalTest,
+    ErrorRateTest,
+    KSTest,
+    WindowedTest,
+    ks_asymptotic,
+)
 from detectors.registry import DETECTORS
 
 log = structlog.get_logger(__name__)
@@ -128,6 +135,7 @@ class Stream:
         "row",
         "skipped",
         "slot_codes",
+        "static",
         "target",
         "tester",
     )
@@ -148,6 +156,8 @@ class Stream:
         self.error: str | None = None
         # Categorical window tests: the level code of each of the tester's reference levels.
         self.slot_codes: Ints | None = None
+        # Its snapshot's parts that change only with a calibration (built when a snapshot needs them).
+        self.static: dict[str, Any] | None = None
 
     @property
     def windowed(self) -> bool:
@@ -182,7 +192,13 @@ class Drift:
         self.detections = np.zeros(0, dtype=np.int64)
         self.last_detection = np.zeros(0, dtype=np.float64)
         self.score = np.zeros(0, dtype=np.float64)
+        self.p_value = np.zeros(0, dtype=np.float64)
         self.bank_row = np.zeros(0, dtype=np.int64)
+        # Whether the reference mirror (what snapshots share instead of copying references) holds
+        # the stream's reference as it stands: references change only while they are collected
+        # and once when they are prepared, so a snapshot copies almost none of them.
+        self.mirrored = np.zeros(0, dtype=np.bool_)
+        self.mirrors: dict[str, npt.NDArray[Any]] = {}
         self.categorical = np.zeros(0, dtype=np.bool_)
         self.banks: dict[str, npt.NDArray[Any]] = {
             "numeric": np.zeros((0, self.R + self.W), dtype=np.float64),
@@ -230,6 +246,8 @@ class Drift:
             self.detections = grown(self.detections, cap, 0)
             self.last_detection = grown(self.last_detection, cap, math.nan)
             self.score = grown(self.score, cap, math.nan)
+            self.p_value = grown(self.p_value, cap, math.nan)
+            self.mirrored = grown(self.mirrored, cap, False)
             self.bank_row = grown(self.bank_row, cap, -1)
             self.categorical = grown(self.categorical, cap, False)
         self.categorical[sid] = kind == "categorical"
@@ -529,13 +547,15 @@ class Drift:
                 last = start - 1 if w is None else w + W - 1  # the value that filled this window
                 used = last + 1
                 if drifted:
-                    stat = tester.score
+                    stat, p = tester.score, tester.p_value
                     self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
+                    self.p_value[sid] = math.nan if p is None else p
                     alerts.append(self._detected(sid, int(index[last]), float(times[last]), self.score[sid]))
                     break
             else:
-                stat = tester.score
+                stat, p = tester.score, tester.p_value
                 self.score[sid] = math.nan if stat is None or not math.isfinite(stat) else stat
+                self.p_value[sid] = math.nan if p is None else p
                 self.fill[sid] = 0
             # The windows tested used values up to `used`; the rest go round again.
             leftover[start:used] = False
@@ -568,6 +588,7 @@ class Drift:
         # Start over: the values after the detection are the new reference, and the threshold is
         # calibrated on it afresh (a bootstrapped test's null depends on its reference).
         self.phase[sid], self.fill[sid] = COLLECT, 0
+        self.mirrored[sid] = False
         st.tester = None
         st.slot_codes = None
         log.warning(
@@ -606,6 +627,7 @@ class Drift:
     def _submit(self, sid: int, target: float | None = None) -> None:
         st = self.streams[sid]
         st.target = target = self._target(sid) if target is None else target
+        st.static = None
         params: dict[str, Any] = {}
         if st.windowed:
             params = {"reference_size": self.R, "window_size": self.W}
@@ -639,6 +661,7 @@ class Drift:
             log.info("drift_stream_not_monitored", stream=st.name, detector=st.detector, reason=st.error)
             return []
         st.calibration = cal
+        st.static = None
         self._activate(sid)
         pending, st.pending = st.pending, []
         if not pending:
@@ -669,7 +692,8 @@ class Drift:
             self.phase[sid] = SEQUENTIAL
         st.tester = tester
         self.fill[sid] = 0
-        self.score[sid] = math.nan
+        self.score[sid] = self.p_value[sid] = math.nan
+        self.mirrored[sid] = False  # prepare() sorted the reference in place
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -692,23 +716,35 @@ class Drift:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Copies of the arrays and the banks' rows in use, and each stream's calibration and detector
-        state. A stream still calibrating is stored with its reference: a restore calibrates again
-        (deterministically). Detection times are stored as ages (monotonic clocks do not cross
-        processes)."""
+    def snapshot(self, fresh: bool = False) -> dict[str, Any]:
+        """The state, consistent as of now: what the loop does for a checkpoint, so it copies little.
+
+        Windows and the arrays are copied. References are not: they change only while collected
+        and once when prepared, so the mirror (`mirrors`) is brought up to date for the streams
+        whose reference changed since the last snapshot, and shared. The caller guarantees that no
+        earlier snapshot is still being read when it takes the next (the handover writes one
+        checkpoint at a time), or asks for `fresh` copies. A stream still calibrating is stored
+        with its reference: a restore calibrates again (deterministically). Detection times are
+        stored as ages (monotonic clocks do not cross processes).
+        """
         n = len(self.streams)
         now = time.monotonic()
+        banks: dict[str, Any] = {}
+        for name, bank in self.banks.items():
+            rows = self.bank_rows[name]
+            banks[f"{name}_windows"] = bank[:rows, self.R :].copy()
+            banks[f"{name}_references"] = bank[:rows, : self.R].copy() if fresh else self._mirror(name)[:rows]
         return {
-            "streams": [_stream_state(st) for st in self.streams],
+            "streams": [st.static or _static(st) for st in self.streams],
+            "extra": {sid: e for sid, st in enumerate(self.streams) if (e := _extra(st))},
             "phase": self.phase[:n].copy(),
             "fill": self.fill[:n].copy(),
             "detections": self.detections[:n].copy(),
             "last_detection_age": now - self.last_detection[:n],
             "score": self.score[:n].copy(),
+            "p_value": self.p_value[:n].copy(),
             "bank_row": self.bank_row[:n].copy(),
-            "numeric": self.banks["numeric"][: self.bank_rows["numeric"]].copy(),
-            "categorical": self.banks["categorical"][: self.bank_rows["categorical"]].copy(),
+            **banks,
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),
@@ -716,6 +752,25 @@ class Drift:
             "reference_events": self.R,
             "window_events": self.W,
         }
+
+    def _mirror(self, bank: str) -> npt.NDArray[Any]:
+        """The references of `bank`'s rows, brought up to date where they changed."""
+        live = self.banks[bank]
+        mirror = self.mirrors.get(bank)
+        if mirror is None or len(mirror) < len(live):
+            grown_mirror = np.zeros((len(live), self.R), dtype=live.dtype)
+            if mirror is not None:
+                grown_mirror[: len(mirror)] = mirror
+            mirror = self.mirrors[bank] = grown_mirror
+        n = len(self.streams)
+        mine = self.categorical[:n] if bank == "categorical" else ~self.categorical[:n]
+        stale = np.flatnonzero(mine & ~self.mirrored[:n])
+        if len(stale):
+            rows = self.bank_row[stale]
+            mirror[rows] = live[rows, : self.R]
+            # A reference still being collected changes again: it is copied at every snapshot.
+            self.mirrored[stale] = self.phase[stale] != COLLECT
+        return mirror
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a snapshot into this drift, whose rows (the keys) are added already and empty."""
@@ -746,9 +801,10 @@ class Drift:
         k = min(state["feature_stream"].shape[1], self.feature_stream.shape[1])
         self.feature_stream[: self.rows, :k] = state["feature_stream"][:, :k]
         for bank in ("numeric", "categorical"):
-            rows = len(state[bank])
+            rows = len(state[f"{bank}_windows"])
             self._grow_bank(bank, max(rows, 64))
-            self.banks[bank][:rows] = state[bank]
+            self.banks[bank][:rows, : self.R] = state[f"{bank}_references"]
+            self.banks[bank][:rows, self.R :] = state[f"{bank}_windows"]
             self.bank_rows[bank] = rows
         n = len(state["streams"])
         cap = max(n, 64)
@@ -756,13 +812,18 @@ class Drift:
         self.detections = state["detections"].astype(np.int64)
         self.last_detection = time.monotonic() - state["last_detection_age"]
         self.score = state["score"].astype(np.float64)
+        self.p_value = state["p_value"].astype(np.float64)
         self.bank_row = state["bank_row"].astype(np.int64)
-        for name in ("phase", "fill", "detections", "last_detection", "score", "bank_row"):
-            setattr(self, name, grown(getattr(self, name), cap, math.nan if name in ("last_detection", "score") else 0))
+        for name in ("phase", "fill", "detections", "last_detection", "score", "p_value", "bank_row"):
+            nan = name in ("last_detection", "score", "p_value")
+            setattr(self, name, grown(getattr(self, name), cap, math.nan if nan else 0))
+        self.mirrored = np.zeros(cap, dtype=np.bool_)
         self.categorical = np.zeros(cap, dtype=np.bool_)
         if np.any(~np.isnan(self.last_detection[:n])):
             self.newest_detection = float(np.nanmax(self.last_detection[:n]))
-        for sid, st_state in enumerate(state["streams"]):
+        extras = state["extra"]
+        for sid, static in enumerate(state["streams"]):
+            st_state = {**static, **_NO_EXTRA, **extras.get(sid, {})}
             st = _stream_from(st_state)
             self.streams.append(st)
             self.categorical[sid] = st.kind == "categorical"
@@ -773,12 +834,18 @@ class Drift:
                     raise ValueError(f"drift stream {st.name!r} is active but its checkpoint lacks its calibration")
                 self._activate(sid)
                 self.fill[sid] = state["fill"][sid]
-                self.score[sid] = state["score"][sid]
-                tester_state = st_state["tester"]
+                self.score[sid], self.p_value[sid] = state["score"][sid], state["p_value"][sid]
                 if phase == WINDOW:
-                    st.tester.restore_judged_state(tester_state)
+                    score, p = self.score[sid], self.p_value[sid]
+                    st.tester.restore_judged_state(
+                        {
+                            "score": None if math.isnan(score) else float(score),
+                            "p_value": None if math.isnan(p) else float(p),
+                            **(st_state["tester"] or {}),
+                        }
+                    )
                 else:
-                    st.tester.restore(tester_state)
+                    st.tester.restore(st_state["tester"])
             elif phase == HOLD:
                 if st.target is None:
                     raise ValueError(f"drift stream {st.name!r} is calibrating but its checkpoint lacks the target")
@@ -787,13 +854,10 @@ class Drift:
                     self._ready.append(sid)
 
 
-def _stream_state(st: Stream) -> dict[str, Any]:
+def _static(st: Stream) -> dict[str, Any]:
+    """A stream's snapshot parts that change only with its calibration (cached on the stream)."""
     cal = st.calibration
-    tester: Any = None
-    if st.tester is not None:
-        tester = st.tester.judged_state() if isinstance(st.tester, WindowedTest) else st.tester.snapshot()
-    values = [p[0] for p in st.pending]
-    return {
+    st.static = {
         "name": st.name,
         "kind": st.kind,
         "detector": st.detector,
@@ -811,17 +875,36 @@ def _stream_state(st: Stream) -> dict[str, Any]:
             "points": [list(p) for p in cal.points],
         },
         "target": st.target,
-        "tester": tester,
-        "pending": None
-        if not values
-        else [
-            np.concatenate(values),
+    }
+    return st.static
+
+
+# What `_extra` leaves out of a snapshot: the usual stream has none of it.
+_NO_EXTRA: dict[str, Any] = {"tester": None, "pending": None, "skipped": 0, "error": None}
+
+
+def _extra(st: Stream) -> dict[str, Any]:
+    """The rest of a stream's state, for the few streams that have any: a River detector's state,
+    an error-rate test's absorbed windows, values held while calibrating, skipped values, an error.
+    (A window test's score and p-value are arrays of the drift.)"""
+    out: dict[str, Any] = {}
+    tester = st.tester
+    if tester is not None:
+        if not isinstance(tester, WindowedTest):
+            out["tester"] = tester.snapshot()
+        elif isinstance(tester, ErrorRateTest):
+            out["tester"] = {"absorbed": list(tester.absorbed)}
+    if st.pending:
+        out["pending"] = [
+            np.concatenate([p[0] for p in st.pending]),
             np.concatenate([p[1] for p in st.pending]),
             np.concatenate([p[2] for p in st.pending]),
-        ],
-        "skipped": st.skipped,
-        "error": st.error,
-    }
+        ]
+    if st.skipped:
+        out["skipped"] = st.skipped
+    if st.error is not None:
+        out["error"] = st.error
+    return out
 
 
 def _stream_from(state: dict[str, Any]) -> Stream:

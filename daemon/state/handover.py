@@ -40,6 +40,9 @@ class Handover:
         self.paused: list[TopicPartition] = []  # assigned, state not restored yet
         self._next_retry = 0.0
         self._write: Write | None = None
+        # Writes given up on (timed out) that may still be encoding a snapshot: while one is, the
+        # next snapshot copies what it would otherwise share with it.
+        self._abandoned: list[Write] = []
         self._write_offsets: dict[TopicPartition, int] = {}
         self._write_started = 0.0
 
@@ -55,7 +58,9 @@ class Handover:
         self.stats.writing_since = time.time()
         try:
             # The loop takes a copy only; the store encodes and writes it on its own thread.
-            self._write = self.store.save(self.pipeline.snapshot({p for _, p in self.position}))
+            self._abandoned = [w for w in self._abandoned if not w.done()]
+            partitions = {p for _, p in self.position}
+            self._write = self.store.save(self.pipeline.snapshot(partitions, fresh=bool(self._abandoned)))
         except (CheckpointError, OSError, ValueError, TypeError) as exc:
             self._failed(exc)
             return
@@ -75,6 +80,8 @@ class Handover:
         try:
             w.result(wait_s)
         except CheckpointError as exc:
+            if not w.done():
+                self._abandoned.append(w)
             self._failed(exc)
             return None
         self.stats.written += 1

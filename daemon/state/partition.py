@@ -244,15 +244,16 @@ class PartitionState:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything, copied: taken between batches, consistent with `offsets`."""
+    def snapshot(self, fresh: bool = False) -> dict[str, Any]:
+        """Everything, consistent with `offsets`: taken between batches. Drift references are shared
+        with the drift, not copied, unless `fresh` (see `Drift.snapshot`)."""
         return {
             "partition": self.partition,
             "offsets": [[t, o] for t, o in sorted(self.offsets.items())],
             "keys": [list(k) for k in self.keys],
             "traffic": self.traffic.snapshot(),
             "quality": [None if q is None else q.snapshot() for q in self.quality],
-            "drift": None if self.drift is None else self.drift.snapshot(),
+            "drift": None if self.drift is None else self.drift.snapshot(fresh),
             "canary": None if self.canary is None else self.canary.snapshot(),
             "join": None if self.join is None else self.join.snapshot(),
             "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items()},

@@ -180,8 +180,11 @@ def meaningful(state: dict[str, Any], reference_events: int) -> dict[str, Any]:
     """A snapshot without its banks' stale values: past a stream's fill, a bank row holds what an
     earlier reference or window left there (which depends on how values reached it: through the
     bank, straight from a batch, or held during a calibration), and nothing reads it."""
-    out = dict(state)
-    banks = {"numeric": state["numeric"].copy(), "categorical": state["categorical"].copy()}
+    out = {k: v for k, v in state.items() if not k.endswith(("_references", "_windows"))}
+    banks = {
+        name: np.concatenate([state[f"{name}_references"], state[f"{name}_windows"]], axis=1)
+        for name in ("numeric", "categorical")
+    }
     stale = {name: np.ones(bank.shape, dtype=np.bool_) for name, bank in banks.items()}
     r = reference_events
     for sid, st in enumerate(state["streams"]):
