@@ -65,7 +65,7 @@ def quiet_logs() -> None:
     """structlog's default logger prints to stdout; keep stdout for the one summary line."""
     from daemon.runtime.logs import configure
 
-    configure(level="warning", fmt="json")
+    configure(level="error", fmt="json")
 
 
 # -- statistics ---------------------------------------------------------------------------

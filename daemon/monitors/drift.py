@@ -40,6 +40,7 @@ from daemon.export.families import Sink, escape
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import grown
 from daemon.monitors.names import Overflow, RowNames
+from daemon.state import codec
 from detectors.calibration import Calibration, calibrate
 from detectors.distribution import (
     EXACT_KS_MAX,
@@ -69,6 +70,8 @@ MAX_PENDING = 100_000
 # counted as `feature_level` overflow. Level codes are what the bank stores.
 MAX_LEVELS = 10_000
 OTHER_LEVEL = "__other__"
+# Rows of references copied into the snapshot mirror at a time (temporaries of ~2 MB).
+MIRROR_CHUNK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +197,15 @@ class Drift:
         self.score = np.zeros(0, dtype=np.float64)
         self.p_value = np.zeros(0, dtype=np.float64)
         self.bank_row = np.zeros(0, dtype=np.int64)
-        # Whether the reference mirror (what snapshots share instead of copying references) holds
-        # the stream's reference as it stands: references change only while they are collected
-        # and once when they are prepared, so a snapshot copies almost none of them.
-        self.mirrored = np.zeros(0, dtype=np.bool_)
+        # How many leading values of the stream's reference the mirror (what snapshots share
+        # instead of copying references) holds as they stand: references change only while they
+        # are collected (appended to) and once when they are prepared, so a snapshot copies what
+        # was appended since the last one and almost nothing once they are full.
+        self.mirrored = np.zeros(0, dtype=np.int64)
         self.mirrors: dict[str, npt.NDArray[Any]] = {}
+        self.window_copies: dict[str, npt.NDArray[Any]] = {}
+        # Per bank, the encoded chunks of the mirror's rows kept between checkpoints (codec.Chunked).
+        self.mirror_encoded: dict[str, list[tuple[int, bytes] | None]] = {"numeric": [], "categorical": []}
         self.categorical = np.zeros(0, dtype=np.bool_)
         self.banks: dict[str, npt.NDArray[Any]] = {
             "numeric": np.zeros((0, self.R + self.W), dtype=np.float64),
@@ -247,7 +254,7 @@ class Drift:
             self.last_detection = grown(self.last_detection, cap, math.nan)
             self.score = grown(self.score, cap, math.nan)
             self.p_value = grown(self.p_value, cap, math.nan)
-            self.mirrored = grown(self.mirrored, cap, False)
+            self.mirrored = grown(self.mirrored, cap, 0)
             self.bank_row = grown(self.bank_row, cap, -1)
             self.categorical = grown(self.categorical, cap, False)
         self.categorical[sid] = kind == "categorical"
@@ -588,7 +595,7 @@ class Drift:
         # Start over: the values after the detection are the new reference, and the threshold is
         # calibrated on it afresh (a bootstrapped test's null depends on its reference).
         self.phase[sid], self.fill[sid] = COLLECT, 0
-        self.mirrored[sid] = False
+        self.mirrored[sid] = 0
         st.tester = None
         st.slot_codes = None
         log.warning(
@@ -693,7 +700,7 @@ class Drift:
         st.tester = tester
         self.fill[sid] = 0
         self.score[sid] = self.p_value[sid] = math.nan
-        self.mirrored[sid] = False  # prepare() sorted the reference in place
+        self.mirrored[sid] = 0  # prepare() sorted the reference in place
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -719,9 +726,9 @@ class Drift:
     def snapshot(self, fresh: bool = False) -> dict[str, Any]:
         """The state, consistent as of now: what the loop does for a checkpoint, so it copies little.
 
-        Windows and the arrays are copied. References are not: they change only while collected
-        and once when prepared, so the mirror (`mirrors`) is brought up to date for the streams
-        whose reference changed since the last snapshot, and shared. The caller guarantees that no
+        The arrays are copied; windows into the buffer the previous snapshot used. References are
+        not: they change only while collected and once when prepared, so the mirror (`mirrors`)
+        gets what changed since the last snapshot, and is shared. The caller guarantees that no
         earlier snapshot is still being read when it takes the next (the handover writes one
         checkpoint at a time), or asks for `fresh` copies. A stream still calibrating is stored
         with its reference: a restore calibrates again (deterministically). Detection times are
@@ -732,8 +739,13 @@ class Drift:
         banks: dict[str, Any] = {}
         for name, bank in self.banks.items():
             rows = self.bank_rows[name]
-            banks[f"{name}_windows"] = bank[:rows, self.R :].copy()
-            banks[f"{name}_references"] = bank[:rows, : self.R].copy() if fresh else self._mirror(name)[:rows]
+            if fresh:
+                banks[f"{name}_windows"] = bank[:rows, self.R :].copy()
+                banks[f"{name}_references"] = bank[:rows, : self.R].copy()
+            else:
+                banks[f"{name}_windows"] = self._windows(name, rows)
+                # Shared, and encoded only where it changed since the last checkpoint.
+                banks[f"{name}_references"] = codec.chunked(self._mirror(name)[:rows], self.mirror_encoded[name])
         return {
             "streams": [st.static or _static(st) for st in self.streams],
             "extra": {sid: e for sid, st in enumerate(self.streams) if (e := _extra(st))},
@@ -764,13 +776,40 @@ class Drift:
             mirror = self.mirrors[bank] = grown_mirror
         n = len(self.streams)
         mine = self.categorical[:n] if bank == "categorical" else ~self.categorical[:n]
-        stale = np.flatnonzero(mine & ~self.mirrored[:n])
+        # A reference being collected holds its first `fill` values; any other, all R.
+        held = np.where(self.phase[:n] == COLLECT, self.fill[:n], self.R)
+        stale = np.flatnonzero(mine & (self.mirrored[:n] < held))
         if len(stale):
+            # What was appended since: one block of columns over those rows, from the least mirrored
+            # to the most held (references grow alike under even traffic). A row the mirror holds
+            # nothing of is copied whole (what lies past a reference being collected, zeros or the
+            # previous one, included): the mirror stays equal to the bank.
+            first = self.mirrored[stale]
+            lo = int(first.min())
+            hi = self.R if lo == 0 else int(held[stale].max())
             rows = self.bank_row[stale]
-            mirror[rows] = live[rows, : self.R]
-            # A reference still being collected changes again: it is copied at every snapshot.
-            self.mirrored[stale] = self.phase[stale] != COLLECT
+            used = self.bank_rows[bank]
+            if 2 * len(rows) > used:  # most rows (references filling or prepared together): all of them
+                np.copyto(mirror[:used, lo:hi], live[:used, lo:hi])
+            else:  # in chunks: a gather's temporary of many rows would be fresh pages
+                for i in range(0, len(rows), MIRROR_CHUNK):
+                    chunk = rows[i : i + MIRROR_CHUNK]
+                    mirror[chunk, lo:hi] = live[chunk, lo:hi]
+            self.mirrored[stale] = held[stale]
+            encoded = self.mirror_encoded[bank]
+            for c in np.unique(rows // codec.CHUNK_ROWS):
+                if c < len(encoded):
+                    encoded[c] = None
         return mirror
+
+    def _windows(self, bank: str, rows: int) -> npt.NDArray[Any]:
+        """`bank`'s windows copied into the buffer the last snapshot used (allocating 40 MB afresh
+        at 1,000 keys would fault in every page of it on the loop, each time)."""
+        buffer = self.window_copies.get(bank)
+        if buffer is None or len(buffer) < rows:
+            buffer = self.window_copies[bank] = np.empty((len(self.banks[bank]), self.W), self.banks[bank].dtype)
+        np.copyto(buffer[:rows], self.banks[bank][:rows, self.R :])
+        return buffer[:rows]
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a snapshot into this drift, whose rows (the keys) are added already and empty."""
@@ -817,7 +856,7 @@ class Drift:
         for name in ("phase", "fill", "detections", "last_detection", "score", "p_value", "bank_row"):
             nan = name in ("last_detection", "score", "p_value")
             setattr(self, name, grown(getattr(self, name), cap, math.nan if nan else 0))
-        self.mirrored = np.zeros(cap, dtype=np.bool_)
+        self.mirrored = np.zeros(cap, dtype=np.int64)
         self.categorical = np.zeros(cap, dtype=np.bool_)
         if np.any(~np.isnan(self.last_detection[:n])):
             self.newest_detection = float(np.nanmax(self.last_detection[:n]))
@@ -852,6 +891,10 @@ class Drift:
                 self._submit(sid, st.target)
                 if st.future is not None and st.future.done():
                     self._ready.append(sid)
+        # The checkpoint's references are the mirror: equal to the banks (a prepared reference was
+        # stored sorted, and sorting it again changed nothing), so the next snapshot copies none.
+        self.mirrors = {b: np.array(state[f"{b}_references"], dtype=self.banks[b].dtype) for b in self.banks}
+        self.mirrored[:n] = np.where(self.phase[:n] == COLLECT, self.fill[:n], self.R)
 
 
 def _static(st: Stream) -> dict[str, Any]:

@@ -10,6 +10,14 @@ are stored as integers scaled by a power of ten, delta-coded: exact (int / 10^d 
 decimal parses to), and several times smaller than raw float bits once compressed. Any other
 array is stored as its bytes, byte-shuffled (the high bytes of similar numbers compress well).
 
+Layout: magic, version, the length of the compressed tree, the tree (msgpack, zlib; an array in
+it is an extension naming its blob), then the blobs, each length-prefixed. Blobs are compressed
+each on its own, so the tree's compression does not go over them again.
+
+An array a snapshot shares with earlier ones (`Chunked`: a drift bank's references, which change
+rarely) is encoded in chunks of rows whose bytes are kept between checkpoints until its owner
+marks a chunk changed: a checkpoint encodes what changed since the last one.
+
 `encode` runs off the ingest loop, on the store's writer thread: numpy and zlib release the GIL
 for large arrays, so most of it overlaps with ingestion on another core.
 """
@@ -26,7 +34,9 @@ import numpy.typing as npt
 MAGIC = b"IWCK"
 # The format this inferwatch writes and reads. 2 was JSON (zlib-compressed), before issue 13.
 VERSION = 3
-_ARRAY = 1  # msgpack extension code of an array
+_ARRAY, _CHUNKED = 1, 2  # msgpack extension codes: an array, an array in chunks of rows
+# Rows per chunk of a `Chunked` array (a drift reference row is 8 KB at the default 1,000 values).
+CHUNK_ROWS = 256
 _RAW, _DECIMAL = 0, 1
 # Powers of ten tried for the decimal form: 10^9 keeps integers of floats below ~9e6 exact.
 MAX_DECIMALS = 9
@@ -38,9 +48,56 @@ class CodecError(ValueError):
     """Bytes that are not a checkpoint of this format."""
 
 
+class Chunked(np.ndarray):
+    """An array encoded in chunks of CHUNK_ROWS rows, each chunk's bytes kept in `encoded` (its
+    owner's list, one entry per chunk: (rows, bytes) or None) until the owner sets it to None
+    because a row in it changed. The owner changes neither while a write of it is in flight."""
+
+    encoded: list[tuple[int, bytes] | None]
+
+
+def chunked(a: npt.NDArray[Any], encoded: list[tuple[int, bytes] | None]) -> Chunked:
+    view = a.view(Chunked)
+    view.encoded = encoded
+    return view
+
+
 def encode(tree: Any) -> bytes:
-    body = msgspec.msgpack.encode(tree, enc_hook=_enc_hook)
-    return MAGIC + bytes([VERSION]) + zlib.compress(body, LEVEL)
+    blobs: list[bytes] = []
+
+    def blob(data: bytes) -> int:
+        blobs.append(data)
+        return len(blobs) - 1
+
+    def hook(obj: Any) -> Any:
+        if isinstance(obj, Chunked):
+            parts = [blob(c) for c in _chunks(obj)]
+            return msgspec.msgpack.Ext(_CHUNKED, msgspec.msgpack.encode([obj.dtype.str, list(obj.shape), parts]))
+        if isinstance(obj, np.ndarray):
+            return msgspec.msgpack.Ext(_ARRAY, msgspec.msgpack.encode(blob(_encode_array(obj))))
+        if isinstance(obj, np.generic):
+            return obj.item()
+        raise TypeError(f"cannot put a {type(obj).__name__} in a checkpoint")
+
+    tree_z = zlib.compress(msgspec.msgpack.encode(tree, enc_hook=hook), LEVEL)
+    out = [MAGIC, bytes([VERSION]), len(tree_z).to_bytes(8, "big"), tree_z]
+    for b in blobs:
+        out += [len(b).to_bytes(8, "big"), b]
+    return b"".join(out)
+
+
+def _chunks(a: Chunked) -> list[bytes]:
+    cache = a.encoded
+    out = []
+    for i, start in enumerate(range(0, len(a), CHUNK_ROWS)):
+        rows = np.asarray(a[start : start + CHUNK_ROWS])
+        if i == len(cache):
+            cache.append(None)
+        kept = cache[i]
+        if kept is None or kept[0] != len(rows):
+            kept = cache[i] = (len(rows), _encode_array(rows))
+        out.append(kept[1])
+    return out
 
 
 def decode(data: bytes) -> Any:
@@ -59,23 +116,30 @@ def decode(data: bytes) -> Any:
             "run the version that wrote it, or delete it to start afresh"
         )
     try:
-        return msgspec.msgpack.decode(zlib.decompress(data[5:]), ext_hook=_ext_hook)
-    except (zlib.error, msgspec.DecodeError, ValueError) as exc:
+        view = memoryview(data)
+        size = int.from_bytes(view[5:13], "big")
+        tree_z, at = view[13 : 13 + size], 13 + size
+        blobs = []
+        while at < len(view):
+            n = int.from_bytes(view[at : at + 8], "big")
+            if at + 8 + n > len(view):
+                raise ValueError("truncated")
+            blobs.append(view[at + 8 : at + 8 + n])
+            at += 8 + n
+
+        def hook(code: int, ext: memoryview) -> Any:
+            if code == _ARRAY:
+                return _decode_array(blobs[msgspec.msgpack.decode(ext)])
+            if code == _CHUNKED:
+                dtype, shape, parts = msgspec.msgpack.decode(ext)
+                if not parts:
+                    return np.zeros(shape, dtype=np.dtype(dtype))
+                return np.concatenate([_decode_array(blobs[i]) for i in parts]).reshape(shape)
+            raise ValueError(f"unknown extension {code}")
+
+        return msgspec.msgpack.decode(zlib.decompress(tree_z), ext_hook=hook)
+    except (zlib.error, msgspec.DecodeError, ValueError, IndexError, TypeError) as exc:
         raise CodecError(f"it is damaged ({exc})") from None
-
-
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return msgspec.msgpack.Ext(_ARRAY, _encode_array(obj))
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot put a {type(obj).__name__} in a checkpoint")
-
-
-def _ext_hook(code: int, data: memoryview) -> Any:
-    if code != _ARRAY:
-        raise ValueError(f"unknown extension {code}")
-    return _decode_array(bytes(data))
 
 
 def _encode_array(a: npt.NDArray[Any]) -> bytes:
@@ -100,7 +164,7 @@ def _framed(header: dict[str, Any], body: bytes) -> bytes:
     return len(head).to_bytes(2, "big") + head + zlib.compress(body, LEVEL)
 
 
-def _decode_array(data: bytes) -> npt.NDArray[Any]:
+def _decode_array(data: bytes | memoryview) -> npt.NDArray[Any]:
     size = int.from_bytes(data[:2], "big")
     header = msgspec.msgpack.decode(data[2 : 2 + size])
     body = zlib.decompress(data[2 + size :])
