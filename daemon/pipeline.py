@@ -33,7 +33,7 @@ from daemon.state.partition import PartitionState, Shared
 from daemon.state.routing import OTHER_KEY, Router
 
 AlertSink = Callable[[list[DriftAlert]], None]
-# Receives canary timeline entries: one per change of verdict (architecture.md, Replay report).
+# Receives canary timeline entries: one per change of verdict (docs/operations.md, `replay`).
 CanarySink = Callable[[list[dict[str, Any]]], None]
 
 

@@ -2,7 +2,7 @@
 
 The mixture sequential probability ratio test of Johari, Pekelis & Walsh ("Always Valid
 Inference", Operations Research 2022), in the normal approximation for a difference of means
-or proportions (see shared/design/references.md). With s² the variance of the estimate Δ̂
+or proportions, as GrowthBook and Eppo implement it. With s² the variance of the estimate Δ̂
 (σ²_B/n_B + σ²_A/n_A; with n per arm and V = σ²_A + σ²_B this is V/n, the reference's form)
 and a N(θ₀, τ²) mixing prior on the true difference:
 

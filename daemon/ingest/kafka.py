@@ -1,7 +1,7 @@
 """Kafka source (kafka-python): consumer group, manual commits, lag from the high watermark.
 
 Values stay bytes here: parsing happens in the pipeline, because a deserializer exception would
-escape `poll()` (references.md, Kafka consumers).
+escape `poll()` and lose the good records around it (docs/operations.md, Kafka consumer).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class KafkaSource:
         c = self._consumer
         for tp in c.assignment():
             # The high watermark from fetch responses, not end_offsets(): correct on every
-            # broker, and free (architecture.md, test broker quirks).
+            # broker, and free (docs/operations.md, Kafka consumer).
             hw = c.highwater(tp)
             if hw is None:
                 continue

@@ -22,7 +22,7 @@ from daemon.runtime.app import build_pipeline
 
 
 def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:
-    """Run the file through the pipeline; return the report (architecture.md, Replay report)."""
+    """Run the file through the pipeline; return the report (docs/operations.md, `replay`)."""
     return replay_state(path, config, labels)[0]
 
 
