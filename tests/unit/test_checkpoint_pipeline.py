@@ -14,7 +14,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from daemon.config import Config, from_mapping
@@ -26,6 +25,7 @@ from daemon.runtime.app import build_pipeline
 from daemon.state import codec
 from daemon.state.checkpoint import CheckpointError, LocalCheckpoints
 from tests.integration.support import parse
+from tests.unit.state_harness import plain
 
 BATCH = 400
 PARTITIONS = 2
@@ -134,19 +134,6 @@ def whole_state(whole: Run) -> Any:
 def stored(snapshot: Any) -> Any:
     """As a checkpoint store keeps it: through the binary codec."""
     return codec.decode(codec.encode(snapshot))
-
-
-def plain(x: Any) -> Any:
-    """Comparable values: arrays with their dtype, NaN as a string, tuples as lists."""
-    if isinstance(x, np.ndarray):
-        return {"dtype": x.dtype.str, "shape": list(x.shape), "values": plain(x.tolist())}
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [plain(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    return x
 
 
 def _timeless(snapshot: dict[str, Any]) -> Any:

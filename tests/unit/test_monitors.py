@@ -13,15 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config, LimitsConfig, MetricsConfig
-from daemon.ingest.batch import Key, build
+from daemon.config import Config, LimitsConfig
+from daemon.ingest.batch import Key
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.monitors.names import MAX_LABEL_VALUE_CHARS, OTHER, Overflow, RowNames
-from daemon.monitors.traffic import Histograms, Traffic
+from daemon.monitors.traffic import Histograms
 from daemon.runtime.app import build_pipeline
 from daemon.state.routing import OTHER_KEY
 from detectors.quantiles import LogBuckets
+from tests.unit.state_harness import FedTraffic
 
 KEY: Key = ("m", "unknown", "default")
 
@@ -30,30 +31,7 @@ def ev(**kw: Any) -> InferenceEvent:
     return InferenceEvent(request_id=str(kw.pop("request_id", "r")), model=str(kw.pop("model", "m")), **kw)
 
 
-class Fed:
-    """A Traffic fed as a partition feeds it: a row per key in first-seen order, and each event's rank
-    among its row's events of the batch, counted here independently of PartitionState."""
-
-    def __init__(self, limits: LimitsConfig | None = None, metrics: MetricsConfig | None = None) -> None:
-        self.overflow = Overflow()
-        self.traffic = Traffic(metrics or MetricsConfig(), limits or LimitsConfig(), self.overflow)
-        self.rows: dict[Key, int] = {}
-
-    def update(self, events: list[InferenceEvent], times: list[float | None] | None = None) -> None:
-        n = len(events)
-        batch = build(events, [0] * n, list(range(n)), times if times is not None else [None] * n)
-        for key in batch.keys:
-            if key not in self.rows:
-                self.rows[key] = self.traffic.rows
-                self.traffic.add_rows(1)
-        rows = [self.rows[batch.keys[k]] for k in batch.key.tolist()]
-        seen: dict[int, int] = {}
-        rank = []
-        for r in rows:
-            rank.append(seen.get(r, 0))
-            seen[r] = rank[-1] + 1
-        self.traffic.update(np.array(rows, dtype=np.int64), np.array(rank, dtype=np.int64), batch)
-
+class Fed(FedTraffic):
     def row(self, key: Key = KEY) -> int:
         return self.rows[key]
 

@@ -8,7 +8,6 @@ the checkpoint codec, as a store keeps it.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from daemon.monitors.canary import METRICS, TAIL, Canary
 from daemon.runtime.app import build_pipeline
 from daemon.state import codec
 from detectors.sequential import SequentialDifference
+from tests.unit.state_harness import plain
 
 BATCH = 250
 N_EVENTS = 12_000
@@ -115,19 +115,6 @@ class Partition:
         state = {"keys": [list(k) for k in self.keys], "position": self.position, "canary": self.canary.snapshot()}
         stored: dict[str, Any] = codec.decode(codec.encode(state))
         return stored
-
-
-def plain(x: Any) -> Any:
-    """A snapshot as comparable values: arrays with their dtype, NaN as a string, tuples as lists."""
-    if isinstance(x, np.ndarray):
-        return {"dtype": x.dtype.str, "shape": list(x.shape), "values": plain(x.tolist())}
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [plain(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    return x
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from daemon.config import LimitsConfig, MetricsConfig
-from daemon.ingest.batch import Key, build
+from daemon.ingest.batch import Key
 from daemon.ingest.events import InferenceEvent, Label
 from daemon.monitors.labels import JoinedLabel, PendingPrediction
 from daemon.monitors.names import OTHER, Overflow
@@ -20,6 +20,7 @@ from daemon.monitors.quality import KeyPerformance
 from daemon.monitors.traffic import SKETCH, Traffic
 from daemon.state.codec import decode, encode
 from detectors.metrics import confidence
+from tests.unit.state_harness import FedTraffic
 
 KEY: Key = ("fraud", "v3", "canary")
 KEYS: tuple[Key, ...] = (KEY, ("fraud", "v3", "control"), ("chat", "v1", "default"))
@@ -67,37 +68,9 @@ def through_codec(state: dict[str, Any]) -> dict[str, Any]:
 # --- Traffic ------------------------------------------------------------------------------------
 
 
-class Fed:
-    """A Traffic fed as a partition feeds it: a row per key in first-seen order, each event's rank
-    among its row's events of the batch; its snapshot carries the keys, as a partition's shard does."""
-
+class Fed(FedTraffic):
     def __init__(self, limits: LimitsConfig = CAPS) -> None:
-        self.overflow = Overflow()
-        self.traffic = Traffic(MetricsConfig(), limits, self.overflow)
-        self.rows: dict[Key, int] = {}
-
-    def update(self, events: list[InferenceEvent], times: list[float | None]) -> None:
-        n = len(events)
-        batch = build(events, [0] * n, list(range(n)), times)
-        for key in batch.keys:
-            if key not in self.rows:
-                self.rows[key] = self.traffic.rows
-                self.traffic.add_rows(1)
-        rows = [self.rows[batch.keys[k]] for k in batch.key.tolist()]
-        seen: dict[int, int] = {}
-        rank = []
-        for r in rows:
-            rank.append(seen.get(r, 0))
-            seen[r] = rank[-1] + 1
-        self.traffic.update(np.array(rows, dtype=np.int64), np.array(rank, dtype=np.int64), batch)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"keys": [list(k) for k in self.rows], "traffic": self.traffic.snapshot()}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """A new process: the pipeline restores its Overflow counts itself (set them before)."""
-        self.rows = {(k[0], k[1], k[2]): row for row, k in enumerate(state["keys"])}
-        self.traffic.restore(state["traffic"])
+        super().__init__(limits)
 
 
 def traffic_event(rng: random.Random, i: int) -> InferenceEvent:
