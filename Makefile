@@ -44,6 +44,8 @@ test: $(STAMP) tools lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/replay_throughput.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/kafka_e2e.py
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/calibration.py
