@@ -1,10 +1,13 @@
 """Canary verdicts (issue 4): A/A false fails at every look, power, and the cost in replay throughput.
 
-Every simulation feeds a fresh `ModelCanary("m", CanaryConfig())` (the defaults: α = 0.05,
-500 requests per arm before any verdict, latency tolerance +5%, error-rate tolerance +0.5
-points, error rate critical) with batches of 100 requests per arm: control v1, then canary
-v2, then `evaluate()`, and reads `comparisons["canary"].verdict` after every batch (a "look"),
-up to 20,000 requests per arm. Latency is lognormal(3.0, 0.3) ms (median 20 ms), errors are
+Every simulation feeds a fresh partition's `Canary(CanaryConfig(), keys)` (the defaults: α = 0.05,
+500 requests per arm before any verdict, latency tolerance +5%, error-rate tolerance +0.2
+points, error rate critical, the model's comparisons judged every 100 of its requests) the keys
+of model "m" control v1 and canary v2, their requests alternating, in batches of 100 requests
+per arm, and reads `models["m"].comparisons["canary"].verdict` after every batch (a "look"),
+up to 20,000 requests per arm. A batch ends at one of the canary's looks, with 100·k requests
+per arm; the look inside it (50 more per arm) is not read, but a `fail` stands, so one there
+shows at the next read. Latency is lognormal(3.0, 0.3) ms (median 20 ms), errors are
 Bernoulli(1%); there are no scores or labels, so the metrics compared are error_rate, latency
 (ln ms) and latency_tail (above the control's frozen p95).
 
@@ -40,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import GENERATOR_START_TIME, parse_args, verdict, write_result
 from daemon.config import CanaryConfig, from_mapping
+from daemon.ingest.batch import Key, build
 from daemon.ingest.events import InferenceEvent
-from daemon.monitors.canary import ModelCanary
+from daemon.monitors.canary import Canary
 from daemon.runtime.replay import replay
 
 SEED = 20_240_404
@@ -55,6 +59,7 @@ ERRORS_TARGET = 5_000
 SPEED_TARGET = 0.90
 P99_Q, P99_FACTOR = 0.99, 1.3
 ARMS = (("control", "1"), ("canary", "2"))
+KEYS: list[Key] = [("m", version, variant) for variant, version in ARMS]  # row i: ARMS[i]
 
 
 def sizes(quick: bool) -> dict[str, int]:
@@ -98,22 +103,26 @@ def verdicts(
     lat: np.ndarray, err: np.ndarray, stop_at_fail: bool, settings: CanaryConfig | None = None
 ) -> tuple[list[str], list[str]]:
     """The canary's verdict after every batch, and the reasons of the first fail."""
-    canary = ModelCanary("m", settings or CanaryConfig())
+    keys = list(KEYS)
+    canary = Canary(settings or CanaryConfig(), keys)
+    canary.add_rows(len(keys))
     n = lat.shape[1]
-    lat_l = lat.tolist()
-    status = np.where(err, "error", "ok").tolist()
+    # The arms' requests alternate: request 2i is control's i-th, 2i + 1 the canary's.
+    lat_l = lat.T.ravel().tolist()
+    status = np.where(err.T.ravel(), "error", "ok").tolist()
+    rows = np.tile(np.arange(len(ARMS), dtype=np.int64), BATCH)
     out: list[str] = []
     reasons: list[str] = []
-    for lo in range(0, n, BATCH):
-        hi = lo + BATCH
-        for arm, (variant, version) in enumerate(ARMS):
-            events = [
-                InferenceEvent(request_id="r", model="m", variant=variant, version=version, latency_ms=x, status=s)
-                for x, s in zip(lat_l[arm][lo:hi], status[arm][lo:hi], strict=True)
-            ]
-            canary.add_events(variant, version, events)
-        canary.evaluate()
-        comp = canary.comparisons["canary"]
+    for lo in range(0, 2 * n, 2 * BATCH):
+        hi = lo + 2 * BATCH
+        events = [
+            InferenceEvent(
+                request_id="r", model="m", variant=ARMS[i % 2][0], version=ARMS[i % 2][1], latency_ms=x, status=s
+            )
+            for i, x, s in zip(range(lo, hi), lat_l[lo:hi], status[lo:hi], strict=True)
+        ]
+        canary.update(rows, build(events, [0] * len(events), list(range(lo, hi)), [None] * len(events)))
+        comp = canary.models["m"].comparisons["canary"]
         out.append(comp.verdict)
         if comp.verdict == "fail":
             if not reasons:

@@ -1,10 +1,12 @@
 """Drift detection (issue 3): delay, false alarms, River's defaults, replay throughput and CBPE error.
 
-"Ours" is what the daemon runs for one stream: a `StreamMonitor` with `DriftConfig()`'s detector
-for the stream's kind, whose first 1,000 values are the reference it calibrates on (to the
-default target ERT), fed batches of 2,000. River's detectors run with their default parameters
-on the same arrays. Every case is R independent runs of L events (R·L ≥ 1M), each with a seeded
-change position:
+"Ours" is what the daemon runs for one stream: a partition's `Drift` with `DriftConfig()` and one
+key, whose only stream has the default detector for its kind: a feature `x` (numeric or
+categorical) fed as columnar batches of events, as the pipeline builds them, or the label-error
+stream fed as graded predictions. Its first 1,000 values are the reference it calibrates on
+inline (to the default target ERT; one feature, so Bonferroni's factor is 1), fed batches of
+2,000. River's detectors run with their default parameters on the same arrays. Every case is
+R independent runs of L events (R·L ≥ 1M), each with a seeded change position:
 
 - abrupt: the mean moves by 0.5 or 1 sd, or the sd grows ×1.5, at a position in [10k, 40k] of 50k;
 - categorical swap of 20% of the mass: five levels with probabilities BEFORE; at the change,
@@ -42,17 +44,22 @@ from typing import Any
 from unittest import mock
 
 import numpy as np
+import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import GENERATOR_START_TIME, parse_args, percentile, verdict, write_result
 from daemon.config import Config, DriftConfig
+from daemon.ingest.batch import Batch, Key, build
+from daemon.ingest.events import InferenceEvent
 from daemon.monitors import drift
+from daemon.monitors.names import Overflow
 from daemon.runtime.replay import replay
 from detectors.base import InputKind
 from detectors.registry import DETECTORS
 
 BATCH = 2000
+KEY: Key = ("bench", "1", "default")
 LEVELS = ("a", "b", "c", "d", "e")
 BEFORE = (0.35, 0.25, 0.20, 0.12, 0.08)
 AFTER = (0.15, 0.25, 0.20, 0.12, 0.28)
@@ -137,16 +144,29 @@ def ours_detector(kind: InputKind) -> str:
 
 
 def ours(kind: InputKind, values: list[Any]) -> list[int]:
-    """Detection positions of the daemon's monitor for one stream of this kind."""
-    settings = DriftConfig()
-    target = float(settings.target_ert_events)
-    monitor = drift.StreamMonitor("bench", kind, ours_detector(kind), settings, drift.Calibrator(), lambda: target)
+    """Detection positions of the daemon's drift for one key whose one stream is of this kind."""
+    monitor = drift.Drift(DriftConfig(), drift.Calibrator(), Config().limits.max_features, [KEY], Overflow())
+    monitor.add_rows(1)
     hits: list[int] = []
     for lo in range(0, len(values), BATCH):
         chunk = values[lo : lo + BATCH]
-        alerts = monitor.feed(chunk, list(range(lo, lo + len(chunk))), [None] * len(chunk))
+        index = np.arange(lo, lo + len(chunk), dtype=np.int64)
+        rows = np.zeros(len(chunk), dtype=np.int64)  # the one key's row
+        if kind == "binary":  # True: a wrong prediction
+            alerts = monitor.update_errors(rows, np.array(chunk, dtype=np.bool_), index, index.astype(np.float64))
+        else:
+            alerts = monitor.update(rows, np.arange(len(chunk)), feature_batch(chunk, index))
         hits.extend(a.index for a in alerts)
     return hits
+
+
+def feature_batch(values: list[Any], index: npt.NDArray[np.int64]) -> Batch:
+    """Events of the key with feature `x`, as a poll decodes them: input index and record time `index`."""
+    model, version, variant = KEY
+    events = [
+        InferenceEvent(request_id="r", model=model, version=version, variant=variant, features={"x": v}) for v in values
+    ]
+    return build(events, [0] * len(events), index.tolist(), index.astype(np.float64).tolist())
 
 
 @dataclass(frozen=True)

@@ -114,13 +114,13 @@ class ArmMoments:
         self.requests = requests
         self.moments = moments  # [metric, (n, s, ss)]
 
-    def n(self, metric: int) -> int:
-        return int(self.moments[metric, 0])
-
-    def mean_var(self, metric: int) -> tuple[float, float]:
-        n, s, ss = (float(x) for x in self.moments[metric])
-        mean = s / n
-        return mean, max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    def figures(self) -> list[tuple[int, float, float]]:
+        """Per metric: n, mean and sample variance (mean and variance 0 where n is 0)."""
+        out = []
+        for n, s, ss in self.moments.tolist():
+            mean = s / n if n else 0.0
+            out.append((int(n), mean, max(ss / n - mean * mean, 0.0) * n / max(n - 1, 1) if n else 0.0))
+        return out
 
 
 class ModelCanary:
@@ -196,11 +196,10 @@ class ModelCanary:
             return
         readings: dict[str, MetricReading] = {}
         p_values: dict[str, float] = {}
-        for m, name in enumerate(METRICS):
-            na, nb = base.n(m), cand.n(m)
+        for name, (na, mean_a, var_a), (nb, mean_b, var_b) in zip(METRICS, base.figures(), cand.figures(), strict=True):
             if na < 2 or nb < 2:
                 continue
-            looks = [t.look(na, *base.mean_var(m), nb, *cand.mean_var(m)) for t in comp.tests[name]]
+            looks = [t.look(na, mean_a, var_a, nb, mean_b, var_b) for t in comp.tests[name]]
             if any(lk is None for lk in looks):
                 continue
             look = looks[0]
