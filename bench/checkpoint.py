@@ -32,8 +32,9 @@ from daemon.config import Config, from_mapping
 from daemon.dev.broker import TansuBroker, free_port
 from daemon.dev.generator import TrafficGenerator, TrafficSpec, encode
 from daemon.export.exposition import CheckpointStats
-from daemon.ingest.sources import RawRecord
+from daemon.ingest.sources import Chunk, RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
+from daemon.state import codec
 from daemon.state.checkpoint import CheckpointStore, KafkaCheckpoints, LocalCheckpoints
 from daemon.state.handover import Handover
 
@@ -65,8 +66,17 @@ def _records(n: int) -> list[RawRecord]:
     return records
 
 
+def _polls(records: list[RawRecord]) -> list[list[Chunk]]:
+    """Polls of BATCH records: per topic-partition, its records in offset order, as the Kafka
+    source hands them over (each poll's labels follow its events)."""
+    return [
+        chunks_of(sorted(records[i : i + BATCH], key=lambda r: (r.topic, r.partition)))
+        for i in range(0, len(records), BATCH)
+    ]
+
+
 def cost(
-    batches: list[list[RawRecord]], store: CheckpointStore, rounds: int, seconds: float, every: float
+    batches: list[list[Chunk]], store: CheckpointStore, rounds: int, seconds: float, every: float
 ) -> dict[str, Any]:
     def ingest(checkpoints: bool) -> tuple[float, CheckpointStats]:
         stats = CheckpointStats()
@@ -79,7 +89,7 @@ def cost(
                 offsets = handover.pipeline.process(b)
                 pending.update(offsets)
                 handover.position.update(offsets)
-                done += len(b)
+                done += sum(map(len, b))
                 now = time.perf_counter()
                 if checkpoints:
                     handover.finished()
@@ -175,7 +185,7 @@ def main() -> None:
     args = parse_args(__doc__, _add_args)
     rounds, seconds = (2, 6.0) if args.quick else (args.rounds, args.round_seconds)
     records = _records(20_000 if args.quick else 60_000)
-    batches = [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+    batches = _polls(records)
     with tempfile.TemporaryDirectory() as d, TansuBroker() as broker:
         tmp = Path(d)
         broker.create_topics(list(TOPICS))
@@ -192,8 +202,9 @@ def main() -> None:
         offsets: dict[tuple[str, int], int] = {}
         for b in batches:
             offsets.update(pipeline.process(b))
-        snapshot = pipeline.snapshot(offsets)
-        size = len(json.dumps(snapshot["partitions"]))
+        snapshot = pipeline.snapshot()
+        assert {(t, p): o for p, shard in snapshot["partitions"].items() for t, o in shard["offsets"]} == offsets
+        size = sum(len(codec.encode(shard)) for shard in snapshot["partitions"].values())
         topic_store.save(snapshot).result(30)
         topic_store.close()
         runs = recovery(broker, tmp, 2 if args.quick else 3)

@@ -49,7 +49,7 @@ from _common import (
 sys.path.insert(0, str(REPO_ROOT))  # the model builders live with the tests
 
 from daemon.config import Config, ShadowConfig
-from daemon.ingest.sources import RawRecord
+from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.monitors.reservoir import Sample
 from daemon.runtime.app import build_pipeline
 from daemon.shadow.compare import latency_ratio
@@ -123,7 +123,11 @@ def isolation(model: Path, rows: list[Sample], tmp: Path, rounds: int, seconds: 
     """Ingestion events/s in alternating rounds without and with a shadow run in flight."""
     pairs = generator_values(200_000)
     records = [RawRecord("t", i % 3, i // 3, GENERATOR_START_TIME + i / 1000.0, k, v) for i, (k, v) in enumerate(pairs)]
-    batches = [records[i : i + BATCH_SIZE] for i in range(0, len(records), BATCH_SIZE)]
+    # A poll: per partition, its records in offset order (one chunk each), as the Kafka source hands them over.
+    batches = [
+        chunks_of(sorted(records[i : i + BATCH_SIZE], key=lambda r: r.partition))
+        for i in range(0, len(records), BATCH_SIZE)
+    ]
 
     def ingest() -> float:
         pipeline = build_pipeline(Config())
@@ -131,7 +135,7 @@ def isolation(model: Path, rows: list[Sample], tmp: Path, rounds: int, seconds: 
         while time.perf_counter() - t0 < seconds:
             for batch in batches:
                 pipeline.process(batch)
-                done += len(batch)
+                done += sum(map(len, batch))
                 if time.perf_counter() - t0 >= seconds:
                     break
         return done / (time.perf_counter() - t0)

@@ -246,7 +246,8 @@ class LabelsConfig(_Section):
     topic: str | None = None
     # How long a prediction waits for its label; labels after that count as late.
     ttl_seconds: float = Field(86_400.0, gt=0)
-    # Predictions waiting for labels, all keys together; the oldest is evicted (counted) past it.
+    # Predictions waiting for labels, per partition held (the join is partition state); the
+    # partition's oldest is evicted (counted) past it.
     max_entries: int = Field(200_000, ge=1)
     # How long a label that came before its prediction is held.
     hold_seconds: float = Field(60.0, gt=0)
