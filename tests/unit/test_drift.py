@@ -161,6 +161,7 @@ def test_batch_cuts_and_interleaved_keys_do_not_change_alerts_or_scores(
         return real_ks(refs, windows)
 
     monkeypatch.setattr(drift_module, "ks_asymptotic", spy)
+    monkeypatch.setattr(drift_module, "KS_BLOCK_ROWS", 3)  # windows tested in several blocks
     patch_calibrate(monkeypatch)  # the four runs calibrate the same references
 
     def run(cut: int) -> tuple[list[Any], list[float], list[int]]:
