@@ -238,6 +238,19 @@ class LimitsConfig(_Section):
     max_event_bytes: int = Field(1_048_576, ge=64, description="larger records are invalid")
 
 
+class PlausibilityConfig(_Section):
+    """Bounds on logged values (daemon.ingest.plausible). A value past its bound is dropped from its
+    event and counted in inferwatch_values_out_of_range_total{field}; the rest of the event counts."""
+
+    max_latency_ms: float = Field(3_600_000.0, gt=0, description="latency_ms above this is dropped")
+    max_ttft_ms: float = Field(3_600_000.0, gt=0, description="ttft_ms above this is dropped")
+    max_tokens: int = Field(10_000_000, ge=1, description="tokens_in/tokens_out above this are dropped")
+    # An event's own timestamp further than this ahead of (or behind) its Kafka record's time is
+    # replaced by the record's time. Without a record time (replay), 1970-2100 is plausible.
+    max_timestamp_ahead_s: float = Field(300.0, ge=0, description="event time ahead of the record time")
+    max_timestamp_behind_s: float = Field(604_800.0, ge=0, description="event time behind the record time")
+
+
 class LabelsConfig(_Section):
     """The join of late ground truth to predictions, by request_id."""
 
@@ -735,6 +748,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    plausibility: PlausibilityConfig = PlausibilityConfig()
     labels: LabelsConfig = LabelsConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
     drift: DriftConfig = DriftConfig()

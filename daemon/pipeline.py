@@ -57,7 +57,7 @@ class Pipeline:
         references: dict[Key, dict[str, list[Any]]] | None = None,
     ) -> None:
         self.config = config
-        self.decoder = ChunkDecoder(config.limits.max_event_bytes, config.labels.topic)
+        self.decoder = ChunkDecoder(config.limits.max_event_bytes, config.labels.topic, config.plausibility)
         self.overflow = Overflow()
         self.calibrator = calibrator or Calibrator()
         self.join_counts = dict.fromkeys(COUNTS, 0) if (config.labels.topic or join_labels) else None
@@ -106,6 +106,8 @@ class Pipeline:
                 alerts += self._labels(decoded.labels)
             for rec, failure in decoded.failures:
                 self.invalid.record(rec, failure)
+            for dropped in decoded.out_of_range:
+                self.invalid.out_of_range(dropped)
             self.records += decoded.records
             for (topic, p), offset in decoded.offsets.items():
                 self.partition(p).offsets[topic] = offset
@@ -322,6 +324,7 @@ class Pipeline:
                     "inline_labels": self.inline_labels,
                     "watermark": self.watermark,
                     "invalid": dict(self.invalid.counts),
+                    "out_of_range": dict(self.invalid.values),
                     "overflow": dict(self.overflow.counts),
                     "join": None if self.join_counts is None else dict(self.join_counts),
                 },
@@ -343,6 +346,7 @@ class Pipeline:
             self.inline_labels = int(state["inline_labels"])
             self.watermark = float(state["watermark"])
             self.invalid.counts.update({k: int(v) for k, v in state["invalid"].items()})
+            self.invalid.values.update({k: int(v) for k, v in state.get("out_of_range", {}).items()})
             self.overflow.counts.update({k: int(v) for k, v in state["overflow"].items()})
             if self.join_counts is not None and state["join"] is not None:
                 self.join_counts.update({k: int(v) for k, v in state["join"].items() if k in self.join_counts})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import socket
 import subprocess
 import time
@@ -12,6 +14,8 @@ from types import TracebackType
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from daemon.runtime.lifecycle import die_with_parent
 
 
 def free_port() -> int:
@@ -51,6 +55,8 @@ class TansuBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            # A test run killed by a signal runs no finaliser: the broker must not outlive it.
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         deadline = time.monotonic() + timeout_s
         while True:

@@ -226,6 +226,7 @@ class MetricsExposition:
                     homed = {m for m in state.canary.models if p.router.home(m) is state}
                     canary_copies += canary.copy(state.canary, homed)
             invalid = dict(p.invalid.counts)
+            implausible = dict(p.invalid.values)
             overflow = dict(p.overflow.counts)
             labels = {"inline": p.inline_labels}
             join_sizes = {"predictions": 0, "held_labels": 0}
@@ -254,6 +255,9 @@ class MetricsExposition:
         quality.collect(quality_rows, out)  # type: ignore[arg-type]
         canary.collect(canary_copies, out)
         out.samples("inferwatch_events_invalid", [f'reason="{r}"' for r in invalid], list(invalid.values()))
+        out.samples(
+            "inferwatch_values_out_of_range", [f'field="{f}"' for f in implausible], list(implausible.values())
+        )
         dims = ("key", "class", "feature", "error_type", "slice_level", "feature_level")
         out.samples(
             "inferwatch_cardinality_overflow", [f'dimension="{d}"' for d in dims], [overflow.get(d, 0) for d in dims]

@@ -27,6 +27,11 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Records that failed decoding or validation, by reason.",
         ["reason"],
     ),
+    "inferwatch_values_out_of_range": (
+        "counter",
+        "Values dropped from valid events as implausible (plausibility.*), by field; the events still count.",
+        ["field"],
+    ),
     "inferwatch_errors": ("counter", "Events with status=error, by error_type.", [*KEY_LABELS, "error_type"]),
     "inferwatch_request_latency_seconds": ("histogram", "Logged request latency (latency_ms).", KEY_LABELS),
     "inferwatch_llm_time_to_first_token_seconds": (

@@ -7,9 +7,12 @@ from itertools import islice, repeat
 from typing import Final, Generic, NamedTuple, TypeVar
 
 import msgspec
+import numpy as np
 
+from daemon.config import PlausibilityConfig
 from daemon.ingest.batch import Batch, build
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
+from daemon.ingest.plausible import OutOfRange, enforce
 from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
 
 # (request_id, model, label, unix-second timestamp): one record of the labels topic.
@@ -89,12 +92,15 @@ class Decoded(NamedTuple):
     failures: list[tuple[RawRecord, DecodeFailure]]
     offsets: dict[TopicPartition, int]
     records: int
+    # Values the batch dropped as implausible, per field (daemon.ingest.plausible).
+    out_of_range: list[OutOfRange]
 
 
 class ChunkDecoder:
     """A poll's chunks into a `Decoded`: the per-record loop of the hot path, and nothing else."""
 
-    def __init__(self, max_bytes: int, labels_topic: str | None) -> None:
+    def __init__(self, max_bytes: int, labels_topic: str | None, bounds: PlausibilityConfig) -> None:
+        self.bounds = bounds
         self.events = EventDecoder(max_bytes, InferenceEvent)
         self.labels = EventDecoder(max_bytes, LabelEvent)
         self.labels_topic = labels_topic
@@ -150,7 +156,8 @@ class ChunkDecoder:
             else:
                 times.extend(t for i, t in enumerate(chunk.timestamps) if i not in rejected)
         batch = build(events, partitions, offsets, times) if events else None
-        return Decoded(batch, labels, failures, next_offsets, records)
+        dropped = enforce(batch, np.array(times, dtype=np.float64), self.bounds) if batch is not None else []
+        return Decoded(batch, labels, failures, next_offsets, records, dropped)
 
     def _labels(
         self, chunk: Chunk, labels: list[tuple[int, LabelRecord]], failures: list[tuple[RawRecord, DecodeFailure]]

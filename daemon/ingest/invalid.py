@@ -7,6 +7,7 @@ from typing import Protocol
 import structlog
 
 from daemon.ingest.decode import REASONS, DecodeFailure
+from daemon.ingest.plausible import FIELDS, OutOfRange
 from daemon.ingest.sources import RawRecord
 from daemon.runtime.logs import SampledLog
 
@@ -26,6 +27,8 @@ class DeadLetterSink(Protocol):
 class InvalidRecords:
     def __init__(self, sampled: SampledLog, dead_letter: DeadLetterSink | None = None) -> None:
         self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        # Values dropped from valid events as implausible, by field (the event itself counts).
+        self.values: dict[str, int] = dict.fromkeys(FIELDS, 0)
         self._sampled = sampled
         self.dead_letter = dead_letter
 
@@ -48,3 +51,18 @@ class InvalidRecords:
             )
         if self.dead_letter is not None:
             self.dead_letter.send(record, failure)
+
+    def out_of_range(self, dropped: OutOfRange) -> None:
+        self.values[dropped.field] += dropped.count
+        suppressed = self._sampled.should_log(f"out_of_range:{dropped.field}")
+        if suppressed is not None:
+            log.warning(
+                "value_out_of_range",
+                field=dropped.field,
+                value=dropped.value,
+                bound=dropped.bound,
+                model=dropped.model,
+                offset=dropped.index,
+                count=dropped.count,
+                suppressed_since_last=suppressed,
+            )

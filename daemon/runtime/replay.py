@@ -49,6 +49,7 @@ def replay_state(path: str | Path, config: Config, labels: str | Path | None = N
         "events": sum(row["events"] for row in summary),
         "invalid": pipeline.invalid.total,
         "invalid_by_reason": {r: n for r, n in pipeline.invalid.counts.items() if n},
+        "out_of_range": {f: n for f, n in pipeline.invalid.values.items() if n},
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": sorted(canary, key=lambda e: e["index"]),
         "summary": summary,

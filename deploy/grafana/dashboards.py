@@ -435,6 +435,12 @@ def overview() -> Json:
                     unit="reqps",
                 ),
                 timeseries(
+                    "Implausible values/s by field",
+                    target(rate("inferwatch_values_out_of_range_total", "field"), "{{field}}"),
+                    unit="reqps",
+                    description="Values dropped from valid events as past plausibility.* (the events still count).",
+                ),
+                timeseries(
                     "Consumer lag",
                     target("max by (topic, partition) (inferwatch_consumer_lag_records)", "{{topic}}/{{partition}}"),
                     description="High watermark minus the consumer's position, per partition.",
