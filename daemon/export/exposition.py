@@ -255,9 +255,7 @@ class MetricsExposition:
         quality.collect(quality_rows, out)  # type: ignore[arg-type]
         canary.collect(canary_copies, out)
         out.samples("inferwatch_events_invalid", [f'reason="{r}"' for r in invalid], list(invalid.values()))
-        out.samples(
-            "inferwatch_values_out_of_range", [f'field="{f}"' for f in implausible], list(implausible.values())
-        )
+        out.samples("inferwatch_values_out_of_range", [f'field="{f}"' for f in implausible], list(implausible.values()))
         dims = ("key", "class", "feature", "error_type", "slice_level", "feature_level")
         out.samples(
             "inferwatch_cardinality_overflow", [f'dimension="{d}"' for d in dims], [overflow.get(d, 0) for d in dims]

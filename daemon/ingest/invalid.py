@@ -53,7 +53,7 @@ class InvalidRecords:
             self.dead_letter.send(record, failure)
 
     def out_of_range(self, dropped: OutOfRange) -> None:
-        self.values[dropped.field] += dropped.count
+        self.values[dropped.field] += dropped.dropped
         suppressed = self._sampled.should_log(f"out_of_range:{dropped.field}")
         if suppressed is not None:
             log.warning(
@@ -62,7 +62,7 @@ class InvalidRecords:
                 value=dropped.value,
                 bound=dropped.bound,
                 model=dropped.model,
-                offset=dropped.index,
-                count=dropped.count,
+                offset=dropped.position,
+                count=dropped.dropped,
                 suppressed_since_last=suppressed,
             )

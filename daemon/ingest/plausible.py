@@ -25,11 +25,11 @@ class OutOfRange(NamedTuple):
     """How many values of one field a batch dropped, and the first of them for the log line."""
 
     field: str
-    count: int
+    dropped: int
     value: float
     bound: str
     model: str
-    index: int  # the first one's input position (record offset, file line)
+    position: int  # the first one's input position (record offset, file line)
 
 
 def enforce(batch: Batch, record_time: Floats, bounds: PlausibilityConfig) -> list[OutOfRange]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -22,7 +24,7 @@ def _record(i: int, record_time: float | None = NOW, **fields: object) -> RawRec
     return RawRecord("t", 0, i, record_time, None, json.dumps(body).encode())
 
 
-def _scrape(config_tree: dict[str, object], records: list[RawRecord]) -> Samples:
+def _scrape(config_tree: Mapping[str, Any], records: list[RawRecord]) -> Samples:
     config = from_mapping(config_tree)
     pipeline = build_pipeline(config)
     pipeline.process(chunks_of(records))
@@ -69,7 +71,8 @@ def test_a_timestamp_far_from_the_record_time_is_replaced_by_it() -> None:
 
 
 def test_without_record_times_1970_to_2100_is_plausible() -> None:
-    s = _scrape({}, [_record(0, None, timestamp=NOW), _record(1, None, timestamp=1e15), _record(2, None, timestamp=-5.0)])
+    records = [_record(0, None, timestamp=NOW), _record(1, None, timestamp=1e15), _record(2, None, timestamp=-5.0)]
+    s = _scrape({}, records)
     assert total(s, "inferwatch_last_event_timestamp_seconds") == NOW
     assert total(s, "inferwatch_values_out_of_range_total", field="timestamp") == 2
 
