@@ -116,6 +116,10 @@ class SourceConfig(_Section):
 class DeadLetterConfig(_Section):
     # None disables the dead-letter copy; invalid records are still counted and sampled in logs.
     topic: str | None = None
+    # Bytes of invalid records sent but not yet acknowledged (the broker away, say). Past it a
+    # record is not copied, counted as outcome="dropped": kafka-python 2.2 ignores the producer's
+    # buffer_memory, so without this cap an outage would hold every invalid record in memory.
+    max_buffered_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
 
 def _long_secret(v: SecretStr) -> SecretStr:

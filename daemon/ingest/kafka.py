@@ -6,6 +6,7 @@ escape `poll()` and lose the good records around it (docs/operations.md, Kafka c
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -175,21 +176,39 @@ class KafkaSource:
 
 
 class KafkaDeadLetter:
-    """Copies invalid records to a topic with Kafka Connect's error headers."""
+    """Copies invalid records to a topic with Kafka Connect's error headers.
 
-    def __init__(self, bootstrap_servers: tuple[str, ...], topic: str, counts: dict[str, int]) -> None:
+    At most `max_buffered_bytes` of record values wait for the broker's acknowledgement at once;
+    past that a record is counted as "dropped", not held (kafka-python ignores buffer_memory).
+    """
+
+    def __init__(
+        self, bootstrap_servers: tuple[str, ...], topic: str, counts: dict[str, int], max_buffered_bytes: int
+    ) -> None:
         self.topic = topic
         self.counts = counts
+        self.max_buffered_bytes = max_buffered_bytes
+        # Callbacks run on the producer's I/O thread.
+        self._lock = threading.Lock()
+        self.buffered_bytes = 0
         # max_block_ms: send() must not stall the loop for kafka-python's default 60 s when the
         # topic's metadata is unavailable; the record is counted as failed instead.
         self._producer = KafkaProducer(
             bootstrap_servers=list(bootstrap_servers), acks="all", linger_ms=5, max_block_ms=1000
         )
 
-    def _count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+    def _done(self, size: int, outcome: str) -> None:
+        with self._lock:
+            self.buffered_bytes -= size
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     def send(self, record: RawRecord, failure: DecodeFailure) -> None:
+        size = len(record.value or b"") + len(record.key or b"")
+        with self._lock:
+            if self.buffered_bytes + size > self.max_buffered_bytes:
+                self.counts["dropped"] = self.counts.get("dropped", 0) + 1
+                return
+            self.buffered_bytes += size
         headers = [
             ("__connect.errors.topic", record.topic.encode()),
             ("__connect.errors.partition", str(record.partition).encode()),
@@ -200,10 +219,10 @@ class KafkaDeadLetter:
         try:
             fut = self._producer.send(self.topic, value=record.value, key=record.key, headers=headers)
         except KafkaError:
-            self._count("failed")
+            self._done(size, "failed")
             return
-        fut.add_callback(lambda _md: self._count("sent"))
-        fut.add_errback(lambda _exc: self._count("failed"))
+        fut.add_callback(lambda _md: self._done(size, "sent"))
+        fut.add_errback(lambda _exc: self._done(size, "failed"))
 
     def flush(self, timeout_s: float) -> bool:
         try:
@@ -213,8 +232,13 @@ class KafkaDeadLetter:
             return False
         return True
 
-    def close(self) -> None:
-        self._producer.close(timeout=5)
+    def close(self, timeout_s: float = 5) -> None:
+        """Give waiting copies `timeout_s` to be acknowledged, then drop them (the broker may be
+        away at shutdown: that must not fail the shutdown)."""
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaError as exc:
+            log.warning("dead_letter_close_timed_out", error=repr(exc), buffered_bytes=self.buffered_bytes)
 
 
 def chunks(polled: Mapping[Any, Sequence[Any]]) -> list[Chunk]:

@@ -113,7 +113,7 @@ class Daemon:
         self.config = config
         self.started = time.time()
         self.source_errors: dict[str, int] = {}
-        self.dead_letter_counts: dict[str, int] = {"sent": 0, "failed": 0}
+        self.dead_letter_counts: dict[str, int] = {"sent": 0, "failed": 0, "dropped": 0}
         self.sampled = SampledLog(config.logging.invalid_sample_seconds)
         # Created with the source, under the same retry: the broker may be away at start-up.
         self.dead_letter: KafkaDeadLetter | None = None
@@ -352,6 +352,7 @@ class Daemon:
                         self.config.source.kafka.bootstrap_servers,
                         self.config.dead_letter.topic,
                         self.dead_letter_counts,
+                        self.config.dead_letter.max_buffered_bytes,
                     )
                     self.pipeline.invalid.dead_letter = self.dead_letter
                 self._open_checkpoints()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from daemon.dev.broker import TansuBroker, free_port
 from daemon.dev.generator import TrafficGenerator, TrafficSpec
+from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.kafka import KafkaDeadLetter
+from daemon.ingest.sources import RawRecord
 from tests.integration.support import get, produce, running_daemon, total, wait_for
 
 
@@ -74,3 +77,20 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
             )
             assert total(d.scrape(), "inferwatch_source_up") == 1
         assert d.stop() == 0
+
+
+def test_dead_letter_copies_waiting_for_an_absent_broker_are_bounded() -> None:
+    counts = {"sent": 0, "failed": 0, "dropped": 0}
+    with TansuBroker() as broker:
+        broker.create_topics(["dlq"])
+        sink = KafkaDeadLetter((broker.bootstrap,), "dlq", counts, max_buffered_bytes=10 * 1024)
+        sink.send(RawRecord("logs", 0, 0, None, None, b"x" * 1000), DecodeFailure("malformed_json", "x"))
+        assert sink.flush(10) and counts["sent"] == 1 and sink.buffered_bytes == 0
+    # The broker is gone: copies wait for it, up to the cap, and the rest are counted, not held.
+    try:
+        for i in range(100):
+            sink.send(RawRecord("logs", 0, i, None, None, b"x" * 1000), DecodeFailure("malformed_json", "x"))
+        assert sink.buffered_bytes == 10_000
+        assert counts["dropped"] == 90
+    finally:
+        sink.close(timeout_s=0)
