@@ -75,13 +75,13 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     ),
     "inferwatch_source_up": (
         "gauge",
-        "1 while a Kafka broker has answered (any response: fetch, heartbeat, metadata, commit, join) within "
-        "source.kafka.session_timeout_ms; 0 during an outage, and before the first connection.",
+        "1 while a Kafka broker has answered the liveness probe (a metadata request every second) within "
+        "source.kafka.session_timeout_ms; 0 during an outage, and before the first answer.",
         [],
     ),
     "inferwatch_source_last_contact_timestamp_seconds": (
         "gauge",
-        "When a Kafka broker last answered (absent before the first connection).",
+        "When a Kafka broker last answered the liveness probe (absent before the first answer).",
         [],
     ),
     "inferwatch_dead_letter_records": (

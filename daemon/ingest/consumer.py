@@ -72,7 +72,6 @@ class ConsumerProcess:
         self.after_assign: Callable[[list[TopicPartition]], None] | None = None
         self._errors_base = dict(errors)
         self._lag: dict[TopicPartition, int] = {}
-        self.last_contact = time.time()
         ctx = multiprocessing.get_context("spawn")
         data_in, data_out = ctx.Pipe(duplex=False)
         cmd_in, self._cmd = ctx.Pipe(duplex=False)
@@ -154,7 +153,6 @@ class ConsumerProcess:
 
     def _info(self, info: Mapping[str, Any]) -> None:
         self._lag = dict(info["lag"])
-        self.last_contact = info["last_contact"]
         for op, n in info["errors"].items():
             self.errors[op] = self._errors_base.get(op, 0) + n
 
@@ -239,7 +237,7 @@ class _Child:
         source.after_assign = lambda parts: self._rebalance("assign", parts)
 
     def info(self) -> dict[str, Any]:
-        return {"lag": self.source.lag(), "last_contact": self.source.last_contact, "errors": dict(self.errors)}
+        return {"lag": self.source.lag(), "errors": dict(self.errors)}
 
     def run(self) -> None:
         last_info = 0.0

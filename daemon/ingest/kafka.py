@@ -7,7 +7,6 @@ escape `poll()` and lose the good records around it (docs/operations.md, Kafka c
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
-from kafka.metrics.measurable_stat import AbstractMeasurableStat
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
@@ -39,19 +37,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         if self._source.after_assign is not None:
             self._source.after_assign([(tp.topic, tp.partition) for tp in assigned])
-
-
-class _LastResponse(AbstractMeasurableStat):  # type: ignore[misc]
-    """A kafka-python stat that keeps the Unix time of the latest value recorded."""
-
-    def __init__(self, at: float) -> None:
-        self.at = at
-
-    def record(self, config: Any, value: float, now: float) -> None:
-        self.at = now / 1000.0
-
-    def measure(self, config: Any, now: float) -> float:
-        return self.at
 
 
 class KafkaSource:
@@ -93,13 +78,6 @@ class KafkaSource:
             # which does not.
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        # kafka-python records every response from any broker (fetch, heartbeat, metadata, commit,
-        # join) on its "request-latency" sensor; a stat there keeps the time of the latest. The
-        # constructor has just had one: it raises NoBrokersAvailable when no broker answers.
-        self._last_response = _LastResponse(time.time())
-        metrics = self._consumer._metrics
-        name = metrics.metric_name("last-response-timestamp", "inferwatch", "Unix time of the latest response.")
-        metrics.sensor("request-latency").add(name, self._last_response)
         self._consumer.subscribe(topics=list(dict.fromkeys([*config.topics, *extra_topics])), listener=_Rebalance(self))
 
     def _error(self, operation: str, exc: BaseException) -> None:
@@ -133,11 +111,6 @@ class KafkaSource:
         log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions))
         if self.before_revoke is not None:
             self.before_revoke(partitions)
-
-    @property
-    def last_contact(self) -> float:
-        """Unix time of the latest response from any broker."""
-        return self._last_response.at
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)

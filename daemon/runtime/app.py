@@ -29,6 +29,7 @@ from daemon.ingest.decode import DecodeFailure, EventDecoder
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.invalid import InvalidRecords
 from daemon.ingest.kafka import KafkaDeadLetter, KafkaSource
+from daemon.ingest.liveness import BrokerProbe
 from daemon.ingest.sources import Source, TopicPartition
 from daemon.monitors.drift import Calibrator, reference_values
 from daemon.monitors.traffic import Histograms
@@ -48,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 # Sources that are a Kafka consumer (in this process, or in a child process of its own).
 CONSUMERS = (KafkaSource, ConsumerProcess)
+# How often the broker probe asks for an answer (inferwatch_source_up).
+PROBE_INTERVAL_S = 1.0
 # Backoff between attempts to reach the broker at start-up.
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -138,6 +141,7 @@ class Daemon:
             config.receiver.max_body_bytes,
         )
         self._source: Source | None = None
+        self.probe: BrokerProbe | None = None
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
         self._pending: dict[TopicPartition, int] = {}
@@ -194,10 +198,9 @@ class Daemon:
         source.resume([tp for tp in partitions if tp not in paused])
 
     def _loop_stats(self) -> LoopStats:
-        # An outage: no broker response for a whole session timeout. A healthy broker answers a
-        # fetch at least every fetch_max_wait_ms (0.5 s), even on an idle topic, and a heartbeat
-        # every third of the session timeout; the coordinator evicts a member silent that long.
-        contact = self._source.last_contact if isinstance(self._source, CONSUMERS) else None
+        # An outage: no broker answer to the probe (every PROBE_INTERVAL_S) for a whole session
+        # timeout, the silence after which the coordinator evicts a member.
+        contact = self.probe.last_contact if self.probe is not None else None
         outage_s = self.config.source.kafka.session_timeout_ms / 1000.0
         return LoopStats(
             source_up=contact is not None and time.time() - contact <= outage_s,
@@ -325,6 +328,11 @@ class Daemon:
                 topics=self.config.source.kafka.topics,
             )
             self.watchdog.ready = True
+            kafka = self.config.source.kafka
+            self.probe = BrokerProbe(
+                kafka.bootstrap_servers, kafka.client_id, PROBE_INTERVAL_S, kafka.session_timeout_ms / 2000.0
+            ).start()
+            stack.callback(self.probe.stop)
             source = self._connect()
             if source is None:
                 return 0
