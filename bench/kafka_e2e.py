@@ -222,8 +222,9 @@ def run_e2e(bootstrap: str, n: int, broker_pid: int) -> dict[str, Any]:
     cpu_figures = cpu.read(wall)
     daemon.shutdown.request("benchmark done")
     thread.join(timeout=30)
-    if pipeline.events != n or pipeline.invalid.total != 0:
-        raise RuntimeError(f"pipeline counted {pipeline.events} events, {pipeline.invalid.total} invalid, for {n}")
+    if pipeline.events != n or pipeline.totals().invalid_records != 0:
+        invalid = pipeline.totals().invalid_records
+        raise RuntimeError(f"pipeline counted {pipeline.events} events, {invalid} invalid, for {n}")
     reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         committed = {p: reader.committed(TopicPartition(TOPIC, p)) for p in range(PARTITIONS)}

@@ -94,7 +94,7 @@ def main() -> None:
             process(batch)
             batch_seconds.append(clock() - b0)
         checks["events"] = pipeline.events
-        checks["invalid"] = pipeline.invalid.total
+        checks["invalid"] = pipeline.totals().invalid_records
         checks["keys"] = len(pipeline.router)
 
     loads = json.loads

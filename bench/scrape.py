@@ -99,9 +99,9 @@ def populate(daemon: Any, per_key: int) -> dict[str, Any]:
         daemon.pipeline.process(batch)
     seconds = time.perf_counter() - t0
     p = daemon.pipeline
-    if len(p.router) != KEYS or p.overflow.counts or p.invalid.total:
+    if len(p.router) != KEYS or p.overflow.counts or p.totals().invalid_records:
         raise RuntimeError(
-            f"populate: {len(p.router)} keys, overflow {p.overflow.counts}, invalid {p.invalid.total}; "
+            f"populate: {len(p.router)} keys, overflow {p.overflow.counts}, invalid {p.totals().invalid_records}; "
             f"want {KEYS} clean"
         )
     return {"events": len(values), "keys": len(p.router), "seconds": round(seconds, 3)}

@@ -145,10 +145,9 @@ def main() -> None:
         pipeline.calibrator.close()
         daemon.http.stop()
 
-    if pipeline.events + pipeline.invalid.total != n:
-        raise SystemExit(
-            f"the pipeline counted {pipeline.events:,} events and {pipeline.invalid.total:,} invalid of {n:,}"
-        )
+    invalid = pipeline.totals().invalid_records
+    if pipeline.events + invalid != n:
+        raise SystemExit(f"the pipeline counted {pipeline.events:,} events and {invalid:,} invalid of {n:,}")
     base = next(s for s in samples if s["events"] >= warmup)
     after = [s for s in samples if s["events"] >= base["events"]]
     peak = max(after, key=lambda s: s["rss_mb"])
@@ -194,8 +193,8 @@ def main() -> None:
             "events_per_s": {"in_loop": rate, "with_generation": n / (time.perf_counter() - started)},
             "counts": {
                 "events": pipeline.events,
-                "invalid": pipeline.invalid.total,
-                "join": dict(pipeline.join_counts) if pipeline.join_counts is not None else None,
+                "invalid": pipeline.totals().invalid_records,
+                "join": pipeline.totals().labels if pipeline.join_labels else None,
                 "overflow": dict(pipeline.overflow.counts),
             },
             "samples": samples,

@@ -26,11 +26,12 @@ from daemon.ingest.decode import ChunkDecoder, LabelRecord
 from daemon.ingest.invalid import InvalidRecords
 from daemon.ingest.sources import Chunk, TopicPartition
 from daemon.monitors.drift import Calibrator, DriftAlert
-from daemon.monitors.labels import COUNTS, JoinedLabel
+from daemon.monitors.labels import JoinedLabel
 from daemon.monitors.names import Overflow
 from daemon.monitors.reservoir import Sample
 from daemon.state.partition import PartitionState, Shared
 from daemon.state.routing import OTHER_KEY, Router
+from daemon.state.totals import Totals
 
 AlertSink = Callable[[list[DriftAlert]], None]
 # Receives canary timeline entries: one per change of verdict (docs/operations.md, `replay`).
@@ -60,13 +61,13 @@ class Pipeline:
         self.decoder = ChunkDecoder(config.limits.max_event_bytes, config.labels.topic, config.plausibility)
         self.overflow = Overflow()
         self.calibrator = calibrator or Calibrator()
-        self.join_counts = dict.fromkeys(COUNTS, 0) if (config.labels.topic or join_labels) else None
+        self.join_labels = bool(config.labels.topic or join_labels)
         shadow = config.shadow
         self.shared = Shared(
             config,
             self.calibrator,
             self.overflow,
-            self.join_counts,
+            self.join_labels,
             references or {},
             frozenset(m.source_model for m in shadow.models) if shadow.enabled else frozenset(),
         )
@@ -76,9 +77,6 @@ class Pipeline:
         self.alert_sink = alert_sink
         self.canary_sink = canary_sink
         self.lock = threading.Lock()
-        self.records = 0
-        # Labels carried inside inference events (the join counts those from the topic).
-        self.inline_labels = 0
         # Newest event time seen: the clock of a replay's label join.
         self.watermark = 0.0
 
@@ -104,11 +102,15 @@ class Pipeline:
                 alerts, timeline = self._events(batch)
             if decoded.labels:
                 alerts += self._labels(decoded.labels)
+            for chunk in chunks:
+                self.partition(chunk.partition).totals.records += len(chunk)
             for rec, failure in decoded.failures:
+                self.partition(rec.partition).totals.invalid[failure.reason] += 1
                 self.invalid.record(rec, failure)
             for dropped in decoded.out_of_range:
+                for p, n in dropped.partitions.items():
+                    self.partition(p).totals.out_of_range[dropped.field] += n
                 self.invalid.out_of_range(dropped)
-            self.records += decoded.records
             for (topic, p), offset in decoded.offsets.items():
                 self.partition(p).offsets[topic] = offset
         self._emit(alerts, timeline)
@@ -147,7 +149,7 @@ class Pipeline:
                 idx = np.flatnonzero(per_state == s)
                 sub, sub_rows, sub_over = batch.take(idx), rows[idx], overflowed[idx]
             a, t, inline, joined = state.update(sub_rows, sub, sub_over)
-            self.inline_labels += len(sub.labelled)
+            state.totals.labels["inline"] += len(sub.labelled)
             alerts += a
             timeline += t
             alerts += self._grade(state, inline, canary=False)  # the canary counted them at their requests
@@ -168,7 +170,7 @@ class Pipeline:
 
     def add_labels(self, labels: Sequence[LabelRecord]) -> None:
         """Labels from outside the record stream (replay's --labels file: one partition, 0)."""
-        if self.join_counts is None:
+        if not self.join_labels:
             raise RuntimeError("add_labels needs a pipeline built with a label join")
         with self.lock:
             state = self.partition(0)
@@ -290,6 +292,16 @@ class Pipeline:
             if c["verdict"] == "fail"
         ]
 
+    def totals(self) -> Totals:
+        """Records, invalid records, implausible values and label outcomes of every partition held."""
+        with self.lock:
+            return Totals.of(s.totals for s in self.partitions.values())
+
+    @property
+    def records(self) -> int:
+        """Records read, of every topic (a benchmark's progress: read without the lock)."""
+        return sum(s.totals.records for s in list(self.partitions.values()))
+
     @property
     def events(self) -> int:
         with self.lock:
@@ -313,21 +325,14 @@ class Pipeline:
     def snapshot(self, partitions: Collection[int] | None = None, fresh: bool = False) -> dict[str, Any]:
         """A consistent copy of the state, taken between batches: `partitions` holds one shard per
         partition (`PartitionState.snapshot()`, with its offsets on every topic), which a replica
-        assigned that partition restores alone; `process` the counters of this process as a whole.
+        assigned that partition restores alone (its counts, `Totals`, included); `process` what belongs to
+        this process as a whole: the replay clock and the cardinality overflow counts.
         Encoding happens elsewhere, off the loop. Drift references are shared, not copied: take the
         next snapshot only once this one has been encoded, or ask for `fresh` copies."""
         with self.lock:
             chosen = sorted(self.partitions if partitions is None else set(partitions) & set(self.partitions))
             return {
-                "process": {
-                    "records": self.records,
-                    "inline_labels": self.inline_labels,
-                    "watermark": self.watermark,
-                    "invalid": dict(self.invalid.counts),
-                    "out_of_range": dict(self.invalid.values),
-                    "overflow": dict(self.overflow.counts),
-                    "join": None if self.join_counts is None else dict(self.join_counts),
-                },
+                "process": {"watermark": self.watermark, "overflow": dict(self.overflow.counts)},
                 "partitions": {p: self.partitions[p].snapshot(fresh) for p in chosen},
             }
 
@@ -340,16 +345,10 @@ class Pipeline:
         return offsets
 
     def restore_process(self, state: Mapping[str, Any]) -> None:
-        """The process-wide counters of a snapshot (a single replica's restart)."""
+        """The process-wide part of a snapshot (a single replica's restart)."""
         with self.lock:
-            self.records = int(state["records"])
-            self.inline_labels = int(state["inline_labels"])
             self.watermark = float(state["watermark"])
-            self.invalid.counts.update({k: int(v) for k, v in state["invalid"].items()})
-            self.invalid.values.update({k: int(v) for k, v in state.get("out_of_range", {}).items()})
             self.overflow.counts.update({k: int(v) for k, v in state["overflow"].items()})
-            if self.join_counts is not None and state["join"] is not None:
-                self.join_counts.update({k: int(v) for k, v in state["join"].items() if k in self.join_counts})
 
     def restore_partition(self, shard: Mapping[str, Any]) -> dict[TopicPartition, int]:
         """One partition's shard (on assignment), replacing what this pipeline held of it; returns

@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from daemon.monitors import canary, drift, quality, traffic
 from daemon.monitors.drift import COLLECT, HOLD, OFF, SEQUENTIAL, WINDOW
 from daemon.monitors.traffic import Histograms
 from daemon.pipeline import Pipeline
+from daemon.state.totals import Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Batch processing takes ~1-50 ms at normal batch sizes; the top buckets catch stalls.
@@ -225,13 +227,10 @@ class MetricsExposition:
                 if state.canary is not None:
                     homed = {m for m in state.canary.models if p.router.home(m) is state}
                     canary_copies += canary.copy(state.canary, homed)
-            invalid = dict(p.invalid.counts)
-            implausible = dict(p.invalid.values)
+            totals = [(pn, p.partitions[pn].totals.copy()) for pn in sorted(p.partitions)]
             overflow = dict(p.overflow.counts)
-            labels = {"inline": p.inline_labels}
             join_sizes = {"predictions": 0, "held_labels": 0}
-            if p.join_counts is not None:
-                labels.update(p.join_counts)
+            if p.join_labels:
                 for state in p.partitions.values():
                     if state.join is not None:
                         sizes = state.join.sizes()
@@ -254,8 +253,7 @@ class MetricsExposition:
             phases += drift.state_counts(copied)
         quality.collect(quality_rows, out)  # type: ignore[arg-type]
         canary.collect(canary_copies, out)
-        out.samples("inferwatch_events_invalid", [f'reason="{r}"' for r in invalid], list(invalid.values()))
-        out.samples("inferwatch_values_out_of_range", [f'field="{f}"' for f in implausible], list(implausible.values()))
+        _totals(out, totals, p.join_labels)
         dims = ("key", "class", "feature", "error_type", "slice_level", "feature_level")
         out.samples(
             "inferwatch_cardinality_overflow", [f'dimension="{d}"' for d in dims], [overflow.get(d, 0) for d in dims]
@@ -283,8 +281,7 @@ class MetricsExposition:
             "failed": phases[OFF],
         }
         out.samples("inferwatch_drift_streams", [f'state="{s}"' for s in states], [int(n) for n in states.values()])
-        out.samples("inferwatch_labels", [f'outcome="{o}"' for o in labels], list(labels.values()))
-        if p.join_counts is not None:
+        if p.join_labels:
             out.samples(
                 "inferwatch_label_join_entries", [f'store="{k}"' for k in join_sizes], list(join_sizes.values())
             )
@@ -292,6 +289,28 @@ class MetricsExposition:
         bd = loop.batch_duration
         out.histograms("inferwatch_batch_duration_seconds", [""], bd.counts[:1], bd.sums[:1], self._les["batch"])
         return out.text()
+
+
+def _totals(out: TextSink, totals: list[tuple[int, Totals]], join_labels: bool) -> None:
+    """The partitions' counts, each under its partition: a count that moves to another replica with
+    its partition continues its own series there."""
+    families: list[tuple[str, str, Callable[[Totals], dict[str, int]]]] = [
+        ("inferwatch_events_invalid", "reason", attrgetter("invalid")),
+        ("inferwatch_values_out_of_range", "field", attrgetter("out_of_range")),
+        ("inferwatch_labels", "outcome", attrgetter("labels") if join_labels else _inline),
+    ]
+    for name, label, pick in families:
+        sets: list[str] = []
+        values: list[int] = []
+        for pn, t in totals:
+            for k, n in pick(t).items():
+                sets.append(f'{label}="{k}",partition="{pn}"')
+                values.append(n)
+        out.samples(name, sets, values)
+
+
+def _inline(t: Totals) -> dict[str, int]:
+    return {"inline": t.labels["inline"]}
 
 
 def _loop_lines(f: TextSink, loop: LoopStats) -> None:

@@ -6,8 +6,8 @@ from typing import Protocol
 
 import structlog
 
-from daemon.ingest.decode import REASONS, DecodeFailure
-from daemon.ingest.plausible import FIELDS, OutOfRange
+from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.plausible import OutOfRange
 from daemon.ingest.sources import RawRecord
 from daemon.runtime.logs import SampledLog
 
@@ -25,19 +25,14 @@ class DeadLetterSink(Protocol):
 
 
 class InvalidRecords:
+    """Logs bad input in samples and copies invalid records to the dead-letter sink; the counts are
+    the partitions' (`daemon.state.totals`)."""
+
     def __init__(self, sampled: SampledLog, dead_letter: DeadLetterSink | None = None) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
-        # Values dropped from valid events as implausible, by field (the event itself counts).
-        self.values: dict[str, int] = dict.fromkeys(FIELDS, 0)
         self._sampled = sampled
         self.dead_letter = dead_letter
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
     def record(self, record: RawRecord, failure: DecodeFailure) -> None:
-        self.counts[failure.reason] = self.counts.get(failure.reason, 0) + 1
         suppressed = self._sampled.should_log(failure.reason)
         if suppressed is not None:
             log.warning(
@@ -53,7 +48,6 @@ class InvalidRecords:
             self.dead_letter.send(record, failure)
 
     def out_of_range(self, dropped: OutOfRange) -> None:
-        self.values[dropped.field] += dropped.dropped
         suppressed = self._sampled.should_log(f"out_of_range:{dropped.field}")
         if suppressed is not None:
             log.warning(

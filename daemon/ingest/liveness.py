@@ -53,7 +53,8 @@ class BrokerProbe:
                     self.last_contact = time.time()
             except Exception as exc:  # any failure is "no answer": start over with a new client
                 log.debug("broker_probe_failed", error=repr(exc))
-                client = _close(client)
+                _close(client)
+                client = None
             self._stop.wait(self.interval_s)
         _close(client)
 

@@ -30,6 +30,7 @@ class OutOfRange(NamedTuple):
     bound: str
     model: str
     position: int  # the first one's input position (record offset, file line)
+    partitions: dict[int, int]  # how many per partition
 
 
 def enforce(batch: Batch, record_time: Floats, bounds: PlausibilityConfig) -> list[OutOfRange]:
@@ -69,6 +70,7 @@ def enforce(batch: Batch, record_time: Floats, bounds: PlausibilityConfig) -> li
 
 def _dropped(batch: Batch, field: str, column: Floats, bad: np.ndarray, bound: str) -> OutOfRange:
     first = int(np.argmax(bad))
+    parts, counts = np.unique(batch.partition[bad], return_counts=True)
     return OutOfRange(
         field,
         int(bad.sum()),
@@ -76,4 +78,5 @@ def _dropped(batch: Batch, field: str, column: Floats, bad: np.ndarray, bound: s
         bound,
         batch.keys[int(batch.key[first])][0],
         int(batch.index[first]),
+        dict(zip(parts.tolist(), counts.tolist(), strict=True)),
     )

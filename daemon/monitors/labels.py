@@ -223,7 +223,7 @@ class LabelJoin:
         """Every entry, oldest first, with times as ages (a restore in a new process works).
 
         Nothing expires here: a snapshot must not change what an uninterrupted run would do. The
-        outcome counts are the process's, not this join's: they are not in it.
+        outcome counts are the partition's `Totals`, checkpointed with them.
         """
         now = self.clock()
         return {

@@ -271,8 +271,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         p = self.pipeline
         keys = p.summary()
+        invalid = p.totals().invalid
         with p.lock:
-            invalid = dict(p.invalid.counts)
             overflow = dict(p.overflow.counts)
         return {
             "version": __version__,

@@ -45,18 +45,18 @@ def replay_state(path: str | Path, config: Config, labels: str | Path | None = N
     finally:
         source.close()
     summary = pipeline.summary()
+    totals = pipeline.totals()
     report: dict[str, Any] = {
         "events": sum(row["events"] for row in summary),
-        "invalid": pipeline.invalid.total,
-        "invalid_by_reason": {r: n for r, n in pipeline.invalid.counts.items() if n},
-        "out_of_range": {f: n for f, n in pipeline.invalid.values.items() if n},
+        "invalid": totals.invalid_records,
+        "invalid_by_reason": {r: n for r, n in totals.invalid.items() if n},
+        "out_of_range": {f: n for f, n in totals.out_of_range.items() if n},
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": sorted(canary, key=lambda e: e["index"]),
         "summary": summary,
     }
     if feed is not None:
-        assert pipeline.join_counts is not None
-        report["labels"] = {**pipeline.join_counts, "inline": pipeline.inline_labels, "invalid": feed.invalid}
+        report["labels"] = {**totals.labels, "invalid": feed.invalid}
     return report, pipeline
 
 

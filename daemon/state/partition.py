@@ -25,6 +25,7 @@ from daemon.monitors.quality import KeyPerformance, graded
 from daemon.monitors.reservoir import Reservoir, Sample
 from daemon.monitors.traffic import Traffic
 from daemon.state.routing import OTHER_KEY
+from daemon.state.totals import Totals
 from detectors.metrics import CLASSIFICATION, Graded, confidence, is_positive, is_wrong
 
 Ints = npt.NDArray[np.int64]
@@ -37,7 +38,7 @@ class Shared:
     config: Config
     calibrator: Calibrator
     overflow: Overflow
-    join_counts: dict[str, int] | None  # None: predictions do not wait for labels (no labels topic)
+    join_labels: bool  # False: predictions do not wait for labels (no labels topic)
     references: dict[Key, dict[str, list[Any]]]
     reservoir_models: frozenset[str]
 
@@ -58,10 +59,11 @@ class PartitionState:
             else None
         )
         self.canary = Canary(c.canary, self.keys) if c.canary.enabled else None
+        self.totals = Totals()
         self.join = (
-            None
-            if shared.join_counts is None
-            else LabelJoin(c.labels.ttl_seconds, c.labels.max_entries, c.labels.hold_seconds, counts=shared.join_counts)
+            LabelJoin(c.labels.ttl_seconds, c.labels.max_entries, c.labels.hold_seconds, counts=self.totals.labels)
+            if shared.join_labels
+            else None
         )
         self.reservoirs: dict[str, Reservoir] = {}
 
@@ -257,6 +259,7 @@ class PartitionState:
             "canary": None if self.canary is None else self.canary.snapshot(),
             "join": None if self.join is None else self.join.snapshot(),
             "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items()},
+            "totals": self.totals.snapshot(),
         }
 
     @classmethod
@@ -265,6 +268,8 @@ class PartitionState:
         drift) are dropped; parts it has that the shard lacks start empty."""
         state = cls(int(shard["partition"]), shared)
         state.offsets = {str(t): int(o) for t, o in shard["offsets"]}
+        if "totals" in shard:  # shards written before totals were the partition's start at zero
+            state.totals.restore(shard["totals"])
         if state.canary is not None and shard["canary"] is not None:
             state.canary.restore(shard["canary"])
         keys: list[Key] = [(str(k[0]), str(k[1]), str(k[2])) for k in shard["keys"]]

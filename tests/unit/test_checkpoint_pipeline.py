@@ -2,8 +2,9 @@
 
 The groundwork of checkpoints (issue 7), per partition since the columnar core (issue 13): each
 partition's shard holds its keys' traffic, quality windows and drift streams, its canaries, its
-label-join entries, the reservoirs of its models and its offsets; the process part holds the
-process-wide counters. Checkpoints are stored through the binary codec (`daemon.state.codec`), so
+label-join entries, the reservoirs of its models, its offsets and its counts (records, invalid
+records, implausible values, label outcomes); the process part holds the replay clock and the
+cardinality overflow counts. Checkpoints are stored through the binary codec (`daemon.state.codec`), so
 every restore here goes through it.
 """
 
@@ -112,9 +113,9 @@ class Run:
         return {
             "summary": p.summary(),
             "records": p.records,
-            "invalid": dict(p.invalid.counts),
+            "invalid": p.totals().invalid,
             "overflow": dict(p.overflow.counts),
-            "labels": dict(p.join_counts or {}),
+            "labels": p.totals().labels,
             "canary": p.canary_report(None),
             "samples": p.shadow_samples(),
             "metrics": self.metrics(),
@@ -159,8 +160,8 @@ def test_the_scenario_exercises_what_a_checkpoint_must_carry(whole: Run) -> None
     p = whole.pipeline
     assert {a.stream for a in whole.alerts} >= {"feature:f0"}  # drift detected after the change
     assert [e["verdict"] for e in whole.canary] == ["inconclusive", "fail"]  # the slower canary fails
-    assert p.join_counts is not None and p.join_counts["joined"] > 0
-    assert p.invalid.counts["malformed_json"] > 0
+    assert p.totals().labels["joined"] > 0
+    assert p.totals().invalid["malformed_json"] > 0
     for model, partition in HOMES.items():
         assert p.router.home(model) is p.partitions[partition]
     assert set(p.partitions[1].reservoirs) == {"fraud-detector"}
@@ -260,6 +261,11 @@ def _of_models(metrics: dict[Any, Any]) -> dict[Any, Any]:
     return {k: v for k, v in metrics.items() if any(name == "model" for name, _ in k[1])}
 
 
+def _of_partitions(metrics: dict[Any, Any]) -> dict[Any, Any]:
+    """The partitions' counts (invalid records, label outcomes...): series with a partition label."""
+    return {k: v for k, v in metrics.items() if any(name == "partition" for name, _ in k[1])}
+
+
 @pytest.mark.parametrize("split", [4, 17])
 def test_each_partition_moves_alone_with_its_state(batches: list[list[RawRecord]], whole: Run, split: int) -> None:
     """A replica assigned one partition restores its shard alone and continues it exactly."""
@@ -283,9 +289,14 @@ def test_each_partition_moves_alone_with_its_state(batches: list[list[RawRecord]
     samples = {m: s for run in owners for m, s in run.pipeline.shadow_samples().items() if s}
     assert samples == {m: s for m, s in whole.pipeline.shadow_samples().items() if s}
     series: dict[Any, Any] = {}
+    counts: dict[Any, Any] = {}
     for run in owners:
         series |= _of_models(run.metrics())
+        counts |= _of_partitions(run.metrics())
     assert series == _of_models(whole.metrics())
+    # Invalid records and label outcomes moved with their partitions, under their partition label.
+    assert counts == _of_partitions(whole.metrics())
+    assert sum(v for (name, _), v in counts.items() if name == "inferwatch_events_invalid_total") > 0
 
 
 @pytest.mark.parametrize("dropped", [0, 1])

@@ -105,6 +105,6 @@ def test_pipeline_survives_any_batch_and_counts_every_record(values: list[bytes]
     pipeline = build_pipeline(Config())
     records = [RawRecord("t", 0, i, 1.0, None, v) for i, v in enumerate(values)]
     offsets = pipeline.process(chunks_of(records))
-    assert pipeline.events + pipeline.invalid.total == len(values)
+    assert pipeline.events + pipeline.totals().invalid_records == len(values)
     if values:
         assert offsets == {("t", 0): len(values)}

@@ -84,7 +84,7 @@ def test_every_record_is_counted_once_and_none_is_internal(batch: list[tuple[str
     pipeline.process(chunks_of([RawRecord(topic, 0, i, 1.0, None, value) for i, (topic, value, _) in enumerate(batch)]))
 
     assert failures["internal"] == 0, [o for o in alone if isinstance(o, DecodeFailure) and o.reason == "internal"]
-    assert {r: n for r, n in pipeline.invalid.counts.items() if n} == dict(failures)
+    assert {r: n for r, n in pipeline.totals().invalid.items() if n} == dict(failures)
     assert pipeline.events == valid_events
     # Untouched generator records are valid.
     assert not [

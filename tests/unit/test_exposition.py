@@ -68,8 +68,8 @@ def test_scrape_reflects_state_exactly(daemon: Daemon) -> None:
     assert s[("inferwatch_llm_time_to_first_token_seconds_count", key("b"))] == 1
     assert s[("inferwatch_llm_output_tokens_total", key("b"))] == 9
     assert s[("inferwatch_last_event_timestamp_seconds", key("b"))] == 1002.0
-    assert s[("inferwatch_events_invalid_total", (("reason", "malformed_json"),))] == 1
-    assert s[("inferwatch_events_invalid_total", (("reason", "missing_field"),))] == 1
+    assert s[("inferwatch_events_invalid_total", (("partition", "0"), ("reason", "malformed_json")))] == 1
+    assert s[("inferwatch_events_invalid_total", (("partition", "0"), ("reason", "missing_field")))] == 1
     assert s[("inferwatch_cardinality_overflow_total", (("dimension", "key"),))] == 1
     assert s[("inferwatch_build_info", (("python_version", _py()), ("version", _ver())))] == 1
 

@@ -15,6 +15,11 @@ Changed on purpose since the recording before the columnar core (ecca19d):
   that completes the threshold count exceedances (before: the whole poll that completed it).
 - `inferwatch_cardinality_overflow_total{dimension="feature_level"}`: a new dimension (levels of a
   categorical feature past drift's per-feature cap), 0 here.
+Changed on purpose by issue 14:
+- `inferwatch_events_invalid_total` and `inferwatch_labels_total` carry a `partition` label (the
+  counts are the partitions' and move with them); same values.
+- new: `inferwatch_values_out_of_range_total{field,partition}` (0 here), and the report's
+  `out_of_range` ({} here).
 The report's counts, alerts (indices, scores) and summary, and every other sample, are unchanged.
 """
 
