@@ -83,6 +83,10 @@ class KafkaConfig(_Section):
     # process, which hands raw records over, so that parsing overlaps with the pipeline on
     # another core. false: in the daemon's own process (one core's worth of CPU for both).
     consumer_process: bool = True
+    # Event-time order across partitions (daemon/ingest/align.py): a partition whose newest record
+    # time is more than this ahead of the slowest partition with records left to read is paused
+    # until that one catches up, so a backlog replays in time order across partitions and topics.
+    max_time_skew_ms: int = Field(1_000, ge=0)
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod

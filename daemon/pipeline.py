@@ -123,6 +123,7 @@ class Pipeline:
             self.canary_sink(timeline)
 
     def _events(self, batch: Batch) -> tuple[list[DriftAlert], list[dict[str, Any]]]:
+        batch = _in_time_order(batch)
         n_keys = len(batch.keys)
         hits: list[tuple[PartitionState, int] | None] = list(map(self.router.get, batch.keys))
         over_of = np.zeros(n_keys, dtype=np.bool_)
@@ -369,3 +370,17 @@ class Pipeline:
                 state = self.partitions.pop(p, None)
                 if state is not None:
                     self.router.drop(state, list(self.partitions.values()))
+
+
+def _in_time_order(batch: Batch) -> Batch:
+    """A batch read from several partitions, in event-time order (stable): each partition's records
+    come in offset order, one partition after another, so a model spread over partitions, or read
+    from a backlog, would otherwise reach drift and canaries old and new interleaved."""
+    p = batch.partition
+    if len(p) < 2 or not (p != p[0]).any():
+        return batch
+    t = batch.time
+    with np.errstate(invalid="ignore"):
+        if not (t[1:] < t[:-1]).any():
+            return batch
+    return batch.take(np.argsort(t, kind="stable"))

@@ -19,6 +19,7 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
+from daemon.ingest.align import TimeAligner
 from daemon.ingest.decode import DecodeFailure
 from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
 from daemon.runtime.logs import SampledLog
@@ -55,6 +56,12 @@ class KafkaSource:
         self.before_revoke: Callable[[list[TopicPartition]], None] | None = None
         # Called with newly assigned partitions, where seek() may move them (a checkpoint's offsets).
         self.after_assign: Callable[[list[TopicPartition]], None] | None = None
+        topics = list(dict.fromkeys([*config.topics, *extra_topics]))
+        self._aligner = TimeAligner(topics, config.max_time_skew_ms / 1000.0)
+        # Paused because the caller asked (state not restored yet), and because they run ahead.
+        self._held: set[TopicPartition] = set()
+        self._ahead: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
         self._consumer = KafkaConsumer(
             bootstrap_servers=list(config.bootstrap_servers),
             group_id=config.group_id,
@@ -78,7 +85,7 @@ class KafkaSource:
             # which does not.
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._consumer.subscribe(topics=list(dict.fromkeys([*config.topics, *extra_topics])), listener=_Rebalance(self))
+        self._consumer.subscribe(topics=topics, listener=_Rebalance(self))
 
     def _error(self, operation: str, exc: BaseException) -> None:
         self.errors[operation] = self.errors.get(operation, 0) + 1
@@ -92,7 +99,28 @@ class KafkaSource:
         except KafkaError as exc:
             self._error("poll", exc)
             return []
-        return chunks(polled)
+        out = chunks(polled)
+        self._align(out)
+        return out
+
+    def _align(self, polled: list[Chunk]) -> None:
+        self._aligner.observe(polled)
+        assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+        if len(assigned) < 2:
+            return
+        ahead = self._aligner.ahead(assigned, self.lag(), self._held)
+        if ahead != self._ahead:
+            self._ahead = ahead
+            self._apply_pauses()
+
+    def _apply_pauses(self) -> None:
+        want = self._held | self._ahead
+        pause, resume = want - self._paused, self._paused - want
+        if pause:
+            self._consumer.pause(*(KafkaTP(*tp) for tp in pause))
+        if resume:
+            self._consumer.resume(*(KafkaTP(*tp) for tp in resume))
+        self._paused = want
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit next-offsets of partitions still assigned. False when the broker refused."""
@@ -109,20 +137,28 @@ class KafkaSource:
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions))
+        # kafka-python forgets a revoked partition's pause; so does this source.
+        gone = set(partitions)
+        self._held -= gone
+        self._ahead -= gone
+        self._paused -= gone
+        self._aligner.forget(gone)
         if self.before_revoke is not None:
             self.before_revoke(partitions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
+        self._aligner.forget([tp])
 
     def pause(self, tps: list[TopicPartition]) -> None:
-        """Fetch nothing from `tps` until `resume` (their state is not restored yet)."""
-        if tps:
-            self._consumer.pause(*(KafkaTP(*tp) for tp in tps))
+        """Fetch nothing from `tps` until `resume` (their state is not restored yet). Partitions
+        paused for running ahead stay paused until they no longer do."""
+        self._held |= set(tps)
+        self._apply_pauses()
 
     def resume(self, tps: list[TopicPartition]) -> None:
-        if tps:
-            self._consumer.resume(*(KafkaTP(*tp) for tp in tps))
+        self._held -= set(tps)
+        self._apply_pauses()
 
     def lag(self) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
