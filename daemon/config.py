@@ -87,6 +87,10 @@ class KafkaConfig(_Section):
     # time is more than this ahead of the slowest partition with records left to read is paused
     # until that one catches up, so a backlog replays in time order across partitions and topics.
     max_time_skew_ms: int = Field(1_000, ge=0)
+    # Producers do not key records by model (they key by request id, or not at all): re-key them by
+    # model through the internal topic <group_id>-inferwatch-repartition, so that each model's state
+    # lives in one place (daemon/ingest/repartition.py). false: the input is keyed by model.
+    repartition: bool = False
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod
@@ -254,9 +258,10 @@ class PlausibilityConfig(_Section):
     max_ttft_ms: float = Field(3_600_000.0, gt=0, description="ttft_ms above this is dropped")
     max_tokens: int = Field(10_000_000, ge=1, description="tokens_in/tokens_out above this are dropped")
     # An event's own timestamp further than this ahead of (or behind) its Kafka record's time is
-    # replaced by the record's time. Without a record time (replay), 1970-2100 is plausible.
+    # replaced by the record's time. Without a record time (replay), 1970-2100 is plausible. No
+    # bound behind by default: logs written to Kafka long after the fact (a backfill) are fine.
     max_timestamp_ahead_s: float = Field(300.0, ge=0, description="event time ahead of the record time")
-    max_timestamp_behind_s: float = Field(604_800.0, ge=0, description="event time behind the record time")
+    max_timestamp_behind_s: float | None = Field(None, ge=0, description="event time behind the record time")
 
 
 class LabelsConfig(_Section):

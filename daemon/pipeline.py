@@ -19,8 +19,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import structlog
 
 from daemon.config import Config
+from daemon.ingest import repartition
 from daemon.ingest.batch import Batch, Key
 from daemon.ingest.decode import ChunkDecoder, LabelRecord
 from daemon.ingest.invalid import InvalidRecords
@@ -32,6 +34,8 @@ from daemon.monitors.reservoir import Sample
 from daemon.state.partition import PartitionState, Shared
 from daemon.state.routing import OTHER_KEY, Router
 from daemon.state.totals import Totals
+
+log = structlog.get_logger(__name__)
 
 AlertSink = Callable[[list[DriftAlert]], None]
 # Receives canary timeline entries: one per change of verdict (docs/operations.md, `replay`).
@@ -77,6 +81,8 @@ class Pipeline:
         self.alert_sink = alert_sink
         self.canary_sink = canary_sink
         self.lock = threading.Lock()
+        kafka = config.source.kafka
+        self.repartition_topic = repartition.topic_name(kafka.group_id) if kafka.repartition else None
         # Newest event time seen: the clock of a replay's label join.
         self.watermark = 0.0
 
@@ -90,7 +96,10 @@ class Pipeline:
 
     def process(self, chunks: Sequence[Chunk]) -> dict[TopicPartition, int]:
         """Fold a poll's chunks into state; return the next offset to commit per partition."""
-        decoded = self.decoder.decode(chunks)  # no state is touched: outside the lock
+        offsets = {(c.topic, c.partition): c.offsets[-1] + 1 for c in chunks if len(c)}
+        # Only this thread changes what was seen (a snapshot is taken between batches, by it too).
+        parts = self._unwrap(chunks) if self.repartition_topic is not None else chunks
+        decoded = self.decoder.decode(parts)  # no state is touched: outside the lock
         alerts: list[DriftAlert] = []
         timeline: list[dict[str, Any]] = []
         with self.lock:
@@ -111,10 +120,23 @@ class Pipeline:
                 for p, n in dropped.partitions.items():
                     self.partition(p).totals.out_of_range[dropped.field] += n
                 self.invalid.out_of_range(dropped)
-            for (topic, p), offset in decoded.offsets.items():
+            for (topic, p), offset in offsets.items():
                 self.partition(p).offsets[topic] = offset
         self._emit(alerts, timeline)
-        return decoded.offsets
+        return offsets
+
+    def _unwrap(self, chunks: Sequence[Chunk]) -> list[Chunk]:
+        """Records of the repartition topic back into events and labels, each record once."""
+        out: list[Chunk] = []
+        for c in chunks:
+            if c.topic != self.repartition_topic:
+                out.append(c)
+                continue
+            events, labels, duplicates = repartition.unwrap(c, self.partition(c.partition).seen)
+            out += [x for x in (events, labels) if x is not None]
+            if duplicates:
+                log.info("repartition_duplicates_dropped", partition=c.partition, records=duplicates)
+        return out
 
     def _emit(self, alerts: list[DriftAlert], timeline: list[dict[str, Any]]) -> None:
         if alerts and self.alert_sink is not None:

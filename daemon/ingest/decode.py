@@ -121,7 +121,7 @@ class ChunkDecoder:
                 continue
             records += n
             next_offsets[(chunk.topic, chunk.partition)] = chunk.offsets[-1] + 1
-            if chunk.topic == self.labels_topic:
+            if chunk.labels or chunk.topic == self.labels_topic:
                 self._labels(chunk, labels, failures)
                 continue
             values = chunk.values

@@ -19,8 +19,10 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
+from daemon.ingest import repartition
 from daemon.ingest.align import TimeAligner
 from daemon.ingest.decode import DecodeFailure
+from daemon.ingest.repartition import Repartitioner
 from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
 from daemon.runtime.logs import SampledLog
 
@@ -36,8 +38,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: list[KafkaTP]) -> None:
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        stateful = self._source.stateful([(tp.topic, tp.partition) for tp in assigned])
         if self._source.after_assign is not None:
-            self._source.after_assign([(tp.topic, tp.partition) for tp in assigned])
+            self._source.after_assign(stateful)
 
 
 class KafkaSource:
@@ -45,6 +48,10 @@ class KafkaSource:
 
     `before_revoke` is called with the partitions about to be taken away, while their offsets
     are still ours to commit: the app flushes its sinks and commits there.
+
+    With `repartition`, the source also runs the stateless stage (daemon/ingest/repartition.py):
+    what it polls from the input topics it writes to the repartition topic and commits itself;
+    its caller sees the repartition topic only (its chunks, partitions, callbacks and commits).
     """
 
     def __init__(
@@ -58,6 +65,15 @@ class KafkaSource:
         self.after_assign: Callable[[list[TopicPartition]], None] | None = None
         topics = list(dict.fromkeys([*config.topics, *extra_topics]))
         self._aligner = TimeAligner(topics, config.max_time_skew_ms / 1000.0)
+        self._forwarder: Repartitioner | None = None
+        self.repartition_topic: str | None = None
+        if config.repartition:
+            self.repartition_topic = repartition.topic_name(config.group_id)
+            repartition.ensure_topic(config.bootstrap_servers, self.repartition_topic, topics)
+            self._forwarder = Repartitioner(
+                config.bootstrap_servers, self.repartition_topic, extra_topics, config.commit_timeout_ms / 1000.0
+            )
+            topics.append(self.repartition_topic)
         # Paused because the caller asked (state not restored yet), and because they run ahead.
         self._held: set[TopicPartition] = set()
         self._ahead: set[TopicPartition] = set()
@@ -99,19 +115,43 @@ class KafkaSource:
         except KafkaError as exc:
             self._error("poll", exc)
             return []
-        out = chunks(polled)
-        self._align(out)
-        return out
+        out = self._align(chunks(polled))
+        if self._forwarder is None:
+            return out
+        assert self.repartition_topic is not None
+        inputs, state = repartition.stages(out, self.repartition_topic)
+        if inputs:
+            self._forward(inputs)
+        return state
 
-    def _align(self, polled: list[Chunk]) -> None:
-        self._aligner.observe(polled)
-        assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-        if len(assigned) < 2:
+    def _forward(self, inputs: list[Chunk]) -> None:
+        """The stateless stage: re-key, wait for the broker, commit the input. On failure, read the
+        records again (the stateful stage drops those that did get through)."""
+        assert self._forwarder is not None
+        try:
+            done = self._forwarder.forward(inputs)
+        except KafkaError as exc:
+            self._error("repartition", exc)
+            for c in inputs:
+                self.seek((c.topic, c.partition), c.offsets[0])
             return
-        ahead = self._aligner.ahead(assigned, self.lag(), self._held)
+        self.commit(done)
+
+    def stateful(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """The partitions whose records change state: the repartition topic's, when there is one."""
+        if self.repartition_topic is None:
+            return tps
+        return [tp for tp in tps if tp[0] == self.repartition_topic]
+
+    def _align(self, polled: list[Chunk]) -> list[Chunk]:
+        """What the poll read, in event-time order across partitions (daemon/ingest/align.py)."""
+        out = self._aligner.add(polled)
+        assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+        released, ahead = self._aligner.release(assigned, self._unread(), self._held)
         if ahead != self._ahead:
             self._ahead = ahead
             self._apply_pauses()
+        return out + released
 
     def _apply_pauses(self) -> None:
         want = self._held | self._ahead
@@ -144,7 +184,7 @@ class KafkaSource:
         self._paused -= gone
         self._aligner.forget(gone)
         if self.before_revoke is not None:
-            self.before_revoke(partitions)
+            self.before_revoke(self.stateful(partitions))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
@@ -161,6 +201,13 @@ class KafkaSource:
         self._apply_pauses()
 
     def lag(self) -> dict[TopicPartition, int]:
+        """Records not processed yet: not read, or read and waiting for their turn."""
+        out = self._unread()
+        for tp, c in self._aligner.buffered.items():
+            out[tp] = out.get(tp, 0) + len(c)
+        return out
+
+    def _unread(self) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
         c = self._consumer
         for tp in c.assignment():
@@ -178,6 +225,8 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.close()
         try:
             self._consumer.close(autocommit=False)
         except KafkaError as exc:

@@ -8,6 +8,7 @@ while the rest of the event counts as usual. An event time too far from its Kafk
 
 from __future__ import annotations
 
+import math
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -49,17 +50,14 @@ def enforce(batch: Batch, record_time: Floats, bounds: PlausibilityConfig) -> li
             out.append(_dropped(batch, field, column, bad, f"<= {limit:g}"))
             column[bad] = np.nan
     t = batch.time
+    behind = math.inf if bounds.max_timestamp_behind_s is None else bounds.max_timestamp_behind_s
     with np.errstate(invalid="ignore"):
         known = ~np.isnan(record_time)
         skew = t - record_time
-        bad = np.where(
-            known,
-            (skew > bounds.max_timestamp_ahead_s) | (skew < -bounds.max_timestamp_behind_s),
-            (t < 0) | (t >= EPOCH_MAX),
-        )
+        bad = np.where(known, (skew > bounds.max_timestamp_ahead_s) | (skew < -behind), (t < 0) | (t >= EPOCH_MAX))
     if bad.any():
         bound = (
-            f"within -{bounds.max_timestamp_behind_s:g}s/+{bounds.max_timestamp_ahead_s:g}s of the record time"
+            f"within -{behind:g}s/+{bounds.max_timestamp_ahead_s:g}s of the record time"
             if known[np.argmax(bad)]
             else "in 1970-2100 (no record time)"
         )

@@ -36,10 +36,18 @@ class Chunk(NamedTuple):
     timestamps: Sequence[float | None] | None
     keys: Sequence[bytes | None] | None
     values: Sequence[bytes | None]
+    # Records that came through the repartition topic (daemon.ingest.repartition): each one's
+    # input (topic, partition, offset), or None; and whether they are labels.
+    origins: Sequence[tuple[str, int, int] | None] | None = None
+    labels: bool = False
 
     def record(self, i: int) -> RawRecord:
+        """Record i as the input had it (its origin, when it came through the repartition topic)."""
         ts = self.timestamps[i] if self.timestamps is not None else None
         key = self.keys[i] if self.keys is not None else None
+        o = self.origins[i] if self.origins is not None else None
+        if o is not None:
+            return RawRecord(o[0], o[1], o[2], ts, key, self.values[i])
         return RawRecord(self.topic, self.partition, self.offsets[i], ts, key, self.values[i])
 
     def __len__(self) -> int:

@@ -49,6 +49,9 @@ class PartitionState:
         self.shared = shared
         c = shared.config
         self.offsets: dict[str, int] = {}  # topic -> next offset
+        # Read through the repartition topic: the newest input offset seen per "topic/partition"
+        # of the input (daemon.ingest.repartition.unwrap drops what it already covers).
+        self.seen: dict[str, int] = {}
         self.keys: list[Key] = []
         self._rows: dict[Key, int] = {}
         self.traffic = Traffic(c.metrics, c.limits, shared.overflow)
@@ -260,6 +263,7 @@ class PartitionState:
             "join": None if self.join is None else self.join.snapshot(),
             "reservoirs": {model: r.snapshot() for model, r in self.reservoirs.items()},
             "totals": self.totals.snapshot(),
+            "seen": dict(self.seen),
         }
 
     @classmethod
@@ -270,6 +274,7 @@ class PartitionState:
         state.offsets = {str(t): int(o) for t, o in shard["offsets"]}
         if "totals" in shard:  # shards written before totals were the partition's start at zero
             state.totals.restore(shard["totals"])
+        state.seen = {str(k): int(v) for k, v in shard.get("seen", {}).items()}
         if state.canary is not None and shard["canary"] is not None:
             state.canary.restore(shard["canary"])
         keys: list[Key] = [(str(k[0]), str(k[1]), str(k[2])) for k in shard["keys"]]

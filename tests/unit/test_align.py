@@ -16,37 +16,47 @@ def _chunk(topic: str, partition: int, times: list[float]) -> Chunk:
     return Chunk(topic, partition, list(range(n)), times, [None] * n, [b"{}"] * n)
 
 
-def test_a_partition_ahead_of_the_slowest_pending_one_is_paused_until_it_catches_up() -> None:
+def _released(out: list[Chunk]) -> list[tuple[str, int, float]]:
+    return [(c.topic, c.partition, t) for c in out for t in c.timestamps or ()]
+
+
+def test_records_wait_until_every_partition_with_records_left_has_caught_up() -> None:
     a = TimeAligner(["events", "labels"], max_skew_s=1.0)
     parts = [("events", 0), ("events", 1), ("labels", 0)]
-    a.observe([_chunk("events", 0, [10.0, 11.0]), _chunk("events", 1, [100.0]), _chunk("labels", 0, [11.5])])
     lag = dict.fromkeys(parts, 5)
-    assert a.ahead(parts, lag, ()) == {("events", 1)}  # 11.5 is within 1 s of 11.0
-    a.observe([_chunk("labels", 0, [99.8])])  # labels read ahead too
-    assert a.ahead(parts, lag, ()) == {("events", 1), ("labels", 0)}
+    passed = a.add([_chunk("events", 0, [10.0, 11.0]), _chunk("events", 1, [14.0, 100.0]), _chunk("other", 0, [1.0])])
+    assert _released(passed) == [("other", 0, 1.0)]  # not aligned: passes at once
+    # labels-0 may hold the oldest records: nothing goes, and the partitions read are paused.
+    out, ahead = a.release(parts, lag, ())
+    assert out == [] and ahead == {("events", 0), ("events", 1)}
+    a.add([_chunk("labels", 0, [10.5, 12.0])])
+    out, ahead = a.release(parts, lag, ())  # the floor is 11.0, events-0's newest
+    assert _released(out) == [("events", 0, 10.0), ("events", 0, 11.0), ("labels", 0, 10.5)]
+    assert ahead == {("events", 1)}  # 100 is more than 1 s past the floor
     # A partition paused for another reason (state not restored) cannot deliver: it holds nobody.
-    assert a.ahead(parts, lag, {("events", 0)}) == set()
-    a.observe([_chunk("events", 0, [99.5])])  # the slowest catches up: nobody is ahead
-    assert a.ahead(parts, lag, ()) == set()
-    # A partition with nothing left to read holds nobody back: live traffic is never paused.
-    a.observe([_chunk("labels", 0, [200.0])])
-    assert a.ahead(parts, lag, ()) == {("labels", 0)}
-    assert a.ahead(parts, {**lag, ("events", 0): 0, ("events", 1): 0}, ()) == set()
+    out, ahead = a.release(parts, lag, {("events", 0)})
+    assert _released(out) == [("labels", 0, 12.0)] and ahead == {("events", 1)}
+    # A partition with nothing left to read holds nobody back: live traffic is never held.
+    out, ahead = a.release(parts, {**lag, ("events", 0): 0, ("labels", 0): 0}, ())
+    assert _released(out) == [("events", 1, 14.0), ("events", 1, 100.0)] and ahead == set()
+    assert a.buffered == {}
 
 
 def test_a_partition_not_read_yet_holds_the_others_for_a_while() -> None:
     now = [0.0]
     a = TimeAligner(["events"], max_skew_s=1.0, clock=lambda: now[0])
-    parts = [("events", 0), ("events", 1), ("other", 0)]
-    a.observe([_chunk("events", 0, [10.0]), _chunk("other", 0, [0.0])])
-    assert a.ahead(parts, {}, ()) == {("events", 0)}  # events-1 may hold older records
-    assert a.ahead(parts, {("events", 1): 0}, ()) == set()  # it has none
-    now[0] = 6.0
-    assert a.ahead(parts, {}, ()) == set()  # it said nothing for too long
-    # Records without times (an old message format) take no part.
+    parts = [("events", 0), ("events", 1)]
+    a.add([_chunk("events", 0, [10.0])])
+    assert a.release(parts, {}, ()) == ([], {("events", 0)})  # events-1 may hold older records
+    now[0] = 6.0  # it said nothing for too long
+    assert _released(a.release(parts, {}, ())[0]) == [("events", 0, 10.0)]
+    # Records without times (an old message format) take no part; forgotten partitions lose their buffer.
     b = TimeAligner(["events"], max_skew_s=1.0)
-    b.observe([_chunk("events", 0, [10.0]), Chunk("events", 1, [0], None, [None], [b"{}"])])
-    assert b.ahead(parts[:2], {}, ()) == set()
+    b.add([Chunk("events", 1, [0], None, [None], [b"{}"]), _chunk("events", 0, [5.0])])
+    b.add([_chunk("events", 2, [1.0])])
+    b.forget([("events", 2)])
+    assert [(c.partition, len(c)) for c in b.release(parts, {}, ())[0]] == [(1, 1), (0, 1)]
+    assert b.buffered == {}
 
 
 def test_a_batch_from_several_partitions_reaches_drift_in_event_time_order() -> None:

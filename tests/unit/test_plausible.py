@@ -59,7 +59,7 @@ def test_a_huge_latency_and_token_count_stay_out_of_sums_and_the_events_still_co
 
 def test_a_timestamp_far_from_the_record_time_is_replaced_by_it() -> None:
     s = _scrape(
-        {},
+        {"plausibility": {"max_timestamp_behind_s": 7 * 86_400}},
         [
             _record(0, timestamp=NOW - 10),
             _record(1, timestamp=1e15),  # would pin the freshness gauge for ever
@@ -88,4 +88,10 @@ def test_bounds_come_from_config() -> None:
 def test_now_is_plausible_by_default() -> None:
     now = time.time()
     s = _scrape({}, [_record(0, now, timestamp=now + 1, latency_ms=1_000_000, tokens_in=2_000_000)])
+    assert total(s, "inferwatch_values_out_of_range_total") == 0
+
+
+def test_old_logs_written_to_kafka_late_keep_their_time_by_default() -> None:
+    s = _scrape({}, [_record(0, timestamp=NOW - 3 * 365 * 86_400)])
+    assert total(s, "inferwatch_last_event_timestamp_seconds") == NOW - 3 * 365 * 86_400
     assert total(s, "inferwatch_values_out_of_range_total") == 0
