@@ -31,6 +31,7 @@ from daemon.monitors.drift import Calibrator, DriftAlert
 from daemon.monitors.labels import JoinedLabel
 from daemon.monitors.names import Overflow
 from daemon.monitors.reservoir import Sample
+from daemon.runtime.logs import SampledLog
 from daemon.state.partition import PartitionState, Shared
 from daemon.state.routing import OTHER_KEY, Router
 from daemon.state.totals import Totals
@@ -81,6 +82,9 @@ class Pipeline:
         self.alert_sink = alert_sink
         self.canary_sink = canary_sink
         self.lock = threading.Lock()
+        # Events of each model that arrived on a partition other than its home (see _spread).
+        self.unkeyed: dict[str, int] = {}
+        self._sampled = SampledLog(config.logging.invalid_sample_seconds)
         kafka = config.source.kafka
         self.repartition_topic = repartition.topic_name(kafka.group_id) if kafka.repartition else None
         # Newest event time seen: the clock of a replay's label join.
@@ -157,6 +161,7 @@ class Pipeline:
                 state, row, over = self.router.route(batch.keys[k], self.partition(arrival[k]), int(counts[k]))
                 hits[k] = (state, row)
                 over_of[k] = over
+        self._spread(batch, hits, over_of)  # type: ignore[arg-type]
         states: list[PartitionState] = list({id(h[0]): h[0] for h in hits}.values())  # type: ignore[index]
         state_of = np.array([states.index(h[0]) for h in hits], dtype=np.int64) if len(states) > 1 else None  # type: ignore[index]
         row_of = np.fromiter((h[1] for h in hits), dtype=np.int64, count=n_keys)  # type: ignore[index]
@@ -178,6 +183,29 @@ class Pipeline:
             alerts += self._grade(state, inline, canary=False)  # the canary counted them at their requests
             alerts += self._grade(state, joined)
         return alerts, timeline
+
+    def _spread(self, batch: Batch, hits: list[tuple[PartitionState, int]], over_of: np.ndarray) -> None:
+        """Count (and log, in samples) events of a model that arrived on a partition other than the
+        one holding the model's state here: the input is not keyed by model."""
+        home = np.fromiter((h[0].partition for h in hits), dtype=np.int64, count=len(hits))
+        away = (batch.partition != home[batch.key]) & ~over_of[batch.key]
+        if not away.any():
+            return
+        counts = np.bincount(batch.key[away], minlength=len(hits))
+        for k in np.flatnonzero(counts).tolist():
+            model = batch.keys[k][0]
+            self.unkeyed[model] = self.unkeyed.get(model, 0) + int(counts[k])
+            suppressed = self._sampled.should_log(f"unkeyed:{model}")
+            if suppressed is not None:
+                arrived = sorted(set(batch.partition[away & (batch.key == k)].tolist()))
+                log.warning(
+                    "model_on_several_partitions",
+                    model=model,
+                    home_partition=int(home[k]),
+                    arrived_on=arrived,
+                    hint="producers do not key by model: set source.kafka.repartition: true",
+                    suppressed_since_last=suppressed,
+                )
 
     def _labels(self, labels: list[tuple[int, LabelRecord]]) -> list[DriftAlert]:
         alerts: list[DriftAlert] = []

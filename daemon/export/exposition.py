@@ -229,6 +229,7 @@ class MetricsExposition:
                     canary_copies += canary.copy(state.canary, homed)
             totals = [(pn, p.partitions[pn].totals.copy()) for pn in sorted(p.partitions)]
             overflow = dict(p.overflow.counts)
+            unkeyed = dict(p.unkeyed)
             join_sizes = {"predictions": 0, "held_labels": 0}
             if p.join_labels:
                 for state in p.partitions.values():
@@ -254,6 +255,7 @@ class MetricsExposition:
         quality.collect(quality_rows, out)  # type: ignore[arg-type]
         canary.collect(canary_copies, out)
         _totals(out, totals, p.join_labels)
+        out.samples("inferwatch_events_unkeyed", [f'model="{escape(m)}"' for m in unkeyed], list(unkeyed.values()))
         dims = ("key", "class", "feature", "error_type", "slice_level", "feature_level")
         out.samples(
             "inferwatch_cardinality_overflow", [f'dimension="{d}"' for d in dims], [overflow.get(d, 0) for d in dims]

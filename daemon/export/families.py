@@ -32,6 +32,12 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Values dropped from valid events as implausible (plausibility.*), by field; the events still count.",
         ["field"],
     ),
+    "inferwatch_events_unkeyed": (
+        "counter",
+        "Events of a model that arrived on a partition other than the one holding its state in this replica: the "
+        "input is not keyed by model (set source.kafka.repartition: true).",
+        ["model"],
+    ),
     "inferwatch_errors": ("counter", "Events with status=error, by error_type.", [*KEY_LABELS, "error_type"]),
     "inferwatch_request_latency_seconds": ("histogram", "Logged request latency (latency_ms).", KEY_LABELS),
     "inferwatch_llm_time_to_first_token_seconds": (

@@ -435,6 +435,12 @@ def overview() -> Json:
                     unit="reqps",
                 ),
                 timeseries(
+                    "Events away from their model's partition/s",
+                    target(rate("inferwatch_events_unkeyed_total", "model"), "{{model}}"),
+                    unit="reqps",
+                    description="Producers do not key by model: set source.kafka.repartition (docs/operations.md).",
+                ),
+                timeseries(
                     "Implausible values/s by field",
                     target(rate("inferwatch_values_out_of_range_total", "field"), "{{field}}"),
                     unit="reqps",

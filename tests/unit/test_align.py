@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+import structlog
+
 from daemon.config import from_mapping
+from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.ingest.align import TimeAligner
 from daemon.ingest.sources import Chunk, RawRecord, chunks_of
 from daemon.runtime.app import build_pipeline
+from tests.integration.support import parse, total
 
 
 def _chunk(topic: str, partition: int, times: list[float]) -> Chunk:
@@ -74,3 +78,23 @@ def test_a_batch_from_several_partitions_reaches_drift_in_event_time_order() -> 
             records.append(RawRecord("events", p, i, t, None, json.dumps(body).encode()))
     pipeline.process(chunks_of(records))
     assert [a.stream for a in alerts] == ["feature:x"]  # type: ignore[attr-defined]
+
+
+def test_a_model_seen_on_a_second_partition_is_counted_and_logged_never_split() -> None:
+    config = from_mapping({})
+    pipeline = build_pipeline(config)
+    records = [
+        RawRecord(
+            "events", i % 3, i, 1_764_000_000.0 + i, None, json.dumps({"request_id": f"r{i}", "model": m}).encode()
+        )
+        for i, m in enumerate(["a", "a", "a", "b", "b", "b", "a"])
+    ]
+    with structlog.testing.capture_logs() as logs:
+        pipeline.process(chunks_of(records))
+    s = parse(MetricsExposition(pipeline, config.metrics, LoopStats.idle).render().decode())
+    # a's home is partition 0 (first seen there): its events on 1 and 2 are counted; b's home is 0 too.
+    assert total(s, "inferwatch_events_unkeyed_total", model="a") == 2
+    assert total(s, "inferwatch_events_unkeyed_total", model="b") == 2
+    assert total(s, "inferwatch_events_total", model="a") == 4  # one series, whole
+    lines = [x for x in logs if x["event"] == "model_on_several_partitions"]
+    assert {x["model"] for x in lines} == {"a", "b"} and all("repartition" in x["hint"] for x in lines)
