@@ -286,12 +286,15 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def write_result(name: str, quick: bool, body: dict[str, Any], summary: str) -> Path:
-    """Write bench/results/NAME.json and print `summary` as the one stdout line."""
+def write_result(name: str, quick: bool, body: dict[str, Any], summary: str, variant: str = "") -> Path:
+    """Write bench/results/NAME[-VARIANT].json and print `summary` as the one stdout line; a variant
+    is the run with the option `--VARIANT`."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = {
         "benchmark": name,
-        "command": " ".join([".venv/bin/python", f"bench/{name}.py", *(["--quick"] if quick else [])]),
+        "command": " ".join(
+            [".venv/bin/python", f"bench/{name}.py", *(["--quick"] if quick else []), *([f"--{variant}"] if variant else [])]
+        ),
         "quick": quick,
         "started_at": _STARTED_AT.isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - _STARTED, 1),
@@ -299,7 +302,7 @@ def write_result(name: str, quick: bool, body: dict[str, Any], summary: str) -> 
         **body,
         "summary": summary,
     }
-    path = RESULTS_DIR / f"{name}.json"
+    path = RESULTS_DIR / f"{name}{'-' + variant if variant else ''}.json"
     path.write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
     print(summary, flush=True)
     return path

@@ -61,6 +61,11 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     # enough for the VM's speed swings to move a single run's rate by 2x.
     p.add_argument("--events", type=int, help="events in the topic (default 200,000; 10,000 with --quick)")
     p.add_argument("--pairs", type=int, help="(c, b) pairs of runs (default 4; 1 with --quick)")
+    p.add_argument(
+        "--repartition",
+        action="store_true",
+        help="(b) with source.kafka.repartition: every record re-keyed through the repartition topic",
+    )
 
 
 class _KafkaErrorCounter(logging.Handler):
@@ -182,7 +187,7 @@ def _timing(kind: str, timed_records: int, wall: float, to_first_record: float) 
     }
 
 
-def run_e2e(bootstrap: str, n: int, broker_pid: int) -> dict[str, Any]:
+def run_e2e(bootstrap: str, n: int, broker_pid: int, repartition: bool = False) -> dict[str, Any]:
     """(b): the daemon itself (`Daemon.run`, its real loop) in a fresh group, until it has
     processed n records; then a clean shutdown, which commits the rest."""
     group = f"bench-e2e-{uuid.uuid4().hex[:8]}"
@@ -194,6 +199,7 @@ def run_e2e(bootstrap: str, n: int, broker_pid: int) -> dict[str, Any]:
                     "topics": TOPIC,
                     "group_id": group,
                     "max_poll_records": MAX_POLL_RECORDS,
+                    "repartition": repartition,
                 }
             },
             "http": {"host": "127.0.0.1", "port": 0},
@@ -260,7 +266,10 @@ def main() -> None:
         expected_offsets = {f"{TOPIC}/{p}": c for p, c in produced["records_per_partition"].items() if c}
         for i in range(pairs_n):
             for kind in ("raw", "e2e"):
-                run = (run_raw if kind == "raw" else run_e2e)(broker.bootstrap, n, broker.process.pid)
+                if kind == "raw":
+                    run = run_raw(broker.bootstrap, n, broker.process.pid)
+                else:
+                    run = run_e2e(broker.bootstrap, n, broker.process.pid, args.repartition)
                 run["order"] = 2 * i + (kind == "e2e")
                 run["kafka_client_errors"] = kafka_errors.take()
                 if kind == "e2e" and run["committed_offsets"] != expected_offsets:
@@ -278,7 +287,9 @@ def main() -> None:
     summary = (
         f"{NAME}: end-to-end {fmt_rate(e2e['median'])} events/s = {100 * ratio:.0f}% of raw kafka-python consume "
         f"{fmt_rate(raw['median'])} events/s (medians of {pairs_n}) vs target >= {100 * TARGET_RATIO:.0f}%: "
-        f"{verdict(ok)} | N={n:,}, 3 partitions, crc32c={crc}" + (" [quick]" if args.quick else "")
+        f"{verdict(ok)} | N={n:,}, 3 partitions, crc32c={crc}"
+        + (" [repartition]" if args.repartition else "")
+        + (" [quick]" if args.quick else "")
     )
     write_result(
         NAME,
@@ -312,6 +323,7 @@ def main() -> None:
             "runs": runs,
         },
         summary,
+        "repartition" if args.repartition else "",
     )
 
 

@@ -6,6 +6,7 @@ escape `poll()` and lose the good records around it (docs/operations.md, Kafka c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -233,11 +234,18 @@ class KafkaSource:
             self._error("close", exc)
 
 
+# How long a dead-letter copy waits at the buffer's cap for the broker to acknowledge earlier ones.
+CONGESTED_WAIT_S = 1.0
+
+
 class KafkaDeadLetter:
     """Copies invalid records to a topic with Kafka Connect's error headers.
 
-    At most `max_buffered_bytes` of record values wait for the broker's acknowledgement at once;
-    past that a record is counted as "dropped", not held (kafka-python ignores buffer_memory).
+    At most `max_buffered_bytes` of record values wait for the broker's acknowledgement at once
+    (kafka-python ignores buffer_memory). At the cap the loop waits up to CONGESTED_WAIT_S for the
+    broker to catch up, as a healthy broker does after a burst of invalid records; if it does not
+    (it is away), records are counted as "dropped", not held, and the loop does not wait again
+    until the copies in flight have drained to half the cap.
     """
 
     def __init__(
@@ -249,6 +257,7 @@ class KafkaDeadLetter:
         # Callbacks run on the producer's I/O thread.
         self._lock = threading.Lock()
         self.buffered_bytes = 0
+        self._congested = False
         # max_block_ms: send() must not stall the loop for kafka-python's default 60 s when the
         # topic's metadata is unavailable; the record is counted as failed instead.
         self._producer = KafkaProducer(
@@ -259,11 +268,17 @@ class KafkaDeadLetter:
         with self._lock:
             self.buffered_bytes -= size
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            if self.buffered_bytes <= self.max_buffered_bytes // 2:
+                self._congested = False
 
     def send(self, record: RawRecord, failure: DecodeFailure) -> None:
         size = len(record.value or b"") + len(record.key or b"")
+        if self.buffered_bytes + size > self.max_buffered_bytes and not self._congested:
+            with contextlib.suppress(KafkaError):  # a burst: let the broker catch up
+                self._producer.flush(timeout=CONGESTED_WAIT_S)
         with self._lock:
             if self.buffered_bytes + size > self.max_buffered_bytes:
+                self._congested = True
                 self.counts["dropped"] = self.counts.get("dropped", 0) + 1
                 return
             self.buffered_bytes += size

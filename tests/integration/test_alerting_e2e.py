@@ -43,6 +43,7 @@ BOUND_S = 60.0
 NO_DATA_HERE = {
     "inferwatch_shadow_energy_per_inference_joules": "needs an NVIDIA GPU (NVML)",
     "inferwatch_source_errors_total": "counts broker failures; a healthy run has none",
+    "inferwatch_events_unkeyed_total": "counts events away from their model's partition; keyed input has none",
 }
 
 
