@@ -293,7 +293,12 @@ def write_result(name: str, quick: bool, body: dict[str, Any], summary: str, var
     out = {
         "benchmark": name,
         "command": " ".join(
-            [".venv/bin/python", f"bench/{name}.py", *(["--quick"] if quick else []), *([f"--{variant}"] if variant else [])]
+            [
+                ".venv/bin/python",
+                f"bench/{name}.py",
+                *(["--quick"] if quick else []),
+                *([f"--{variant}"] if variant else []),
+            ]
         ),
         "quick": quick,
         "started_at": _STARTED_AT.isoformat(timespec="seconds"),
