@@ -423,11 +423,16 @@ class Pipeline:
 
 
 def _in_time_order(batch: Batch) -> Batch:
-    """A batch read from several partitions, in event-time order (stable): each partition's records
-    come in offset order, one partition after another, so a model spread over partitions, or read
-    from a backlog, would otherwise reach drift and canaries old and new interleaved."""
+    """A batch read from several partitions, in event-time order (stable), when a key's events came
+    from more than one of them: each partition's records come in offset order, one partition after
+    another, so a model spread over partitions would otherwise reach drift and canaries old and
+    new interleaved."""
     p = batch.partition
     if len(p) < 2 or not (p != p[0]).any():
+        return batch
+    # Keyed input: each key's events come from one partition, in its order; nothing to sort.
+    pairs = np.unique(batch.key * (int(p.max()) + 1) + p)
+    if len(pairs) == len(batch.keys):
         return batch
     t = batch.time
     with np.errstate(invalid="ignore"):
