@@ -212,6 +212,15 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
         # Alertmanager re-sends every 4 s: give it three chances to cause a second delivery.
         time.sleep(13)
         wait_for(lambda: _has(prom, "inferwatch_shadow_quality"), 90, "a shadow run over labelled samples")
+        # Traffic up to the queries, as a live service has, so that every rate() over [1m] has
+        # increases however long the shadow run took: fresh events with a feature missing.
+        fresh = [
+            {**ev, "request_id": f"fresh-{i}", "timestamp": time.time(), "features": {**ev["features"], "f0": None}}
+            for i, ev in enumerate(after[-50:])
+        ]
+        counted = total(daemon.scrape(), "inferwatch_events_total")
+        produce(broker.bootstrap, topics["events"], [encode(ev) for ev in fresh])
+        wait_for(lambda: total(daemon.scrape(), "inferwatch_events_total") >= counted + len(fresh), 30, "fresh events")
         time.sleep(3)  # a few more scrapes, so every rate() has two points
         scrape = {
             "duration_seconds": float(prom.query('scrape_duration_seconds{job="inferwatch"}')[0]["value"][1]),
