@@ -31,7 +31,6 @@ from daemon.monitors.drift import Calibrator, DriftAlert
 from daemon.monitors.labels import JoinedLabel
 from daemon.monitors.names import Overflow
 from daemon.monitors.reservoir import Sample
-from daemon.runtime.logs import SampledLog
 from daemon.state.partition import PartitionState, Shared
 from daemon.state.routing import OTHER_KEY, Router
 from daemon.state.totals import Totals
@@ -84,7 +83,6 @@ class Pipeline:
         self.lock = threading.Lock()
         # Events of each model that arrived on a partition other than its home (see _spread).
         self.unkeyed: dict[str, int] = {}
-        self._sampled = SampledLog(config.logging.invalid_sample_seconds)
         kafka = config.source.kafka
         self.repartition_topic = repartition.topic_name(kafka.group_id) if kafka.repartition else None
         # Newest event time seen: the clock of a replay's label join.
@@ -195,17 +193,15 @@ class Pipeline:
         for k in np.flatnonzero(counts).tolist():
             model = batch.keys[k][0]
             self.unkeyed[model] = self.unkeyed.get(model, 0) + int(counts[k])
-            suppressed = self._sampled.should_log(f"unkeyed:{model}")
-            if suppressed is not None:
-                arrived = sorted(set(batch.partition[away & (batch.key == k)].tolist()))
-                log.warning(
-                    "model_on_several_partitions",
-                    model=model,
-                    home_partition=int(home[k]),
-                    arrived_on=arrived,
-                    hint="producers do not key by model: set source.kafka.repartition: true",
-                    suppressed_since_last=suppressed,
-                )
+            self.invalid.sampled.warning(
+                log,
+                f"unkeyed:{model}",
+                "model_on_several_partitions",
+                model=model,
+                home_partition=int(home[k]),
+                arrived_on=sorted(set(batch.partition[away & (batch.key == k)].tolist())),
+                hint="producers do not key by model: set source.kafka.repartition: true",
+            )
 
     def _labels(self, labels: list[tuple[int, LabelRecord]]) -> list[DriftAlert]:
         alerts: list[DriftAlert] = []

@@ -13,7 +13,7 @@ from daemon.config import PlausibilityConfig
 from daemon.ingest.batch import Batch, build
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
 from daemon.ingest.plausible import OutOfRange, enforce
-from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
+from daemon.ingest.sources import Chunk, RawRecord
 
 # (request_id, model, label, unix-second timestamp): one record of the labels topic.
 LabelRecord = tuple[str, str, Label, float | None]
@@ -84,14 +84,12 @@ class EventDecoder(Generic[T]):
 
 
 class Decoded(NamedTuple):
-    """A poll decoded: the inference events as a batch, the labels, the rejects, the next offsets."""
+    """A poll decoded: the inference events as a batch, the labels, the rejects, the values dropped."""
 
     batch: Batch | None
     # (partition, (request_id, model, label, unix-second timestamp)) of the labels topic's records.
     labels: list[tuple[int, LabelRecord]]
     failures: list[tuple[RawRecord, DecodeFailure]]
-    offsets: dict[TopicPartition, int]
-    records: int
     # Values the batch dropped as implausible, per field (daemon.ingest.plausible).
     out_of_range: list[OutOfRange]
 
@@ -112,15 +110,11 @@ class ChunkDecoder:
         times: list[float | None] = []
         labels: list[tuple[int, LabelRecord]] = []
         failures: list[tuple[RawRecord, DecodeFailure]] = []
-        next_offsets: dict[TopicPartition, int] = {}
-        records = 0
         fast_decode, slow_decode, max_bytes = self.events.fast_decode, self.events.decode, self.events.max_bytes
         for chunk in chunks:
             n = len(chunk)
             if not n:
                 continue
-            records += n
-            next_offsets[(chunk.topic, chunk.partition)] = chunk.offsets[-1] + 1
             if chunk.labels or chunk.topic == self.labels_topic:
                 self._labels(chunk, labels, failures)
                 continue
@@ -157,7 +151,7 @@ class ChunkDecoder:
                 times.extend(t for i, t in enumerate(chunk.timestamps) if i not in rejected)
         batch = build(events, partitions, offsets, times) if events else None
         dropped = enforce(batch, np.array(times, dtype=np.float64), self.bounds) if batch is not None else []
-        return Decoded(batch, labels, failures, next_offsets, records, dropped)
+        return Decoded(batch, labels, failures, dropped)
 
     def _labels(
         self, chunk: Chunk, labels: list[tuple[int, LabelRecord]], failures: list[tuple[RawRecord, DecodeFailure]]

@@ -29,34 +29,32 @@ class InvalidRecords:
     the partitions' (`daemon.state.totals`)."""
 
     def __init__(self, sampled: SampledLog, dead_letter: DeadLetterSink | None = None) -> None:
-        self._sampled = sampled
+        self.sampled = sampled
         self.dead_letter = dead_letter
 
     def record(self, record: RawRecord, failure: DecodeFailure) -> None:
-        suppressed = self._sampled.should_log(failure.reason)
-        if suppressed is not None:
-            log.warning(
-                "invalid_record",
-                reason=failure.reason,
-                detail=failure.detail,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                suppressed_since_last=suppressed,
-            )
+        self.sampled.warning(
+            log,
+            failure.reason,
+            "invalid_record",
+            reason=failure.reason,
+            detail=failure.detail,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
         if self.dead_letter is not None:
             self.dead_letter.send(record, failure)
 
     def out_of_range(self, dropped: OutOfRange) -> None:
-        suppressed = self._sampled.should_log(f"out_of_range:{dropped.field}")
-        if suppressed is not None:
-            log.warning(
-                "value_out_of_range",
-                field=dropped.field,
-                value=dropped.value,
-                bound=dropped.bound,
-                model=dropped.model,
-                offset=dropped.position,
-                count=dropped.dropped,
-                suppressed_since_last=suppressed,
-            )
+        self.sampled.warning(
+            log,
+            f"out_of_range:{dropped.field}",
+            "value_out_of_range",
+            field=dropped.field,
+            value=dropped.value,
+            bound=dropped.bound,
+            model=dropped.model,
+            offset=dropped.position,
+            count=dropped.dropped,
+        )

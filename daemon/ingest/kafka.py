@@ -114,9 +114,7 @@ class KafkaSource:
 
     def _error(self, operation: str, exc: BaseException) -> None:
         self.errors[operation] = self.errors.get(operation, 0) + 1
-        suppressed = self._sampled.should_log(f"kafka_{operation}")
-        if suppressed is not None:
-            log.warning("kafka_error", operation=operation, error=repr(exc), suppressed_since_last=suppressed)
+        self._sampled.warning(log, f"kafka_{operation}", "kafka_error", operation=operation, error=repr(exc))
 
     def poll(self, timeout_s: float) -> list[Chunk]:
         try:

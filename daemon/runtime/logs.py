@@ -70,3 +70,10 @@ class SampledLog:
             return None
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+    def warning(self, logger: structlog.typing.FilteringBoundLogger, key: str, event: str, **fields: object) -> None:
+        """`event` on `logger` at warning level, at most once per interval for `key`, with the count
+        suppressed since the last line."""
+        suppressed = self.should_log(key)
+        if suppressed is not None:
+            logger.warning(event, **fields, suppressed_since_last=suppressed)
