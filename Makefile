@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: 2.13.0 is the CPU build on this disk; the range in the shadow extra
 	@# then installs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow]'
+	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent]'
 	@touch $(STAMP)
 
 tools:

@@ -8,6 +8,7 @@ YAML scalars, so numbers and booleans work as expected.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import itertools
 import os
 import ssl
@@ -91,6 +92,16 @@ class KafkaConfig(_Section):
     # model through the internal topic <group_id>-inferwatch-repartition, so that each model's state
     # lives in one place (daemon/ingest/repartition.py). false: the input is keyed by model.
     repartition: bool = False
+    # The client library: kafka-python (default) or confluent (librdkafka; the confluent extra).
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    # Static membership (confluent only): this replica's stable name in the group, such as the pod's
+    # name (deploy/kubernetes sets it from metadata.name). A replica restarted under the same name
+    # gets its partitions back without a rebalance; each replica needs its own. None: dynamic.
+    group_instance_id: str | None = Field(None, min_length=1, max_length=249)
+    # confluent only: rebalance cooperatively (only the partitions that change owner stop) where
+    # state allows it, with one stateful topic (repartition on, or one input and no labels topic);
+    # otherwise, and always with kafka-python, eager with the range assignor.
+    cooperative: bool = True
 
     @field_validator("bootstrap_servers", "topics")
     @classmethod
@@ -114,6 +125,13 @@ class KafkaConfig(_Section):
                 f"request_timeout_ms ({self.request_timeout_ms}) must exceed session_timeout_ms "
                 f"({self.session_timeout_ms}), as kafka-python requires"
             )
+        if self.group_instance_id is not None and self.client != "confluent":
+            raise ValueError(
+                "group_instance_id (static membership) needs client: confluent; kafka-python 2.2 does "
+                "not support it. Set client: confluent, or remove group_instance_id"
+            )
+        if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError("client: confluent needs the confluent-kafka package: pip install 'inferwatch[confluent]'")
         return self
 
 

@@ -8,7 +8,7 @@ unpickles chunks and runs the pipeline, so the two overlap on two cores.
 The child runs the ordinary `KafkaSource` and makes every consumer call itself (kafka-python's
 consumer is single-threaded): polls, commits, seeks, pauses. Three pipes connect them:
 
-- data (child to daemon, in order): `("chunks", chunks, info)`, `("revoke", partitions)`,
+- data (child to daemon, in order): `("chunks", chunks, info)`, `("revoke", partitions, lost)`,
   `("assign", partitions)`, `("info", info)`, `("error", message)`; a reader thread in the daemon
   takes them off the pipe as they come, so the child never waits to send;
 - commands (daemon to child): `("ack",)` once the daemon takes a chunks message (at most
@@ -68,7 +68,7 @@ class ConsumerProcess:
     ) -> None:
         self.config = config
         self.errors = errors
-        self.before_revoke: Callable[[list[TopicPartition]], None] | None = None
+        self.before_revoke: Callable[[list[TopicPartition], bool], None] | None = None
         self.after_assign: Callable[[list[TopicPartition]], None] | None = None
         self._errors_base = dict(errors)
         self._lag: dict[TopicPartition, int] = {}
@@ -138,7 +138,7 @@ class ConsumerProcess:
                 self._info(message[1])
             elif kind == "revoke":
                 if self.before_revoke is not None:
-                    self.before_revoke(message[1])
+                    self.before_revoke(message[1], message[2])
                 self._send("done")
             elif kind == "assign":
                 if self.after_assign is not None:
@@ -233,7 +233,7 @@ class _Child:
         self.replies = replies
         self.in_flight = 0
         self.closing = False
-        source.before_revoke = lambda parts: self._rebalance("revoke", parts)
+        source.before_revoke = lambda parts, lost: self._rebalance("revoke", parts, lost)
         source.after_assign = lambda parts: self._rebalance("assign", parts)
 
     def info(self) -> dict[str, Any]:
@@ -276,9 +276,9 @@ class _Child:
             self.closing = True
         return bool(kind == "done")
 
-    def _rebalance(self, kind: str, partitions: list[TopicPartition]) -> None:
+    def _rebalance(self, kind: str, *args: Any) -> None:
         """Inside the child's poll: the daemon handles it, then says done."""
-        self.data.send((kind, partitions))
+        self.data.send((kind, *args))
         while not self.closing:
             if self.serve(self.commands.recv()):
                 return

@@ -1,27 +1,24 @@
-"""Kafka source (kafka-python): consumer group, manual commits, lag from the high watermark.
+"""Kafka source: consumer group, manual commits, lag from the high watermark; and the dead-letter copy.
 
 Values stay bytes here: parsing happens in the pipeline, because a deserializer exception would
-escape `poll()` and lose the good records around it (docs/operations.md, Kafka consumer).
+escape `poll()` and lose the good records around it (docs/operations.md, Kafka consumer). The
+consumer itself is a client of `source.kafka.client`'s library (daemon/ingest/clients).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
-from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
 from daemon.ingest import repartition
 from daemon.ingest.align import TimeAligner
+from daemon.ingest.clients import open_client
 from daemon.ingest.decode import DecodeFailure
 from daemon.ingest.repartition import Repartitioner
 from daemon.ingest.sources import Chunk, RawRecord, TopicPartition
@@ -30,28 +27,12 @@ from daemon.runtime.logs import SampledLog
 log = structlog.get_logger(__name__)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, source: KafkaSource) -> None:
-        self._source = source
-
-    def on_partitions_revoked(self, revoked: list[KafkaTP]) -> None:
-        self._source.on_revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    def on_partitions_assigned(self, assigned: list[KafkaTP]) -> None:
-        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
-        stateful = self._source.stateful([(tp.topic, tp.partition) for tp in assigned])
-        if self._source.after_assign is not None:
-            self._source.after_assign(stateful)
-
-
-FETCH_MAX_WAIT_MS = 100
-
-
 class KafkaSource:
     """Polls batches and commits explicit offsets; survives broker outages without a restart.
 
     `before_revoke` is called with the partitions about to be taken away, while their offsets
-    are still ours to commit: the app flushes its sinks and commits there.
+    are still ours to commit (the app flushes its sinks and commits there), or lost (True: the
+    group gave them away already, nothing of theirs may be committed).
 
     With `repartition`, the source also runs the stateless stage (daemon/ingest/repartition.py):
     what it polls from the input topics it writes to the repartition topic and commits itself;
@@ -64,7 +45,7 @@ class KafkaSource:
         self.config = config
         self.errors = errors
         self._sampled = sampled
-        self.before_revoke: Callable[[list[TopicPartition]], None] | None = None
+        self.before_revoke: Callable[[list[TopicPartition], bool], None] | None = None
         # Called with newly assigned partitions, where seek() may move them (a checkpoint's offsets).
         self.after_assign: Callable[[list[TopicPartition]], None] | None = None
         topics = list(dict.fromkeys([*config.topics, *extra_topics]))
@@ -82,35 +63,13 @@ class KafkaSource:
         self._held: set[TopicPartition] = set()
         self._ahead: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=list(config.bootstrap_servers),
-            group_id=config.group_id,
-            client_id=config.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset=config.auto_offset_reset,
-            max_poll_records=config.max_poll_records,
-            max_poll_interval_ms=config.max_poll_interval_ms,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=max(config.session_timeout_ms // 3, 100),
-            request_timeout_ms=config.request_timeout_ms,
-            # kafka-python 2.2 caps a response frame at 1 MB, below one fetch of two busy
-            # partitions (~2 MB): every catch-up then logged InvalidReceiveError and reconnected.
-            receive_message_max_bytes=100 * 1024 * 1024,
-            # What the consumer prefetches is bounded by this per broker (50 MiB by default):
-            # backpressure comes from polling only once a batch is processed.
-            fetch_max_bytes=16 * 1024 * 1024,
-            # A fetch that finds nothing new waits this long at the broker (kafka-python: 500 ms).
-            # The event-time order holds records back until the slowest partition has delivered;
-            # a 500 ms long poll on a caught-up partition then stalled a backlog (45% of raw
-            # consume end to end, against 75% before the order; 100 ms: see docs/benchmarks.md).
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            # The labels topic is co-partitioned with the events topic: partition i of every topic
-            # must go to the same member, which the range assignor guarantees for topics with
-            # equal partition counts. Range alone: kafka-python's default also offers round robin,
-            # which does not.
-            partition_assignment_strategy=(RangePartitionAssignor,),
+        # State is kept per partition number: with one stateful topic (the repartition topic, or a
+        # single input without labels) any assignor will do, else partition i of every topic must
+        # go to one member (the labels join, several inputs), which only range guarantees.
+        stateful_topics = 1 if self.repartition_topic else len(topics)
+        self._client = open_client(
+            config, topics, self._on_assigned, self.on_revoked, cooperative=config.cooperative and stateful_topics == 1
         )
-        self._consumer.subscribe(topics=topics, listener=_Rebalance(self))
 
     def _error(self, operation: str, exc: BaseException) -> None:
         self.errors[operation] = self.errors.get(operation, 0) + 1
@@ -118,11 +77,11 @@ class KafkaSource:
 
     def poll(self, timeout_s: float) -> list[Chunk]:
         try:
-            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+            polled = self._client.poll(timeout_s)
         except KafkaError as exc:
             self._error("poll", exc)
             return []
-        out = self._align(chunks(polled))
+        out = self._align(polled)
         if self._forwarder is None:
             return out
         assert self.repartition_topic is not None
@@ -153,8 +112,7 @@ class KafkaSource:
     def _align(self, polled: list[Chunk]) -> list[Chunk]:
         """What the poll read, in event-time order across partitions (daemon/ingest/align.py)."""
         out = self._aligner.add(polled)
-        assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-        released, ahead = self._aligner.release(assigned, self._unread(), self._held)
+        released, ahead = self._aligner.release(list(self._client.assignment()), self._client.unread(), self._held)
         if ahead != self._ahead:
             self._ahead = ahead
             self._apply_pauses()
@@ -162,39 +120,44 @@ class KafkaSource:
 
     def _apply_pauses(self) -> None:
         want = self._held | self._ahead
-        pause, resume = want - self._paused, self._paused - want
-        if pause:
-            self._consumer.pause(*(KafkaTP(*tp) for tp in pause))
-        if resume:
-            self._consumer.resume(*(KafkaTP(*tp) for tp in resume))
+        self._client.pause(want - self._paused)
+        self._client.resume(self._paused - want)
         self._paused = want
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit next-offsets of partitions still assigned. False when the broker refused."""
-        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-        todo = {KafkaTP(*tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items() if tp in assigned}
+        assigned = self._client.assignment()
+        todo = {tp: off for tp, off in offsets.items() if tp in assigned}
         if not todo:
             return True
         try:
-            self._consumer.commit(todo, timeout_ms=self.config.commit_timeout_ms)
+            self._client.commit(todo)
         except KafkaError as exc:
             self._error("commit", exc)
             return False
         return True
 
-    def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions))
-        # kafka-python forgets a revoked partition's pause; so does this source.
+    def _on_assigned(self, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(f"{t}-{p}" for t, p in partitions))
+        if self.after_assign is not None:
+            self.after_assign(self.stateful(partitions))
+
+    def on_revoked(self, partitions: list[TopicPartition], lost: bool) -> None:
+        log.info("partitions_revoked", partitions=sorted(f"{t}-{p}" for t, p in partitions), lost=lost)
+        # The clients forget a revoked partition's pause; so does this source.
         gone = set(partitions)
         self._held -= gone
         self._ahead -= gone
         self._paused -= gone
         self._aligner.forget(gone)
         if self.before_revoke is not None:
-            self.before_revoke(self.stateful(partitions))
+            self.before_revoke(self.stateful(partitions), lost)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._consumer.seek(KafkaTP(*tp), offset)
+        try:
+            self._client.seek(tp, offset)
+        except KafkaError as exc:
+            self._error("seek", exc)
         self._aligner.forget([tp])
 
     def pause(self, tps: list[TopicPartition]) -> None:
@@ -209,33 +172,16 @@ class KafkaSource:
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records not processed yet: not read, or read and waiting for their turn."""
-        out = self._unread()
+        out = self._client.unread()
         for tp, c in self._aligner.buffered.items():
             out[tp] = out.get(tp, 0) + len(c)
-        return out
-
-    def _unread(self) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        c = self._consumer
-        for tp in c.assignment():
-            # The high watermark from fetch responses, not end_offsets(): correct on every
-            # broker, and free (docs/operations.md, Kafka consumer).
-            hw = c.highwater(tp)
-            if hw is None:
-                continue
-            try:
-                pos = c.position(tp, timeout_ms=0)
-            except Exception:
-                continue
-            if pos is not None:
-                out[(tp.topic, tp.partition)] = max(hw - pos, 0)
         return out
 
     def close(self) -> None:
         if self._forwarder is not None:
             self._forwarder.close()
         try:
-            self._consumer.close(autocommit=False)
+            self._client.close()
         except KafkaError as exc:
             self._error("close", exc)
 
@@ -318,19 +264,3 @@ class KafkaDeadLetter:
             self._producer.close(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("dead_letter_close_timed_out", error=repr(exc), buffered_bytes=self.buffered_bytes)
-
-
-def chunks(polled: Mapping[Any, Sequence[Any]]) -> list[Chunk]:
-    """kafka-python's poll() result as chunks: one per topic-partition, its records as columns."""
-    return [
-        Chunk(
-            tp.topic,
-            tp.partition,
-            [r.offset for r in records],
-            [r.timestamp / 1000.0 if r.timestamp >= 0 else None for r in records],
-            [r.key for r in records],
-            [r.value for r in records],
-        )
-        for tp, records in polled.items()
-        if records
-    ]

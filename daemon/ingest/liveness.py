@@ -46,6 +46,9 @@ class BrokerProbe:
                         bootstrap_servers=list(self.bootstrap_servers),
                         client_id=f"{self.client_id}-probe",
                         request_timeout_ms=int(self.timeout_s * 1000),
+                        # A broker back from an outage is seen within an interval (kafka-python
+                        # backs off up to 30 s between attempts by default).
+                        reconnect_backoff_max_ms=int(self.interval_s * 1000),
                     )
                 answer = client.cluster.request_update()
                 client.poll(timeout_ms=int(self.timeout_s * 1000), future=answer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import IO, NamedTuple, Protocol
@@ -93,6 +93,25 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class PartitionedSource(Source, Protocol):
+    """A source whose partitions move between replicas (a consumer group), with state following
+    them: the Kafka source, in this process or in a child process of its own.
+
+    The callbacks run inside `poll`: `before_revoke` while the partitions' offsets can still be
+    committed (or with True once they are lost: not any more), `after_assign` where `seek` and
+    `pause` may set where the new ones start.
+    """
+
+    before_revoke: Callable[[list[TopicPartition], bool], None] | None
+    after_assign: Callable[[list[TopicPartition]], None] | None
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    def pause(self, tps: list[TopicPartition]) -> None: ...
+
+    def resume(self, tps: list[TopicPartition]) -> None: ...
 
 
 class JsonlSource:

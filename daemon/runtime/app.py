@@ -30,7 +30,7 @@ from daemon.ingest.events import InferenceEvent
 from daemon.ingest.invalid import InvalidRecords
 from daemon.ingest.kafka import KafkaDeadLetter, KafkaSource
 from daemon.ingest.liveness import BrokerProbe
-from daemon.ingest.sources import Source, TopicPartition
+from daemon.ingest.sources import PartitionedSource, TopicPartition
 from daemon.monitors.drift import Calibrator, reference_values
 from daemon.monitors.traffic import Histograms
 from daemon.pipeline import AlertSink, CanarySink, Pipeline
@@ -47,8 +47,6 @@ from daemon.state.handover import Handover
 
 log = structlog.get_logger(__name__)
 
-# Sources that are a Kafka consumer (in this process, or in a child process of its own).
-CONSUMERS = (KafkaSource, ConsumerProcess)
 # How often the broker probe asks for an answer (inferwatch_source_up).
 PROBE_INTERVAL_S = 1.0
 # Backoff between attempts to reach the broker at start-up.
@@ -140,7 +138,7 @@ class Daemon:
             self.receive_alertmanager if config.receiver.token is not None else None,
             config.receiver.max_body_bytes,
         )
-        self._source: Source | None = None
+        self._source: PartitionedSource | None = None
         self.probe: BrokerProbe | None = None
         self._lag: Mapping[TopicPartition, int] = {}
         # Processed, not yet committed: kept across failed commits (broker away) and retried.
@@ -178,10 +176,10 @@ class Daemon:
 
     def after_assign(self, partitions: list[TopicPartition]) -> None:
         """Restore the state of newly assigned partitions, then seek them to its offsets."""
-        if self.handover is not None and isinstance(self._source, CONSUMERS):
+        if self.handover is not None and self._source is not None:
             self._restore(self._source, partitions)
 
-    def _restore(self, source: KafkaSource | ConsumerProcess, partitions: list[TopicPartition]) -> None:
+    def _restore(self, source: PartitionedSource, partitions: list[TopicPartition]) -> None:
         assert self.handover is not None
         try:
             resume = self.handover.assigned(partitions)
@@ -350,7 +348,7 @@ class Daemon:
             log.info("stopped", committed=committed, pending=len(self._pending))
         return 0
 
-    def _connect(self) -> Source | None:
+    def _connect(self) -> PartitionedSource | None:
         attempt = 0
         while not self.shutdown.requested:
             self.watchdog.beat()
@@ -367,7 +365,7 @@ class Daemon:
                 labels_topic = self.config.labels.topic
                 extra = (labels_topic,) if labels_topic else ()
                 kafka = self.config.source.kafka
-                source: KafkaSource | ConsumerProcess
+                source: PartitionedSource
                 if kafka.consumer_process:
                     logging = self.config.logging
                     settings = (logging.level, logging.format)
@@ -387,7 +385,7 @@ class Daemon:
             return source
         return None
 
-    def _loop(self, source: Source) -> None:
+    def _loop(self, source: PartitionedSource) -> None:
         timeout_s = self.config.source.kafka.poll_timeout_ms / 1000.0
         process = self.pipeline.process
         # Half the poll interval: past it, the group could evict us before the next poll.
@@ -425,7 +423,7 @@ class Daemon:
                 next_commit = time.monotonic() + commit_interval_s
             self._lag = source.lag()
 
-    def _checkpoint_step(self, source: Source) -> None:
+    def _checkpoint_step(self, source: PartitionedSource) -> None:
         """With checkpoints, offsets are committed only once a checkpoint holding them is stored,
         every checkpoint.interval_seconds; the write goes on while the loop does."""
         h = self.handover
@@ -433,7 +431,7 @@ class Daemon:
         safe = h.finished()
         if safe is not None:
             self._commit(source, safe)
-        if h.retry_due() and isinstance(source, CONSUMERS):
+        if h.retry_due():
             self._restore(source, list(h.paused))
         if not h.writing and self._pending and time.monotonic() >= self._next_checkpoint:
             if self._flush_dead_letters():
@@ -452,7 +450,7 @@ class Daemon:
         timeout_s = self.config.lifecycle.shutdown_timeout_seconds / 2
         return self.dead_letter is None or self.dead_letter.flush(timeout_s)
 
-    def _commit(self, source: Source, offsets: Mapping[TopicPartition, int]) -> bool:
+    def _commit(self, source: PartitionedSource, offsets: Mapping[TopicPartition, int]) -> bool:
         if not source.commit(offsets):
             return False
         for tp, offset in list(offsets.items()):  # `offsets` may be `_pending` itself
@@ -460,7 +458,7 @@ class Daemon:
                 del self._pending[tp]
         return True
 
-    def _flush_and_commit(self, source: Source) -> bool:
+    def _flush_and_commit(self, source: PartitionedSource) -> bool:
         """Everything processed made safe and committed now (shutdown, revoke, no checkpoints)."""
         if not self._pending:
             return True
@@ -471,8 +469,10 @@ class Daemon:
             offsets = self.handover.checkpoint_now(self._pending)  # never commit what is not stored
         return offsets is not None and self._commit(source, offsets)
 
-    def before_revoke(self, partitions: list[TopicPartition]) -> None:
-        if self._source is not None and self._restore_failed is None:
+    def before_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
+        # Lost partitions may be someone else's already: neither their offsets nor a checkpoint
+        # of them may be written (the new owner resumed from what is stored).
+        if self._source is not None and self._restore_failed is None and not lost:
             self._flush_and_commit(self._source)
         # What could not be committed now belongs to the partition's next owner.
         for tp in partitions:

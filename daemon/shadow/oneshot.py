@@ -48,7 +48,7 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition as KafkaTP
 
-    from daemon.ingest.kafka import chunks
+    from daemon.ingest.clients.kafka_python import chunks
 
     kafka = config.source.kafka
     consumer = KafkaConsumer(

@@ -27,7 +27,7 @@ def traffic(n: int, seed: int, extra_models: int = 0) -> tuple[list[tuple[bytes,
 
 
 def daemon_config(
-    broker: TansuBroker, topics: tuple[str, str], group: str, checkpoint: dict[str, Any]
+    broker: TansuBroker, topics: tuple[str, str], group: str, checkpoint: dict[str, Any], client: str = "kafka-python"
 ) -> dict[str, Any]:
     return {
         "source": {
@@ -38,6 +38,7 @@ def daemon_config(
                 "max_poll_records": 300,
                 "commit_interval_ms": 100,
                 "session_timeout_ms": 6000,
+                "client": client,
             }
         },
         # Labels held for as long as a catch-up may read the labels topic ahead of the events one:

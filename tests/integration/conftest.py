@@ -14,6 +14,12 @@ def broker() -> Iterator[TansuBroker]:
         yield b
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """source.kafka.client: the Kafka-facing tests run against both client libraries."""
+    return str(request.param)
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]

@@ -73,12 +73,12 @@ def _kill_mid_checkpoint(d: DaemonProcess, broker: TansuBroker) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_kill_9_again_and_again_changes_nothing(tmp_path: Path) -> None:
+def test_kill_9_again_and_again_changes_nothing(tmp_path: Path, kafka_client: str) -> None:
     with TansuBroker() as broker:  # its own: the test stops it
         topics = ("chaos-events", "chaos-labels")
         broker.create_topics(list(topics), partitions=3)
         events, labels = traffic(EVENTS, seed=3)
-        cfg = daemon_config(broker, topics, "chaos", {"interval_seconds": 0.5, "max_record_bytes": 16384})
+        cfg = daemon_config(broker, topics, "chaos", {"interval_seconds": 0.5, "max_record_bytes": 16384}, kafka_client)
         cfg["source"]["kafka"]["session_timeout_ms"] = 3000  # a killed member leaves the group sooner
         rng = random.Random(7)
         kills = ["random"] * RANDOM_KILLS + ["mid-checkpoint"] * MID_CHECKPOINT_KILLS
@@ -91,6 +91,9 @@ def test_kill_9_again_and_again_changes_nothing(tmp_path: Path) -> None:
             produce(broker.bootstrap, topics[1], labels[i * wave : (i + 1) * wave])
             d = DaemonProcess(tmp_path, cfg).start()
             try:
+                # Progress is events counted past the restored state: once partitions are assigned
+                # (and restored), as lag shows.
+                wait_for(lambda d=d: d.status()["lag"], 60, "partitions assigned")
                 before = total(d.scrape(), "inferwatch_events_total")
                 wait_for(lambda d=d, n=before: total(d.scrape(), "inferwatch_events_total") > n, 60, "progress")
                 if kind == "random":

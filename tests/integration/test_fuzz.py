@@ -168,7 +168,7 @@ def _dead_letters(bootstrap: str, topic: str, expected: int) -> list[Any]:
 
 
 def test_fuzz_keeps_the_daemon_up_and_every_valid_record_counted(
-    broker: TansuBroker, tmp_path: Path, unique: str
+    broker: TansuBroker, tmp_path: Path, unique: str, kafka_client: str
 ) -> None:
     topic, labels_topic, dlq = f"fuzz-{unique}", f"fuzz-labels-{unique}", f"fuzz-dlq-{unique}"
     broker.create_topics([topic, labels_topic], partitions=3)
@@ -185,7 +185,14 @@ def test_fuzz_keeps_the_daemon_up_and_every_valid_record_counted(
     produce(broker.bootstrap, labels_topic, _interleave(rng, labels, bad_labels))
     n_bad = MALFORMED_EVENTS + MALFORMED_LABELS
     config = {
-        "source": {"kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [topic], "group_id": f"g-{unique}"}},
+        "source": {
+            "kafka": {
+                "bootstrap_servers": [broker.bootstrap],
+                "topics": [topic],
+                "group_id": f"g-{unique}",
+                "client": kafka_client,
+            }
+        },
         # A label read before its event waits for it: long enough for a slow run.
         "labels": {"topic": labels_topic, "hold_seconds": 3600},
         "dead_letter": {"topic": dlq},

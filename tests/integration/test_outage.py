@@ -18,7 +18,7 @@ def _events(n_seconds: int, seed: int) -> list[tuple[bytes, bytes]]:
     return list(TrafficGenerator(spec).encoded())
 
 
-def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
+def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path, kafka_client: str) -> None:
     port = free_port()
     config = {
         "source": {
@@ -27,6 +27,7 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
                 "topics": ["logs"],
                 "group_id": "outage",
                 "session_timeout_ms": 6000,
+                "client": kafka_client,
             }
         },
         # The dead-letter producer must wait for the broker too, not crash the start-up.
@@ -75,7 +76,8 @@ def test_daemon_waits_for_broker_and_survives_its_loss(tmp_path: Path) -> None:
                 90,
                 "events after the broker came back",
             )
-            assert total(d.scrape(), "inferwatch_source_up") == 1
+            # The probe asks every second, and retries a lost broker at least as often.
+            wait_for(lambda: total(d.scrape(), "inferwatch_source_up") == 1, 5, "contact again")
         assert d.stop() == 0
 
 

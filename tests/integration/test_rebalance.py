@@ -18,7 +18,9 @@ def _items(seed: int, models: int) -> list[tuple[bytes, bytes]]:
     return list(TrafficGenerator(spec).encoded())
 
 
-def test_second_replica_takes_partitions_without_double_counting(broker: TansuBroker, tmp_path: Path) -> None:
+def test_second_replica_takes_partitions_without_double_counting(
+    broker: TansuBroker, tmp_path: Path, kafka_client: str
+) -> None:
     topic = f"rebalance-{int(time.time() * 1000)}"
     broker.create_topics([topic], partitions=4)
     config = {
@@ -28,6 +30,7 @@ def test_second_replica_takes_partitions_without_double_counting(broker: TansuBr
                 "topics": [topic],
                 "group_id": f"{topic}-group",
                 "session_timeout_ms": 6000,
+                "client": kafka_client,
             }
         }
     }
@@ -52,13 +55,13 @@ def test_second_replica_takes_partitions_without_double_counting(broker: TansuBr
 
 
 def test_the_survivor_takes_a_killed_replicas_partitions_with_their_state(
-    broker: TansuBroker, tmp_path: Path, unique: str
+    broker: TansuBroker, tmp_path: Path, unique: str, kafka_client: str
 ) -> None:
     topics = (f"handover-events-{unique}", f"handover-labels-{unique}")
     broker.create_topics(list(topics), partitions=4)
     events, labels = traffic(12_000, seed=5, extra_models=6)
     half = len(events) // 2
-    cfg = daemon_config(broker, topics, f"handover-{unique}", {"interval_seconds": 0.5})
+    cfg = daemon_config(broker, topics, f"handover-{unique}", {"interval_seconds": 0.5}, kafka_client)
     a = DaemonProcess(tmp_path, cfg).start()
     try:
         with running_daemon(tmp_path, cfg) as b:

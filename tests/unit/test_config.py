@@ -64,6 +64,11 @@ def test_config_is_frozen() -> None:
             {"source": {"kafka": {"max_poll_records": 50000, "max_poll_interval_ms": 10000}}},
             ["max_poll_interval_ms (10000) must be at least max_poll_records (50000)", "lower max_poll_records"],
         ),
+        (
+            {"source": {"kafka": {"group_instance_id": "pod-0"}}},
+            ["source.kafka", "group_instance_id (static membership) needs client: confluent"],
+        ),
+        ({"source": {"kafka": {"client": "librdkafka"}}}, ["source.kafka.client", "'kafka-python' or 'confluent'"]),
     ],
 )
 def test_errors_name_field_value_and_fix(data: dict[str, object], expected: list[str]) -> None:
