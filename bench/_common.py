@@ -286,9 +286,11 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def write_result(name: str, quick: bool, body: dict[str, Any], summary: str, variant: str = "") -> Path:
+def write_result(
+    name: str, quick: bool, body: dict[str, Any], summary: str, variant: str = "", options: str | None = None
+) -> Path:
     """Write bench/results/NAME[-VARIANT].json and print `summary` as the one stdout line; a variant
-    is the run with the option `--VARIANT`."""
+    is the run with the command-line `options` (by default `--VARIANT`)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = {
         "benchmark": name,
@@ -297,7 +299,7 @@ def write_result(name: str, quick: bool, body: dict[str, Any], summary: str, var
                 ".venv/bin/python",
                 f"bench/{name}.py",
                 *(["--quick"] if quick else []),
-                *([f"--{variant}"] if variant else []),
+                *([options if options is not None else f"--{variant}"] if variant else []),
             ]
         ),
         "quick": quick,

@@ -11,7 +11,10 @@ reads the whole topic from the start:
     its interval → lag), until its pipeline has processed all N records; a clean shutdown
     then commits the rest, and the run fails if anything is left uncommitted.
 
-Runs alternate c, b, c, b, ... and the medians are compared. Target: (b) ≥ 80% of (c).
+(j) json.loads: a plain `json.loads` pass over the same N values, in this process.
+
+Runs alternate c, b, j, c, b, j, ... and the medians are compared. Target: (b) ≥ 80% of (c);
+with `--client confluent` (the daemon on confluent-kafka), issue 14's: (b) ≥ 1.0× (j).
 
 The clock starts when the first non-empty poll returns, and that first batch is left out of
 the count, in both (c) and (b): joining a group on this broker takes ~5 s (the broker holds
@@ -21,6 +24,7 @@ JoinGroup that long), which is not consume speed. (b) is sampled every 10 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -49,6 +53,7 @@ from daemon.runtime.app import Daemon
 
 NAME = "kafka_e2e"
 TARGET_RATIO = 0.80  # the Foundation issue: end-to-end ≥ 80% of the raw consume rate
+TARGET_JSON_RATIO = 1.0  # issue 14, with confluent-kafka: end-to-end ≥ a json.loads pass
 TOPIC = "bench-inference"
 PARTITIONS = 3
 MAX_POLL_RECORDS = 2000
@@ -66,6 +71,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="(b) with source.kafka.repartition: every record re-keyed through the repartition topic",
     )
+    p.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python", help="(b)'s client")
 
 
 class _KafkaErrorCounter(logging.Handler):
@@ -187,7 +193,16 @@ def _timing(kind: str, timed_records: int, wall: float, to_first_record: float) 
     }
 
 
-def run_e2e(bootstrap: str, n: int, broker_pid: int, repartition: bool = False) -> dict[str, Any]:
+def run_json(values: Sequence[bytes]) -> dict[str, Any]:
+    """(j): json.loads over the same values, the baseline of issue 14's target."""
+    loads = json.loads
+    t0 = time.perf_counter()
+    for v in values:
+        loads(v)
+    return _timing("json", len(values), time.perf_counter() - t0, 0.0)
+
+
+def run_e2e(bootstrap: str, n: int, broker_pid: int, repartition: bool, client: str) -> dict[str, Any]:
     """(b): the daemon itself (`Daemon.run`, its real loop) in a fresh group, until it has
     processed n records; then a clean shutdown, which commits the rest."""
     group = f"bench-e2e-{uuid.uuid4().hex[:8]}"
@@ -200,6 +215,7 @@ def run_e2e(bootstrap: str, n: int, broker_pid: int, repartition: bool = False) 
                     "group_id": group,
                     "max_poll_records": MAX_POLL_RECORDS,
                     "repartition": repartition,
+                    "client": client,
                 }
             },
             "http": {"host": "127.0.0.1", "port": 0},
@@ -265,12 +281,14 @@ def main() -> None:
         produced["kafka_client_errors"] = kafka_errors.take()
         expected_offsets = {f"{TOPIC}/{p}": c for p, c in produced["records_per_partition"].items() if c}
         for i in range(pairs_n):
-            for kind in ("raw", "e2e"):
+            for j, kind in enumerate(("raw", "e2e", "json")):
                 if kind == "raw":
                     run = run_raw(broker.bootstrap, n, broker.process.pid)
+                elif kind == "e2e":
+                    run = run_e2e(broker.bootstrap, n, broker.process.pid, args.repartition, args.client)
                 else:
-                    run = run_e2e(broker.bootstrap, n, broker.process.pid, args.repartition)
-                run["order"] = 2 * i + (kind == "e2e")
+                    run = run_json([v for _, v in pairs])
+                run["order"] = 3 * i + j
                 run["kafka_client_errors"] = kafka_errors.take()
                 if kind == "e2e" and run["committed_offsets"] != expected_offsets:
                     raise RuntimeError(f"committed {run['committed_offsets']}, expected {expected_offsets}")
@@ -278,16 +296,23 @@ def main() -> None:
 
     raw = rate_stats([r["events_per_s"] for r in runs if r["kind"] == "raw"])
     e2e = rate_stats([r["events_per_s"] for r in runs if r["kind"] == "e2e"])
+    loads = rate_stats([r["events_per_s"] for r in runs if r["kind"] == "json"])
     ratio = e2e["median"] / raw["median"]
+    json_ratio = e2e["median"] / loads["median"]
     pair_ratios = [
-        runs[2 * i + 1]["events_per_s"] / runs[2 * i]["events_per_s"] for i in range(pairs_n)
+        runs[3 * i + 1]["events_per_s"] / runs[3 * i]["events_per_s"] for i in range(pairs_n)
     ]  # each e2e run over the raw run just before it
-    ok = ratio >= TARGET_RATIO
+    confluent = args.client == "confluent"
+    ok = json_ratio >= TARGET_JSON_RATIO if confluent else ratio >= TARGET_RATIO
     crc = _crc32c_impl()
+    against_raw = f"{100 * ratio:.0f}% of raw kafka-python consume {fmt_rate(raw['median'])} events/s"
+    against_json = f"{json_ratio:.2f}x a json.loads pass {fmt_rate(loads['median'])} events/s"
+    target = (
+        f"target >= {TARGET_JSON_RATIO:.1f}x json.loads" if confluent else f"target >= {100 * TARGET_RATIO:.0f}% of raw"
+    )
     summary = (
-        f"{NAME}: end-to-end {fmt_rate(e2e['median'])} events/s = {100 * ratio:.0f}% of raw kafka-python consume "
-        f"{fmt_rate(raw['median'])} events/s (medians of {pairs_n}) vs target >= {100 * TARGET_RATIO:.0f}%: "
-        f"{verdict(ok)} | N={n:,}, 3 partitions, crc32c={crc}"
+        f"{NAME}: end-to-end ({args.client}) {fmt_rate(e2e['median'])} events/s = {against_raw}, {against_json} "
+        f"(medians of {pairs_n}) vs {target}: {verdict(ok)} | N={n:,}, 3 partitions, crc32c={crc}"
         + (" [repartition]" if args.repartition else "")
         + (" [quick]" if args.quick else "")
     )
@@ -299,6 +324,9 @@ def main() -> None:
             "target": {"metric": "median e2e rate / median raw consume rate", "min": TARGET_RATIO},
             "pass": ok,
             "ratio_of_medians": ratio,
+            "client": args.client,
+            "ratio_to_json_loads": json_ratio,
+            "json_loads": loads,
             "ratio_per_pair": pair_ratios,
             "ratio_per_pair_median": percentile(pair_ratios, 50),
             "raw_consume": raw,
@@ -323,7 +351,10 @@ def main() -> None:
             "runs": runs,
         },
         summary,
-        "repartition" if args.repartition else "",
+        "-".join(x for x in ("repartition" if args.repartition else "", "confluent" if confluent else "") if x),
+        " ".join(
+            x for x in ("--repartition" if args.repartition else "", "--client confluent" if confluent else "") if x
+        ),
     )
 
 
