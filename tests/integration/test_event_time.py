@@ -1,16 +1,21 @@
 """Event-time order across partitions, against the real broker: a backlog of two partitions, each
-written whole before the other, reads in time order."""
+written whole before the other, reads in time order; a labels topic an hour ahead of its events
+joins."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
 from daemon.config import KafkaConfig
 from daemon.dev.broker import TansuBroker
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from daemon.ingest.kafka import KafkaSource
 from daemon.runtime.logs import SampledLog
+from tests.integration.support import running_daemon, total
 
 PER_PARTITION = 1_500
 STEP_S = 0.1  # 150 s of event time per partition
@@ -79,3 +84,42 @@ def test_a_backlog_of_two_partitions_reads_in_time_order_within_the_skew() -> No
         assert sum(map(len, unaligned)) == 2 * PER_PARTITION
         print(f"lateness: aligned {_lateness(aligned):.1f} s, plain consumer {_lateness(unaligned):.1f} s")
         assert _lateness(unaligned) > 100
+
+
+def test_labels_an_hour_ahead_of_their_events_join_with_default_settings(tmp_path: Path, unique: str) -> None:
+    """Ground truth that comes an hour after each prediction, both topics a backlog, the labels
+    written first: read in event-time order, every label finds its prediction waiting. (Read as
+    fetched, labels run ahead and wait for predictions, labels.hold_seconds of wall time, 60 s by
+    default: a backlog longer than that to read loses them.)"""
+    events_topic, labels_topic = f"ahead-events-{unique}", f"ahead-labels-{unique}"
+    spec = TrafficSpec(rate=4, duration_s=2 * 3600, seed=11, start_time=T0)  # 28,800 events over 2 h
+    generator = TrafficGenerator(spec)
+    events = list(generator.events())
+    labels = [{**generator.label(e), "timestamp": e["timestamp"] + 3600} for e in events]
+    with TansuBroker() as broker:
+        broker.create_topics([events_topic, labels_topic], partitions=2)
+        producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], linger_ms=20, acks="all")
+        for topic, docs in ((labels_topic, labels), (events_topic, events)):
+            for d in docs:
+                ts = int(d["timestamp"] * 1000)
+                producer.send(topic, key=d["model"].encode(), value=json.dumps(d).encode(), timestamp_ms=ts)
+        producer.flush()
+        producer.close()
+        config = {
+            "source": {"kafka": {"bootstrap_servers": [broker.bootstrap], "topics": [events_topic]}},
+            "labels": {"topic": labels_topic},
+        }
+        held = 0.0
+        with running_daemon(tmp_path, config) as d:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                s = d.scrape()
+                held = max(held, total(s, "inferwatch_label_join_entries", store="held_labels"))
+                if total(s, "inferwatch_labels_total") >= len(labels):
+                    break
+                time.sleep(0.1)
+            outcomes = {o: total(d.scrape(), "inferwatch_labels_total", outcome=o) for o in ("joined", "unmatched")}
+    print(f"labels: {outcomes}, at most {held:.0f} held waiting for their prediction")
+    assert outcomes["joined"] >= 0.99 * len(labels), outcomes
+    # The order, not the hold, does it: labels never wait for predictions in numbers.
+    assert held <= 0.01 * len(labels), held
