@@ -46,6 +46,9 @@ TARGET_DROP = 0.10
 TARGET_READY_S = 5.0
 TARGET_STATIC_S = 2.0
 GROUP = "bench"
+# Each client's round in a group of its own: on the test broker a static member never joined a
+# group that still held the previous round's killed kafka-python member.
+GROUPS = {"kafka-python": GROUP, "confluent": f"{GROUP}-static"}
 TOPICS = ("inference-logs", "labels")
 # The config's default (10 s): the state-back time after kill -9 is mostly this wait.
 SESSION_TIMEOUT_MS = 10_000
@@ -146,7 +149,7 @@ def recovery(
             "kafka": {
                 "bootstrap_servers": [broker.bootstrap],
                 "topics": [TOPICS[0]],
-                "group_id": GROUP,
+                "group_id": GROUPS[client],
                 "session_timeout_ms": session_timeout_ms,
                 **static,
             }
@@ -190,6 +193,13 @@ def _produce(bootstrap: str, records: list[RawRecord]) -> None:
     producer.close()
 
 
+def _store(broker: TansuBroker, group: str) -> KafkaCheckpoints:
+    """The group's checkpoint topic, where the daemon of that group looks by default."""
+    return KafkaCheckpoints(
+        (broker.bootstrap,), f"{group}-inferwatch-checkpoints", group, max_record_bytes=512 * 1024, timeout_s=30
+    )
+
+
 def main() -> None:
     args = parse_args(__doc__, _add_args)
     rounds, seconds = (2, 6.0) if args.quick else (args.rounds, args.round_seconds)
@@ -198,9 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d, TansuBroker() as broker:
         tmp = Path(d)
         broker.create_topics(list(TOPICS))
-        topic_store = KafkaCheckpoints(
-            (broker.bootstrap,), f"{GROUP}-inferwatch-checkpoints", GROUP, max_record_bytes=512 * 1024, timeout_s=30
-        )
+        topic_store = _store(broker, GROUP)
         costs = {
             "topic": cost(batches, topic_store, rounds, seconds, args.every),
             "directory": cost(batches, LocalCheckpoints(tmp / "state", GROUP), rounds, seconds, args.every),
@@ -216,6 +224,9 @@ def main() -> None:
         size = sum(len(codec.encode(shard)) for shard in snapshot["partitions"].values())
         topic_store.save(snapshot).result(30)
         topic_store.close()
+        static_store = _store(broker, GROUPS["confluent"])
+        static_store.save(snapshot).result(30)
+        static_store.close()
         starts = 2 if args.quick else 3
         runs = {c: recovery(broker, tmp, starts, args.session_timeout_ms, c) for c in ("kafka-python", "confluent")}
     ready = statistics.median(r["ready"] for rs in runs.values() for r in rs)
