@@ -4,7 +4,7 @@ for sure (the broker stopped, so the write cannot finish), and restarted each ti
 equals one uninterrupted run's: per-key counts, accuracy windows, detector summaries, alerts.
 
 The default store, the compacted topic, with small records so that a checkpoint takes many. Run
-with both clients; with confluent-kafka on half the events and random kills.
+with both clients; with confluent-kafka on a third of the events and random kills.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def test_kill_9_again_and_again_changes_nothing(tmp_path: Path, kafka_client: st
     with TansuBroker() as broker:  # its own: the test stops it
         topics = ("chaos-events", "chaos-labels")
         broker.create_topics(list(topics), partitions=3)
-        # The full round with the default client; half of it with confluent-kafka (the suite's time).
+        # The full round with the default client; a third of it with confluent-kafka (the suite's time).
         n_events, random_kills = (
-            (EVENTS, RANDOM_KILLS) if kafka_client == "kafka-python" else (EVENTS // 2, RANDOM_KILLS // 2)
+            (EVENTS, RANDOM_KILLS) if kafka_client == "kafka-python" else (EVENTS // 3, RANDOM_KILLS // 3)
         )
         events, labels = traffic(n_events, seed=3)
         cfg = daemon_config(broker, topics, "chaos", {"interval_seconds": 0.5, "max_record_bytes": 16384}, kafka_client)

@@ -28,10 +28,14 @@ from daemon.config import KafkaConfig
 from daemon.ingest.clients import Assigned, Revoked
 from daemon.ingest.clients.kafka_python import FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS
 from daemon.ingest.sources import Chunk, TopicPartition
+from daemon.runtime.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 
 
+# librdkafka reports a broker away (and each failed fetch) again and again: one line per kind
+# this often, with the count of those left out.
+ERROR_LOG_EVERY_S = 10.0
 # Asking the broker where a partition starts (for lag): how long at most, and how long to wait
 # before asking again when it did not answer.
 START_QUERY_S = 1.0
@@ -61,6 +65,7 @@ class ConfluentClient:
         # While the assign callback runs: the start offset of each partition it brings.
         self._starting: dict[TopicPartition, int] | None = None
         self._closing = False
+        self._sampled = SampledLog(ERROR_LOG_EVERY_S)
         self.commit_timeout_s = config.commit_timeout_ms / 1000.0
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
         self._committing: Future[Any] | None = None
@@ -97,10 +102,9 @@ class ConfluentClient:
         except (KafkaException, ValueError) as exc:
             raise _failed(exc) from None
 
-    @staticmethod
-    def _error(err: KafkaError) -> None:
+    def _error(self, err: KafkaError) -> None:
         # Transport errors (broker away) are retried by librdkafka; the loop sees them as lag.
-        log.warning("kafka_client_error", error=err.str(), code=err.name())
+        self._sampled.warning(log, f"client/{err.name()}", "kafka_client_error", error=err.str(), code=err.name())
 
     # -- rebalance callbacks (inside poll) ---------------------------------------------------
 
@@ -150,7 +154,7 @@ class ConfluentClient:
             messages = self._consumer.consume(self.max_records, timeout_s)
         except (KafkaException, RuntimeError) as exc:
             raise _failed(exc) from None
-        return _chunks(messages)
+        return _chunks(messages, self._sampled)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
@@ -183,8 +187,11 @@ class ConfluentClient:
             if self.cooperative:
                 self._consumer.incremental_unassign([CTP(*tp)])
                 self._consumer.incremental_assign([CTP(tp[0], tp[1], offset)])
-            else:
-                others = [CTP(*o) for o in self._assigned if o != tp]
+            else:  # eager: assign() replaces the whole assignment; the others keep their positions
+                others = self._consumer.position([CTP(*o) for o in self._assigned if o != tp])
+                for o in others:
+                    if o.offset < 0:
+                        o.offset = self._start.get((o.topic, o.partition), OFFSET_INVALID)
                 self._consumer.assign([*others, CTP(tp[0], tp[1], offset)])
             if tp in self._paused:
                 self._consumer.pause([CTP(*tp)])
@@ -256,14 +263,17 @@ class ConfluentClient:
             raise _failed(exc) from None
 
 
-def _chunks(messages: list[Message]) -> list[Chunk]:
+def _chunks(messages: list[Message], sampled: SampledLog) -> list[Chunk]:
     """A consume() result as chunks: one per topic-partition, records in offset order."""
     runs: dict[tuple[str, int], tuple[list[int], list[float | None], list[bytes | None], list[bytes | None]]] = {}
     for m in messages:
         err = m.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka_fetch_error", error=err.str(), topic=m.topic(), partition=m.partition())
+                where = f"{m.topic()}-{m.partition()}"
+                sampled.warning(
+                    log, f"fetch/{where}/{err.name()}", "kafka_fetch_error", error=err.str(), partition=where
+                )
             continue
         # A record without an error has its topic, partition and offset.
         tp: Any = (m.topic(), m.partition())
