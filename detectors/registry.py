@@ -11,6 +11,7 @@ from detectors.distribution import (
     PSITest,
     WassersteinTest,
 )
+from detectors.scan import CategoricalScan, NumericScan
 from detectors.river_adapters import (
     ADWINDetector,
     DDMDetector,
@@ -33,6 +34,9 @@ DETECTORS: dict[str, type] = {
     "hddm_a": HDDMADetector,
     "hddm_w": HDDMWDetector,
     "fhddm": FHDDMDetector,
+    # Scans of several window lengths against an expanding reference (the defaults)
+    "scan": NumericScan,
+    "scan_categorical": CategoricalScan,
     # Window-vs-reference tests, numeric input
     "ks": KSTest,
     "wasserstein": WassersteinTest,
