@@ -1,25 +1,31 @@
-"""Drift detection (issue 3): delay, false alarms, River's defaults, replay throughput and CBPE error.
+"""Drift detection (issues 3 and 15): delay against the information bound, false alarms, River's
+defaults, replay throughput and CBPE error.
 
-"Ours" is what the daemon runs for one stream: a partition's `Drift` with `DriftConfig()` and one
-key, whose only stream has the default detector for its kind: a feature `x` (numeric or
-categorical) fed as columnar batches of events, as the pipeline builds them, or the label-error
-stream fed as graded predictions. Its first 1,000 values are the reference it calibrates on
-inline (to the default target ERT; one feature, so Bonferroni's factor is 1), fed batches of
-2,000. River's detectors run with their default parameters on the same arrays. Every case is
-R independent runs of L events (R·L ≥ 1M), each with a seeded change position:
+"Ours" is what the daemon runs for one stream: a partition's `Drift` with its defaults and one key,
+whose only stream has the default detector for its kind: a feature `x` (numeric or categorical)
+fed as columnar batches of events, as the pipeline builds them, or the label-error stream fed as
+graded predictions. Its first 1,000 values are its first reference. River's detectors run with
+their default parameters on the same arrays. Every case is R independent runs of L events, each
+with a seeded change position.
 
-- abrupt: the mean moves by 0.5 or 1 sd, or the sd grows ×1.5, at a position in [10k, 40k] of 50k;
-- categorical swap of 20% of the mass: five levels with probabilities BEFORE; at the change,
-  0.2 of probability moves from the most frequent level ("a") to the least frequent ("e"),
-  giving AFTER;
-- gradual: the mean ramps linearly from 0 to 1 sd over events [20k, 70k) of 100k, then holds;
-- errors: a Bernoulli error stream whose rate goes from 5% to 8% at 30k of 100k;
-- stationary: N(0, 1), the BEFORE level mix, and 5% errors, 3 streams of 1M events each.
+- Change cases run at a stated mean run length to a false alarm of DELAY_ERT (10M) events per
+  stream: a key of 10 features at the default 1M per key, with Bonferroni. The information bound
+  (Lorden) is the least expected delay of any detector with that run length, ≈ ln(10⁷) / KL(after
+  ‖ before) events; the target is a median delay ≤ 3× the bound over ≥ 20 runs:
+  - abrupt: the mean moves by 0.25, 0.5 or 1 sd, or the sd grows ×1.25 or ×1.5, at a position in
+    [10k, 40k] of 50k;
+  - a categorical swap of k points: five levels with shares BEFORE; at the change, k points of
+    share move from the most frequent level ("a") to the second ("b"): 10 points is 35%/25% →
+    25%/35%;
+  - gradual: the mean ramps linearly from 0 to 1 sd over events [20k, 70k) of 100k, then holds
+    (target: caught within the ramp, every run);
+  - errors: a Bernoulli error stream whose rate goes from 5% to 8% at 30k of 100k.
+- Stationary cases run at the default 1M per stream (what one stream of a one-feature key gets),
+  20 streams of 1M events per kind (numeric, categorical): target ≤ 1 false alarm per 1M.
 
 Per run: the delay is the first detection at or after the change minus the change (missed if
-none); detections before the change are false alarms. Per case: runs detected, median and max
-delay, false alarms per 1M pre-change events. KSWIN (~2k updates/s here) only sees a slice of
-5,000 events of its first 4 runs, centred on the change (a stationary run's first events),
+none); detections before the change are false alarms. KSWIN (~2k updates/s here) only sees a
+slice of 5,000 events of its first 4 runs, centred on the change (a stationary run's first events),
 so its figures come from far fewer events and say so.
 
 Throughput: a zero-config `replay` (drift on, every default detector) of a JSONL file with 8
@@ -31,6 +37,7 @@ a classifier under covariate shift.
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 import sys
@@ -62,8 +69,10 @@ BATCH = 2000
 KEY: Key = ("bench", "1", "default")
 LEVELS = ("a", "b", "c", "d", "e")
 BEFORE = (0.35, 0.25, 0.20, 0.12, 0.08)
-AFTER = (0.15, 0.25, 0.20, 0.12, 0.28)
 ABRUPT = (10_000, 40_000)
+DELAY_ERT = 10_000_000
+STATIONARY_ERT = 1_000_000
+BOUND_FACTOR = 3.0
 RAMP_START, RAMP = 20_000, 50_000
 RIVER: dict[InputKind, tuple[str, ...]] = {
     "numeric": ("adwin", "page_hinkley", "kswin"),
@@ -96,10 +105,33 @@ def gradual(rng: np.random.Generator, length: int, change: int) -> list[Any]:
     return (rng.standard_normal(length) + ramp).tolist()
 
 
-def categorical(rng: np.random.Generator, length: int, change: int) -> list[Any]:
-    before = rng.choice(LEVELS, p=BEFORE, size=change)
-    after = rng.choice(LEVELS, p=AFTER, size=length - change)
-    return np.concatenate([before, after]).tolist()
+def swapped(points: float) -> tuple[float, ...]:
+    """BEFORE with `points` of share moved from the most frequent level to the second."""
+    return (BEFORE[0] - points, BEFORE[1] + points, *BEFORE[2:])
+
+
+def categorical(points: float) -> Maker:
+    def make(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+        before = rng.choice(LEVELS, p=BEFORE, size=change)
+        after = rng.choice(LEVELS, p=swapped(points), size=length - change)
+        return np.concatenate([before, after]).tolist()
+
+    return make
+
+
+def kl_normal(mean: float, sd: float) -> float:
+    """KL(N(mean, sd²) ‖ N(0, 1)) in nats."""
+    return (mean * mean + sd * sd - 1.0) / 2.0 - math.log(sd)
+
+
+def kl_levels(points: float) -> float:
+    after, before = np.array(swapped(points)), np.array(BEFORE)
+    return float(np.sum(after * np.log(after / before)))
+
+
+def bound(kl: float) -> float:
+    """Lorden's bound on the expected delay at a mean run length of DELAY_ERT."""
+    return math.log(DELAY_ERT) / kl
 
 
 def errors(rng: np.random.Generator, length: int, change: int) -> list[Any]:
@@ -115,20 +147,31 @@ class Case:
     length: int
     change: tuple[int, int] | None  # the change position is drawn from this range; None: stationary
     make: Maker
-    limit: int | None = None  # delay target, in events
+    limit: float | None = None  # delay target, in events
     limit_on: str = "median_delay"
+    bound: float | None = None  # the information bound, events
+    river: bool = True  # River's detectors run too
 
 
 def cases(quick: bool) -> list[Case]:
-    runs, long_runs, stationary = (3, 2, 200_000) if quick else (20, 10, 1_000_000)
+    runs, long_runs, streams, stationary = (3, 2, 1, 200_000) if quick else (20, 10, 20, 1_000_000)
+
+    def change(name: str, kind: InputKind, make: Maker, kl: float, river: bool = False) -> Case:
+        b = bound(kl)
+        return Case(name, kind, runs, 50_000, ABRUPT, make, BOUND_FACTOR * b, bound=b, river=river)
+
     return [
-        Case("stationary numeric", "numeric", 1 if quick else 3, stationary, None, normal(0.0, 1.0)),
-        Case("stationary categorical", "categorical", 1 if quick else 3, stationary, None, categorical),
+        Case("stationary numeric", "numeric", streams, stationary, None, normal(0.0, 1.0)),
+        Case("stationary categorical", "categorical", streams, stationary, None, categorical(0.0)),
         Case("stationary errors 5%", "binary", 1 if quick else 3, stationary, None, errors),
-        Case("mean +0.5 sd", "numeric", runs, 50_000, ABRUPT, normal(0.5, 1.0), 1000),
-        Case("mean +1 sd", "numeric", runs, 50_000, ABRUPT, normal(1.0, 1.0), 1000),
-        Case("scale x1.5", "numeric", runs, 50_000, ABRUPT, normal(0.0, 1.5), 1000),
-        Case("categorical swap 20%", "categorical", runs, 50_000, ABRUPT, categorical, 2000),
+        change("mean +0.25 sd", "numeric", normal(0.25, 1.0), kl_normal(0.25, 1.0)),
+        change("mean +0.5 sd", "numeric", normal(0.5, 1.0), kl_normal(0.5, 1.0), river=True),
+        change("mean +1 sd", "numeric", normal(1.0, 1.0), kl_normal(1.0, 1.0), river=True),
+        change("scale x1.25", "numeric", normal(0.0, 1.25), kl_normal(0.0, 1.25)),
+        change("scale x1.5", "numeric", normal(0.0, 1.5), kl_normal(0.0, 1.5), river=True),
+        change("swap 5 points", "categorical", categorical(0.05), kl_levels(0.05)),
+        change("swap 10 points", "categorical", categorical(0.10), kl_levels(0.10)),
+        change("swap 20 points", "categorical", categorical(0.20), kl_levels(0.20)),
         # "Caught before the ramp ends": every run's delay from the ramp start is under RAMP.
         Case("gradual 1 sd over 50k", "numeric", long_runs, 100_000, (RAMP_START,) * 2, gradual, RAMP - 1, "max_delay"),
         Case("errors 5% -> 8%", "binary", long_runs, 100_000, (30_000, 30_000), errors),
@@ -143,9 +186,10 @@ def ours_detector(kind: InputKind) -> str:
     return {"numeric": s.numeric_detector, "categorical": s.categorical_detector, "binary": s.error_detector}[kind]
 
 
-def ours(kind: InputKind, values: list[Any]) -> list[int]:
+def ours(kind: InputKind, values: list[Any], target_ert: int) -> list[int]:
     """Detection positions of the daemon's drift for one key whose one stream is of this kind."""
-    monitor = drift.Drift(DriftConfig(), drift.Calibrator(), Config().limits.max_features, [KEY], Overflow())
+    settings = DriftConfig(target_ert_events=target_ert)
+    monitor = drift.Drift(settings, drift.Calibrator(), Config().limits.max_features, [KEY], Overflow())
     monitor.add_rows(1)
     hits: list[int] = []
     for lo in range(0, len(values), BATCH):
@@ -205,12 +249,14 @@ def summarize(results: list[RunResult], stationary: bool) -> dict[str, Any]:
 
 def run_case(case: Case, seed: int, kswin_runs: int, kswin_slice: int) -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    results: dict[str, list[RunResult]] = {name: [] for name in ("ours", *RIVER[case.kind])}
+    river = RIVER[case.kind] if case.river else ()
+    results: dict[str, list[RunResult]] = {name: [] for name in ("ours", *river)}
+    target = STATIONARY_ERT if case.change is None else DELAY_ERT
     for run in range(case.runs):
         change = None if case.change is None else int(rng.integers(case.change[0], case.change[1] + 1))
         values = case.make(rng, case.length, case.length if change is None else change)
-        results["ours"].append(account(ours(case.kind, values), change, 0, case.length))
-        for name in RIVER[case.kind]:
+        results["ours"].append(account(ours(case.kind, values, target), change, 0, case.length))
+        for name in river:
             lo, hi = 0, case.length
             if name == "kswin":
                 if run >= kswin_runs:
@@ -250,6 +296,11 @@ def detection_suite(quick: bool) -> dict[str, Any]:
             "events_per_run": case.length,
             "change_range": case.change,
             "target": {"stat": case.limit_on, "max_events": case.limit} if case.limit else None,
+            "stated_ert": STATIONARY_ERT if case.change is None else DELAY_ERT,
+            "information_bound": case.bound,
+            "delay_over_bound": None
+            if case.bound is None or rows["ours"].get("median_delay") is None
+            else rows["ours"]["median_delay"] / case.bound,
             "ours_detector": ours_detector(case.kind),
             "detectors": rows,
             "verdicts": case_verdicts(case, rows["ours"]),
@@ -434,6 +485,7 @@ def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any])
     mis = est["miscalibrated"]
     changes = [n for n, c in suite.items() if c["change_range"] is not None]
     stationary = [n for n, c in suite.items() if c["change_range"] is None]
+    bounded = [n for n in changes if suite[n]["information_bound"] is not None]
 
     def delay(name: str, stat: str = "median_delay") -> str:
         d = ours[name][stat]
@@ -448,11 +500,17 @@ def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any])
         f"{n} {ours[n]['detected']}/{ours[n]['runs']}" for n in changes if not suite[n]["verdicts"]["detected"]
     )
     found = verdict(detected == runs) + (f": {misses}" if misses else "")
-    abrupt = ["mean +0.5 sd", "mean +1 sd", "scale x1.5"]
-    delays = "/".join(f"{label}={delay(n)}" for label, n in zip(("0.5sd", "1sd", "scale"), abrupt, strict=True))
-    cat, grad = "categorical swap 20%", "gradual 1 sd over 50k"
-    fa_ours = "/".join(f"{ours[n]['false_alarms_per_1m']:.1f}" for n in stationary)
-    fa_pre = "/".join(f"{pre_change_rate(suite, changes, kind):.1f}" for kind in ("numeric", "categorical", "binary"))
+    def ratio(name: str) -> str:
+        r = suite[name]["delay_over_bound"]
+        return "-" if r is None else f"{r:.1f}x"
+
+    ratios = ", ".join(f"{n} {delay(n)} ({ratio(n)})" for n in bounded)
+    grad = "gradual 1 sd over 50k"
+    fa_ours = ", ".join(
+        f"{suite[n]['kind']} {ours[n]['false_alarms_per_1m']:.2f} over {ours[n]['pre_change_events'] / 1e6:.1f}M"
+        for n in stationary
+    )
+    fa_pre = "/".join(f"{pre_change_rate(suite, changes, kind):.2f}" for kind in ("numeric", "categorical", "binary"))
     river = " ".join(
         f"{name} {'~' if name == 'kswin' else ''}{row['false_alarms_per_1m']:,.0f}"
         for n in stationary
@@ -461,10 +519,12 @@ def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any])
     )
     return (
         f"detection: {detected}/{runs} changes detected ({found}); "
-        f"median delay {delays} events (≤1,000 {ok(abrupt, 'delay')}), cat={delay(cat)} (≤2,000 {ok([cat], 'delay')}), "
+        f"median delay (x information bound at {DELAY_ERT:,.0f}) {ratios} "
+        f"(≤{BOUND_FACTOR:.0f}x {ok(bounded, 'delay')}); "
         f"gradual max {delay(grad, 'max_delay')} (<{RAMP:,} {ok([grad], 'delay')}); "
-        f"false alarms/1M/stream ours num/cat/err {fa_ours} (≤1 {ok(stationary, 'false_alarms')}), "
-        f"before the change in change runs {fa_pre}; River defaults {river}; "
+        f"false alarms/1M/stream at a stated run length of {STATIONARY_ERT:,.0f}: {fa_ours} "
+        f"(≤1 {ok(stationary, 'false_alarms')}), before the change (at {DELAY_ERT:,.0f}) num/cat/err {fa_pre}; "
+        f"River defaults {river}; "
         f"replay {tp['ratio']:.0%} of json.loads (≥50% {verdict(tp['pass'])}); "
         f"CBPE accuracy MAE {est['calibrated']['mae']:.3f}, miscalibrated score {mis['mae']:.3f} "
         f"(its raw confidence: {mis['raw_confidence_mae']:.3f})"

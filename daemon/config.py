@@ -333,8 +333,8 @@ class DriftConfig(_Section):
     window_events: int = Field(500, ge=10)
     # JSONL inference events to take references from, per (model, version, variant).
     reference_file: str | None = None
-    numeric_detector: str = "ks"
-    categorical_detector: str = "jensen_shannon"
+    numeric_detector: str = "scan"
+    categorical_detector: str = "scan_categorical"
     error_detector: str = "error_rate"
     # Across a key's features: "bonferroni" calibrates each of m features to m x target_ert_events,
     # so the family raises about one false alarm per target_ert_events; "none" does not.

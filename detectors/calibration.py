@@ -193,6 +193,9 @@ def _calibrate_windowed(
     name: str, ref: Any, target: float, rng: np.random.Generator, budget: int, base: dict[str, Any]
 ) -> Calibration:
     r, w = int(base["reference_size"]), int(base["window_size"])
+    if name in ("scan", "scan_categorical"):
+        # Thresholds in closed form from the target (detectors/scan.py); nothing to simulate.
+        return Calibration(name, {**base, "target_ert": target}, target, target, "analytic: scan thresholds", 0)
     q = _window_false_alarm_probability(target, r, w)
     if name == "ks":
         # scipy's two-sample null already includes the randomness of the reference. Windows that

@@ -51,6 +51,8 @@ from detectors.distribution import OTHER, WindowedTest
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+# Values per look: the scan reads the stream this often.
+LOOK = 50
 # Window lengths, in looks.
 WINDOW_LOOKS = (1, 2, 4, 8, 16, 32, 64, 128)
 WINDOWS = np.array(WINDOW_LOOKS, dtype=np.int64)
@@ -104,7 +106,7 @@ def _uniform(start: int, n: int) -> FloatArray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class _Scan(WindowedTest):
+class ScanTest(WindowedTest):
     """What both scans share: looks, the ring of per-look sums, epochs, thresholds, the finding.
 
     A subclass sets `tests` (statistics per window) and implements `_prepare`, `_blocks` (per-look
@@ -117,7 +119,7 @@ class _Scan(WindowedTest):
     def __init__(
         self,
         reference_size: int = 1000,
-        window_size: int = 50,
+        window_size: int = LOOK,
         target_ert: float = 1_000_000.0,
         max_reference: int = MAX_REFERENCE,
     ) -> None:
@@ -304,7 +306,7 @@ class _Scan(WindowedTest):
         raise NotImplementedError
 
 
-class NumericScan(_Scan):
+class NumericScan(ScanTest):
     """Scan of a numeric stream's normal scores: location, scale and shape at once.
 
     >>> import numpy as np
@@ -395,7 +397,7 @@ class NumericScan(_Scan):
         }
 
 
-class CategoricalScan(_Scan):
+class CategoricalScan(ScanTest):
     """Scan of a categorical stream's level counts (χ²), with rare and new levels in one cell.
 
     >>> import numpy as np

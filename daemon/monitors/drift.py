@@ -51,6 +51,7 @@ from detectors.distribution import (
     ks_asymptotic,
 )
 from detectors.registry import DETECTORS
+from detectors.scan import LOOK, CategoricalScan, ScanTest
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +88,9 @@ class DriftAlert:
     detector: str
     score: float | None
     target_ert: float
+    # How it drifted: the test, its statistic and threshold, the change (scan tests: see
+    # detectors/scan.py), the estimated change point.
+    details: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
         model, version, variant = self.key
@@ -101,6 +105,7 @@ class DriftAlert:
             "detector": self.detector,
             "score": self.score,
             "target_ert": self.target_ert,
+            "details": self.details,
         }
 
 
@@ -135,6 +140,7 @@ class Stream:
         "feature",
         "future",
         "kind",
+        "lut",
         "name",
         "pending",
         "row",
@@ -159,14 +165,20 @@ class Stream:
         self.pending: list[tuple[npt.NDArray[Any], Ints, Floats]] = []
         self.skipped = 0
         self.error: str | None = None
-        # Categorical window tests: the level code of each of the tester's reference levels.
+        # Categorical window tests: the level code of each of the tester's reference levels;
+        # categorical scans: the scan's cell of each level code.
         self.slot_codes: Ints | None = None
+        self.lut: Ints | None = None
         # Its snapshot's parts that change only with a calibration (built when a snapshot needs them).
         self.static: dict[str, Any] | None = None
 
     @property
     def windowed(self) -> bool:
         return issubclass(DETECTORS[self.detector], WindowedTest)
+
+    @property
+    def scan(self) -> bool:
+        return issubclass(DETECTORS[self.detector], ScanTest)
 
 
 class Drift:
@@ -187,6 +199,8 @@ class Drift:
         self.overflow = overflow
         self.references = references or {}
         self.R, self.W = settings.reference_events, settings.window_events
+        # Scans read every LOOK values (a window test every W): a stream's window in the bank.
+        self.look = min(LOOK, self.W)
         watch = settings.streams
         self.watch = {s: s in watch for s in ("features", "score", "latency", "errors")}
         self.streams: list[Stream] = []
@@ -199,6 +213,10 @@ class Drift:
         self.score = np.zeros(0, dtype=np.float64)
         self.p_value = np.zeros(0, dtype=np.float64)
         self.bank_row = np.zeros(0, dtype=np.int64)
+        self.wlen = np.zeros(0, dtype=np.int64)  # values per window (W, or a scan's look)
+        # The input index and time of the first value in each stream's window (a scan's change point).
+        self.window_index = np.zeros(0, dtype=np.int64)
+        self.window_time = np.zeros(0, dtype=np.float64)
         # How many leading values of the stream's reference the mirror (what snapshots share
         # instead of copying references) holds as they stand: references change only while they
         # are collected (appended to) and once when they are prepared, so a snapshot copies what
@@ -258,8 +276,12 @@ class Drift:
             self.p_value = grown(self.p_value, cap, math.nan)
             self.mirrored = grown(self.mirrored, cap, 0)
             self.bank_row = grown(self.bank_row, cap, -1)
+            self.wlen = grown(self.wlen, cap, self.W)
+            self.window_index = grown(self.window_index, cap, -1)
+            self.window_time = grown(self.window_time, cap, math.nan)
             self.categorical = grown(self.categorical, cap, False)
         self.categorical[sid] = kind == "categorical"
+        self.wlen[sid] = self.look if self.streams[sid].scan else self.W
         self.by_row[row].append(sid)
         bank = "categorical" if kind == "categorical" else "numeric"
         brow = self.bank_rows[bank]
@@ -447,7 +469,7 @@ class Drift:
             run_len = np.diff(np.r_[starts, n])
             phase = self.phase[run_sid]
             buffered = (phase == COLLECT) | (phase == WINDOW)
-            room = np.where(phase == COLLECT, self.R, self.W) - self.fill[run_sid]
+            room = np.where(phase == COLLECT, self.R, self.wlen[run_sid]) - self.fill[run_sid]
             room = np.where(buffered, room, 0)
             rank = np.arange(n) - np.repeat(starts, run_len)
             fits = rank < np.repeat(room, run_len)
@@ -455,11 +477,14 @@ class Drift:
                 s = sids[fits]
                 col = np.where(self.phase[s] == COLLECT, 0, self.R) + self.fill[s] + rank[fits]
                 bank[self.bank_row[s], col] = values[fits]
+                fresh = (self.fill[run_sid] == 0) & (room > 0)
+                self.window_index[run_sid[fresh]] = index[starts[fresh]]
+                self.window_time[run_sid[fresh]] = times[starts[fresh]]
                 self.fill[run_sid] += np.minimum(run_len, room)
             leftover = ~fits
             # Streams whose buffer filled, and those that take values another way, one by one;
             # then the windows that filled, together.
-            full = buffered & (self.fill[run_sid] == np.where(phase == COLLECT, self.R, self.W))
+            full = buffered & (self.fill[run_sid] == np.where(phase == COLLECT, self.R, self.wlen[run_sid]))
             windows: list[tuple[int, int, int]] = []  # (stream, start of its values here, values after the bank's)
             for u in np.flatnonzero(full | ~buffered).tolist():
                 sid = int(run_sid[u])
@@ -520,6 +545,11 @@ class Drift:
         of values[start:end], in order, until one drifts (what follows it goes round again).
         `windows` holds (stream, start, end); KS windows of large samples are tested together."""
         W, R = self.W, self.R
+        alerts = []
+        scans = [w for w in windows if self.streams[w[0]].scan]
+        if scans:
+            alerts += self._scan(scans, values, index, times, leftover)
+            windows = [w for w in windows if not self.streams[w[0]].scan]
         # Per stream, its windows: None for the one in the bank, else the start of a slice of values.
         plan = [(sid, [None, *range(start, end - W + 1, W)], start, end) for sid, start, end in windows]
         ks = [p for p in plan if type(self.streams[p[0]].tester) is KSTest and R * W > EXACT_KS_MAX]
@@ -543,7 +573,6 @@ class Drift:
                     zip(stats[k : k + len(ws)].tolist(), p_values[k : k + len(ws)].tolist(), strict=True)
                 )
                 k += len(ws)
-        alerts = []
         for sid, ws, start, end in plan:
             st = self.streams[sid]
             tester: WindowedTest = st.tester
@@ -577,6 +606,52 @@ class Drift:
             leftover[used:end] = True
         return alerts
 
+    def _scan(
+        self,
+        windows: list[tuple[int, int, int]],
+        values: npt.NDArray[Any],
+        index: Ints,
+        times: Floats,
+        leftover: npt.NDArray[np.bool_],
+    ) -> list[DriftAlert]:
+        """Scan streams whose look in the bank filled: that look and the further whole looks of
+        values[start:end], in one call per stream."""
+        R, L = self.R, self.look
+        alerts = []
+        for sid, start, end in windows:
+            st = self.streams[sid]
+            tester: ScanTest = st.tester
+            more = (end - start) // L * L
+            kind = "categorical" if st.kind == "categorical" else "numeric"
+            looks = np.concatenate([self.banks[kind][self.bank_row[sid], R : R + L], values[start : start + more]])
+            if st.kind == "categorical":
+                looks = self._cells(st, looks)
+            at = np.concatenate([np.full(L, self.window_index[sid]), index[start : start + more]])
+            when = np.concatenate([np.full(L, self.window_time[sid]), times[start : start + more]])
+            fired = tester.scan(looks, at, when)
+            self.score[sid] = tester.score if tester.score is not None else math.nan
+            if fired is None:
+                used = start + more
+                self.fill[sid] = 0
+            else:
+                last = start - 1 if fired < L else start + fired - L  # the value that completed it
+                used = last + 1
+                alerts.append(self._detected(sid, int(index[last]), float(times[last]), self.score[sid]))
+            leftover[start:used] = False
+            leftover[used:end] = True
+        return alerts
+
+    def _cells(self, st: Stream, codes: npt.NDArray[Any]) -> Ints:
+        """A categorical scan's cell of each of the partition's level codes (levels seen after its
+        reference share the rare cell)."""
+        names = self.level_names[st.feature or ""]
+        if st.lut is None or len(st.lut) < len(names):
+            tester: CategoricalScan = st.tester
+            known = 0 if st.lut is None else len(st.lut)
+            st.lut = np.r_[st.lut if st.lut is not None else np.zeros(0, np.int64), tester.slot_of(names[known:])]
+        cells: Ints = st.lut[codes.astype(np.int64)]
+        return cells
+
     def _counts(self, st: Stream, window: npt.NDArray[Any]) -> Floats:
         """A categorical window as counts over the tester's reference levels, OTHER last."""
         assert st.slot_codes is not None
@@ -596,16 +671,18 @@ class Drift:
         elif math.isnan(score):
             score = None
         assert st.calibration is not None
+        finding = getattr(st.tester, "finding", None)
+        details = dict(finding) if finding else {"test": st.detector, "statistic": score}
         alert = DriftAlert(
             index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
-            None if score is None else float(score), st.calibration.target_ert,
+            None if score is None else float(score), st.calibration.target_ert, details,
         )  # fmt: skip
         # Start over: the values after the detection are the new reference, and the threshold is
         # calibrated on it afresh (a bootstrapped test's null depends on its reference).
         self.phase[sid], self.fill[sid] = COLLECT, 0
         self.mirrored[sid] = 0
         st.tester = None
-        st.slot_codes = None
+        st.slot_codes = st.lut = None
         log.warning(
             "drift_detected",
             model=alert.key[0],
@@ -616,6 +693,7 @@ class Drift:
             index=alert.index,
             event_timestamp=alert.timestamp,
             score=alert.score,
+            details=alert.details,
         )
         return alert
 
@@ -645,7 +723,7 @@ class Drift:
         st.static = None
         params: dict[str, Any] = {}
         if st.windowed:
-            params = {"reference_size": self.R, "window_size": self.W}
+            params = {"reference_size": self.R, "window_size": int(self.wlen[sid])}
         name, reference = st.detector, self.reference(sid)
         st.future = self.calibrator.submit(lambda: calibrate(name, reference, target, params=params))
         self.phase[sid] = HOLD
@@ -694,7 +772,10 @@ class Drift:
         tester = st.calibration.build()
         brow = self.bank_row[sid]
         if isinstance(tester, WindowedTest):
-            if isinstance(tester, CategoricalTest):
+            if isinstance(tester, CategoricalScan):
+                tester.prepare(self.reference(sid))
+                st.lut = None
+            elif isinstance(tester, CategoricalTest):
                 tester.prepare(self.reference(sid))
                 table = self.levels[st.feature or ""]
                 st.slot_codes = np.array([table[level] for level in tester.levels], dtype=np.int64)
@@ -764,6 +845,8 @@ class Drift:
             "score": self.score[:n].copy(),
             "p_value": self.p_value[:n].copy(),
             "bank_row": self.bank_row[:n].copy(),
+            "window_index": self.window_index[:n].copy(),
+            "window_time": self.window_time[:n].copy(),
             **banks,
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
@@ -866,6 +949,9 @@ class Drift:
             setattr(self, name, grown(getattr(self, name), cap, math.nan if nan else 0))
         self.mirrored = np.zeros(cap, dtype=np.int64)
         self.categorical = np.zeros(cap, dtype=np.bool_)
+        self.wlen = np.full(cap, self.W, dtype=np.int64)
+        self.window_index = grown(np.asarray(state.get("window_index", np.full(n, -1)), dtype=np.int64), cap, -1)
+        self.window_time = grown(np.asarray(state.get("window_time", np.full(n, math.nan)), np.float64), cap, math.nan)
         if np.any(~np.isnan(self.last_detection[:n])):
             self.newest_detection = float(np.nanmax(self.last_detection[:n]))
         extras = state["extra"]
@@ -874,6 +960,7 @@ class Drift:
             st = _stream_from(st_state)
             self.streams.append(st)
             self.categorical[sid] = st.kind == "categorical"
+            self.wlen[sid] = self.look if st.scan else self.W
             self.by_row[st.row].append(sid)
             phase = int(self.phase[sid])
             if phase in (WINDOW, SEQUENTIAL):
@@ -945,6 +1032,8 @@ def _extra(st: Stream) -> dict[str, Any]:
             out["tester"] = tester.snapshot()
         elif isinstance(tester, ErrorRateTest):
             out["tester"] = {"absorbed": list(tester.absorbed)}
+        elif isinstance(tester, ScanTest) and tester.prepared:
+            out["tester"] = tester.state()
     if st.pending:
         out["pending"] = [
             np.concatenate([p[0] for p in st.pending]),
