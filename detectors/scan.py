@@ -272,6 +272,19 @@ class ScanTest(WindowedTest):
             "evidence": self.evidence,
         }
 
+    def snapshot(self) -> dict[str, Any]:
+        out = super().snapshot()
+        if self.prepared:
+            out["scan"] = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.state().items()}
+            out["finding"] = self.finding
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        if state.get("scan") is not None:
+            self.restore_judged_state({"score": state["score"], "p_value": state["p_value"], **state["scan"]})
+        self.finding = state.get("finding")
+
     def restore_judged_state(self, state: dict[str, Any]) -> None:
         super().restore_judged_state(state)
         if "ring" not in state:
@@ -282,7 +295,7 @@ class ScanTest(WindowedTest):
         self.ring_index = np.asarray(state["ring_index"], dtype=np.int64).copy()
         self.ring_time = np.asarray(state["ring_time"], dtype=np.float64).copy()
         self.epoch = np.asarray(state["epoch"], dtype=np.float64).copy()
-        self.epochs = [np.asarray(e, dtype=np.float64) for e in state["epochs"]]
+        self.epochs = [np.asarray(e, dtype=np.float64) for e in state["epochs"] if len(e)]
         *self.warned, self.epoch_warned = (bool(w) for w in state["warned"])
         self.evidence = float(state["evidence"])
         self._derive()
@@ -328,7 +341,11 @@ class NumericScan(ScanTest):
         return v if math.isfinite(v) else None
 
     def _prepare(self, reference: FloatArray) -> FloatArray:
-        reference = np.sort(np.asarray(reference, dtype=np.float64))
+        if isinstance(reference, np.ndarray) and reference.dtype == np.float64:
+            reference.sort()  # in place, as the window tests do: a bank's row is the reference
+        else:
+            reference = np.sort(np.asarray(reference, dtype=np.float64))
+        self.rebind(reference)
         r = len(reference)
         g = max(2, min(FINE_BINS, r // 4))
         # Interior edges at the reference's quantiles; ties merge bins.
@@ -338,6 +355,13 @@ class NumericScan(ScanTest):
         self.ref_sd = float(reference.std()) or 1.0
         self._shape_of_cells(cells.astype(np.float64))
         return cells.astype(np.float64)
+
+    def rebind(self, reference: FloatArray) -> None:
+        """Point at the same (sorted) first reference held elsewhere (a bank that grew moved it)."""
+        self._ref = reference
+
+    def _reference_out(self) -> list[Any] | None:
+        return [float(v) for v in self._ref]
 
     def _shape_of_cells(self, cells: FloatArray) -> None:
         """Fine cells into SHAPE_BINS groups of about equal reference share (fixed once prepared)."""
@@ -420,6 +444,7 @@ class CategoricalScan(ScanTest):
 
     def _prepare(self, reference: Any) -> FloatArray:
         names, counts = np.unique(np.asarray([str(v) for v in reference]), return_counts=True)
+        self._first = (names.tolist(), counts.tolist())  # the first reference, as level counts
         keep = np.flatnonzero(counts >= MIN_LEVEL_COUNT)
         keep = keep[np.argsort(-counts[keep], kind="stable")][:MAX_CELLS]
         self.levels = [str(names[i]) for i in keep]  # each with a cell of its own; the rare cell last
@@ -482,5 +507,5 @@ class CategoricalScan(ScanTest):
         }
 
     def _reference_out(self) -> list[Any] | None:
-        names = [*self.levels, OTHER]
-        return [names[i] for i, c in enumerate(self.ref_cells.tolist()) for _ in range(int(c))]
+        names, counts = self._first
+        return [name for name, c in zip(names, counts, strict=True) for _ in range(c)]

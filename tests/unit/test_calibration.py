@@ -10,9 +10,9 @@ import pytest
 from detectors.calibration import NOT_CALIBRATABLE, Calibration, calibrate
 from detectors.registry import DETECTORS
 
-NUMERIC = ["ks", "wasserstein", "psi", "page_hinkley", "adwin"]
+NUMERIC = ["scan", "ks", "wasserstein", "psi", "page_hinkley", "adwin"]
 BINARY = ["ddm", "hddm_a", "fhddm", "error_rate"]
-CATEGORICAL = ["chi2", "jensen_shannon", "psi_categorical"]
+CATEGORICAL = ["scan_categorical", "chi2", "jensen_shannon", "psi_categorical"]
 LEVELS = np.array(["a", "b", "c", "d", "e"])
 BEFORE = [0.4, 0.3, 0.15, 0.1, 0.05]
 AFTER = [0.3, 0.3, 0.15, 0.1, 0.15]
@@ -70,13 +70,13 @@ def test_calibration_is_tighter_than_the_default(name: str) -> None:
     defaults = DETECTORS[name]()
     key = next(
         k
-        for k in ("threshold", "alpha", "delta", "drift_threshold", "drift_confidence", "confidence_level")
+        for k in ("threshold", "alpha", "delta", "drift_threshold", "drift_confidence", "confidence_level", "target_ert")
         if k in cal.params and getattr(defaults, k, None) is not None
     )
     if name == "page_hinkley" or name == "ddm" or name in ("wasserstein", "psi", "jensen_shannon", "psi_categorical"):
         assert cal.params[key] > 0
-    higher_is_stricter = key in ("threshold", "drift_threshold")
-    if name in ("page_hinkley", "ddm"):
+    higher_is_stricter = key in ("threshold", "drift_threshold", "target_ert")
+    if name in ("page_hinkley", "ddm") or key == "target_ert":
         assert cal.params[key] > getattr(defaults, key)
     elif not higher_is_stricter:
         assert 0 < cal.params[key] < 0.5

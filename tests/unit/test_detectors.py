@@ -203,6 +203,8 @@ BAD_PARAMS: dict[str, list[dict[str, Any]]] = {
     "chi2": [{"alpha": 0.0}, {"alpha": 2.0}, {"reference_size": 0}],
     "jensen_shannon": [{"threshold": 0.0}, {"threshold": 1.5}],
     "psi_categorical": [{"threshold": 0.0}, {"window_size": 1}],
+    "scan": [{"target_ert": 0.5}, {"max_reference": 10}, {"window_size": 1}],
+    "scan_categorical": [{"target_ert": math.inf}, {"reference_size": 1}],
 }
 
 

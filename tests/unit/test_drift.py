@@ -279,9 +279,10 @@ def test_a_quiet_key_takes_its_finished_calibration_and_tests_what_it_held() -> 
     calibrator.finish()
     # No new event for this key: poll() alone activates the stream and tests the held values.
     alerts = f.drift.poll()
-    assert [(a.key, a.stream, a.index) for a in alerts] == [(KEY, "latency", 1_499)]
-    # The 500 held values after the detection are the start of the next reference.
-    assert f.drift.state(sid) == "reference" and f.drift.fill[sid] == 500
+    # The scan's first look after the reference (values 1,000 to 1,049) fires.
+    assert [(a.key, a.stream, a.index) for a in alerts] == [(KEY, "latency", 1_049)]
+    # The 950 held values after the detection are the start of the next reference.
+    assert f.drift.state(sid) == "reference" and f.drift.fill[sid] == 950
     assert f.drift.states()["calibrating"] == 0 and f.drift.streams[sid].pending == []
 
 
@@ -325,7 +326,7 @@ def test_streams_get_their_kind_from_their_first_value_and_bonferroni_targets() 
         "feature:y": "numeric",
         "feature:c": "categorical",
     }
-    assert {s.name: s.detector for s in d.streams}["feature:c"] == "jensen_shannon"
+    assert {s.name: s.detector for s in d.streams}["feature:c"] == "scan_categorical"
     targets = {s.name: s.calibration.target_ert for s in d.streams if s.calibration}
     assert targets == {"score": TARGET, "feature:x": 3 * TARGET, "feature:y": 3 * TARGET, "feature:c": 3 * TARGET}
     assert d.states(0) == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0}
@@ -434,12 +435,12 @@ def test_reference_values_prefill_the_reference() -> None:
     assert len(refs[KEY]["feature:x"]) == 1_000 and all(type(v) is float for v in refs[KEY]["feature:x"])
     assert refs[KEY]["feature:c"] == [e.features["c"] for e in ref_events]  # type: ignore[index]
     f = Feeder(settings, references=refs)
-    # With the reference given, the first live window is tested at once: a shifted one fires.
+    # With the reference given, the first live look is tested at once: a shifted one fires.
     live = [event(i, {"x": rng.gauss(2, 1), "c": "c"}) for i in range(500)]
     alerts = f.events(live, 0)
     assert sorted((a.stream, a.index, a.key, a.target_ert) for a in alerts) == [
-        ("feature:c", 499, KEY, 2 * TARGET),
-        ("feature:x", 499, KEY, 2 * TARGET),
+        ("feature:c", 49, KEY, 2 * TARGET),
+        ("feature:x", 49, KEY, 2 * TARGET),
     ]
     # A key the reference file does not have collects its own.
     other = f.events([InferenceEvent(request_id="o", model="other", features={"x": 0.5})], 500)

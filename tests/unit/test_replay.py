@@ -83,12 +83,18 @@ def test_zero_config_replay_watches_every_stream_and_pins_the_alert_index(tmp_pa
     (row,) = report["summary"]
     assert row["drift"]["streams"] == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0}
     (alert,) = report["alerts"]
-    # Values 0..999 are the reference and windows of 500 follow, so the window holding event
-    # 6000 is events 6000..6499; it ends at event 6499, whose line is 6499 + 7 invalid lines before it.
-    assert alert["index"] == 6_499 + 7
-    assert json.loads(lines[alert["index"]])["request_id"] == "r6499"
-    assert (alert["stream"], alert["detector"], alert["kind"]) == ("feature:x", "ks", "drift")
-    assert alert["score"] > 0.5 and alert["target_ert"] == 2_000_000  # Bonferroni over 2 features
+    # Values 0..999 are the reference and the scan looks every 50 values after it, so the look
+    # holding event 6000 is events 6000..6049; it ends at event 6049, whose line is 6049 + 7
+    # invalid lines before it.
+    assert alert["index"] == 6_049 + 7
+    assert json.loads(lines[alert["index"]])["request_id"] == "r6049"
+    assert (alert["stream"], alert["detector"], alert["kind"]) == ("feature:x", "scan", "drift")
+    assert alert["score"] >= 1 and alert["target_ert"] == 2_000_000  # Bonferroni over 2 features
+    # How: the mean moved by 2 sd, from the window starting at event 6000 (its line).
+    details = alert["details"]
+    assert details["test"] == "mean" and details["statistic"] > details["threshold"]
+    assert details["change_index"] == 6_000 + 7 and details["change_timestamp"] == 7_000.0
+    assert 1.5 < details["mean_shift_sd"] < 2.5 and 0.7 < details["sd_ratio"] < 1.4
 
 
 def test_replay_labels_grade_predictions_and_feed_the_error_stream(tmp_path: Path) -> None:
@@ -140,7 +146,7 @@ def test_a_reference_file_sets_the_reference_and_a_bad_one_stops_start_up(
     cfg.write_text(f"drift:\n  reference_file: {ref}\n")
     assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 0
     alerts = json.loads(out.read_text())["alerts"]
-    assert [(a["index"], a["stream"]) for a in alerts] == [(499, "feature:x")]
+    assert [(a["index"], a["stream"]) for a in alerts] == [(49, "feature:x")]  # the first look
     cfg.write_text(f"drift:\n  reference_file: {tmp_path / 'missing.jsonl'}\n")
     assert main(["check-config", str(cfg)]) == 2
     assert "drift.reference_file: cannot read" in capsys.readouterr().err

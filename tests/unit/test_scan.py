@@ -1,0 +1,141 @@
+"""The scan tests (detectors/scan.py): false alarms whatever the law, what each test sees, the
+reference that grows only from quiet data, and answers that do not depend on how values arrive."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import special
+
+from detectors.scan import LOOK, WINDOW_LOOKS, CategoricalScan, NumericScan, ScanTest, threshold
+
+Maker = Callable[[np.random.Generator, int], Any]
+
+
+def detections(make: Maker, n: int, target: float, *, categorical: bool = False, chunk: int = 2000, seed: int = 0) -> list[int]:
+    """Positions of every detection over n values; after each, the next 1,000 are the new reference."""
+    x = make(np.random.default_rng(seed), n)
+    scan: ScanTest = (CategoricalScan if categorical else NumericScan)(target_ert=target)
+    hits: list[int] = []
+    pos = 0
+    while pos + 1000 + LOOK <= n:
+        if categorical:
+            scan.prepare(list(x[pos : pos + 1000]))
+            values = scan.slot_of(list(x))  # type: ignore[attr-defined]
+        else:
+            scan.prepare(np.array(x[pos : pos + 1000], dtype=np.float64))
+            values = x
+        pos += 1000
+        while pos + LOOK <= n:
+            end = pos + (min(n, pos + chunk) - pos) // LOOK * LOOK
+            fired = scan.scan(values[pos:end], np.arange(pos, end))
+            if fired is not None:
+                hits.append(pos + fired)
+                pos += fired + 1
+                break
+            pos = end
+    return hits
+
+
+LEVELS = list("abcde")
+SHARES = [0.35, 0.25, 0.20, 0.12, 0.08]
+
+
+def test_false_alarms_stay_within_the_target_whatever_the_law() -> None:
+    target, n = 20_000, 1_000_000
+    normal = detections(lambda r, k: r.standard_normal(k), n, target)
+    # Normal scores make the scan distribution-free: a monotone transform changes nothing at all.
+    assert detections(lambda r, k: np.exp(2 * r.standard_normal(k)), n, target) == normal
+    ties = detections(lambda r, k: r.poisson(2, k).astype(float), n, target)
+    levels = detections(lambda r, k: r.choice(LEVELS, k, p=SHARES), n, target, categorical=True)
+    # At most one false alarm per `target` values (fewer: references take time, and the budget
+    # is split by a union bound).
+    for hits in (normal, ties, levels):
+        assert len(hits) <= n / target
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "test"),
+    [
+        ("mean", lambda r, k, c: np.r_[r.standard_normal(c), r.standard_normal(k - c) + 0.5], "mean"),
+        ("scale", lambda r, k, c: np.r_[r.standard_normal(c), 2.0 * r.standard_normal(k - c)], "scale"),
+        # Same mean and sd, another shape: ±0.9 with a little noise.
+        (
+            "shape",
+            lambda r, k, c: np.r_[
+                r.standard_normal(c), r.choice([-0.9, 0.9], k - c) + 0.436 * r.standard_normal(k - c)
+            ],
+            "shape",
+        ),
+    ],
+)
+def test_each_numeric_test_catches_its_change(name: str, make: Any, test: str) -> None:
+    change = 12_000
+    scan = NumericScan(target_ert=1e7)
+    x = make(np.random.default_rng(1), 20_000, change)
+    hits = scan.update_many(x.tolist())
+    assert hits and change <= hits[0] < change + 2_000, name
+    assert scan.finding is not None and scan.finding["test"] == test
+    assert scan.finding["statistic"] > scan.finding["threshold"]
+
+
+def test_a_burst_of_new_levels_is_evidence() -> None:
+    rng = np.random.default_rng(2)
+    before = rng.choice(LEVELS, 12_000, p=SHARES).tolist()
+    after = [f"new-{i}" if i % 4 == 0 else v for i, v in enumerate(rng.choice(LEVELS, 2_000, p=SHARES).tolist())]
+    scan = CategoricalScan(target_ert=1e7)
+    hits = scan.update_many(before + after)
+    assert hits and 12_000 <= hits[0] < 12_300
+    assert scan.finding is not None
+    moved = scan.finding["levels"][0]
+    assert moved["level"] == "__other__" and moved["window_share"] > 0.1 > moved["reference_share"]
+
+
+def test_rare_levels_share_a_cell_and_many_levels_raise_nothing() -> None:
+    # A feature of ids: every value new. All of them are the rare cell's, in the reference too.
+    scan = CategoricalScan(target_ert=1e6)
+    assert scan.update_many([f"id-{i}" for i in range(30_000)]) == []
+    assert scan.levels == [] and scan.dims == 1
+
+
+def test_the_reference_grows_from_quiet_epochs_only() -> None:
+    rng = np.random.default_rng(3)
+    quiet = NumericScan(target_ert=1e6)
+    quiet.update_many(rng.standard_normal(21_000).tolist())
+    # 20,000 values after the first reference: 12 epochs of 1,600 ended, the first 8 of them
+    # 6,400 values ago; an epoch near which a test warned by chance stays out.
+    assert 1_000 + 6 * 1_600 <= quiet.ref_cells.sum() <= 1_000 + 8 * 1_600
+    # A slow drift, too slow to fire yet, warns: nothing joins from it.
+    ramp = NumericScan(target_ert=1e9)
+    x = rng.standard_normal(21_000) + np.clip((np.arange(21_000) - 1_000) / 20_000, 0, None) * 0.8
+    ramp.update_many(x.tolist())
+    assert ramp.ref_cells.sum() < quiet.ref_cells.sum()
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_answers_do_not_depend_on_how_values_arrive(categorical: bool) -> None:
+    def make(r: np.random.Generator, k: int) -> Any:
+        if categorical:
+            return np.r_[r.choice(LEVELS, 30_000, p=SHARES), r.choice(LEVELS, k - 30_000)]
+        return np.r_[r.standard_normal(30_000), r.standard_normal(k - 30_000) * 1.3]
+
+    whole = detections(make, 40_000, 1e6, categorical=categorical, chunk=10_000)
+    assert whole
+    assert detections(make, 40_000, 1e6, categorical=categorical, chunk=LOOK) == whole
+    assert detections(make, 40_000, 1e6, categorical=categorical, chunk=7 * LOOK) == whole
+
+
+def test_threshold_solves_the_crossing_rate() -> None:
+    rate = 1e-9
+    for df in (1, 7):
+        for looks in WINDOW_LOOKS:
+            n = looks * LOOK
+            x = threshold(df, n, LOOK, rate)
+            assert special.chdtrc(df, x) * min(1 / LOOK, x / n) == pytest.approx(rate, rel=1e-6)
+    # Longer windows are read more often than they change: a lower threshold for the same rate.
+    assert threshold(1, 6400, LOOK, rate) < threshold(1, 50, LOOK, rate)
+    assert math.isfinite(threshold(1, 50, LOOK, 1e-30))
