@@ -97,13 +97,28 @@ def deviance(counts: FloatArray, expected: FloatArray) -> FloatArray:
     return out
 
 
-def _uniform(start: int, n: int) -> FloatArray:
-    """n uniforms in [0, 1) from the positions start.. (splitmix64): reproducible without state."""
-    z = np.arange(start, start + n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+def _splitmix(n: int) -> FloatArray:
+    """n uniforms in (0, 1) from the positions 0..n-1 (splitmix64): the same on every machine."""
+    z = np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+# Where each value sits within its fine bin: the value at its position (since the reference) in a
+# fixed table, so the same values give the same answer on any replay, however polls cut them.
+JITTER = _splitmix(1 << 14)
+JITTER_TWICE = np.r_[JITTER, JITTER]
+
+
+def _uniform(start: int, n: int) -> FloatArray:
+    """The jitter of n values from position `start`."""
+    at = start % len(JITTER)
+    if n <= len(JITTER):
+        out: FloatArray = JITTER_TWICE[at : at + n]
+        return out
+    return np.resize(np.roll(JITTER, -at), n)
 
 
 class ScanTest(WindowedTest):
@@ -168,8 +183,10 @@ class ScanTest(WindowedTest):
         m = len(values) // L
         done = 0
         while done < m:
-            # Never across an epoch's end: the reference may grow there.
-            k = min(m - done, EPOCH_LOOKS - self.looks % EPOCH_LOOKS)
+            # Never across an epoch's end while the reference may grow there.
+            k = m - done
+            if self.ref_cells.sum() < self.max_reference:
+                k = min(k, EPOCH_LOOKS - self.looks % EPOCH_LOOKS)
             part = slice(done * L, (done + k) * L)
             fired = self._scan_looks(
                 values[part],
@@ -384,8 +401,9 @@ class NumericScan(ScanTest):
         L = self.window_size
         x = np.asarray(values, dtype=np.float64)
         cell = np.searchsorted(self.edges, x, side="right")
-        u = np.clip(self.below[cell] + _uniform(self.seen, len(x)) * self.p[cell], U_EDGE, 1 - U_EDGE)
-        z = special.ndtri(u)
+        u = _uniform(self.seen, len(x)) * self.p[cell]
+        u += self.below[cell]
+        z = special.ndtri(np.clip(u, U_EDGE, 1 - U_EDGE, out=u))
         look = np.repeat(np.arange(k), L)
         blocks = np.empty((k, self.dims))
         blocks[:, 0] = z.reshape(k, L).sum(axis=1)
