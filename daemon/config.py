@@ -339,8 +339,11 @@ class DriftConfig(_Section):
     # Across a key's features: "bonferroni" calibrates each of m features to m x target_ert_events,
     # so the family raises about one false alarm per target_ert_events; "none" does not.
     multiple_testing: Literal["bonferroni", "none"] = "bonferroni"
-    # inferwatch_drift_detected stays 1 this long after a detection.
+    # inferwatch_drift_detected stays 1 this long after a detection (and while the stream re-learns).
     hold_seconds: float = Field(600.0, gt=0)
+    # Pinned references neither grow nor are re-learned after a detection: the stream then holds
+    # (state "drifted") until its reference is reset (POST /v1/drift/reference). Per stream by API.
+    pin_references: bool = False
     # Streams to watch.
     streams: Annotated[tuple[Literal["features", "score", "latency", "errors"], ...], BeforeValidator(_csv)] = (
         "features",

@@ -250,6 +250,10 @@ class ScanTest(WindowedTest):
             self._end_epoch()
         return None
 
+    def pin(self, pinned: bool) -> None:
+        """A pinned reference grows no more (unpinned: up to MAX_REFERENCE again)."""
+        self.max_reference = int(self.ref_cells.sum()) if pinned else max(MAX_REFERENCE, self.reference_size)
+
     def _end_epoch(self) -> None:
         self.epochs.append(self.epoch)
         self.warned.append(self.epoch_warned)
@@ -527,3 +531,91 @@ class CategoricalScan(ScanTest):
     def _reference_out(self) -> list[Any] | None:
         names, counts = self._first
         return [name for name, c in zip(names, counts, strict=True) for _ in range(c)]
+
+
+# -- a change inside a reference ----------------------------------------------------------------
+
+# False-alarm probability of the check of one reference: a reference is learned once per
+# detection (or reset), so this adds a fraction of a false alarm per 10,000 references.
+SPLIT_ALPHA = 1e-4
+# A split leaves at least this share of the reference on either side.
+SPLIT_EDGE = 0.05
+SPLITS = 20
+
+
+def _midrank_scores(x: FloatArray) -> FloatArray:
+    """Normal scores of the values' mid-ranks (ties share one score)."""
+    n = len(x)
+    order = np.argsort(x, kind="stable")
+    ranked = x[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    ends = np.r_[starts[1:], n]
+    mid = (starts + ends - 1) / 2.0
+    scores = np.empty(n)
+    scores[order] = np.repeat(special.ndtri((mid + 0.5) / n), ends - starts)
+    return scores
+
+
+def _bridge_peak(y: FloatArray, lo: int, hi: int) -> tuple[float, int]:
+    """max over splits k in [lo, hi) of |mean(y[:k]) - mean(y[k:])| in standard errors, and its k."""
+    n = len(y)
+    sd = float(y.std())
+    if sd == 0.0:
+        return 0.0, lo
+    k = np.arange(lo, hi)
+    s = np.cumsum(y - y.mean())[k - 1]
+    t = np.abs(s) / (sd * np.sqrt(k * (n - k) / n))
+    i = int(np.argmax(t))
+    return float(t[i]), int(k[i])
+
+
+def _bridge_limit(n: int) -> float:
+    """b with P(max |bridge| / sd > b) ≈ SPLIT_ALPHA / 2 over splits in [SPLIT_EDGE, 1 - SPLIT_EDGE]
+    (Siegmund: 2·b·φ(b)·ln(t1(1-t0) / (t0(1-t1))) for the two-sided standardized bridge)."""
+    span = math.log((1 - SPLIT_EDGE) ** 2 / SPLIT_EDGE**2)
+    b = 4.0
+    for _ in range(50):
+        b = math.sqrt(2 * math.log(2 * b * span / (math.sqrt(2 * math.pi) * SPLIT_ALPHA / 2)))
+    return b
+
+
+def numeric_reference_change(reference: FloatArray) -> dict[str, Any] | None:
+    """Where a numeric reference changed (location or scale of its normal scores), if it did."""
+    n = len(reference)
+    lo, hi = max(2, int(n * SPLIT_EDGE)), n - max(2, int(n * SPLIT_EDGE))
+    if hi <= lo:
+        return None
+    z = _midrank_scores(np.asarray(reference, dtype=np.float64))
+    limit = _bridge_limit(n)
+    for test, y in (("mean", z), ("scale", z * z)):
+        peak, k = _bridge_peak(y, lo, hi)
+        if peak > limit:
+            return {"test": f"reference_{test}", "statistic": peak, "threshold": limit, "reference_offset": k}
+    return None
+
+
+def categorical_reference_change(reference: list[str]) -> dict[str, Any] | None:
+    """Where a categorical reference's level mix changed (a G test at each of 19 splits), if it did."""
+    names, codes = np.unique(np.asarray(reference), return_inverse=True)
+    n = len(codes)
+    counts = np.bincount(codes, minlength=len(names))
+    cells = np.where(counts >= 10, np.arange(len(names)), len(names))  # thin levels share a cell
+    _, cell = np.unique(cells[codes], return_inverse=True)
+    k_cells = int(cell.max()) + 1
+    if k_cells < 2 or n < 2 * SPLITS:
+        return None
+    onehot_cum = np.cumsum(np.eye(k_cells)[cell], axis=0)
+    total = onehot_cum[-1]
+    limit = float(special.chdtri(k_cells - 1, SPLIT_ALPHA / (SPLITS - 1)))
+    best: tuple[float, int] = (0.0, 0)
+    for j in range(1, SPLITS):
+        k = n * j // SPLITS
+        before = onehot_cum[k - 1]
+        table = np.stack([before, total - before])
+        expected = np.outer([k, n - k], total / n)
+        g = float(2.0 * np.sum(special.xlogy(table, table / np.where(expected > 0, expected, 1.0))))
+        if g > best[0]:
+            best = (g, k)
+    if best[0] > limit:
+        return {"test": "reference_levels", "statistic": best[0], "threshold": limit, "reference_offset": best[1]}
+    return None

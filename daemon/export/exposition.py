@@ -26,7 +26,7 @@ from daemon.export.families import FAMILIES, escape, key_labels
 from daemon.ingest.batch import Key
 from daemon.ingest.sources import TopicPartition
 from daemon.monitors import canary, drift, quality, traffic
-from daemon.monitors.drift import COLLECT, HOLD, OFF, SEQUENTIAL, WINDOW
+from daemon.monitors.drift import COLLECT, DRIFTED, HOLD, OFF, SEQUENTIAL, WINDOW
 from daemon.monitors.traffic import Histograms
 from daemon.pipeline import Pipeline
 from daemon.state.totals import Totals
@@ -248,7 +248,7 @@ class MetricsExposition:
             merged = traffic.merge(traffic_copies)
             traffic.collect(merged, [self._key_set(k) for k in merged.keys], self._les, out)
         now = time.monotonic()
-        phases = np.zeros(5, dtype=np.int64)
+        phases = np.zeros(drift.PHASES, dtype=np.int64)
         for copied, key_sets in drift_copies:
             drift.collect(copied, key_sets, self._hold_s, now, out)
             phases += drift.state_counts(copied)
@@ -281,6 +281,7 @@ class MetricsExposition:
             "calibrating": phases[HOLD],
             "active": phases[WINDOW] + phases[SEQUENTIAL],
             "failed": phases[OFF],
+            "drifted": phases[DRIFTED],
         }
         out.samples("inferwatch_drift_streams", [f'state="{s}"' for s in states], [int(n) for n in states.values()])
         if p.join_labels:

@@ -51,19 +51,27 @@ from detectors.distribution import (
     ks_asymptotic,
 )
 from detectors.registry import DETECTORS
-from detectors.scan import LOOK, CategoricalScan, ScanTest
+from detectors.scan import (
+    LOOK,
+    CategoricalScan,
+    ScanTest,
+    categorical_reference_change,
+    numeric_reference_change,
+)
 
 log = structlog.get_logger(__name__)
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
-StreamState = Literal["reference", "calibrating", "active", "failed"]
-STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", "failed")
+StreamState = Literal["reference", "calibrating", "active", "failed", "drifted"]
+STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", "failed", "drifted")
 Kind = Literal["numeric", "categorical", "binary"]
 
-# Phases of a stream, in an array (`Drift.phase`).
-COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF = 0, 1, 2, 3, 4
-_STATE_OF_PHASE: tuple[StreamState, ...] = ("reference", "active", "calibrating", "active", "failed")
+# Phases of a stream, in an array (`Drift.phase`). DRIFTED: a pinned reference's stream after a
+# detection, holding until its reference is reset.
+COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF, DRIFTED = 0, 1, 2, 3, 4, 5
+PHASES = 6
+_STATE_OF_PHASE: tuple[StreamState, ...] = ("reference", "active", "calibrating", "active", "failed", "drifted")
 # Values held per stream while its calibration runs in the background; beyond it they are
 # skipped (counted) rather than held without bound.
 MAX_PENDING = 100_000
@@ -217,6 +225,13 @@ class Drift:
         # The input index and time of the first value in each stream's window (a scan's change point).
         self.window_index = np.zeros(0, dtype=np.int64)
         self.window_time = np.zeros(0, dtype=np.float64)
+        # Drifted since (the estimated change point of its last detection) until the stream has
+        # learned its new reference from data after it: input index (-1: not drifted) and time.
+        self.since_index = np.zeros(0, dtype=np.int64)
+        self.since_time = np.zeros(0, dtype=np.float64)
+        # Pinned references neither grow nor are re-learned after a detection (drift.pin_references,
+        # or by API): the stream holds (DRIFTED) until its reference is reset.
+        self.pinned = np.zeros(0, dtype=np.bool_)
         # How many leading values of the stream's reference the mirror (what snapshots share
         # instead of copying references) holds as they stand: references change only while they
         # are collected (appended to) and once when they are prepared, so a snapshot copies what
@@ -279,9 +294,13 @@ class Drift:
             self.wlen = grown(self.wlen, cap, self.W)
             self.window_index = grown(self.window_index, cap, -1)
             self.window_time = grown(self.window_time, cap, math.nan)
+            self.since_index = grown(self.since_index, cap, -1)
+            self.since_time = grown(self.since_time, cap, math.nan)
+            self.pinned = grown(self.pinned, cap, False)
             self.categorical = grown(self.categorical, cap, False)
         self.categorical[sid] = kind == "categorical"
         self.wlen[sid] = self.look if self.streams[sid].scan else self.W
+        self.pinned[sid] = s.pin_references
         self.by_row[row].append(sid)
         bank = "categorical" if kind == "categorical" else "numeric"
         brow = self.bank_rows[bank]
@@ -494,7 +513,8 @@ class Drift:
                     leftover[a + done : b] = True
                     leftover[a : a + done] = False
                 elif phase[u] == COLLECT:
-                    alerts += self._reference_full(sid)
+                    last = a + int(room[u]) - 1  # the value that completed it
+                    alerts += self._reference_full(sid, int(index[last]), float(times[last]))
                 else:
                     windows.append((sid, a + int(room[u]), b))
             if windows:
@@ -508,7 +528,7 @@ class Drift:
         """Values of a stream that holds them (calibrating), drops them (failed) or feeds a River
         detector; returns how many it used (the rest go round again: a detection restarted it)."""
         st, phase = self.streams[sid], self.phase[sid]
-        if phase == OFF:
+        if phase == OFF or phase == DRIFTED:
             return len(values)
         if phase == HOLD:
             held = sum(len(p[0]) for p in st.pending)
@@ -525,9 +545,19 @@ class Drift:
         alerts.append(self._detected(sid, int(index[h]), float(times[h]), None))
         return h + 1
 
-    def _reference_full(self, sid: int) -> list[DriftAlert]:
-        """A stream's reference is complete: calibrate, and (inline) start testing."""
+    def _reference_full(self, sid: int, index: int, at: float) -> list[DriftAlert]:
+        """A stream's reference is complete: calibrate, and (inline) start testing. A scan's
+        reference is checked first: if it changed within, the change is reported and the values
+        after it start the reference again (a reference never straddles a change)."""
         st = self.streams[sid]
+        if st.scan and not self.pinned[sid]:
+            change = (
+                categorical_reference_change(self.reference(sid))
+                if st.kind == "categorical"
+                else numeric_reference_change(self.reference(sid))
+            )
+            if change is not None:
+                return [self._split(sid, change, index, at)]
         self._submit(sid)
         if st.future is not None and st.future.done():
             return self._finish(sid)
@@ -660,6 +690,41 @@ class Drift:
         out: Floats = np.r_[slots, self.W - slots.sum()]
         return out
 
+    def _split(self, sid: int, change: dict[str, Any], index: int, at: float) -> DriftAlert:
+        """A change inside a stream's reference: reported, and the values after it kept as the start
+        of the reference."""
+        k = int(change["reference_offset"])
+        st = self.streams[sid]
+        bank = self.banks["categorical" if st.kind == "categorical" else "numeric"]
+        brow = self.bank_row[sid]
+        bank[brow, : self.R - k] = bank[brow, k : self.R].copy()
+        self.fill[sid], self.mirrored[sid] = self.R - k, 0
+        self.detections[sid] += 1
+        self.last_detection[sid] = self.newest_detection = time.monotonic()
+        self.since_index[sid], self.since_time[sid] = index, at
+        details = {**change, "change_index": None, "change_timestamp": None}
+        target = st.calibration.target_ert if st.calibration is not None else self._target(sid)
+        alert = DriftAlert(
+            index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
+            float(change["statistic"] / change["threshold"]), target, details,
+        )  # fmt: skip
+        self._log(alert)
+        return alert
+
+    def _log(self, alert: DriftAlert) -> None:
+        log.warning(
+            "drift_detected",
+            model=alert.key[0],
+            version=alert.key[1],
+            variant=alert.key[2],
+            stream=alert.stream,
+            detector=alert.detector,
+            index=alert.index,
+            event_timestamp=alert.timestamp,
+            score=alert.score,
+            details=alert.details,
+        )
+
     def _detected(self, sid: int, index: int, at: float, score: float | None) -> DriftAlert:
         st = self.streams[sid]
         now = time.monotonic()
@@ -677,25 +742,43 @@ class Drift:
             index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
             None if score is None else float(score), st.calibration.target_ert, details,
         )  # fmt: skip
-        # Start over: the values after the detection are the new reference, and the threshold is
-        # calibrated on it afresh (a bootstrapped test's null depends on its reference).
-        self.phase[sid], self.fill[sid] = COLLECT, 0
-        self.mirrored[sid] = 0
-        st.tester = None
-        st.slot_codes = st.lut = None
-        log.warning(
-            "drift_detected",
-            model=alert.key[0],
-            version=alert.key[1],
-            variant=alert.key[2],
-            stream=alert.stream,
-            detector=alert.detector,
-            index=alert.index,
-            event_timestamp=alert.timestamp,
-            score=alert.score,
-            details=alert.details,
-        )
+        since = details.get("change_index")
+        self.since_index[sid] = index if since is None else since
+        since_at = details.get("change_timestamp")
+        self.since_time[sid] = at if since_at is None else since_at
+        if self.pinned[sid]:
+            # A pinned reference stays: the stream holds until its reference is reset.
+            self.phase[sid] = DRIFTED
+        else:
+            # Start over: the values after the detection are the new reference, and the threshold is
+            # calibrated on it afresh (a bootstrapped test's null depends on its reference).
+            self.phase[sid], self.fill[sid] = COLLECT, 0
+            self.mirrored[sid] = 0
+            st.tester = None
+            st.slot_codes = st.lut = None
+        self._log(alert)
         return alert
+
+    # -- references by API --------------------------------------------------------------------
+
+    def reference_action(self, row: int, stream: str | None, action: Literal["reset", "pin", "unpin"]) -> list[str]:
+        """Reset (learn again from the next values), pin or unpin the references of a key's
+        streams (all, or the one named). Returns the streams it applied to."""
+        done = []
+        for sid in self.by_row[row]:
+            st = self.streams[sid]
+            if stream is not None and st.name != stream:
+                continue
+            if action == "reset" or (action == "unpin" and self.phase[sid] == DRIFTED):
+                if self.phase[sid] != OFF:
+                    self.phase[sid], self.fill[sid], self.mirrored[sid] = COLLECT, 0, 0
+                    st.tester, st.slot_codes, st.lut, st.pending, st.future = None, None, None, [], None
+            if action in ("pin", "unpin"):
+                self.pinned[sid] = action == "pin"
+                if isinstance(st.tester, ScanTest):
+                    st.tester.pin(action == "pin")
+            done.append(st.name)
+        return done
 
     # -- calibration --------------------------------------------------------------------------
 
@@ -756,6 +839,7 @@ class Drift:
         st.calibration = cal
         st.static = None
         self._activate(sid)
+        self.since_index[sid], self.since_time[sid] = -1, math.nan  # a new reference: no longer drifted
         pending, st.pending = st.pending, []
         if not pending:
             return []
@@ -782,6 +866,8 @@ class Drift:
             else:
                 tester.prepare(self.banks["numeric"][brow, : self.R])
             tester.prepared = True
+            if isinstance(tester, ScanTest) and self.pinned[sid]:
+                tester.pin(True)
             self.phase[sid] = WINDOW
         else:
             tester.update_many(self.reference(sid))
@@ -799,12 +885,24 @@ class Drift:
     def states(self, row: int | None = None) -> dict[str, int]:
         """Streams by state, of one key row or of all."""
         phases = self.phase[: len(self.streams)] if row is None else self.phase[self.by_row[row]]
-        counts = np.bincount(phases, minlength=5)
+        counts = np.bincount(phases, minlength=PHASES)
         return {
             "reference": int(counts[COLLECT]),
             "calibrating": int(counts[HOLD]),
             "active": int(counts[WINDOW] + counts[SEQUENTIAL]),
             "failed": int(counts[OFF]),
+            "drifted": int(counts[DRIFTED]),
+        }
+
+    def drifted_since(self, row: int) -> dict[str, dict[str, Any]]:
+        """A key's streams that are drifted: since which input index and time."""
+        return {
+            self.streams[sid].name: {
+                "index": int(self.since_index[sid]),
+                "timestamp": None if math.isnan(self.since_time[sid]) else float(self.since_time[sid]),
+            }
+            for sid in self.by_row[row]
+            if self.since_index[sid] >= 0
         }
 
     def detections_of(self, row: int) -> dict[str, int]:
@@ -847,6 +945,9 @@ class Drift:
             "bank_row": self.bank_row[:n].copy(),
             "window_index": self.window_index[:n].copy(),
             "window_time": self.window_time[:n].copy(),
+            "since_index": self.since_index[:n].copy(),
+            "since_time": self.since_time[:n].copy(),
+            "pinned": self.pinned[:n].copy(),
             **banks,
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
@@ -952,6 +1053,9 @@ class Drift:
         self.wlen = np.full(cap, self.W, dtype=np.int64)
         self.window_index = grown(np.asarray(state.get("window_index", np.full(n, -1)), dtype=np.int64), cap, -1)
         self.window_time = grown(np.asarray(state.get("window_time", np.full(n, math.nan)), np.float64), cap, math.nan)
+        self.since_index = grown(np.asarray(state.get("since_index", np.full(n, -1)), dtype=np.int64), cap, -1)
+        self.since_time = grown(np.asarray(state.get("since_time", np.full(n, math.nan)), np.float64), cap, math.nan)
+        self.pinned = grown(np.asarray(state.get("pinned", np.zeros(n, np.bool_)), dtype=np.bool_), cap, False)
         if np.any(~np.isnan(self.last_detection[:n])):
             self.newest_detection = float(np.nanmax(self.last_detection[:n]))
         extras = state["extra"]
@@ -963,13 +1067,14 @@ class Drift:
             self.wlen[sid] = self.look if st.scan else self.W
             self.by_row[st.row].append(sid)
             phase = int(self.phase[sid])
-            if phase in (WINDOW, SEQUENTIAL):
+            if phase in (WINDOW, SEQUENTIAL, DRIFTED):
                 if st.calibration is None:
                     raise ValueError(f"drift stream {st.name!r} is active but its checkpoint lacks its calibration")
                 self._activate(sid)
+                self.phase[sid] = phase  # a held (DRIFTED) stream keeps holding
                 self.fill[sid] = state["fill"][sid]
                 self.score[sid], self.p_value[sid] = state["score"][sid], state["p_value"][sid]
-                if phase == WINDOW:
+                if phase in (WINDOW, DRIFTED) and isinstance(st.tester, WindowedTest):
                     score, p = self.score[sid], self.p_value[sid]
                     st.tester.restore_judged_state(
                         {
@@ -980,6 +1085,8 @@ class Drift:
                     )
                 else:
                     st.tester.restore(st_state["tester"])
+                if isinstance(st.tester, ScanTest) and self.pinned[sid]:
+                    st.tester.pin(True)
             elif phase == HOLD:
                 if st.target is None:
                     raise ValueError(f"drift stream {st.name!r} is calibrating but its checkpoint lacks the target")
@@ -1084,6 +1191,7 @@ class DriftCopy:
     detections: Ints
     last_detection: Floats
     score: Floats
+    since_index: Ints
 
 
 def copy(d: Drift) -> DriftCopy:
@@ -1100,6 +1208,7 @@ def copy(d: Drift) -> DriftCopy:
         d.detections[:n].copy(),
         d.last_detection[:n].copy(),
         d.score[:n].copy(),
+        d.since_index[:n].copy(),
     )
 
 
@@ -1115,14 +1224,16 @@ def collect(c: DriftCopy, key_sets: Sequence[str | None], hold_s: float, now: fl
     sets = [f"{key_sets[c.rows[i]]},{c.labels[i]}" for i in idx]
     scored = [k for k, i in enumerate(idx) if not math.isnan(c.score[i])]
     out.samples("inferwatch_drift_score", [sets[k] for k in scored], c.score[[idx[k] for k in scored]].tolist())
-    held = (now - c.last_detection[idx]) < hold_s  # NaN (never) compares False
+    # 1 while drifted (until a new reference is learned from data after the change) and for
+    # hold_s after the detection. NaN (never) compares False.
+    held = ((now - c.last_detection[idx]) < hold_s) | (c.since_index[idx] >= 0)
     out.samples("inferwatch_drift_detected", sets, held.astype(np.int64).tolist())
     out.samples("inferwatch_drift_events", sets, c.detections[idx].tolist())
 
 
 def state_counts(c: DriftCopy) -> Ints:
-    """Streams by phase (index: COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF)."""
-    return np.bincount(c.phase, minlength=5)
+    """Streams by phase (index: COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF, DRIFTED)."""
+    return np.bincount(c.phase, minlength=PHASES)
 
 
 def reference_values(batch: Batch, settings: DriftConfig, max_features: int) -> dict[Key, dict[str, list[Any]]]:

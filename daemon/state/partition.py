@@ -244,7 +244,11 @@ class PartitionState:
         quality = self.quality[row]
         out["quality"] = (quality or self._quality()).summary()
         if self.drift is not None:
-            out["drift"] = {"streams": self.drift.states(row), "detections": self.drift.detections_of(row)}
+            out["drift"] = {
+                "streams": self.drift.states(row),
+                "detections": self.drift.detections_of(row),
+                "drifted_since": self.drift.drifted_since(row),
+            }
         return out
 
     # -- checkpoints --------------------------------------------------------------------------

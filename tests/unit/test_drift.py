@@ -23,6 +23,7 @@ from daemon.monitors import drift as drift_module
 from daemon.monitors.drift import Calibrator, DriftAlert, reference_values
 from daemon.runtime.app import build_pipeline
 from detectors.calibration import calibrate
+from detectors.scan import ScanTest
 from tests.unit.drift_harness import (
     BASE_TIME,
     KEY,
@@ -273,7 +274,7 @@ def test_a_quiet_key_takes_its_finished_calibration_and_tests_what_it_held() -> 
     events = [InferenceEvent(request_id=str(i), model="m", version="1", latency_ms=50 + x) for i, x in enumerate(xs)]
     assert f.events(events, 0) == []  # all held: calibrating
     sid = f.sid("latency")
-    assert f.drift.states() == {"reference": 0, "calibrating": 1, "active": 0, "failed": 0}
+    assert f.drift.states() == {"reference": 0, "calibrating": 1, "active": 0, "failed": 0, "drifted": 0}
     assert sum(len(p[0]) for p in f.drift.streams[sid].pending) == 1_000
     assert f.drift.poll() == []  # not finished yet
     calibrator.finish()
@@ -302,7 +303,7 @@ def test_a_reference_no_detector_can_learn_from_leaves_the_stream_failed() -> No
     sid = f.sid("errors")
     st = f.drift.streams[sid]
     assert f.drift.state(sid) == "failed" and st.error is not None and "error rate" in st.error
-    assert f.drift.states(0) == {"reference": 0, "calibrating": 0, "active": 0, "failed": 1}
+    assert f.drift.states(0) == {"reference": 0, "calibrating": 0, "active": 0, "failed": 1, "drifted": 0}
     assert f.errors([KEY] * 500, [True] * 500, 5_000) == [] and f.drift.state(sid) == "failed"
 
 
@@ -329,7 +330,7 @@ def test_streams_get_their_kind_from_their_first_value_and_bonferroni_targets() 
     assert {s.name: s.detector for s in d.streams}["feature:c"] == "scan_categorical"
     targets = {s.name: s.calibration.target_ert for s in d.streams if s.calibration}
     assert targets == {"score": TARGET, "feature:x": 3 * TARGET, "feature:y": 3 * TARGET, "feature:c": 3 * TARGET}
-    assert d.states(0) == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0}
+    assert d.states(0) == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0, "drifted": 0}
     plain = Feeder(DriftConfig(multiple_testing="none"), max_features=64)
     plain.events(events, 0)
     assert {s.calibration.target_ert for s in plain.drift.streams if s.calibration} == {TARGET}
@@ -495,3 +496,57 @@ def test_folded_levels_are_counted_per_value_whatever_the_cuts(monkeypatch: pyte
         cuts_feed(f, events, every(cut, 100))
         counts.append(f.overflow.counts.get("feature_level", 0))
     assert counts == [50, 50]  # "c" and "d", 25 values each
+
+
+def _blip_then_change(seed: int = 5) -> list[float]:
+    """2,000 quiet values, a blip of 50 values at +5 (a detection), 500 quiet values, then a lasting
+    +1.5 sd change: the reference learned after the blip would straddle the change."""
+    rng = np.random.default_rng(seed)
+    return np.r_[
+        rng.standard_normal(2_000), rng.standard_normal(50) + 5, rng.standard_normal(500), rng.standard_normal(3_000) + 1.5
+    ].tolist()
+
+
+def test_a_change_inside_a_new_reference_is_reported_and_never_learned() -> None:
+    f = Feeder(DriftConfig(streams=("features",)))
+    alerts = f.events(x_events(_blip_then_change()), 0)
+    assert [a.index for a in alerts][:1] == [2_049]  # the blip
+    (split,) = alerts[1:]
+    # The reference learned after the blip held the change 500 values in: reported, and only the
+    # values after it are kept to learn from (so nothing more fires on the new regime).
+    assert split.details is not None and split.details["test"] == "reference_mean"
+    assert abs(split.details["reference_offset"] - 500) <= 20
+    assert split.details["statistic"] > split.details["threshold"]
+    sid = f.sid("feature:x")
+    assert f.drift.state(sid) == "active"
+    ref = f.drift.reference(sid)
+    assert abs(float(np.mean(ref)) - 1.5) < 0.15  # learned from the new regime only
+
+
+def test_a_stream_is_drifted_since_the_change_until_it_has_learned_again() -> None:
+    f = Feeder(DriftConfig(streams=("features",)))
+    xs = shifted(4_000, 2_000, 2.0, seed=3)
+    (alert,) = f.events(x_events(xs[:2_600]), 0)
+    assert alert.details is not None and alert.details["change_index"] == 2_000
+    row = f.keys.index(KEY)
+    assert f.drift.drifted_since(row) == {"feature:x": {"index": 2_000, "timestamp": BASE_TIME + 2_000}}
+    # A thousand values after the detection are the new reference: no longer drifted.
+    assert f.events(x_events(xs[2_600:]), 2_600) == []
+    assert f.drift.drifted_since(row) == {}
+
+
+def test_a_pinned_reference_holds_the_stream_until_it_is_reset() -> None:
+    f = Feeder(DriftConfig(streams=("features",), pin_references=True))
+    xs = shifted(6_000, 2_000, 2.0, seed=4)
+    alerts = f.events(x_events(xs[:4_000]), 0)
+    assert len(alerts) == 1  # then holds: no new reference, no more alerts
+    sid = f.sid("feature:x")
+    assert f.drift.state(sid) == "drifted" and f.drift.states()["drifted"] == 1
+    assert isinstance(f.drift.streams[sid].tester, ScanTest)
+    assert f.drift.streams[sid].tester.ref_cells.sum() == 1_000  # a pinned reference never grew
+    row = f.keys.index(KEY)
+    assert f.drift.reference_action(row, "feature:x", "reset") == ["feature:x"]
+    assert f.drift.state(sid) == "reference"
+    assert f.events(x_events(xs[4_000:]), 4_000) == []
+    assert f.drift.state(sid) == "active" and f.drift.drifted_since(row) == {}
+    assert f.drift.reference_action(row, "nope", "pin") == []

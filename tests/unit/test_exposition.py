@@ -183,6 +183,13 @@ def test_drift_and_quality_families_follow_the_state(monkeypatch: pytest.MonkeyP
     # Odd ids are "eu" and never wrong (i % 4 == 0 only for even i).
     assert total(s, "inferwatch_model_performance", metric="accuracy", slice_value="eu") == 1.0
     assert total(s, "inferwatch_model_performance", metric="accuracy", slice_value="us") == 0.5
+    # Past the hold, x is still drifted: it has not yet learned its new reference from data after
+    # the change (1,000 values; ~450 came after the detection).
     later = time.monotonic() + 61
     monkeypatch.setattr(time, "monotonic", lambda: later)
-    assert total(parse(exposition.render().decode()), "inferwatch_drift_detected", **drift) == 0
+    assert total(parse(exposition.render().decode()), "inferwatch_drift_detected", **drift) == 1
+    more = [_record(i, features={"x": rng.gauss(3.0, 1.0), "region": "eu"}) for i in range(1_500, 2_200)]
+    pipeline.process(chunks_of(more))
+    s = parse(exposition.render().decode())
+    assert total(s, "inferwatch_drift_detected", **drift) == 0
+    assert total(s, "inferwatch_drift_events_total", **drift) == 1

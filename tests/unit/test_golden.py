@@ -26,6 +26,8 @@ Changed on purpose by issue 15:
   `amount` shift from event 26,000 at 26092-26286 instead of 26825-28179), with `details` (the
   test, statistic, threshold, estimated change point and size); `inferwatch_drift_score` is the
   scan's evidence (statistic over threshold) and its `detector` label reads `scan`.
+- a fifth stream state, `drifted` (pinned references after a detection; 0 here), in
+  `inferwatch_drift_streams` and the report's summary; the summary's `drifted_since` per stream.
 The report's counts and summary, and every other sample, are unchanged.
 """
 

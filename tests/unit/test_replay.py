@@ -81,7 +81,7 @@ def test_zero_config_replay_watches_every_stream_and_pins_the_alert_index(tmp_pa
     assert main(["replay", str(src), "--report", str(out)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["summary"]
-    assert row["drift"]["streams"] == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0}
+    assert row["drift"]["streams"] == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0, "drifted": 0}
     (alert,) = report["alerts"]
     # Values 0..999 are the reference and the scan looks every 50 values after it, so the look
     # holding event 6000 is events 6000..6049; it ends at event 6049, whose line is 6049 + 7

@@ -362,7 +362,7 @@ def test_a_failed_stream_stays_failed_with_its_reason() -> None:
     restored.restore(state, f.keys)
     d = restored.drift
     assert d.state(sid) == "failed" and d.streams[sid].error == error
-    assert d.states() == f.drift.states() == {"reference": 0, "calibrating": 0, "active": 0, "failed": 1}
+    assert d.states() == f.drift.states() == {"reference": 0, "calibrating": 0, "active": 0, "failed": 1, "drifted": 0}
     fill = int(d.fill[sid])
     assert restored.errors([KEY] * 500, [True] * 500, 250) == []
     assert d.state(sid) == "failed" and d.fill[sid] == fill and d.streams[sid].pending == []
