@@ -228,6 +228,15 @@ class HttpConfig(_Section):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     basic_auth: BasicAuthConfig | None = None
     tls: TlsConfig | None = None
+    # Bearer token of the admin routes (POST /v1/drift/reference); off without one. admin_token_file:
+    # a file holding it (a mounted Secret).
+    admin_token: Annotated[SecretStr, AfterValidator(_long_secret)] | None = None
+    admin_token_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _admin_token_file(cls, data: Any) -> Any:
+        return _from_file(data, "admin_token")
 
     @model_validator(mode="after")
     def _metrics_listener(self) -> HttpConfig:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -312,6 +312,29 @@ class Pipeline:
         if model is not None:
             return reports.get(model)
         return {"models": reports}
+
+    def drift_reference(
+        self,
+        action: Literal["reset", "pin", "unpin"],
+        model: str,
+        version: str | None = None,
+        variant: str | None = None,
+        stream: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Reset, pin or unpin the drift references of a model's keys (a version's, a variant's; one
+        stream or all), wherever this replica holds them. Returns the streams it applied to."""
+        done = []
+        with self.lock:
+            for p in sorted(self.partitions):
+                state = self.partitions[p]
+                if state.drift is None:
+                    continue
+                for row, (m, ver, var) in enumerate(state.keys):
+                    if m != model or version not in (None, ver) or variant not in (None, var):
+                        continue
+                    for name in state.drift.reference_action(row, stream, action):
+                        done.append({"model": m, "version": ver, "variant": var, "stream": name, "partition": p})
+        return done
 
     def drifting(self, hold_s: float) -> list[tuple[Key, str, str]]:
         """(key, stream, detector) of the streams whose last detection is younger than `hold_s`."""

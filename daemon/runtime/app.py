@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -137,6 +138,7 @@ class Daemon:
             self.shadow_report,
             self.receive_alertmanager if config.receiver.token is not None else None,
             config.receiver.max_body_bytes,
+            self.drift_reference if config.http.admin_token is not None else None,
         )
         self._source: PartitionedSource | None = None
         self.probe: BrokerProbe | None = None
@@ -265,6 +267,32 @@ class Daemon:
         if self.triggers is not None:
             self.triggers.on_alerts(alerts)
         return 200, {"alerts": len(alerts), "retraining": self.triggers is not None}
+
+    def drift_reference(self, authorization: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /v1/drift/reference: {"action": "reset" | "pin" | "unpin", "model": ..., and optional
+        "version", "variant", "stream"} -> the streams it applied to."""
+        token = self.config.http.admin_token
+        if token is None or not authorized(authorization, token):
+            return 401, {"error": "a valid bearer token (http.admin_token) is required"}
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            return 400, {"error": f"the body is not JSON: {exc}"}
+        fields = ("action", "model", "version", "variant", "stream")
+        if not isinstance(request, dict) or set(request) - set(fields):
+            return 400, {"error": f"the body must be a JSON object with the fields {list(fields)}"}
+        if request.get("action") not in ("reset", "pin", "unpin"):
+            return 400, {"error": "action must be reset, pin or unpin"}
+        for name in fields[1:]:
+            if not isinstance(request.get(name, ""), str) or (name == "model" and not request.get(name)):
+                return 400, {"error": f"{name} must be a string" + (" (required)" if name == "model" else "")}
+        done = self.pipeline.drift_reference(
+            request["action"], request["model"], request.get("version"), request.get("variant"), request.get("stream")
+        )
+        if not done:
+            return 404, {"error": "no drift stream here matches", "request": request}
+        log.info("drift_reference", action=request["action"], model=request["model"], streams=len(done))
+        return 200, {"action": request["action"], "streams": done}
 
     def status(self) -> dict[str, Any]:
         p = self.pipeline

@@ -1,8 +1,10 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status, /v1/canary, /v1/shadow and POST /v1/alertmanager.
+"""HTTP endpoints: /metrics, /healthz, /readyz, /v1/status, /v1/canary, /v1/shadow, and POST
+/v1/alertmanager and /v1/drift/reference.
 
 http.metrics_port moves /metrics to a listener of its own; http.basic_auth (and a client
 certificate, with http.tls.client_ca_file) guards every GET but the probes; http.tls serves HTTPS
-on every listener. POST /v1/alertmanager has its own bearer token (receiver.token).
+on every listener. POST /v1/alertmanager has its own bearer token (receiver.token), POST
+/v1/drift/reference the admin token (http.admin_token); each route is off without its token.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class HttpServer:
         shadow: Callable[[], dict[str, Any]] = lambda: {"enabled": False},
         alertmanager: Callable[[str | None, bytes], tuple[int, dict[str, Any]]] | None = None,
         max_body_bytes: int = 1_048_576,
+        drift_reference: Callable[[str | None, bytes], tuple[int, dict[str, Any]]] | None = None,
     ) -> None:
         server = self
 
@@ -83,7 +86,11 @@ class HttpServer:
         self.status = status
         self.canary = canary
         self.shadow = shadow
-        self.alertmanager = alertmanager
+        # POST routes: (handler, or None when off, and why it is off).
+        self.posts = {
+            "/v1/alertmanager": (alertmanager, "receiver.token is not set"),
+            "/v1/drift/reference": (drift_reference, "http.admin_token is not set"),
+        }
         self.max_body_bytes = max_body_bytes
         auth = config.basic_auth
         self._credentials = (
@@ -175,11 +182,12 @@ class HttpServer:
             self._json(req, 500, {"error": type(exc).__name__})
 
     def _post(self, req: BaseHTTPRequestHandler) -> None:
-        """POST /v1/alertmanager (with receiver.token set): Alertmanager's webhook. Nothing else takes POST."""
+        """POST /v1/alertmanager (receiver.token set): Alertmanager's webhook; POST /v1/drift/reference
+        (http.admin_token set): reset or pin drift references. Nothing else takes POST."""
         path = req.path.split("?", 1)[0]
-        if path != "/v1/alertmanager" or self.alertmanager is None:
+        handler, why = self.posts.get(path, (None, f"POST takes {' and '.join(self.posts)} only"))
+        if handler is None:
             req.close_connection = True
-            why = "receiver.token is not set" if path == "/v1/alertmanager" else "POST takes /v1/alertmanager only"
             self._json(req, 404, {"error": f"no POST route {path}: {why}"})
             return
         try:
@@ -193,7 +201,7 @@ class HttpServer:
             self._json(req, 413, {"error": f"body over receiver.max_body_bytes={self.max_body_bytes}"})
             return
         try:
-            code, body = self.alertmanager(req.headers.get("Authorization"), req.rfile.read(length))
+            code, body = handler(req.headers.get("Authorization"), req.rfile.read(length))
         except Exception as exc:
             log.exception("http_handler_failed", path=path)
             code, body = 500, {"error": type(exc).__name__}
@@ -232,4 +240,5 @@ ROUTES = [
     "/v1/canary/{model}",
     "/v1/shadow",
     "POST /v1/alertmanager",
+    "POST /v1/drift/reference",
 ]
