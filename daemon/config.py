@@ -320,6 +320,9 @@ class AccuracyConfig(_Section):
     max_slice_levels: int = Field(10, ge=1, le=1000)
     # Labelled predictions per key that calibrate the accuracy estimate (CBPE).
     estimate_reference_events: int = Field(1000, ge=10)
+    # A window's figures (accuracy, F1, ...) are exported once it holds this many labelled
+    # predictions; inferwatch_model_performance_samples always shows how many it holds.
+    min_samples: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _one_window(self) -> AccuracyConfig:

@@ -109,13 +109,18 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     "inferwatch_drift_events": ("counter", "Drift detections per stream.", DRIFT_LABELS),
     "inferwatch_drift_streams": (
         "gauge",
-        "Streams by drift-monitoring state: reference, calibrating, active, failed.",
+        "Streams by drift-monitoring state: reference, calibrating, active, failed, drifted (pinned, after a detection).",
         ["state"],
     ),
     "inferwatch_model_performance": (
         "gauge",
         "Quality over the window of labelled predictions, per metric and slice (__all__ = every event).",
         [*KEY_LABELS, "metric", "slice_feature", "slice_value"],
+    ),
+    "inferwatch_model_performance_samples": (
+        "gauge",
+        "Labelled predictions in the quality window, per slice; figures are exported from accuracy.min_samples on.",
+        [*KEY_LABELS, "slice_feature", "slice_value"],
     ),
     "inferwatch_model_performance_estimated": (
         "gauge",

@@ -54,6 +54,9 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+# The labelled count of a window, among the rows of KeyPerformance.rows().
+SAMPLES = "samples"
+
 class QualityWindow:
     """Quality over the last `window_events` labelled predictions, or the last `window_seconds` of them.
 
@@ -248,8 +251,13 @@ class KeyPerformance:
         max_slice_levels: int,
         reference_size: int,
         overflow: Overflow,
+        min_samples: int = 1,
     ) -> None:
         _positive_int("max_slice_levels", max_slice_levels, 0)
+        _positive_int("min_samples", min_samples)
+        # Windows holding fewer labelled predictions show their count, not their figures: five
+        # labels make an accuracy of 0.8 or 0.0, which no alert should read.
+        self.min_samples = min_samples
         self._settings = (window_events, window_seconds, positive_class)
         self.overall = QualityWindow(*self._settings)
         # The estimate's window counts predictions; a time-windowed key uses 1000 of them.
@@ -321,14 +329,23 @@ class KeyPerformance:
             self.version += 1
 
     def rows(self) -> list[tuple[str, str, str, float]]:
-        """(metric, slice_feature, slice_value, value); overall figures have feature and value __all__."""
-        rows = [(m, ALL, ALL, v) for m, v in self.overall.metrics().items()]
+        """(metric, slice_feature, slice_value, value); overall figures have feature and value __all__.
+        Each window gives its labelled count (metric "samples"), and its figures from `min_samples` on."""
+        rows = self._window_rows(self.overall, ALL, ALL)
         estimate = self.estimator.expected_accuracy
         if estimate is not None:
             rows.append(("accuracy_estimated", ALL, ALL, estimate))
         for feature, levels in self.slices.items():
             for level, window in levels.items():
-                rows.extend((m, feature, level, v) for m, v in window.metrics().items())
+                rows += self._window_rows(window, feature, level)
+        return rows
+
+    def _window_rows(self, window: QualityWindow, feature: str, level: str) -> list[tuple[str, str, str, float]]:
+        metrics = window.metrics()
+        n = len(window)
+        rows = [(SAMPLES, feature, level, float(n))]
+        if n >= self.min_samples:
+            rows += [(m, feature, level, v) for m, v in metrics.items()]
         return rows
 
     def summary(self) -> dict[str, Any]:
@@ -369,10 +386,13 @@ class KeyPerformance:
 
 def collect(rows: list[tuple[str, list[tuple[str, str, str, float]]]], out: Sink) -> None:
     """Quality families from (key label set, KeyPerformance.rows()) of each labelled key."""
-    realized_sets, realized, estimated_sets, estimated = [], [], [], []
+    realized_sets, realized, estimated_sets, estimated, sample_sets, samples = [], [], [], [], [], []
     for key_set, metrics in rows:
         for metric, feature, level, value in metrics:
-            if metric.endswith("_estimated"):
+            if metric == SAMPLES:
+                sample_sets.append(f'{key_set},slice_feature="{escape(feature)}",slice_value="{escape(level)}"')
+                samples.append(value)
+            elif metric.endswith("_estimated"):
                 estimated_sets.append(f'{key_set},metric="{metric.removesuffix("_estimated")}"')
                 estimated.append(value)
             else:
@@ -382,3 +402,4 @@ def collect(rows: list[tuple[str, list[tuple[str, str, str, float]]]], out: Sink
                 realized.append(value)
     out.samples("inferwatch_model_performance", realized_sets, realized)
     out.samples("inferwatch_model_performance_estimated", estimated_sets, estimated)
+    out.samples("inferwatch_model_performance_samples", sample_sets, samples)

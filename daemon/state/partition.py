@@ -109,6 +109,7 @@ class PartitionState:
             a.max_slice_levels,
             a.estimate_reference_events,
             self.shared.overflow,
+            a.min_samples,
         )
 
     # -- batches ------------------------------------------------------------------------------
