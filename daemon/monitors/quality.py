@@ -331,6 +331,8 @@ class KeyPerformance:
     def rows(self) -> list[tuple[str, str, str, float]]:
         """(metric, slice_feature, slice_value, value); overall figures have feature and value __all__.
         Each window gives its labelled count (metric "samples"), and its figures from `min_samples` on."""
+        if not self.labelled:
+            return []
         rows = self._window_rows(self.overall, ALL, ALL)
         estimate = self.estimator.expected_accuracy
         if estimate is not None:

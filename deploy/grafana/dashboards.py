@@ -750,6 +750,16 @@ def model() -> Json:
                     description="Label-free CBPE estimate over the latest predictions, next to the labelled accuracy.",
                     overrides=[dashed("^estimated")],
                 ),
+                timeseries(
+                    "Labelled predictions in the window",
+                    target(
+                        f'max by ({BY_KEY}) (inferwatch_model_performance_samples{{{KEY}, slice_feature="__all__"}})',
+                        f"labelled {KEY_LEGEND}",
+                    ),
+                    w=8,
+                    min=0,
+                    description="Realized figures are exported from accuracy.min_samples (100) labels in the window.",
+                ),
                 table(
                     "Quality by slice",
                     target(
@@ -769,7 +779,8 @@ def model() -> Json:
                         f"{{{{stream}}}} ({{{{detector}}}}) {KEY_LEGEND}",
                     ),
                     w=8,
-                    description="The last window statistic of each active stream's test (absent for River detectors).",
+                    description="The scans' evidence (their statistic over its threshold: 1 fires), or the last window"
+                    " statistic of a window test (absent for River detectors).",
                 ),
                 timeseries(
                     "Drift detected per stream",
@@ -780,7 +791,8 @@ def model() -> Json:
                     w=8,
                     min=0,
                     max=1,
-                    description="1 while the stream's latest detection is younger than drift.hold_seconds.",
+                    description="1 from a detection until the stream has learned a new reference, and for"
+                    " drift.hold_seconds after it.",
                 ),
                 timeseries(
                     "Drift detections",

@@ -540,3 +540,16 @@ def test_restore_drops_slices_of_features_no_longer_configured() -> None:
     kp2.restore(through_codec(kp.snapshot()))
     assert list(kp2.slices) == ["device"] and kp2.slices["device"].keys() == {"ios", "web"}
     assert kp2.summary()["metrics"] == kp.summary()["metrics"]
+
+
+def test_a_window_shows_its_count_and_its_figures_only_from_min_samples() -> None:
+    kp = key_performance(Overflow(), min_samples=5)
+    assert kp.rows() == []  # no label yet: nothing at all
+    kp.add_joined([joined(str(i), "a", "a" if i else "b", ("de",)) for i in range(4)])
+    rows = {(m, f, v): x for m, f, v, x in kp.rows()}
+    # Four labels, one wrong: accuracy would read 0.75; it is withheld, the count is shown.
+    assert rows == {("samples", ALL, ALL): 4.0, ("samples", "country", "de"): 4.0}
+    kp.add_joined([joined("4", "a", "a", ("fr",))])
+    rows = {(m, f, v): x for m, f, v, x in kp.rows()}
+    assert rows[("samples", ALL, ALL)] == 5.0 and rows[("accuracy", ALL, ALL)] == pytest.approx(4 / 5)
+    assert ("accuracy", "country", "fr") not in rows and rows[("samples", "country", "fr")] == 1.0
