@@ -273,6 +273,13 @@ class LimitsConfig(_Section):
     max_keys: int = Field(1000, ge=1, description="distinct (model, version, variant)")
     max_classes: int = Field(20, ge=1, description="prediction classes per key")
     max_features: int = Field(64, ge=1, description="features per key")
+    # A key tracks a feature (missing counts, a drift stream) once the feature was named in this
+    # many of its events and in this share of its events since the first that named it
+    # (daemon/monitors/admission.py); and releases it after this many of its events without it
+    # (0: never).
+    feature_admission_events: int = Field(10, ge=1, description="events naming a feature before it is tracked")
+    feature_admission_share: float = Field(0.01, ge=0, le=1, description="share of the key's events naming it")
+    feature_release_events: int = Field(100_000, ge=0, description="key events without a feature before release")
     max_error_types: int = Field(20, ge=1, description="error types per key")
     max_event_bytes: int = Field(1_048_576, ge=64, description="larger records are invalid")
 

@@ -53,6 +53,7 @@ from detectors.distribution import (
 from detectors.registry import DETECTORS
 from detectors.scan import (
     LOOK,
+    SPLIT_EDGE,
     CategoricalScan,
     ScanTest,
     categorical_reference_change,
@@ -69,9 +70,12 @@ Kind = Literal["numeric", "categorical", "binary"]
 
 # Phases of a stream, in an array (`Drift.phase`). DRIFTED: a pinned reference's stream after a
 # detection, holding until its reference is reset.
-COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF, DRIFTED = 0, 1, 2, 3, 4, 5
-PHASES = 6
-_STATE_OF_PHASE: tuple[StreamState, ...] = ("reference", "active", "calibrating", "active", "failed", "drifted")
+# RELEASED: a feature's stream whose feature the key no longer tracks (gone, shown nowhere).
+COLLECT, WINDOW, HOLD, SEQUENTIAL, OFF, DRIFTED, RELEASED = 0, 1, 2, 3, 4, 5, 6
+PHASES = 7
+_STATE_OF_PHASE: tuple[StreamState, ...] = (
+    "reference", "active", "calibrating", "active", "failed", "drifted", "failed"
+)  # fmt: skip
 # Values held per stream while its calibration runs in the background; beyond it they are
 # skipped (counted) rather than held without bound.
 MAX_PENDING = 100_000
@@ -528,7 +532,7 @@ class Drift:
         """Values of a stream that holds them (calibrating), drops them (failed) or feeds a River
         detector; returns how many it used (the rest go round again: a detection restarted it)."""
         st, phase = self.streams[sid], self.phase[sid]
-        if phase == OFF or phase == DRIFTED:
+        if phase == OFF or phase == DRIFTED or phase == RELEASED:
             return len(values)
         if phase == HOLD:
             held = sum(len(p[0]) for p in st.pending)
@@ -692,8 +696,9 @@ class Drift:
 
     def _split(self, sid: int, change: dict[str, Any], index: int, at: float) -> DriftAlert:
         """A change inside a stream's reference: reported, and the values after it kept as the start
-        of the reference."""
-        k = int(change["reference_offset"])
+        of the reference (after a margin of SPLIT_EDGE: the estimated split can be early, and a few
+        values of the old regime left at the start would be found again)."""
+        k = min(self.R, int(change["reference_offset"]) + int(SPLIT_EDGE * self.R))
         st = self.streams[sid]
         bank = self.banks["categorical" if st.kind == "categorical" else "numeric"]
         brow = self.bank_row[sid]
@@ -702,11 +707,12 @@ class Drift:
         self.detections[sid] += 1
         self.last_detection[sid] = self.newest_detection = time.monotonic()
         self.since_index[sid], self.since_time[sid] = index, at
+        self.score[sid] = float(change["statistic"] / change["threshold"])
         details = {**change, "change_index": None, "change_timestamp": None}
         target = st.calibration.target_ert if st.calibration is not None else self._target(sid)
         alert = DriftAlert(
             index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
-            float(change["statistic"] / change["threshold"]), target, details,
+            float(self.score[sid]), target, details,
         )  # fmt: skip
         self._log(alert)
         return alert
@@ -759,6 +765,19 @@ class Drift:
         self._log(alert)
         return alert
 
+    def release(self, row: int, name: str) -> None:
+        """A feature the key no longer tracks: its stream goes (its column to the next feature)."""
+        col = self.feature_names.release(row, name)
+        if col is None:
+            return
+        sid = int(self.feature_stream[row, col])
+        self.feature_stream[row, col] = -1
+        if sid >= 0:
+            st = self.streams[sid]
+            self.phase[sid] = RELEASED
+            st.tester, st.pending, st.future, st.slot_codes, st.lut = None, [], None, None, None
+            self.by_row[row].remove(sid)
+
     # -- references by API --------------------------------------------------------------------
 
     def reference_action(self, row: int, stream: str | None, action: Literal["reset", "pin", "unpin"]) -> list[str]:
@@ -786,7 +805,7 @@ class Drift:
         s = self.settings
         st = self.streams[sid]
         if st.name.startswith("feature:") and s.multiple_testing == "bonferroni":
-            return float(s.target_ert_events) * max(1, len(self.feature_names.names[st.row]))
+            return float(s.target_ert_events) * max(1, self.feature_names.taken(st.row))
         return float(s.target_ert_events)
 
     def reference(self, sid: int) -> Any:
@@ -1065,7 +1084,8 @@ class Drift:
             self.streams.append(st)
             self.categorical[sid] = st.kind == "categorical"
             self.wlen[sid] = self.look if st.scan else self.W
-            self.by_row[st.row].append(sid)
+            if self.phase[sid] != RELEASED:
+                self.by_row[st.row].append(sid)
             phase = int(self.phase[sid])
             if phase in (WINDOW, SEQUENTIAL, DRIFTED):
                 if st.calibration is None:
@@ -1215,7 +1235,7 @@ def copy(d: Drift) -> DriftCopy:
 def collect(c: DriftCopy, key_sets: Sequence[str | None], hold_s: float, now: float, out: Sink) -> None:
     """Streams that are active, or re-learning their reference after a detection (still held);
     `key_sets[row]` is None for a key another partition shows."""
-    shown = ((c.phase == WINDOW) | (c.phase == SEQUENTIAL) | (c.detections > 0)) & np.array(
+    shown = ((c.phase == WINDOW) | (c.phase == SEQUENTIAL) | (c.detections > 0)) & (c.phase != RELEASED) & np.array(
         [key_sets[r] is not None for r in c.rows.tolist()], dtype=np.bool_
     )
     idx = np.flatnonzero(shown).tolist()

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 OTHER = "__other__"
+# A column freed for a later name (a released feature).
+FREE = "\x00free"
 # Longer class and feature names fold into OTHER: they become label values.
 MAX_LABEL_VALUE_CHARS = 128
 
@@ -108,7 +110,8 @@ class RowNames:
         if i is not None and self._col[row, i] >= 0:
             return int(self._col[row, i])
         row_names = self.names[row]
-        if len(row_names) >= self.cap or len(name) > MAX_LABEL_VALUE_CHARS or name == OTHER:
+        free = row_names.index(FREE) if FREE in row_names else -1
+        if (free < 0 and len(row_names) >= self.cap) or len(name) > MAX_LABEL_VALUE_CHARS or name in (OTHER, FREE):
             if i is not None:
                 self._col[row, i] = self.cap  # remembered: the name has an id already
             return self.cap
@@ -116,12 +119,41 @@ class RowNames:
             i = self._ids[name] = len(self._ids)
             if i >= self._col.shape[1]:
                 self._resize(len(self._col), max(2 * self._col.shape[1], 8))
-        col = len(row_names)
-        row_names.append(name)
+        if free >= 0:
+            col = free
+            row_names[col] = name
+        else:
+            col = len(row_names)
+            row_names.append(name)
         self._col[row, i] = col
         self.layout += 1
         return col
 
+    def release(self, row: int, name: str) -> int | None:
+        """Free `name`'s column in `row` for a later name; the column, or None if it had none."""
+        i = self._ids.get(name)
+        if i is None or not 0 <= self._col[row, i] < self.cap:
+            return None
+        col = int(self._col[row, i])
+        self._col[row, i] = -1
+        # Names folded into OTHER for want of room may take the free column now.
+        self._col[row][self._col[row] == self.cap] = -1
+        self.names[row][col] = FREE
+        self.layout += 1
+        return col
+
+    def taken(self, row: int) -> int:
+        """Names the row holds (freed columns not counted)."""
+        return sum(1 for n in self.names[row] if n != FREE)
+
     def restore_row(self, row: int, names: Sequence[str]) -> list[int]:
-        """Give `row` a snapshot's names, in order; the column each got (`cap` for one past the cap)."""
-        return [self._take(row, name) for name in names]
+        """Give `row` a snapshot's names, in order (FREE: a freed column); the column each got (`cap`
+        for one past the cap)."""
+        out = []
+        for name in names:
+            if name == FREE:
+                self.names[row].append(FREE)
+                out.append(len(self.names[row]) - 1)
+            else:
+                out.append(self._take(row, name))
+        return out

@@ -17,7 +17,7 @@ from daemon.config import LimitsConfig, MetricsConfig
 from daemon.export.families import Sink
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import grown
-from daemon.monitors.names import OTHER, Overflow, RowNames
+from daemon.monitors.names import FREE, OTHER, Overflow, RowNames
 from detectors.quantiles import LogBuckets
 
 Ints = npt.NDArray[np.int64]
@@ -161,6 +161,12 @@ class Traffic:
         keep = present & (cols >= 0) & (cols < self.feature_names.cap)
         np.add.at(self.present, (all_rows[keep], cols[keep]), 1)
 
+    def release(self, row: int, name: str) -> None:
+        """A feature the key no longer tracks: its column and counts go to the next name."""
+        col = self.feature_names.release(row, name)
+        if col is not None:
+            self.first_seen[row, col] = self.present[row, col] = 0
+
     # -- reading ------------------------------------------------------------------------------
 
     def missing(self, row: int) -> dict[str, int]:
@@ -168,7 +174,7 @@ class Traffic:
         names = self.feature_names.names[row]
         k = len(names)
         counts = self.events[row] - self.first_seen[row, :k] - self.present[row, :k]
-        return dict(zip(names, counts.tolist(), strict=True))
+        return {n: c for n, c in zip(names, counts.tolist(), strict=True) if n != FREE}
 
     def counts(self, row: int, which: str) -> dict[str, int]:
         """name -> count of the key's error types or classes, OTHER last when it has any."""
@@ -374,6 +380,8 @@ def _fold(c: TrafficCopy, into: int, row: int) -> None:
         sums[into] += sums[row]
     for counts, names in ((c.errors, c.error_names), (c.classes, c.class_names), (c.missing, c.feature_names)):
         for col, name in enumerate(names[row]):
+            if name == FREE:
+                continue
             if name in names[into]:
                 counts[into, names[into].index(name)] += counts[row, col]
             elif len(names[into]) < counts.shape[1] - (counts is not c.missing):
@@ -414,7 +422,13 @@ def _named(names: list[list[str]], counts: Ints, other: bool) -> tuple[list[list
     something into it."""
     values = counts.tolist()
     if not other:
-        return names, [v[: len(n)] for n, v in zip(names, values, strict=True)]
+        shown = [
+            ([x for x in n if x != FREE], [c for x, c in zip(n, v, strict=False) if x != FREE])
+            if FREE in n
+            else (n, v[: len(n)])
+            for n, v in zip(names, values, strict=True)
+        ]
+        return [s[0] for s in shown], [s[1] for s in shown]
     out_names, out_values = [], []
     for n, v in zip(names, values, strict=True):
         if v[-1]:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from daemon.config import Config
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.canary import Canary
+from daemon.monitors.admission import FeatureAdmission
 from daemon.monitors.drift import Calibrator, Drift, DriftAlert
 from daemon.monitors.labels import JoinedLabel, LabelJoin, PendingPrediction
 from daemon.monitors.names import Overflow
@@ -54,6 +55,7 @@ class PartitionState:
         self.seen: dict[str, int] = {}
         self.keys: list[Key] = []
         self._rows: dict[Key, int] = {}
+        self.admission = FeatureAdmission(c.limits)
         self.traffic = Traffic(c.metrics, c.limits, shared.overflow)
         self.quality: list[KeyPerformance | None] = []
         self.drift = (
@@ -78,6 +80,7 @@ class PartitionState:
             self._rows[key] = len(self.keys)
             self.keys.append(key)
         n = len(keys)
+        self.admission.add_rows(n)
         self.traffic.add_rows(n)
         self.quality.extend(self._quality() if self.join is not None else None for _ in range(n))
         if self.drift is not None:
@@ -127,8 +130,14 @@ class PartitionState:
         first = np.flatnonzero(starts)
         rank = np.empty(len(rows), dtype=np.int64)
         rank[order] = np.arange(len(rows)) - np.repeat(first, np.diff(np.r_[first, len(rows)]))
-        self.traffic.update(rows, rank, batch)
-        alerts = self.drift.update(rows, order, batch) if self.drift is not None else []
+        # Traffic and drift see the features each key tracks; what it stopped tracking goes.
+        tracked, released = self.admission.filter(rows, rank, batch)
+        for row, name in released:
+            self.traffic.release(row, name)
+            if self.drift is not None:
+                self.drift.release(row, name)
+        self.traffic.update(rows, rank, tracked)
+        alerts = self.drift.update(rows, order, tracked) if self.drift is not None else []
         inline, joined = self._predictions(rows, order, batch, overflowed)
         timeline = []
         if self.canary is not None:
@@ -261,6 +270,7 @@ class PartitionState:
             "partition": self.partition,
             "offsets": [[t, o] for t, o in sorted(self.offsets.items())],
             "keys": [list(k) for k in self.keys],
+            "admission": self.admission.snapshot(),
             "traffic": self.traffic.snapshot(),
             "quality": [None if q is None else q.snapshot() for q in self.quality],
             "drift": None if self.drift is None else self.drift.snapshot(fresh),
@@ -284,6 +294,8 @@ class PartitionState:
             state.canary.restore(shard["canary"])
         keys: list[Key] = [(str(k[0]), str(k[1]), str(k[2])) for k in shard["keys"]]
         state.add_keys(keys)
+        if "admission" in shard:  # shards written before admission: every feature was tracked at once
+            state.admission.restore(shard["admission"])
         state.traffic.restore(shard["traffic"])
         for row, q in enumerate(shard["quality"]):
             if q is not None:

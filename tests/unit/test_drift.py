@@ -74,7 +74,8 @@ def test_the_pipeline_drives_drift_as_these_tests_do() -> None:
         )
         for i in range(2_000)
     ]
-    config = from_mapping({"drift": SMALL})
+    # Features tracked from their first event, as the harness does (no admission gate).
+    config = from_mapping({"drift": SMALL, "limits": {"feature_admission_events": 1}})
     alerts: list[DriftAlert] = []
     pipeline = build_pipeline(config, alert_sink=alerts.extend)
     records = [

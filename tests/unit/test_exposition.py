@@ -26,7 +26,8 @@ def _record(i: int, **fields: object) -> RawRecord:
 
 @pytest.fixture
 def daemon() -> Daemon:
-    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": {"max_keys": 2}}))
+    limits = {"max_keys": 2, "feature_admission_events": 1}  # features tracked from their first event
+    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": limits}))
     records = [
         _record(0, variant="a", latency_ms=5, features={"x": 1}, score=0.3),
         _record(1, variant="a", latency_ms=50, status="error", error_type="oom", features={"x": None}),
@@ -143,7 +144,7 @@ def test_status_json_summarises_keys(daemon: Daemon) -> None:
 
 
 def test_label_values_are_escaped_and_round_trip() -> None:
-    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
+    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "limits": {"feature_admission_events": 1}}))
     odd = 'we"ird\\mo%del\nname %d'
     body = {"request_id": "r", "model": odd, "status": "error", "error_type": "50%", "features": {'f"%s': None}}
     d.pipeline.process(chunks_of([RawRecord("t", 0, 0, 1.0, None, json.dumps(body).encode())]))

@@ -28,6 +28,9 @@ Changed on purpose by issue 15:
   scan's evidence (statistic over threshold) and its `detector` label reads `scan`.
 - a fifth stream state, `drifted` (pinned references after a detection; 0 here), in
   `inferwatch_drift_streams` and the report's summary; the summary's `drifted_since` per stream.
+- features are tracked from their 10th event (`limits.feature_admission_events`): the same five
+  alerts, the `amount` ones now at 26109-26286, and the drift scores of the last looks differ;
+  missing-feature counts are unchanged (nine events before tracking do not count as missing).
 - new: `inferwatch_model_performance_samples` (1,000 labelled predictions in each window here, over
   `accuracy.min_samples`, so every figure is still shown).
 The report's counts and summary, and every other sample, are unchanged.

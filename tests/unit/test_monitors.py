@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config, LimitsConfig
+from daemon.config import Config, LimitsConfig, from_mapping
 from daemon.ingest.batch import Key
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.sources import RawRecord, chunks_of
@@ -168,7 +168,7 @@ def test_feature_missing_counts_from_first_sighting() -> None:
 
 def test_feature_first_sighting_counts_each_keys_own_events() -> None:
     """Through the pipeline: PartitionState ranks each event among its key's events of the batch."""
-    pipeline = build_pipeline(Config())
+    pipeline = build_pipeline(from_mapping({"limits": {"feature_admission_events": 1}}))
     events: list[dict[str, Any]] = [
         {"model": "a"},
         {"model": "b", "features": {"f": None}},  # f first named by b here: b's 1st event

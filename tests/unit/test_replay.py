@@ -83,17 +83,18 @@ def test_zero_config_replay_watches_every_stream_and_pins_the_alert_index(tmp_pa
     (row,) = report["summary"]
     assert row["drift"]["streams"] == {"reference": 0, "calibrating": 0, "active": 4, "failed": 0, "drifted": 0}
     (alert,) = report["alerts"]
-    # Values 0..999 are the reference and the scan looks every 50 values after it, so the look
-    # holding event 6000 is events 6000..6049; it ends at event 6049, whose line is 6049 + 7
-    # invalid lines before it.
-    assert alert["index"] == 6_049 + 7
-    assert json.loads(lines[alert["index"]])["request_id"] == "r6049"
+    # x is tracked from its 10th event (limits.feature_admission_events), so values 9..1008 are the
+    # reference and the scan looks every 50 values after it: the looks around event 6000 are
+    # 5959..6008 (9 shifted values: not enough) and 6009..6058, which fires at event 6058, whose
+    # line is 6058 + 7 invalid lines before it.
+    assert alert["index"] == 6_058 + 7
+    assert json.loads(lines[alert["index"]])["request_id"] == "r6058"
     assert (alert["stream"], alert["detector"], alert["kind"]) == ("feature:x", "scan", "drift")
     assert alert["score"] >= 1 and alert["target_ert"] == 2_000_000  # Bonferroni over 2 features
-    # How: the mean moved by 2 sd, from the window starting at event 6000 (its line).
+    # How: the mean moved by 2 sd; the strongest evidence is the last look's alone (from event 6009).
     details = alert["details"]
     assert details["test"] == "mean" and details["statistic"] > details["threshold"]
-    assert details["change_index"] == 6_000 + 7 and details["change_timestamp"] == 7_000.0
+    assert details["change_index"] == 6_009 + 7 and details["change_timestamp"] == 7_009.0
     assert 1.5 < details["mean_shift_sd"] < 2.5 and 0.7 < details["sd_ratio"] < 1.4
 
 
@@ -146,7 +147,8 @@ def test_a_reference_file_sets_the_reference_and_a_bad_one_stops_start_up(
     cfg.write_text(f"drift:\n  reference_file: {ref}\n")
     assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 0
     alerts = json.loads(out.read_text())["alerts"]
-    assert [(a["index"], a["stream"]) for a in alerts] == [(49, "feature:x")]  # the first look
+    # The first look of x, which is tracked from its 10th event: events 9..58.
+    assert [(a["index"], a["stream"]) for a in alerts] == [(58, "feature:x")]
     cfg.write_text(f"drift:\n  reference_file: {tmp_path / 'missing.jsonl'}\n")
     assert main(["check-config", str(cfg)]) == 2
     assert "drift.reference_file: cannot read" in capsys.readouterr().err
