@@ -30,7 +30,7 @@ Changed on purpose by issue 15:
   `inferwatch_drift_streams` and the report's summary; the summary's `drifted_since` per stream.
 - features are tracked from their 10th event (`limits.feature_admission_events`): the same five
   alerts, the `amount` ones now at 26109-26286, and the drift scores of the last looks differ;
-  missing-feature counts are unchanged (nine events before tracking do not count as missing).
+  `note` (canary) misses 376 values, not 377: one of the nine events before it was tracked had it null.
 - new: `inferwatch_model_performance_samples` (1,000 labelled predictions in each window here, over
   `accuracy.min_samples`, so every figure is still shown).
 The report's counts and summary, and every other sample, are unchanged.
