@@ -500,6 +500,7 @@ def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any])
         f"{n} {ours[n]['detected']}/{ours[n]['runs']}" for n in changes if not suite[n]["verdicts"]["detected"]
     )
     found = verdict(detected == runs) + (f": {misses}" if misses else "")
+
     def ratio(name: str) -> str:
         r = suite[name]["delay_over_bound"]
         return "-" if r is None else f"{r:.1f}x"

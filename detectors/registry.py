@@ -11,7 +11,6 @@ from detectors.distribution import (
     PSITest,
     WassersteinTest,
 )
-from detectors.scan import CategoricalScan, NumericScan
 from detectors.river_adapters import (
     ADWINDetector,
     DDMDetector,
@@ -22,6 +21,7 @@ from detectors.river_adapters import (
     KSWINDetector,
     PageHinkleyDetector,
 )
+from detectors.scan import CategoricalScan, NumericScan
 
 DETECTORS: dict[str, type] = {
     # River, numeric input

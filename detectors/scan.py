@@ -199,9 +199,7 @@ class ScanTest(WindowedTest):
             done += k
         return None
 
-    def _scan_looks(
-        self, values: Any, k: int, index: IntArray | None, times: FloatArray | None
-    ) -> int | None:
+    def _scan_looks(self, values: Any, k: int, index: IntArray | None, times: FloatArray | None) -> int | None:
         L = self.window_size
         blocks, cells = self._blocks(values, k)
         self.seen += k * L
@@ -324,6 +322,7 @@ class ScanTest(WindowedTest):
     # -- subclasses --------------------------------------------------------------------------------
 
     dims: int
+    limits: FloatArray  # each test's threshold: windows x tests (set by `_derive`)
 
     def _prepare(self, reference: Any) -> FloatArray:
         raise NotImplementedError

@@ -109,7 +109,7 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     "inferwatch_drift_events": ("counter", "Drift detections per stream.", DRIFT_LABELS),
     "inferwatch_drift_streams": (
         "gauge",
-        "Streams by drift-monitoring state: reference, calibrating, active, failed, drifted (pinned, after a detection).",
+        "Streams by drift-monitoring state: reference, calibrating, active, failed, drifted (pinned, held).",
         ["state"],
     ),
     "inferwatch_model_performance": (

@@ -50,7 +50,7 @@ class FeatureAdmission:
         self.admitted = np.zeros((0, 0), dtype=np.bool_)  # row x id
         self.last_seen = np.zeros((0, 0), dtype=np.int64)  # row x id: the row's event count when last named
         # Per row: name -> [count (inherited included), the row's event count before its evidence
-    # started, the count inherited or held before that].
+        # started, the count inherited or held before that].
         self.candidates: list[dict[str, list[int]]] = []
 
     def add_rows(self, n: int) -> None:

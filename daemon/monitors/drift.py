@@ -532,7 +532,7 @@ class Drift:
         """Values of a stream that holds them (calibrating), drops them (failed) or feeds a River
         detector; returns how many it used (the rest go round again: a detection restarted it)."""
         st, phase = self.streams[sid], self.phase[sid]
-        if phase == OFF or phase == DRIFTED or phase == RELEASED:
+        if phase in (OFF, DRIFTED, RELEASED):
             return len(values)
         if phase == HOLD:
             held = sum(len(p[0]) for p in st.pending)
@@ -788,10 +788,10 @@ class Drift:
             st = self.streams[sid]
             if stream is not None and st.name != stream:
                 continue
-            if action == "reset" or (action == "unpin" and self.phase[sid] == DRIFTED):
-                if self.phase[sid] != OFF:
-                    self.phase[sid], self.fill[sid], self.mirrored[sid] = COLLECT, 0, 0
-                    st.tester, st.slot_codes, st.lut, st.pending, st.future = None, None, None, [], None
+            relearn = action == "reset" or (action == "unpin" and self.phase[sid] == DRIFTED)
+            if relearn and self.phase[sid] != OFF:
+                self.phase[sid], self.fill[sid], self.mirrored[sid] = COLLECT, 0, 0
+                st.tester, st.slot_codes, st.lut, st.pending, st.future = None, None, None, [], None
             if action in ("pin", "unpin"):
                 self.pinned[sid] = action == "pin"
                 if isinstance(st.tester, ScanTest):
@@ -1235,8 +1235,10 @@ def copy(d: Drift) -> DriftCopy:
 def collect(c: DriftCopy, key_sets: Sequence[str | None], hold_s: float, now: float, out: Sink) -> None:
     """Streams that are active, or re-learning their reference after a detection (still held);
     `key_sets[row]` is None for a key another partition shows."""
-    shown = ((c.phase == WINDOW) | (c.phase == SEQUENTIAL) | (c.detections > 0)) & (c.phase != RELEASED) & np.array(
-        [key_sets[r] is not None for r in c.rows.tolist()], dtype=np.bool_
+    shown = (
+        ((c.phase == WINDOW) | (c.phase == SEQUENTIAL) | (c.detections > 0))
+        & (c.phase != RELEASED)
+        & np.array([key_sets[r] is not None for r in c.rows.tolist()], dtype=np.bool_)
     )
     idx = np.flatnonzero(shown).tolist()
     if not idx:

@@ -57,6 +57,7 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
 # The labelled count of a window, among the rows of KeyPerformance.rows().
 SAMPLES = "samples"
 
+
 class QualityWindow:
     """Quality over the last `window_events` labelled predictions, or the last `window_seconds` of them.
 

@@ -17,8 +17,8 @@ import numpy.typing as npt
 
 from daemon.config import Config
 from daemon.ingest.batch import Batch, Key
-from daemon.monitors.canary import Canary
 from daemon.monitors.admission import FeatureAdmission
+from daemon.monitors.canary import Canary
 from daemon.monitors.drift import Calibrator, Drift, DriftAlert
 from daemon.monitors.labels import JoinedLabel, LabelJoin, PendingPrediction
 from daemon.monitors.names import Overflow

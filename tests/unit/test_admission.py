@@ -15,7 +15,14 @@ LIMITS = {"max_features": 4, "feature_admission_events": 10, "feature_admission_
 
 def records(start: int, events: list[dict[str, Any]]) -> list[RawRecord]:
     return [
-        RawRecord("t", 0, start + i, 1000.0 + start + i, None, json.dumps({"request_id": f"r{start + i}", "model": "m", **e}).encode())
+        RawRecord(
+            "t",
+            0,
+            start + i,
+            1000.0 + start + i,
+            None,
+            json.dumps({"request_id": f"r{start + i}", "model": "m", **e}).encode(),
+        )
         for i, e in enumerate(events)
     ]
 

@@ -70,7 +70,15 @@ def test_calibration_is_tighter_than_the_default(name: str) -> None:
     defaults = DETECTORS[name]()
     key = next(
         k
-        for k in ("threshold", "alpha", "delta", "drift_threshold", "drift_confidence", "confidence_level", "target_ert")
+        for k in (
+            "threshold",
+            "alpha",
+            "delta",
+            "drift_threshold",
+            "drift_confidence",
+            "confidence_level",
+            "target_ert",
+        )
         if k in cal.params and getattr(defaults, k, None) is not None
     )
     if name == "page_hinkley" or name == "ddm" or name in ("wasserstein", "psi", "jensen_shannon", "psi_categorical"):

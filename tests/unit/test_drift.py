@@ -504,7 +504,10 @@ def _blip_then_change(seed: int = 5) -> list[float]:
     +1.5 sd change: the reference learned after the blip would straddle the change."""
     rng = np.random.default_rng(seed)
     return np.r_[
-        rng.standard_normal(2_000), rng.standard_normal(50) + 5, rng.standard_normal(500), rng.standard_normal(3_000) + 1.5
+        rng.standard_normal(2_000),
+        rng.standard_normal(50) + 5,
+        rng.standard_normal(500),
+        rng.standard_normal(3_000) + 1.5,
     ].tolist()
 
 

@@ -33,7 +33,9 @@ def post(port: int, body: Any, token: str | None = TOKEN) -> tuple[int, dict[str
 
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0, "admin_token": TOKEN}, "drift": {"streams": "features"}}))
+    d = Daemon(
+        from_mapping({"http": {"host": "127.0.0.1", "port": 0, "admin_token": TOKEN}, "drift": {"streams": "features"}})
+    )
     d.http.start()
     try:
         yield d
@@ -45,9 +47,15 @@ def feed(d: Daemon, start: int, n: int, mean: float) -> None:
     rng = random.Random(start)
     records = [
         RawRecord(
-            "t", 0, i, None, None,
-            json.dumps({"request_id": f"r{i}", "model": "m", "variant": "a", "features": {"x": rng.gauss(mean, 1)}}).encode(),
-        )  # fmt: skip
+            "t",
+            0,
+            i,
+            None,
+            None,
+            json.dumps(
+                {"request_id": f"r{i}", "model": "m", "variant": "a", "features": {"x": rng.gauss(mean, 1)}}
+            ).encode(),
+        )
         for i in range(start, start + n)
     ]
     d.pipeline.process(chunks_of(records))
@@ -84,8 +92,12 @@ def test_pin_then_reset_by_api(daemon: Daemon) -> None:
     assert states(daemon)["drifted"] == 1
     code, answer = post(port, {"action": "reset", "model": "m"})
     assert code == 200 and answer["streams"][0] == {
-        "model": "m", "version": "unknown", "variant": "a", "stream": "feature:x", "partition": 0
-    }  # fmt: skip
+        "model": "m",
+        "version": "unknown",
+        "variant": "a",
+        "stream": "feature:x",
+        "partition": 0,
+    }
     assert states(daemon)["reference"] == 1
     feed(daemon, 3_000, 1_000, 3.0)
     # Calibrated on the daemon's background thread: taken at a tick.

@@ -16,7 +16,9 @@ from detectors.scan import LOOK, WINDOW_LOOKS, CategoricalScan, NumericScan, Sca
 Maker = Callable[[np.random.Generator, int], Any]
 
 
-def detections(make: Maker, n: int, target: float, *, categorical: bool = False, chunk: int = 2000, seed: int = 0) -> list[int]:
+def detections(
+    make: Maker, n: int, target: float, *, categorical: bool = False, chunk: int = 2000, seed: int = 0
+) -> list[int]:
     """Positions of every detection over n values; after each, the next 1,000 are the new reference."""
     x = make(np.random.default_rng(seed), n)
     scan: ScanTest = (CategoricalScan if categorical else NumericScan)(target_ert=target)
