@@ -293,13 +293,16 @@ class ScanTest(WindowedTest):
         out = super().snapshot()
         if self.prepared:
             out["scan"] = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.state().items()}
+            # JSON has no NaN: a look without a time is None.
+            out["scan"]["ring_time"] = [None if math.isnan(t) else t for t in self.ring_time.tolist()]
             out["finding"] = self.finding
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         if state.get("scan") is not None:
-            self.restore_judged_state({"score": state["score"], "p_value": state["p_value"], **state["scan"]})
+            scan = {**state["scan"], "ring_time": [math.nan if t is None else t for t in state["scan"]["ring_time"]]}
+            self.restore_judged_state({"score": state["score"], "p_value": state["p_value"], **scan})
         self.finding = state.get("finding")
 
     def restore_judged_state(self, state: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ reference that grows only from quiet data, and answers that do not depend on how
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -141,3 +142,13 @@ def test_threshold_solves_the_crossing_rate() -> None:
     # Longer windows are read more often than they change: a lower threshold for the same rate.
     assert threshold(1, 6400, LOOK, rate) < threshold(1, 50, LOOK, rate)
     assert math.isfinite(threshold(1, 50, LOOK, 1e-30))
+
+
+@pytest.mark.parametrize(("scan", "xs"), [(NumericScan, [0.0] * 1_200), (CategoricalScan, ["a", "b"] * 600)])
+def test_a_snapshot_survives_json(scan: type[ScanTest], xs: list[Any]) -> None:
+    """Looks without times (NaN) must come back as they were: JSON has no NaN."""
+    det = scan(reference_size=1_000)
+    det.update_many(xs)
+    twin = scan(reference_size=1_000)
+    twin.restore(json.loads(json.dumps(det.snapshot(), allow_nan=False)))
+    assert twin.snapshot() == det.snapshot()
