@@ -962,8 +962,10 @@ class Drift:
             "score": self.score[:n].copy(),
             "p_value": self.p_value[:n].copy(),
             "bank_row": self.bank_row[:n].copy(),
-            "window_index": self.window_index[:n].copy(),
-            "window_time": self.window_time[:n].copy(),
+            # Only a window holding values has a first one (an empty one's are stale: whether the
+            # last looks went through the bank depends on where batches were cut).
+            "window_index": np.where(self.fill[:n] > 0, self.window_index[:n], -1),
+            "window_time": np.where(self.fill[:n] > 0, self.window_time[:n], math.nan),
             "since_index": self.since_index[:n].copy(),
             "since_time": self.since_time[:n].copy(),
             "pinned": self.pinned[:n].copy(),
