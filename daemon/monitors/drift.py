@@ -59,6 +59,7 @@ from detectors.scan import (
     categorical_reference_change,
     numeric_reference_change,
 )
+from detectors.scan_bank import CategoricalBank, NumericBank, ScanBank
 
 log = structlog.get_logger(__name__)
 
@@ -213,6 +214,8 @@ class Drift:
         self.R, self.W = settings.reference_events, settings.window_events
         # Scans read every LOOK values (a window test every W): a stream's window in the bank.
         self.look = min(LOOK, self.W)
+        # The scan streams' state, one slot each (`scan_slot`), per kind: their looks are tested together.
+        self.scans: dict[str, ScanBank] = {"numeric": NumericBank(self.look), "categorical": CategoricalBank(self.look)}
         watch = settings.streams
         self.watch = {s: s in watch for s in ("features", "score", "latency", "errors")}
         self.streams: list[Stream] = []
@@ -226,6 +229,7 @@ class Drift:
         self.p_value = np.zeros(0, dtype=np.float64)
         self.bank_row = np.zeros(0, dtype=np.int64)
         self.wlen = np.zeros(0, dtype=np.int64)  # values per window (W, or a scan's look)
+        self.scan_slot = np.zeros(0, dtype=np.int64)  # a scan stream's slot in its bank (-1: none yet)
         # The input index and time of the first value in each stream's window (a scan's change point).
         self.window_index = np.zeros(0, dtype=np.int64)
         self.window_time = np.zeros(0, dtype=np.float64)
@@ -296,6 +300,7 @@ class Drift:
             self.mirrored = grown(self.mirrored, cap, 0)
             self.bank_row = grown(self.bank_row, cap, -1)
             self.wlen = grown(self.wlen, cap, self.W)
+            self.scan_slot = grown(self.scan_slot, cap, -1)
             self.window_index = grown(self.window_index, cap, -1)
             self.window_time = grown(self.window_time, cap, math.nan)
             self.since_index = grown(self.since_index, cap, -1)
@@ -649,30 +654,46 @@ class Drift:
         leftover: npt.NDArray[np.bool_],
     ) -> list[DriftAlert]:
         """Scan streams whose look in the bank filled: that look and the further whole looks of
-        values[start:end], in one call per stream."""
+        values[start:end], all streams of a kind in one call of its bank."""
         R, L = self.R, self.look
         alerts = []
-        for sid, start, end in windows:
-            st = self.streams[sid]
-            tester: ScanTest = st.tester
+        for kind, bank in self.scans.items():
+            mine = [w for w in windows if _bank_of(self.streams[w[0]]) == kind]
+            if not mine:
+                continue
+            sids, start, end = (np.array(c, dtype=np.int64) for c in zip(*mine, strict=True))
             more = (end - start) // L * L
-            kind = "categorical" if st.kind == "categorical" else "numeric"
-            looks = np.concatenate([self.banks[kind][self.bank_row[sid], R : R + L], values[start : start + more]])
-            if st.kind == "categorical":
-                looks = self._cells(st, looks)
-            at = np.concatenate([np.full(L, self.window_index[sid]), index[start : start + more]])
-            when = np.concatenate([np.full(L, self.window_time[sid]), times[start : start + more]])
-            fired = tester.scan(looks, at, when)
-            self.score[sid] = tester.score if tester.score is not None else math.nan
-            if fired is None:
-                used = start + more
-                self.fill[sid] = 0
-            else:
-                last = start - 1 if fired < L else start + fired - L  # the value that completed it
-                used = last + 1
-                alerts.append(self._detected(sid, int(index[last]), float(times[last]), self.score[sid]))
-            leftover[start:used] = False
-            leftover[used:end] = True
+            # Each stream's looks: the one in the bank, then `more` of `values` from its start.
+            counts = L + more
+            seg = np.repeat(np.arange(len(sids)), counts)
+            pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            held = pos < L
+            src = (start[seg] + pos - L)[~held]
+            looks = np.empty(len(pos), dtype=values.dtype)
+            looks[held] = self.banks[kind][self.bank_row[sids[seg[held]]], R + pos[held]]
+            looks[~held] = values[src]
+            at = np.empty(len(pos), dtype=np.int64)
+            at[held], at[~held] = self.window_index[sids[seg[held]]], index[src]
+            when = np.empty(len(pos), dtype=np.float64)
+            when[held], when[~held] = self.window_time[sids[seg[held]]], times[src]
+            if kind == "categorical":
+                first = 0
+                for sid, n in zip(sids.tolist(), counts.tolist(), strict=True):
+                    looks[first : first + n] = self._cells(self.streams[sid], looks[first : first + n])
+                    first += n
+            slots = self.scan_slot[sids]
+            fired = bank.scan(slots, counts, looks, at, when)
+            self.score[sids] = bank.evidence[slots]
+            self.fill[sids[fired < 0]] = 0
+            # The value that completed the look that fired: the one before `start` for the bank's.
+            last = np.where(fired < L, start - 1, start + fired - L)
+            used = np.where(fired < 0, start + more, last + 1)
+            for i, (a, u, b) in enumerate(zip(start.tolist(), used.tolist(), end.tolist(), strict=True)):
+                leftover[a:u] = False
+                leftover[u:b] = True
+                if fired[i] >= 0:
+                    sid = int(sids[i])
+                    alerts.append(self._detected(sid, int(index[u - 1]), float(times[u - 1]), self.score[sid]))
         return alerts
 
     def _cells(self, st: Stream, codes: npt.NDArray[Any]) -> Ints:
@@ -776,6 +797,9 @@ class Drift:
             st = self.streams[sid]
             self.phase[sid] = RELEASED
             st.tester, st.pending, st.future, st.slot_codes, st.lut = None, [], None, None, None
+            if self.scan_slot[sid] >= 0:
+                self.scans[_bank_of(st)].release(int(self.scan_slot[sid]))
+                self.scan_slot[sid] = -1
             self.by_row[row].remove(sid)
 
     # -- references by API --------------------------------------------------------------------
@@ -874,6 +898,10 @@ class Drift:
         assert st.calibration is not None
         tester = st.calibration.build()
         brow = self.bank_row[sid]
+        if isinstance(tester, ScanTest):
+            if self.scan_slot[sid] < 0:
+                self.scan_slot[sid] = self.scans[_bank_of(st)].add()
+            tester.bind(self.scans[_bank_of(st)], int(self.scan_slot[sid]))
         if isinstance(tester, WindowedTest):
             if isinstance(tester, CategoricalScan):
                 tester.prepare(self.reference(sid))
@@ -970,6 +998,9 @@ class Drift:
             "since_time": self.since_time[:n].copy(),
             "pinned": self.pinned[:n].copy(),
             **banks,
+            # Scan streams' state: their banks' arrays, and each stream's slot in them.
+            "scan_slot": self.scan_slot[:n].copy(),
+            "scans": {kind: bank.state(np.arange(bank.slots)) for kind, bank in self.scans.items()},
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),
@@ -1077,6 +1108,15 @@ class Drift:
         self.since_index = grown(np.asarray(state.get("since_index", np.full(n, -1)), dtype=np.int64), cap, -1)
         self.since_time = grown(np.asarray(state.get("since_time", np.full(n, math.nan)), np.float64), cap, math.nan)
         self.pinned = grown(np.asarray(state.get("pinned", np.zeros(n, np.bool_)), dtype=np.bool_), cap, False)
+        # Each scan stream keeps its slot: the banks come back as they were, free slots included.
+        self.scan_slot = grown(np.asarray(state.get("scan_slot", np.full(n, -1)), dtype=np.int64), cap, -1)
+        scans = state.get("scans", {})
+        for kind, scan_bank in self.scans.items():
+            if kind in scans:
+                mine = np.array([static["kind"] == "categorical" for static in state["streams"]]) == (
+                    kind == "categorical"
+                )
+                scan_bank.reserve(len(scans[kind]["looks"]), self.scan_slot[:n][mine[:n] & (self.scan_slot[:n] >= 0)])
         if np.any(~np.isnan(self.last_detection[:n])):
             self.newest_detection = float(np.nanmax(self.last_detection[:n]))
         extras = state["extra"]
@@ -1115,10 +1155,17 @@ class Drift:
                 self._submit(sid, st.target)
                 if st.future is not None and st.future.done():
                     self._ready.append(sid)
+        for kind, kept in scans.items():
+            self.scans[kind].restore(np.arange(self.scans[kind].slots), kept)
         # The checkpoint's references are the mirror: equal to the banks (a prepared reference was
         # stored sorted, and sorting it again changed nothing), so the next snapshot copies none.
         self.mirrors = {b: np.array(state[f"{b}_references"], dtype=self.banks[b].dtype) for b in self.banks}
         self.mirrored[:n] = np.where(self.phase[:n] == COLLECT, self.fill[:n], self.R)
+
+
+def _bank_of(st: Stream) -> str:
+    """The bank (of values, and of scan slots) a stream's values go to."""
+    return "categorical" if st.kind == "categorical" else "numeric"
 
 
 def _static(st: Stream) -> dict[str, Any]:
@@ -1161,8 +1208,6 @@ def _extra(st: Stream) -> dict[str, Any]:
             out["tester"] = tester.snapshot()
         elif isinstance(tester, ErrorRateTest):
             out["tester"] = {"absorbed": list(tester.absorbed)}
-        elif isinstance(tester, ScanTest) and tester.prepared:
-            out["tester"] = tester.state()
     if st.pending:
         out["pending"] = [
             np.concatenate([p[0] for p in st.pending]),

@@ -33,6 +33,10 @@ Changed on purpose by issue 15:
   `note` (canary) misses 376 values, not 377: one of the nine events before it was tracked had it null.
 - new: `inferwatch_model_performance_samples` (1,000 labelled predictions in each window here, over
   `accuracy.min_samples`, so every figure is still shown).
+- the scans keep sums of normal scores in fixed point (1/65,536: exact under any order of
+  additions, so their windows are kept by adding and subtracting looks): the same alerts at the
+  same events, statistics and scores differ from the 7th significant digit, window means and
+  sds in the last digits (summed from the looks' sums, not as differences of running totals).
 The report's counts and summary, and every other sample, are unchanged.
 """
 

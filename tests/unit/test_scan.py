@@ -111,12 +111,12 @@ def test_the_reference_grows_from_quiet_epochs_only() -> None:
     quiet.update_many(rng.standard_normal(21_000).tolist())
     # 20,000 values after the first reference: 12 epochs of 1,600 ended, the first 8 of them
     # 6,400 values ago; an epoch near which a test warned by chance stays out.
-    assert 1_000 + 6 * 1_600 <= quiet.ref_cells.sum() <= 1_000 + 8 * 1_600
+    assert 1_000 + 6 * 1_600 <= quiet.reference_events <= 1_000 + 8 * 1_600
     # A slow drift, too slow to fire, warns: the epochs near the warnings stay out.
     ramp = NumericScan(target_ert=1e9)
     x = rng.standard_normal(21_000) + np.clip((np.arange(21_000) - 1_000) / 20_000, 0, None) * 0.1
     assert ramp.update_many(x.tolist()) == []
-    assert ramp.ref_cells.sum() < quiet.ref_cells.sum()
+    assert ramp.reference_events < quiet.reference_events
 
 
 @pytest.mark.parametrize("categorical", [False, True])
