@@ -107,13 +107,19 @@ class FeatureAdmission:
 
     def _candidates(self, name: str, rows: Ints, at: Ints, todo: Bools) -> Bools:
         """Events (of `todo`) whose key admits `name` at or before them."""
-        ok = np.zeros(len(rows), dtype=np.bool_)
         where = np.flatnonzero(todo)
-        for row in np.unique(rows[where]).tolist():
-            mine = where[rows[where] == row]
+        where = where[np.argsort(rows[where], kind="stable")]  # by key row, in order within each
+        r = rows[where]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        lengths = np.diff(np.r_[starts, len(r)])
+        # Per key row (dictionary work only): the candidate's count so far and where its evidence starts.
+        held = np.empty(len(starts), dtype=np.int64)
+        first = np.empty(len(starts), dtype=np.int64)
+        entries = []
+        for i, (row, a) in enumerate(zip(r[starts].tolist(), at[where[starts]].tolist(), strict=True)):
             table = self.candidates[row]
             entry = table.get(name)
-            start = int(at[mine[0]]) - 1
+            start = a - 1
             if entry is not None and start - entry[1] > self._horizon():
                 entry[1], entry[2] = start, entry[0]  # too late: its evidence starts over
             if entry is None:
@@ -125,16 +131,23 @@ class FeatureAdmission:
                     victim = min(table, key=lambda n: table[n][0])
                     inherited = table.pop(victim)[0]
                 entry = table[name] = [inherited, start, inherited]
-            count = entry[0] - entry[2] + np.arange(1, len(mine) + 1)  # times named since `first`
-            span = at[mine] - entry[1]
-            admit = np.flatnonzero((count >= self.min_events) & (count >= self.share * span))
-            if len(admit):
-                del table[name]
-                i = self._id(name)
-                self.admitted[row, i] = True
-                ok[mine[admit[0] :]] = True
-            else:
-                entry[0] += len(mine)
+            entries.append(entry)
+            held[i], first[i] = entry[0] - entry[2], entry[1]
+        seg = np.repeat(np.arange(len(starts)), lengths)
+        rank = np.arange(len(r)) - starts[seg]
+        count = held[seg] + rank + 1  # times named since its evidence started
+        admit = (count >= self.min_events) & (count >= self.share * (at[where] - first[seg]))
+        first_admit = np.minimum.reduceat(np.where(admit, rank, len(r)), starts)
+        ok = np.zeros(len(rows), dtype=np.bool_)
+        ok[where[rank >= first_admit[seg]]] = True
+        admitted = first_admit < lengths
+        if admitted.any():
+            i = self._id(name)
+            self.admitted[r[starts[admitted]], i] = True
+        for k in np.flatnonzero(admitted).tolist():
+            del self.candidates[int(r[starts[k]])][name]
+        for k in np.flatnonzero(~admitted).tolist():
+            entries[k][0] += int(lengths[k])
         return ok
 
     def _horizon(self) -> float:

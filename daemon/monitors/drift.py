@@ -157,17 +157,21 @@ class Stream:
         "name",
         "pending",
         "row",
+        "scan",
         "skipped",
         "slot_codes",
         "static",
         "target",
         "tester",
+        "windowed",
     )
 
     def __init__(self, name: str, kind: Kind, detector: str, row: int, feature: str | None) -> None:
         self.name = name
         self.kind = kind
         self.detector = detector
+        self.windowed = issubclass(DETECTORS[detector], WindowedTest)
+        self.scan = issubclass(DETECTORS[detector], ScanTest)
         self.row = row  # the key's row
         self.feature = feature
         self.tester: Any = None  # the calibrated detector while the stream is active
@@ -184,14 +188,6 @@ class Stream:
         self.lut: Ints | None = None
         # Its snapshot's parts that change only with a calibration (built when a snapshot needs them).
         self.static: dict[str, Any] | None = None
-
-    @property
-    def windowed(self) -> bool:
-        return issubclass(DETECTORS[self.detector], WindowedTest)
-
-    @property
-    def scan(self) -> bool:
-        return issubclass(DETECTORS[self.detector], ScanTest)
 
 
 class Drift:
@@ -247,6 +243,7 @@ class Drift:
         self.mirrored = np.zeros(0, dtype=np.int64)
         self.mirrors: dict[str, npt.NDArray[Any]] = {}
         self.window_copies: dict[str, npt.NDArray[Any]] = {}
+        self.scan_copies: dict[str, dict[str, npt.NDArray[Any]]] = {}  # the scan banks' state, likewise
         # Per bank, the encoded chunks of the mirror's rows kept between checkpoints (codec.Chunked).
         self.mirror_encoded: dict[str, list[tuple[int, bytes] | None]] = {"numeric": [], "categorical": []}
         self.categorical = np.zeros(0, dtype=np.bool_)
@@ -1000,7 +997,10 @@ class Drift:
             **banks,
             # Scan streams' state: their banks' arrays, and each stream's slot in them.
             "scan_slot": self.scan_slot[:n].copy(),
-            "scans": {kind: bank.state(np.arange(bank.slots)) for kind, bank in self.scans.items()},
+            "scans": {
+                kind: bank.copy(None if fresh else self.scan_copies.setdefault(kind, {}))
+                for kind, bank in self.scans.items()
+            },
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),
