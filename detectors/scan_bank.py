@@ -362,23 +362,9 @@ class ScanBank:
         """The slots' state (copies): what a checkpoint keeps; the rest follows from it and the reference."""
         return {name: getattr(self, name)[slots] for name in self.kept}
 
-    def copy(self, buffers: dict[str, npt.NDArray[Any]] | None = None) -> dict[str, npt.NDArray[Any]]:
-        """Every slot's state (as `state`), copied into `buffers` (kept by the caller between copies,
-        grown here: fresh pages for tens of MB at each checkpoint would be faulted in on the loop)
-        or, without, afresh."""
-        n = self.slots
-        out = {}
-        for name in self.kept:
-            live = getattr(self, name)
-            if buffers is None:
-                out[name] = live[:n].copy()
-                continue
-            buffer = buffers.get(name)
-            if buffer is None or len(buffer) < n:
-                buffer = buffers[name] = np.empty_like(live)
-            np.copyto(buffer[:n], live[:n])
-            out[name] = buffer[:n]
-        return out
+    def copy(self) -> dict[str, npt.NDArray[Any]]:
+        """Every slot's state (as `state`), copied."""
+        return {name: getattr(self, name)[: self.slots].copy() for name in self.kept}
 
     def restore(self, slots: IntArray, state: dict[str, Any]) -> None:
         """Take the slots' state back (after each was prepared on its reference again)."""

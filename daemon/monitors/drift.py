@@ -68,6 +68,8 @@ Floats = npt.NDArray[np.float64]
 StreamState = Literal["reference", "calibrating", "active", "failed", "drifted"]
 STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", "failed", "drifted")
 Kind = Literal["numeric", "categorical", "binary"]
+# A stream's kind is also its bank of values; as a code, its place here.
+KINDS: tuple[Kind, ...] = ("numeric", "categorical", "binary")
 
 # Phases of a stream, in an array (`Drift.phase`). DRIFTED: a pinned reference's stream after a
 # detection, holding until its reference is reset.
@@ -243,15 +245,24 @@ class Drift:
         self.mirrored = np.zeros(0, dtype=np.int64)
         self.mirrors: dict[str, npt.NDArray[Any]] = {}
         self.window_copies: dict[str, npt.NDArray[Any]] = {}
-        self.scan_copies: dict[str, dict[str, npt.NDArray[Any]]] = {}  # the scan banks' state, likewise
         # Per bank, the encoded chunks of the mirror's rows kept between checkpoints (codec.Chunked).
-        self.mirror_encoded: dict[str, list[tuple[int, bytes] | None]] = {"numeric": [], "categorical": []}
-        self.categorical = np.zeros(0, dtype=np.bool_)
-        self.banks: dict[str, npt.NDArray[Any]] = {
-            "numeric": np.zeros((0, self.R + self.W), dtype=np.float64),
-            "categorical": np.zeros((0, self.R + self.W), dtype=np.int32),
+        self.mirror_encoded: dict[str, list[tuple[int, bytes] | None]] = {kind: [] for kind in KINDS}
+        self.kind_code = np.zeros(0, dtype=np.int8)  # per stream: its kind's place in KINDS
+        # A bank per kind, a row per stream: its reference, then room for its window (a look for a
+        # scan: scans are what most streams run, so their rows are narrow).
+        detectors = {
+            "numeric": settings.numeric_detector,
+            "categorical": settings.categorical_detector,
+            "binary": settings.error_detector,
         }
-        self.bank_rows = {"numeric": 0, "categorical": 0}
+        self.banks: dict[str, npt.NDArray[Any]] = {
+            kind: np.zeros(
+                (0, self.R + (self.look if issubclass(DETECTORS[detectors[kind]], ScanTest) else self.W)),
+                dtype=np.int32 if kind == "categorical" else np.float64,
+            )
+            for kind in KINDS
+        }
+        self.bank_rows: dict[str, int] = dict.fromkeys(KINDS, 0)
         # Per key row: its score, latency and errors streams, and its feature streams by column.
         self.rows = 0
         self.fixed = np.full((0, 3), -1, dtype=np.int64)  # score, latency, errors
@@ -303,12 +314,12 @@ class Drift:
             self.since_index = grown(self.since_index, cap, -1)
             self.since_time = grown(self.since_time, cap, math.nan)
             self.pinned = grown(self.pinned, cap, False)
-            self.categorical = grown(self.categorical, cap, False)
-        self.categorical[sid] = kind == "categorical"
+            self.kind_code = grown(self.kind_code, cap, 0)
+        self.kind_code[sid] = KINDS.index(kind)
         self.wlen[sid] = self.look if self.streams[sid].scan else self.W
         self.pinned[sid] = s.pin_references
         self.by_row[row].append(sid)
-        bank = "categorical" if kind == "categorical" else "numeric"
+        bank = kind
         brow = self.bank_rows[bank]
         self.bank_rows[bank] += 1
         if brow >= len(self.banks[bank]):
@@ -438,7 +449,7 @@ class Drift:
             sids[ok] = self.feature_stream[srows[ok], cols[ok]]
             # A stream takes the values of its kind only: numbers in a categorical stream (and
             # strings in a numeric one) are skipped, as if absent.
-            is_cat = self.categorical[np.maximum(sids, 0)]
+            is_cat = self.kind_code[np.maximum(sids, 0)] == KINDS.index("categorical")
             if f.codes is not None:
                 codes = f.codes[order]
                 cat = ok & is_cat & (codes >= 0)
@@ -466,7 +477,7 @@ class Drift:
         for row in np.unique(srows[sids < 0]).tolist():
             self.fixed[row, 2] = self._stream(row, "errors", "binary")
         sids = self.fixed[srows, 2]
-        return alerts + self._place(sids, wrong[order].astype(np.float64), index[order], times[order], "numeric")
+        return alerts + self._place(sids, wrong[order].astype(np.float64), index[order], times[order], "binary")
 
     def poll(self) -> list[DriftAlert]:
         """Streams whose calibration finished take it now and test the values held meanwhile.
@@ -618,11 +629,7 @@ class Drift:
                 if sid in ks_results:
                     drifted = tester.judged(*ks_results[sid][j])
                 else:
-                    window = (
-                        self.banks["categorical" if st.kind == "categorical" else "numeric"][brow, R:]
-                        if w is None
-                        else values[w : w + W]
-                    )
+                    window = self.banks[st.kind][brow, R:] if w is None else values[w : w + W]
                     drifted = tester.judge(self._counts(st, window) if st.kind == "categorical" else window)
                 last = start - 1 if w is None else w + W - 1  # the value that filled this window
                 used = last + 1
@@ -655,7 +662,7 @@ class Drift:
         R, L = self.R, self.look
         alerts = []
         for kind, bank in self.scans.items():
-            mine = [w for w in windows if _bank_of(self.streams[w[0]]) == kind]
+            mine = [w for w in windows if self.streams[w[0]].kind == kind]
             if not mine:
                 continue
             sids, start, end = (np.array(c, dtype=np.int64) for c in zip(*mine, strict=True))
@@ -718,7 +725,7 @@ class Drift:
         values of the old regime left at the start would be found again)."""
         k = min(self.R, int(change["reference_offset"]) + int(SPLIT_EDGE * self.R))
         st = self.streams[sid]
-        bank = self.banks["categorical" if st.kind == "categorical" else "numeric"]
+        bank = self.banks[st.kind]
         brow = self.bank_row[sid]
         bank[brow, : self.R - k] = bank[brow, k : self.R].copy()
         self.fill[sid], self.mirrored[sid] = self.R - k, 0
@@ -795,7 +802,7 @@ class Drift:
             self.phase[sid] = RELEASED
             st.tester, st.pending, st.future, st.slot_codes, st.lut = None, [], None, None, None
             if self.scan_slot[sid] >= 0:
-                self.scans[_bank_of(st)].release(int(self.scan_slot[sid]))
+                self.scans[st.kind].release(int(self.scan_slot[sid]))
                 self.scan_slot[sid] = -1
             self.by_row[row].remove(sid)
 
@@ -837,7 +844,7 @@ class Drift:
         if st.kind == "categorical":
             names = self.level_names[st.feature or ""]
             return [names[c] for c in self.banks["categorical"][brow, : self.R].tolist()]
-        ref = self.banks["numeric"][brow, : self.R]
+        ref = self.banks[st.kind][brow, : self.R]
         return ref.astype(np.bool_) if st.kind == "binary" else ref.copy()
 
     def _submit(self, sid: int, target: float | None = None) -> None:
@@ -887,7 +894,7 @@ class Drift:
         index = np.concatenate([p[1] for p in pending])
         times = np.concatenate([p[2] for p in pending])
         sids = np.full(len(values), sid, dtype=np.int64)
-        return self._place(sids, values, index, times, "categorical" if st.kind == "categorical" else "numeric")
+        return self._place(sids, values, index, times, st.kind)
 
     def _activate(self, sid: int) -> None:
         """The calibrated detector, with this stream's reference (a window test's, a River one's warm-up)."""
@@ -897,8 +904,8 @@ class Drift:
         brow = self.bank_row[sid]
         if isinstance(tester, ScanTest):
             if self.scan_slot[sid] < 0:
-                self.scan_slot[sid] = self.scans[_bank_of(st)].add()
-            tester.bind(self.scans[_bank_of(st)], int(self.scan_slot[sid]))
+                self.scan_slot[sid] = self.scans[st.kind].add()
+            tester.bind(self.scans[st.kind], int(self.scan_slot[sid]))
         if isinstance(tester, WindowedTest):
             if isinstance(tester, CategoricalScan):
                 tester.prepare(self.reference(sid))
@@ -908,7 +915,7 @@ class Drift:
                 table = self.levels[st.feature or ""]
                 st.slot_codes = np.array([table[level] for level in tester.levels], dtype=np.int64)
             else:
-                tester.prepare(self.banks["numeric"][brow, : self.R])
+                tester.prepare(self.banks[st.kind][brow, : self.R])
             tester.prepared = True
             if isinstance(tester, ScanTest) and self.pinned[sid]:
                 tester.pin(True)
@@ -997,10 +1004,9 @@ class Drift:
             **banks,
             # Scan streams' state: their banks' arrays, and each stream's slot in them.
             "scan_slot": self.scan_slot[:n].copy(),
-            "scans": {
-                kind: bank.copy(None if fresh else self.scan_copies.setdefault(kind, {}))
-                for kind, bank in self.scans.items()
-            },
+            # (Copied afresh: into buffers kept between checkpoints, as the windows are, they would
+            # stay resident, 8 KB a stream.)
+            "scans": {kind: bank.copy() for kind, bank in self.scans.items()},
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),
@@ -1019,7 +1025,7 @@ class Drift:
                 grown_mirror[: len(mirror)] = mirror
             mirror = self.mirrors[bank] = grown_mirror
         n = len(self.streams)
-        mine = self.categorical[:n] if bank == "categorical" else ~self.categorical[:n]
+        mine = self.kind_code[:n] == KINDS.index(bank)
         # A reference being collected holds its first `fill` values; any other, all R.
         held = np.where(self.phase[:n] == COLLECT, self.fill[:n], self.R)
         stale = np.flatnonzero(mine & (self.mirrored[:n] < held))
@@ -1051,7 +1057,8 @@ class Drift:
         at 1,000 keys would fault in every page of it on the loop, each time)."""
         buffer = self.window_copies.get(bank)
         if buffer is None or len(buffer) < rows:
-            buffer = self.window_copies[bank] = np.empty((len(self.banks[bank]), self.W), self.banks[bank].dtype)
+            live = self.banks[bank]
+            buffer = self.window_copies[bank] = np.empty((len(live), live.shape[1] - self.R), live.dtype)
         np.copyto(buffer[:rows], self.banks[bank][:rows, self.R :])
         return buffer[:rows]
 
@@ -1083,11 +1090,15 @@ class Drift:
         self.fixed[: self.rows] = state["fixed"]
         k = min(state["feature_stream"].shape[1], self.feature_stream.shape[1])
         self.feature_stream[: self.rows, :k] = state["feature_stream"][:, :k]
-        for bank in ("numeric", "categorical"):
+        state = _errors_apart(state)
+        for bank in KINDS:
             rows = len(state[f"{bank}_windows"])
             self._grow_bank(bank, max(rows, 64))
             self.banks[bank][:rows, : self.R] = state[f"{bank}_references"]
-            self.banks[bank][:rows, self.R :] = state[f"{bank}_windows"]
+            # A window holds what its stream's test takes (a checkpoint's may be wider: a look used
+            # the start of a window before a bank's rows were as narrow as their tests need).
+            width = self.banks[bank].shape[1] - self.R
+            self.banks[bank][:rows, self.R :] = state[f"{bank}_windows"][:, :width]
             self.bank_rows[bank] = rows
         n = len(state["streams"])
         cap = max(n, 64)
@@ -1101,7 +1112,7 @@ class Drift:
             nan = name in ("last_detection", "score", "p_value")
             setattr(self, name, grown(getattr(self, name), cap, math.nan if nan else 0))
         self.mirrored = np.zeros(cap, dtype=np.int64)
-        self.categorical = np.zeros(cap, dtype=np.bool_)
+        self.kind_code = np.zeros(cap, dtype=np.int8)
         self.wlen = np.full(cap, self.W, dtype=np.int64)
         self.window_index = grown(np.asarray(state.get("window_index", np.full(n, -1)), dtype=np.int64), cap, -1)
         self.window_time = grown(np.asarray(state.get("window_time", np.full(n, math.nan)), np.float64), cap, math.nan)
@@ -1124,7 +1135,7 @@ class Drift:
             st_state = {**static, **_NO_EXTRA, **extras.get(sid, {})}
             st = _stream_from(st_state)
             self.streams.append(st)
-            self.categorical[sid] = st.kind == "categorical"
+            self.kind_code[sid] = KINDS.index(st.kind)
             self.wlen[sid] = self.look if st.scan else self.W
             if self.phase[sid] != RELEASED:
                 self.by_row[st.row].append(sid)
@@ -1163,9 +1174,28 @@ class Drift:
         self.mirrored[:n] = np.where(self.phase[:n] == COLLECT, self.fill[:n], self.R)
 
 
-def _bank_of(st: Stream) -> str:
-    """The bank (of values, and of scan slots) a stream's values go to."""
-    return "categorical" if st.kind == "categorical" else "numeric"
+def _errors_apart(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint that kept the errors streams' rows among the numeric bank's, with a bank of
+    their own (rows in the order the streams came, as a new drift gives them)."""
+    if "binary_windows" in state:
+        return state
+    kinds = np.array([st["kind"] for st in state["streams"]])
+    numeric, binary = np.flatnonzero(kinds == "numeric"), np.flatnonzero(kinds == "binary")
+    rows = state["bank_row"][binary]
+    keep = np.setdiff1d(np.arange(len(state["numeric_windows"])), rows)
+    renumbered = np.full(len(state["numeric_windows"]), -1, dtype=np.int64)
+    renumbered[keep] = np.arange(len(keep))
+    bank_row = state["bank_row"].copy()
+    bank_row[numeric] = renumbered[bank_row[numeric]]
+    bank_row[binary] = np.arange(len(binary))
+    return {
+        **state,
+        "bank_row": bank_row,
+        "numeric_references": state["numeric_references"][keep],
+        "numeric_windows": state["numeric_windows"][keep],
+        "binary_references": state["numeric_references"][rows],
+        "binary_windows": state["numeric_windows"][rows],
+    }
 
 
 def _static(st: Stream) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pytest
 from daemon.config import DriftConfig
 from daemon.ingest.events import InferenceEvent
 from daemon.monitors.drift import COLLECT, HOLD, OFF, SEQUENTIAL, WINDOW, Calibrator, DriftAlert
+from detectors.scan import LOOK
 from tests.unit.drift_harness import (
     KEY,
     Feeder,
@@ -32,6 +33,7 @@ from tests.unit.drift_harness import (
 N = 3_000
 BATCH = 97
 SETTINGS = DriftConfig(reference_events=200, window_events=100, target_ert_events=100_000)
+WINDOW_EVENTS = SETTINGS.window_events
 STREAMS = ["score", "latency", "feature:x", "feature:c", "feature:k", "feature:flag"]
 
 
@@ -169,8 +171,9 @@ def test_restore_with_an_errors_stream(split: int) -> None:
     assert whole.drift.detections[sid] >= 1
     errors = stream_states(whole, state)["errors"]
     assert errors["kind"] == "binary" and errors["detector"] == "error_rate"
-    row = np.r_[state["numeric_references"][errors["bank_row"]], state["numeric_windows"][errors["bank_row"]]]
-    assert set(row.tolist()) <= {0.0, 1.0}  # errors as 0/1 in the numeric bank
+    row = np.r_[state["binary_references"][errors["bank_row"]], state["binary_windows"][errors["bank_row"]]]
+    assert set(row.tolist()) <= {0.0, 1.0}  # errors as 0/1 in a bank of their own
+    assert state["numeric_windows"].shape[1] == LOOK  # the scans' rows are narrow: a look
     restored = new()
     restored.restore(state, [KEY])
     assert restored.drift.reference(sid).dtype == np.bool_  # calibrated on as bools
@@ -178,6 +181,31 @@ def test_restore_with_an_errors_stream(split: int) -> None:
     assert errors["phase"] == {150: COLLECT, 1_300: WINDOW, 1_600: COLLECT, 2_450: WINDOW}[split]
     if errors["phase"] == WINDOW:
         assert "absorbed" in errors["tester"]  # the expanding reference travels with the arrays
+    # A checkpoint from before the errors streams had a bank of their own (their rows in the
+    # numeric bank, every window as wide as drift.window_events) restores to the same state.
+    before = old_layout(state)
+    assert "binary_windows" not in before and before["numeric_windows"].shape[1] == WINDOW_EVENTS
+    again = new()
+    again.restore(before, [KEY])
+    assert same_tree(again.drift.snapshot(), state) == []
+
+
+def old_layout(state: dict[str, Any]) -> dict[str, Any]:
+    """A drift snapshot as it was kept before: errors rows after the numeric ones, windows padded."""
+    numeric = len(state["numeric_windows"])
+    binary = np.array([st["kind"] == "binary" for st in state["streams"]])
+    bank_row = state["bank_row"].copy()
+    bank_row[binary] += numeric
+    padded = np.zeros((numeric, WINDOW_EVENTS))
+    padded[:, : state["numeric_windows"].shape[1]] = state["numeric_windows"]
+    padded = np.r_[padded, state["binary_windows"]]
+    out = {k: v for k, v in state.items() if not k.startswith("binary_")}
+    return {
+        **out,
+        "bank_row": bank_row,
+        "numeric_references": np.r_[state["numeric_references"], state["binary_references"]],
+        "numeric_windows": padded,
+    }
 
 
 def test_restore_just_after_a_detection_while_the_reference_is_relearnt() -> None:
