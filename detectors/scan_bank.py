@@ -17,9 +17,9 @@ Per slot:
   waiting to join (EPOCH_LOOKS looks each, LAG_EPOCHS of them);
 - each look's first input index and time (a window's start is the change point).
 
-A round takes, per slot, the looks up to its next epoch end (the reference may grow there, and
-then the looks after it are read against the grown one), so a call runs one round, or a few when
-a slot has many looks.
+A round takes, per slot, the looks up to its next epoch end while its reference may grow (it may
+grow there, and the looks after it are then read against the grown one; a full or pinned one
+counts no epochs), so a call runs one round, or a few when a slot has many looks.
 """
 
 from __future__ import annotations
@@ -248,18 +248,28 @@ class ScanBank:
         todo = np.flatnonzero(wanted > 0)
         while len(todo):
             s = slots[todo]
-            # Never across an epoch's end (the reference may grow there), nor more than the ring.
-            k = np.minimum(np.minimum(wanted[todo] - done[todo], EPOCH_LOOKS - self.looks[s] % EPOCH_LOOKS), HISTORY)
-            last, fire = self._round(s, k, offsets[todo] + done[todo] * L, values, index, times)
+            # Never across an epoch's end where the reference may grow, nor more than the ring.
+            growing = self.n_ref[s] < self.max_reference[s]
+            k = np.minimum(wanted[todo] - done[todo], HISTORY)
+            k = np.where(growing, np.minimum(k, EPOCH_LOOKS - self.looks[s] % EPOCH_LOOKS), k)
+            last, fire = self._round(s, k, growing, offsets[todo] + done[todo] * L, values, index, times)
             fired[todo[fire]] = (done[todo[fire]] + last[fire] + 1) * L - 1
             done[todo] += last + 1
             todo = todo[~fire & (done[todo] < wanted[todo])]
         return fired
 
     def _round(
-        self, s: IntArray, k: IntArray, first: IntArray, values: npt.NDArray[Any], index: Any, times: Any
+        self,
+        s: IntArray,
+        k: IntArray,
+        growing: npt.NDArray[np.bool_],
+        first: IntArray,
+        values: npt.NDArray[Any],
+        index: Any,
+        times: Any,
     ) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-        """k[i] looks of slot s[i] from values[first[i]:]: per slot, the last look kept and whether it fired."""
+        """k[i] looks of slot s[i] from values[first[i]:]: per slot, the last look kept and whether it
+        fired. Epochs are counted only for the slots whose reference may still grow."""
         L, H = self.look, HISTORY
         rows = int(k.sum())
         start_row = np.r_[0, np.cumsum(k)[:-1]]
@@ -309,7 +319,7 @@ class ScanBank:
         self.looks[s] += last + 1
         self.seen[s] += (last + 1) * L
         # The epoch counts the values of slots that did not fire.
-        quiet = keep & ~fire[seg]
+        quiet = keep & ~fire[seg] & growing[seg]
         if quiet.any():
             qs = seg[quiet]
             c = np.bincount((qs[:, None] * self.cells + cells[quiet]).ravel(), minlength=len(s) * self.cells)
@@ -318,7 +328,7 @@ class ScanBank:
         for f in np.flatnonzero(fire).tolist():
             row = int(last_row[f])
             self._find(int(s[f]), ratios[row], stats[row], window[row])
-        for f in np.flatnonzero(~fire & (self.looks[s] % EPOCH_LOOKS == 0)).tolist():
+        for f in np.flatnonzero(~fire & growing & (self.looks[s] % EPOCH_LOOKS == 0)).tolist():
             self._end_epoch(int(s[f]))
         return last, fire
 
