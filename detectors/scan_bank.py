@@ -372,9 +372,23 @@ class ScanBank:
         """The slots' state (copies): what a checkpoint keeps; the rest follows from it and the reference."""
         return {name: getattr(self, name)[slots] for name in self.kept}
 
-    def copy(self) -> dict[str, npt.NDArray[Any]]:
-        """Every slot's state (as `state`), copied."""
-        return {name: getattr(self, name)[: self.slots].copy() for name in self.kept}
+    def copy(self, buffers: dict[str, npt.NDArray[Any]] | None = None) -> dict[str, npt.NDArray[Any]]:
+        """Every slot's state (as `state`), copied into `buffers` (kept by the caller between copies,
+        grown here: tens of MB of fresh pages at each checkpoint would be faulted in on the loop)
+        or, without, afresh."""
+        n = self.slots
+        out = {}
+        for name in self.kept:
+            live = getattr(self, name)
+            if buffers is None:
+                out[name] = live[:n].copy()
+                continue
+            buffer = buffers.get(name)
+            if buffer is None or len(buffer) < n:
+                buffer = buffers[name] = np.empty_like(live)
+            np.copyto(buffer[:n], live[:n])
+            out[name] = buffer[:n]
+        return out
 
     def restore(self, slots: IntArray, state: dict[str, Any]) -> None:
         """Take the slots' state back (after each was prepared on its reference again)."""
@@ -417,7 +431,7 @@ class NumericBank(ScanBank):
     z_dims = 2  # Σz, Σ(z² - 1)
     count_dims = SHAPE_BINS
     cells = FINE_BINS
-    ring_x: FloatArray
+    ring_x: npt.NDArray[np.float32]
     edges: FloatArray
     shape_of: npt.NDArray[np.uint8]
     shape_p: FloatArray
@@ -425,7 +439,9 @@ class NumericBank(ScanBank):
     ref_sd: FloatArray
 
     def _kind_state(self) -> dict[str, tuple[tuple[int, ...], Any, Any]]:
-        return {"ring_x": ((HISTORY, 2), np.float64, 0.0)}  # Σx, Σx² per look (to describe a change)
+        # Σx, Σx² per look, only to describe a change (float32: a quarter of a stream's checkpoint
+        # otherwise; beyond its range, the description says nothing).
+        return {"ring_x": ((HISTORY, 2), np.float32, 0.0)}
 
     def _kind_derived(self) -> dict[str, tuple[tuple[int, ...], Any, Any]]:
         return {
@@ -489,11 +505,13 @@ class NumericBank(ScanBank):
         blocks[:, 2:] = np.bincount(
             (np.arange(rows)[:, None] * SHAPE_BINS + shape).ravel(), minlength=rows * SHAPE_BINS
         ).reshape(rows, SHAPE_BINS)
-        extra = np.stack([x.sum(axis=1), (x * x).sum(axis=1)], axis=1)
+        with np.errstate(over="ignore"):
+            extra = np.stack([x.sum(axis=1), (x * x).sum(axis=1)], axis=1)
         return blocks, extra, cell
 
     def _keep(self, slots: IntArray, pos: IntArray, extra: FloatArray) -> None:
-        self.ring_x[slots, pos] = extra
+        with np.errstate(over="ignore"):  # past float32: inf, and the description says nothing
+            self.ring_x[slots, pos] = extra
 
     def _statistics(self, window: IntArray, srow: IntArray) -> FloatArray:
         n = self.n_values
@@ -508,18 +526,22 @@ class NumericBank(ScanBank):
 
     def _describe(self, slot: int, window: IntArray, w: int) -> dict[str, Any]:
         looks = int(self.looks[slot])
-        sx, sxx = self.ring_x[slot, np.arange(looks - w, looks) % HISTORY].sum(axis=0)
+        sx, sxx = self.ring_x[slot, np.arange(looks - w, looks) % HISTORY].astype(np.float64).sum(axis=0)
         n = w * self.look
-        mean = sx / n
-        sd = math.sqrt(max(sxx / n - mean * mean, 0.0))
+        mean = float(sx) / n
+        sd = math.sqrt(max(float(sxx) / n - mean * mean, 0.0))
         ref_mean, ref_sd = float(self.ref_mean[slot]), float(self.ref_sd[slot])
+        described = {
+            "window_mean": mean,
+            "window_sd": sd,
+            "mean_shift_sd": (mean - ref_mean) / ref_sd,
+            "sd_ratio": sd / ref_sd,
+        }
         return {
             "reference_mean": ref_mean,
             "reference_sd": ref_sd,
-            "window_mean": float(mean),
-            "window_sd": sd,
-            "mean_shift_sd": (float(mean) - ref_mean) / ref_sd,
-            "sd_ratio": sd / ref_sd,
+            # Six significant digits: what float32 sums hold.
+            **{k: float(f"{v:.6g}") if math.isfinite(v) else None for k, v in described.items()},
         }
 
 

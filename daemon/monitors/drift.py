@@ -245,6 +245,7 @@ class Drift:
         self.mirrored = np.zeros(0, dtype=np.int64)
         self.mirrors: dict[str, npt.NDArray[Any]] = {}
         self.window_copies: dict[str, npt.NDArray[Any]] = {}
+        self.scan_copies: dict[str, dict[str, npt.NDArray[Any]]] = {}  # the scan banks' state, likewise
         # Per bank, the encoded chunks of the mirror's rows kept between checkpoints (codec.Chunked).
         self.mirror_encoded: dict[str, list[tuple[int, bytes] | None]] = {kind: [] for kind in KINDS}
         self.kind_code = np.zeros(0, dtype=np.int8)  # per stream: its kind's place in KINDS
@@ -1004,9 +1005,10 @@ class Drift:
             **banks,
             # Scan streams' state: their banks' arrays, and each stream's slot in them.
             "scan_slot": self.scan_slot[:n].copy(),
-            # (Copied afresh: into buffers kept between checkpoints, as the windows are, they would
-            # stay resident, 8 KB a stream.)
-            "scans": {kind: bank.copy() for kind, bank in self.scans.items()},
+            "scans": {
+                kind: bank.copy(None if fresh else self.scan_copies.setdefault(kind, {}))
+                for kind, bank in self.scans.items()
+            },
             "fixed": self.fixed[: self.rows].copy(),
             "feature_names": [list(x) for x in self.feature_names.names],
             "feature_stream": self.feature_stream[: self.rows].copy(),

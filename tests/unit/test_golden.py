@@ -35,8 +35,9 @@ Changed on purpose by issue 15:
   `accuracy.min_samples`, so every figure is still shown).
 - the scans keep sums of normal scores in fixed point (1/65,536: exact under any order of
   additions, so their windows are kept by adding and subtracting looks): the same alerts at the
-  same events, statistics and scores differ from the 7th significant digit, window means and
-  sds in the last digits (summed from the looks' sums, not as differences of running totals).
+  same events, statistics and scores differ from the 7th significant digit. A window's mean and
+  sd (and their shift and ratio to the reference's) come from float32 sums per look, to six
+  significant digits.
 The report's counts and summary, and every other sample, are unchanged.
 """
 

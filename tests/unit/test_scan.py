@@ -152,3 +152,15 @@ def test_a_snapshot_survives_json(scan: type[ScanTest], xs: list[Any]) -> None:
     twin = scan(reference_size=1_000)
     twin.restore(json.loads(json.dumps(det.snapshot(), allow_nan=False)))
     assert twin.snapshot() == det.snapshot()
+
+
+def test_a_change_beyond_float32_is_described_without_nan() -> None:
+    # Values past float32's range fire like any other (their normal scores are finite); the
+    # description of their size, kept as float32 sums, says nothing rather than inf or NaN.
+    scan = NumericScan(target_ert=1e6)
+    rng = np.random.default_rng(5)
+    hits = scan.update_many([*rng.standard_normal(1_100).tolist(), *[1e30] * 50])
+    assert hits and scan.finding is not None
+    assert scan.finding["window_mean"] == pytest.approx(1e30, rel=1e-5)
+    assert scan.finding["window_sd"] is None and scan.finding["sd_ratio"] is None
+    json.dumps(scan.finding, allow_nan=False)
