@@ -68,6 +68,11 @@ Floats = npt.NDArray[np.float64]
 StreamState = Literal["reference", "calibrating", "active", "failed", "drifted"]
 STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", "failed", "drifted")
 Kind = Literal["numeric", "categorical", "binary"]
+# A key's streams that are not features, by their column of `Drift.fixed`: the numeric ones are
+# read from the batch's columns of the same name (NUMERIC_FIXED), errors from the labels' grading.
+FIXED = ("score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens")
+NUMERIC_FIXED = {"score": "score", "latency": "latency_ms", "ttft": "ttft_ms", "prompt_tokens": "tokens_in",
+                 "output_tokens": "tokens_out"}  # fmt: skip
 # A stream's kind is also its bank of values; as a code, its place here.
 KINDS: tuple[Kind, ...] = ("numeric", "categorical", "binary")
 
@@ -215,7 +220,7 @@ class Drift:
         # The scan streams' state, one slot each (`scan_slot`), per kind: their looks are tested together.
         self.scans: dict[str, ScanBank] = {"numeric": NumericBank(self.look), "categorical": CategoricalBank(self.look)}
         watch = settings.streams
-        self.watch = {s: s in watch for s in ("features", "score", "latency", "errors")}
+        self.watch = {s: s in watch for s in ("features", *FIXED)}
         self.streams: list[Stream] = []
         # Per stream: phase, values in its buffer, detections, monotonic time of the last one, the
         # detector's latest statistic (NaN: none), and its row in the bank of its kind.
@@ -266,7 +271,7 @@ class Drift:
         self.bank_rows: dict[str, int] = dict.fromkeys(KINDS, 0)
         # Per key row: its score, latency and errors streams, and its feature streams by column.
         self.rows = 0
-        self.fixed = np.full((0, 3), -1, dtype=np.int64)  # score, latency, errors
+        self.fixed = np.full((0, len(FIXED)), -1, dtype=np.int64)
         self.by_row: list[list[int]] = []
         # Each stream's label pairs for the exposition, built once.
         self.stream_labels: list[str] = []
@@ -374,14 +379,12 @@ class Drift:
         srows = rows[order]
         numeric: list[tuple[Ints, Floats, Ints]] = []
         categorical: list[tuple[Ints, Ints, Ints]] = []
-        for slot, (watched, values) in enumerate(
-            ((self.watch["score"], batch.score), (self.watch["latency"], batch.latency_ms))
-        ):
-            if watched:
-                v = values[order]
+        for name, column in NUMERIC_FIXED.items():
+            if self.watch[name]:
+                v = getattr(batch, column)[order]
                 has = ~np.isnan(v)
                 if has.any():
-                    sids = self._fixed_streams(srows, has, slot, "score" if slot == 0 else "latency")
+                    sids = self._fixed_streams(srows, has, FIXED.index(name), name)
                     numeric.append((sids[has], v[has], order[has]))
         if self.watch["features"] and batch.features:
             self._features(srows, order, batch, numeric, categorical)
@@ -474,10 +477,10 @@ class Drift:
         alerts = self._take_ready()
         order = np.argsort(rows, kind="stable")
         srows = rows[order]
-        sids = self.fixed[srows, 2]
+        sids = self.fixed[srows, FIXED.index("errors")]
         for row in np.unique(srows[sids < 0]).tolist():
-            self.fixed[row, 2] = self._stream(row, "errors", "binary")
-        sids = self.fixed[srows, 2]
+            self.fixed[row, FIXED.index("errors")] = self._stream(row, "errors", "binary")
+        sids = self.fixed[srows, FIXED.index("errors")]
         return alerts + self._place(sids, wrong[order].astype(np.float64), index[order], times[order], "binary")
 
     def poll(self) -> list[DriftAlert]:
@@ -1089,7 +1092,8 @@ class Drift:
         self.levels = {f: {name: i for i, name in enumerate(names)} for f, names in self.level_names.items()}
         for row, names in enumerate(state["feature_names"]):
             self.feature_names.restore_row(row, names)
-        self.fixed[: self.rows] = state["fixed"]
+        # A checkpoint from before the LLM streams has fewer columns: theirs are empty.
+        self.fixed[: self.rows, : state["fixed"].shape[1]] = state["fixed"]
         k = min(state["feature_stream"].shape[1], self.feature_stream.shape[1])
         self.feature_stream[: self.rows, :k] = state["feature_stream"][:, :k]
         state = _errors_apart(state)
@@ -1344,9 +1348,9 @@ def reference_values(batch: Batch, settings: DriftConfig, max_features: int) -> 
     for k, key in enumerate(batch.keys):
         idx = np.flatnonzero(batch.key == k)
         streams: dict[str, list[Any]] = {}
-        for name, values in (("score", batch.score), ("latency", batch.latency_ms)):
+        for name, column in NUMERIC_FIXED.items():
             if name in watch:
-                v = values[idx]
+                v = getattr(batch, column)[idx]
                 streams[name] = v[~np.isnan(v)].tolist()
         if "features" in watch:
             for f in batch.features:

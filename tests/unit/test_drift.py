@@ -8,6 +8,7 @@ detections, at the same input indices, with the same scores, however the events 
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -554,3 +555,28 @@ def test_a_pinned_reference_holds_the_stream_until_it_is_reset() -> None:
     assert f.events(x_events(xs[4_000:]), 4_000) == []
     assert f.drift.state(sid) == "active" and f.drift.drifted_since(row) == {}
     assert f.drift.reference_action(row, "nope", "pin") == []
+
+
+def test_llm_timings_and_lengths_are_streams_of_their_own() -> None:
+    # An LLM's TTFT doubles at request 3,000 (the default config: every stream watched); its
+    # prompt and output lengths are streams too, and a classic model's key has none of them.
+    rng = random.Random(4)
+    events = [
+        InferenceEvent(
+            request_id=f"r{i}",
+            model="llm",
+            ttft_ms=rng.lognormvariate(math.log(200.0 if i < 3_000 else 400.0), 0.5),
+            tokens_in=rng.randint(50, 400),
+            tokens_out=rng.randint(20, 300),
+        )
+        for i in range(4_000)
+    ]
+    f = Feeder(DriftConfig())
+    alerts = cuts_feed(f, [*events, *x_events([0.0, 1.0])], every(700, 4_002))
+    llm = ("llm", "unknown", "default")
+    assert {s.name for s in f.drift.streams if s.row == f.keys.index(llm)} == {"ttft", "prompt_tokens", "output_tokens"}
+    assert {s.name for s in f.drift.streams if s.row == f.keys.index(KEY)} == {"feature:x"}
+    (ttft,) = [a for a in alerts if a.stream == "ttft"]
+    assert 3_000 <= ttft.index < 3_000 + 1_000  # the target: within 1,000 requests
+    assert ttft.details["window_mean"] > 1.5 * ttft.details["reference_mean"]
+    assert [a.stream for a in alerts] == ["ttft"]

@@ -38,6 +38,10 @@ Changed on purpose by issue 15:
   same events, statistics and scores differ from the 7th significant digit. A window's mean and
   sd (and their shift and ratio to the reference's) come from float32 sums per look, to six
   significant digits.
+Changed on purpose by issue 16:
+- drift streams of their own for TTFT and the prompt and output lengths (`ttft`,
+  `prompt_tokens`, `output_tokens`) where events carry them: `ranker`'s two token counts are
+  watched (2 more active streams; no alert).
 The report's counts and summary, and every other sample, are unchanged.
 """
 

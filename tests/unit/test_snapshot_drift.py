@@ -434,3 +434,12 @@ def test_a_snapshot_shares_references_until_the_next_one_and_stays_what_it_was()
         shared = same_as_fresh()
         previous = (shared, round_trip(shared))
     assert f.drift.detections.sum() > 0  # a restart happened on the way
+
+
+def test_a_checkpoint_from_before_the_llm_streams_restores() -> None:
+    # Before the LLM streams, a key's fixed streams were score, latency and errors: 3 columns.
+    _, state = check_split(1_300, make_errors())
+    assert state["fixed"].shape[1] > 3 and (state["fixed"][:, 3:] == -1).all()
+    again = new()
+    again.restore({**state, "fixed": state["fixed"][:, :3]}, [KEY])
+    assert same_tree(again.drift.snapshot(), state) == []
