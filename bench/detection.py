@@ -1,4 +1,4 @@
-"""Drift detection (issues 3 and 15): delay against the information bound, false alarms, River's
+"""Drift detection (issues 3, 15 and 16): delay against the information bound, false alarms, River's
 defaults, replay throughput and CBPE error.
 
 "Ours" is what the daemon runs for one stream: a partition's `Drift` with its defaults and one key,
@@ -20,6 +20,8 @@ with a seeded change position.
   - gradual: the mean ramps linearly from 0 to 1 sd over events [20k, 70k) of 100k, then holds
     (target: caught within the ramp, every run);
   - errors: a Bernoulli error stream whose rate goes from 5% to 8% at 30k of 100k.
+  - TTFT (issue 16): an LLM's time to first token, lognormal around 200 ms, doubles at a position
+    in [10k, 40k] of 50k (target: every run within 1,000 requests).
 - Stationary cases run at the default 1M per stream (what one stream of a one-feature key gets),
   20 streams of 1M events per kind (numeric, categorical): target ≤ 1 false alarm per 1M.
 
@@ -73,6 +75,7 @@ ABRUPT = (10_000, 40_000)
 DELAY_ERT = 10_000_000
 STATIONARY_ERT = 1_000_000
 BOUND_FACTOR = 3.0
+TTFT, TTFT_LIMIT = "ttft x2", 1_000
 RAMP_START, RAMP = 20_000, 50_000
 RIVER: dict[InputKind, tuple[str, ...]] = {
     "numeric": ("adwin", "page_hinkley", "kswin"),
@@ -97,6 +100,13 @@ def normal(mean: float, sd: float) -> Maker:
         return x.tolist()
 
     return make
+
+
+def ttft_doubling(rng: np.random.Generator, length: int, change: int) -> list[Any]:
+    """An LLM's time to first token in ms, lognormal around 200 ms (σ 0.5), twice as long from `change`."""
+    x = np.exp(math.log(200.0) + 0.5 * rng.standard_normal(length))
+    x[change:] *= 2.0
+    return x.tolist()
 
 
 def gradual(rng: np.random.Generator, length: int, change: int) -> list[Any]:
@@ -175,6 +185,8 @@ def cases(quick: bool) -> list[Case]:
         # "Caught before the ramp ends": every run's delay from the ramp start is under RAMP.
         Case("gradual 1 sd over 50k", "numeric", long_runs, 100_000, (RAMP_START,) * 2, gradual, RAMP - 1, "max_delay"),
         Case("errors 5% -> 8%", "binary", long_runs, 100_000, (30_000, 30_000), errors),
+        # Issue 16: every run's delay within TTFT_LIMIT requests.
+        Case(TTFT, "numeric", runs, 50_000, ABRUPT, ttft_doubling, TTFT_LIMIT, "max_delay"),
     ]
 
 
@@ -523,6 +535,7 @@ def summary_line(suite: dict[str, Any], tp: dict[str, Any], est: dict[str, Any])
         f"median delay (x information bound at {DELAY_ERT:,.0f}) {ratios} "
         f"(≤{BOUND_FACTOR:.0f}x {ok(bounded, 'delay')}); "
         f"gradual max {delay(grad, 'max_delay')} (<{RAMP:,} {ok([grad], 'delay')}); "
+        f"TTFT x2 max {delay(TTFT, 'max_delay')} (≤{TTFT_LIMIT:,} {ok([TTFT], 'delay')}); "
         f"false alarms/1M/stream at a stated run length of {STATIONARY_ERT:,.0f}: {fa_ours} "
         f"(≤1 {ok(stationary, 'false_alarms')}), before the change (at {DELAY_ERT:,.0f}) num/cat/err {fa_pre}; "
         f"River defaults {river}; "

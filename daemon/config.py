@@ -38,6 +38,16 @@ DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75
 # Time to first token is usually 50 ms - 5 s for hosted LLMs.
 DEFAULT_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULT_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# LLM timings (time per output token, queue and decode time): 1-2-5 steps from 1 ms to 10 min.
+DEFAULT_LLM_TIME_BUCKETS = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 600.0,
+)  # fmt: skip
+# Prompt and output lengths, tokens: 1-2-5 steps from 1 to 200,000.
+DEFAULT_TOKEN_BUCKETS = (
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5,
+)  # fmt: skip
+# Output tokens per second of a request: 1-2-5 steps from 1 to 10,000.
+DEFAULT_TOKENS_PER_SECOND_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4)
 
 
 MIN_MS_PER_RECORD = 1
@@ -256,8 +266,18 @@ class MetricsConfig(_Section):
     latency_buckets_seconds: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
     ttft_buckets_seconds: tuple[float, ...] = DEFAULT_TTFT_BUCKETS
     score_buckets: tuple[float, ...] = DEFAULT_SCORE_BUCKETS
+    llm_time_buckets_seconds: tuple[float, ...] = DEFAULT_LLM_TIME_BUCKETS
+    token_buckets: tuple[float, ...] = DEFAULT_TOKEN_BUCKETS
+    tokens_per_second_buckets: tuple[float, ...] = DEFAULT_TOKENS_PER_SECOND_BUCKETS
 
-    @field_validator("latency_buckets_seconds", "ttft_buckets_seconds", "score_buckets")
+    @field_validator(
+        "latency_buckets_seconds",
+        "ttft_buckets_seconds",
+        "score_buckets",
+        "llm_time_buckets_seconds",
+        "token_buckets",
+        "tokens_per_second_buckets",
+    )
     @classmethod
     def _increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if not v:

@@ -27,7 +27,7 @@ from daemon.ingest.batch import Key
 from daemon.ingest.sources import TopicPartition
 from daemon.monitors import canary, drift, quality, traffic
 from daemon.monitors.drift import COLLECT, DRIFTED, HOLD, OFF, SEQUENTIAL, WINDOW
-from daemon.monitors.traffic import Histograms
+from daemon.monitors.traffic import Histograms, histogram_bounds
 from daemon.pipeline import Pipeline
 from daemon.state.totals import Totals
 
@@ -192,12 +192,7 @@ class MetricsExposition:
         self._loop_stats = loop_stats
         self._les = {
             name: [f'le="{b!r}"' for b in map(float, bounds)] + ['le="+Inf"']
-            for name, bounds in (
-                ("latency", metrics.latency_buckets_seconds),
-                ("ttft", metrics.ttft_buckets_seconds),
-                ("score", metrics.score_buckets),
-                ("batch", BATCH_BUCKETS),
-            )
+            for name, bounds in (*histogram_bounds(metrics).items(), ("batch", BATCH_BUCKETS))
         }
         self._key_sets: dict[Key, str] = {}
         self._templates: dict[Any, str] = {}

@@ -47,6 +47,21 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     ),
     "inferwatch_llm_input_tokens": ("counter", "LLM prompt tokens (tokens_in).", KEY_LABELS),
     "inferwatch_llm_output_tokens": ("counter", "LLM generated tokens (tokens_out).", KEY_LABELS),
+    "inferwatch_llm_time_per_output_token_seconds": (
+        "histogram",
+        "LLM time per output token: the mean gap between output tokens after the first (tpot_ms, else "
+        "(latency_ms - ttft_ms) / (tokens_out - 1)).",
+        KEY_LABELS,
+    ),
+    "inferwatch_llm_queue_time_seconds": ("histogram", "LLM time queued before scheduling (queue_ms).", KEY_LABELS),
+    "inferwatch_llm_decode_time_seconds": ("histogram", "LLM decode time (decode_ms).", KEY_LABELS),
+    "inferwatch_llm_prompt_length_tokens": ("histogram", "LLM prompt length (tokens_in).", KEY_LABELS),
+    "inferwatch_llm_output_length_tokens": ("histogram", "LLM output length (tokens_out).", KEY_LABELS),
+    "inferwatch_llm_output_tokens_per_second": (
+        "histogram",
+        "LLM output tokens per second of a request (tokens_per_second, else tokens_out / latency_ms).",
+        KEY_LABELS,
+    ),
     "inferwatch_prediction_score": (
         "histogram",
         "Prediction score, or the top class probability.",

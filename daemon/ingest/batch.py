@@ -69,6 +69,12 @@ class Batch:
     ttft_ms: Floats
     tokens_in: Floats
     tokens_out: Floats
+    tpot_ms: Floats  # logged, else derived (`derive_llm`)
+    queue_ms: Floats
+    decode_ms: Floats
+    tokens_per_second: Floats  # logged, else derived (`derive_llm`)
+    finish_reasons: list[str]
+    finish_reason: Ints  # index into finish_reasons; -1 for none
     error: Bools
     error_types: list[str]
     error_type: Ints  # index into error_types; -1 unless an error
@@ -96,6 +102,12 @@ class Batch:
             self.ttft_ms[idx],
             self.tokens_in[idx],
             self.tokens_out[idx],
+            self.tpot_ms[idx],
+            self.queue_ms[idx],
+            self.decode_ms[idx],
+            self.tokens_per_second[idx],
+            self.finish_reasons,
+            self.finish_reason[idx],
             self.error[idx],
             self.error_types,
             self.error_type[idx],
@@ -170,6 +182,7 @@ def build(
                 if predictions[i] is None:
                     predictions[i] = name
     classes: list[str] = []
+    finish_reasons: list[str] = []
     cls = _class_codes(predictions, classes)
 
     labelled = np.array([i for i, v in enumerate(labels) if v is not None], dtype=np.int64)
@@ -184,6 +197,12 @@ def build(
         _floats([e.ttft_ms for e in events]),
         _floats([e.tokens_in for e in events]),
         _floats([e.tokens_out for e in events]),
+        _floats([e.tpot_ms for e in events]),
+        _floats([e.queue_ms for e in events]),
+        _floats([e.decode_ms for e in events]),
+        _floats([e.tokens_per_second for e in events]),
+        finish_reasons,
+        _codes([e.finish_reason for e in events], finish_reasons),
         error,
         error_types,
         error_type,
@@ -194,6 +213,21 @@ def build(
         _features([e.features for e in events]),  # type: ignore[misc]
         labelled,
     )
+
+
+def derive_llm(batch: Batch) -> None:
+    """Fill in what an LLM event left out but logged enough for (in place, after the plausibility
+    bounds dropped what they drop): time per output token = (latency - TTFT) / (tokens_out - 1),
+    the mean gap between output tokens after the first (vLLM's TPOT); output tokens per second =
+    tokens_out / latency."""
+    latency, ttft, out = batch.latency_ms, batch.ttft_ms, batch.tokens_out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = (latency - ttft) / (out - 1.0)
+        per_second = out / (latency / 1000.0)
+    gap = np.isnan(batch.tpot_ms) & (out >= 2) & (latency >= ttft)  # NaN compares False
+    batch.tpot_ms[gap] = tpot[gap]
+    gap = np.isnan(batch.tokens_per_second) & (latency > 0) & (out >= 0)
+    batch.tokens_per_second[gap] = per_second[gap]
 
 
 def _second(item: tuple[str, float]) -> float:

@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 
 from daemon.config import PlausibilityConfig
-from daemon.ingest.batch import Batch, build
+from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
 from daemon.ingest.plausible import OutOfRange, enforce
 from daemon.ingest.sources import Chunk, RawRecord
@@ -150,7 +150,10 @@ class ChunkDecoder:
             else:
                 times.extend(t for i, t in enumerate(chunk.timestamps) if i not in rejected)
         batch = build(events, partitions, offsets, times) if events else None
-        dropped = enforce(batch, np.array(times, dtype=np.float64), self.bounds) if batch is not None else []
+        dropped = []
+        if batch is not None:
+            dropped = enforce(batch, np.array(times, dtype=np.float64), self.bounds)
+            derive_llm(batch)
         return Decoded(batch, labels, failures, dropped)
 
     def _labels(

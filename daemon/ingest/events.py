@@ -47,6 +47,14 @@ class InferenceEvent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     ttft_ms: NonNegative | None = None
     tokens_in: TokenCount | None = None
     tokens_out: TokenCount | None = None
+    # LLM serving, as vLLM logs per request (docs/event-schema.md): time per output token (its
+    # mean inter-token latency; derived from latency, TTFT and tokens_out when absent), time queued
+    # before scheduling, decode time, output tokens per second (derived likewise), why it stopped.
+    tpot_ms: NonNegative | None = None
+    queue_ms: NonNegative | None = None
+    decode_ms: NonNegative | None = None
+    tokens_per_second: NonNegative | None = None
+    finish_reason: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class LabelEvent(msgspec.Struct, frozen=True):

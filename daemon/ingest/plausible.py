@@ -17,7 +17,7 @@ from daemon.config import PlausibilityConfig
 from daemon.ingest.batch import Batch, Floats
 
 # The fields checked: the `field` label of inferwatch_values_out_of_range_total.
-FIELDS: Final = ("latency_ms", "ttft_ms", "tokens_in", "tokens_out", "timestamp")
+FIELDS: Final = ("latency_ms", "ttft_ms", "tokens_in", "tokens_out", "tpot_ms", "queue_ms", "decode_ms", "timestamp")
 # Event times without a record time to compare with: from the epoch to 2100-01-01.
 EPOCH_MAX: Final = 4_102_444_800.0
 
@@ -43,6 +43,10 @@ def enforce(batch: Batch, record_time: Floats, bounds: PlausibilityConfig) -> li
         ("ttft_ms", batch.ttft_ms, bounds.max_ttft_ms),
         ("tokens_in", batch.tokens_in, float(bounds.max_tokens)),
         ("tokens_out", batch.tokens_out, float(bounds.max_tokens)),
+        # The LLM timings are parts of a request's latency: bounded as it is.
+        ("tpot_ms", batch.tpot_ms, bounds.max_latency_ms),
+        ("queue_ms", batch.queue_ms, bounds.max_latency_ms),
+        ("decode_ms", batch.decode_ms, bounds.max_latency_ms),
     )
     for field, column, limit in limits:
         bad = column > limit  # NaN compares False: missing stays missing

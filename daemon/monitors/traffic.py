@@ -83,9 +83,9 @@ class Traffic:
         self.events = np.zeros(0, dtype=np.int64)
         self.last_time = np.zeros(0, dtype=np.float64)
         self.tokens = np.zeros((0, 2), dtype=np.int64)  # in, out
-        self.latency = Histograms(metrics.latency_buckets_seconds)
-        self.ttft = Histograms(metrics.ttft_buckets_seconds)
-        self.score = Histograms(metrics.score_buckets)
+        bounds = histogram_bounds(metrics)
+        self.histograms = {name: Histograms(bounds[name]) for name, _ in HISTOGRAMS}
+        self.latency, self.ttft, self.score = (self.histograms[n] for n in ("latency", "ttft", "score"))
         self.sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
         self.error_names = RowNames(limits.max_error_types, "error_type", overflow)
         self.errors = np.zeros((0, limits.max_error_types + 1), dtype=np.int64)
@@ -108,7 +108,7 @@ class Traffic:
         self.events = grown(self.events, capacity)
         self.last_time = grown(self.last_time, capacity, math.nan)
         self.tokens = grown(self.tokens, capacity)
-        for h in (self.latency, self.ttft, self.score):
+        for h in self.histograms.values():
             h.resize(capacity)
         self.sketch = grown(self.sketch, capacity)
         self.errors = grown(self.errors, capacity)
@@ -129,6 +129,15 @@ class Traffic:
             np.add.at(self.sketch, (rows[has], SKETCH.index(latency[has])), 1)
         self.ttft.observe(rows, batch.ttft_ms / 1000.0)
         self.score.observe(rows, batch.score)
+        for name, values in (
+            ("tpot", batch.tpot_ms / 1000.0),
+            ("queue", batch.queue_ms / 1000.0),
+            ("decode", batch.decode_ms / 1000.0),
+            ("prompt_length", batch.tokens_in),
+            ("output_length", batch.tokens_out),
+            ("tokens_per_second", batch.tokens_per_second),
+        ):
+            self.histograms[name].observe(rows, values)
         for i, tokens in enumerate((batch.tokens_in, batch.tokens_out)):
             has = ~np.isnan(tokens)
             if has.any():
@@ -214,7 +223,7 @@ class Traffic:
             "tokens": self.tokens[:n].copy(),
             **{
                 f"{name}_{part}": getattr(h, part)[:n].copy()
-                for name, h in (("latency", self.latency), ("ttft", self.ttft), ("score", self.score))
+                for name, h in self.histograms.items()
                 for part in ("counts", "sums")
             },
             "sketch": self.sketch[:n].copy(),
@@ -238,7 +247,9 @@ class Traffic:
         self.events[:n] = state["events"]
         self.last_time[:n] = state["last_time"]
         self.tokens[:n] = state["tokens"]
-        for name, h in (("latency", self.latency), ("ttft", self.ttft), ("score", self.score)):
+        for name, h in self.histograms.items():
+            if f"{name}_counts" not in state:
+                continue  # a checkpoint from before the LLM histograms: they start empty
             counts = state[f"{name}_counts"]
             if counts.shape[1] != h.counts.shape[1]:
                 raise ValueError(
@@ -279,7 +290,28 @@ HISTOGRAMS = (
     ("latency", "inferwatch_request_latency_seconds"),
     ("ttft", "inferwatch_llm_time_to_first_token_seconds"),
     ("score", "inferwatch_prediction_score"),
+    ("tpot", "inferwatch_llm_time_per_output_token_seconds"),
+    ("queue", "inferwatch_llm_queue_time_seconds"),
+    ("decode", "inferwatch_llm_decode_time_seconds"),
+    ("prompt_length", "inferwatch_llm_prompt_length_tokens"),
+    ("output_length", "inferwatch_llm_output_length_tokens"),
+    ("tokens_per_second", "inferwatch_llm_output_tokens_per_second"),
 )
+
+
+def histogram_bounds(metrics: MetricsConfig) -> dict[str, tuple[float, ...]]:
+    """Each histogram's bucket bounds, from the config."""
+    return {
+        "latency": metrics.latency_buckets_seconds,
+        "ttft": metrics.ttft_buckets_seconds,
+        "score": metrics.score_buckets,
+        "tpot": metrics.llm_time_buckets_seconds,
+        "queue": metrics.llm_time_buckets_seconds,
+        "decode": metrics.llm_time_buckets_seconds,
+        "prompt_length": metrics.token_buckets,
+        "output_length": metrics.token_buckets,
+        "tokens_per_second": metrics.tokens_per_second_buckets,
+    }
 
 
 @dataclass(slots=True)
@@ -317,8 +349,8 @@ def copy(t: Traffic, keys: list[Key]) -> TrafficCopy:
     )  # fmt: skip
 
 
-def _histograms(t: Traffic) -> tuple[tuple[str, Histograms], ...]:
-    return (("latency", t.latency), ("ttft", t.ttft), ("score", t.score))
+def _histograms(t: Traffic) -> list[tuple[str, Histograms]]:
+    return list(t.histograms.items())
 
 
 def merge(copies: list[TrafficCopy]) -> TrafficCopy:

@@ -52,11 +52,20 @@ def _torn_checkpoints(bootstrap: str, topic: str) -> int:
 
 
 def _canary(d: DaemonProcess) -> Any:
-    """The canary decisions: verdicts and request counts. (Effects, intervals and p-values are
-    evaluated once per batch, so they depend on where polls cut the stream, killed or not.)"""
+    """The canary decisions: verdicts, request counts, and each metric's p-value and effect. They
+    are read at event-count looks, so they do not depend on where polls cut the stream, killed or
+    not; the moments are sums, added in another order after a restart, hence the rounding."""
     models = json.loads(get(d.url + "/v1/canary")[1])["models"]
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else float(f"{x:.9g}")
+
     return {
-        (model, variant): (c["verdict"], c["requests"], {name: m["verdict"] for name, m in c["metrics"].items()})
+        (model, variant): (
+            c["verdict"],
+            c["requests"],
+            {name: (m["verdict"], rounded(m["p_value"]), rounded(m["effect"])) for name, m in c["metrics"].items()},
+        )
         for model, m in models.items()
         for variant, c in m["variants"].items()
     }

@@ -42,6 +42,10 @@ Changed on purpose by issue 16:
 - drift streams of their own for TTFT and the prompt and output lengths (`ttft`,
   `prompt_tokens`, `output_tokens`) where events carry them: `ranker`'s two token counts are
   watched (2 more active streams; no alert).
+- LLM histograms (time per output token, queue and decode time, prompt and output length,
+  output tokens per second) for the keys with those values: `ranker`'s lengths, and its tokens
+  per second derived from its latency; `inferwatch_values_out_of_range_total` lists the new
+  timing fields (`tpot_ms`, `queue_ms`, `decode_ms`; 0 here).
 The report's counts and summary, and every other sample, are unchanged.
 """
 

@@ -147,7 +147,7 @@ def stats_observed(f: Fed, with_overflow: bool = True) -> dict[str, Any]:
 
 
 def _histograms(t: Traffic) -> list[tuple[str, Any]]:
-    return [("latency", t.latency), ("ttft", t.ttft), ("score", t.score)]
+    return list(t.histograms.items())
 
 
 def run(batches: list[TrafficBatch], limits: LimitsConfig = CAPS) -> Fed:
@@ -263,6 +263,18 @@ def test_traffic_restore_refuses_changed_buckets_and_a_used_partition() -> None:
     used.add_rows(1)
     with pytest.raises(ValueError, match="empty partition"):
         used.restore(state)
+
+
+def test_traffic_restore_of_a_checkpoint_from_before_the_llm_histograms() -> None:
+    f = run(traffic(5, n=100))
+    state = through_codec(f.snapshot())["traffic"]
+    llm = ("tpot", "queue", "decode", "prompt_length", "output_length", "tokens_per_second")
+    older = {k: v for k, v in state.items() if not k.startswith(llm)}
+    assert len(older) == len(state) - 2 * len(llm)
+    t = Traffic(MetricsConfig(), CAPS, Overflow())
+    t.restore(older)
+    assert t.latency.counts[: len(state["events"])].tolist() == state["latency_counts"].tolist()
+    assert not t.histograms["tpot"].counts.any() and not t.histograms["output_length"].sums.any()
 
 
 # --- KeyPerformance ----------------------------------------------------------------------------
