@@ -301,6 +301,7 @@ class LimitsConfig(_Section):
     feature_admission_share: float = Field(0.01, ge=0, le=1, description="share of the key's events naming it")
     feature_release_events: int = Field(100_000, ge=0, description="key events without a feature before release")
     max_error_types: int = Field(20, ge=1, description="error types per key")
+    max_finish_reasons: int = Field(10, ge=1, description="LLM finish reasons per key")
     max_event_bytes: int = Field(1_048_576, ge=64, description="larger records are invalid")
 
 

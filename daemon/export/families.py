@@ -53,6 +53,11 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "(latency_ms - ttft_ms) / (tokens_out - 1)).",
         KEY_LABELS,
     ),
+    "inferwatch_llm_finish_reasons": (
+        "counter",
+        "LLM requests by why generation stopped (finish_reason).",
+        [*KEY_LABELS, "finish_reason"],
+    ),
     "inferwatch_llm_queue_time_seconds": ("histogram", "LLM time queued before scheduling (queue_ms).", KEY_LABELS),
     "inferwatch_llm_decode_time_seconds": ("histogram", "LLM decode time (decode_ms).", KEY_LABELS),
     "inferwatch_llm_prompt_length_tokens": ("histogram", "LLM prompt length (tokens_in).", KEY_LABELS),

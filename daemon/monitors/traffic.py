@@ -89,6 +89,8 @@ class Traffic:
         self.sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
         self.error_names = RowNames(limits.max_error_types, "error_type", overflow)
         self.errors = np.zeros((0, limits.max_error_types + 1), dtype=np.int64)
+        self.finish_names = RowNames(limits.max_finish_reasons, "finish_reason", overflow)
+        self.finishes = np.zeros((0, limits.max_finish_reasons + 1), dtype=np.int64)
         self.class_names = RowNames(limits.max_classes, "class", overflow)
         self.classes = np.zeros((0, limits.max_classes + 1), dtype=np.int64)
         self.feature_names = RowNames(limits.max_features, "feature", overflow)
@@ -99,7 +101,7 @@ class Traffic:
 
     def add_rows(self, n: int) -> None:
         self.rows += n
-        for names in (self.error_names, self.class_names, self.feature_names):
+        for names in (self.error_names, self.finish_names, self.class_names, self.feature_names):
             names.add_rows(n)
         if self.rows > len(self.events):
             self._resize(max(self.rows, 2 * len(self.events), 16))
@@ -112,6 +114,7 @@ class Traffic:
             h.resize(capacity)
         self.sketch = grown(self.sketch, capacity)
         self.errors = grown(self.errors, capacity)
+        self.finishes = grown(self.finishes, capacity)
         self.classes = grown(self.classes, capacity)
         self.first_seen = grown(self.first_seen, capacity)
         self.present = grown(self.present, capacity)
@@ -145,6 +148,9 @@ class Traffic:
         if batch.error_types:
             cols, _ = self.error_names.columns(rows, batch.error_type, batch.error_types)
             _count(self.errors, rows, cols)
+        if batch.finish_reasons:
+            cols, _ = self.finish_names.columns(rows, batch.finish_reason, batch.finish_reasons)
+            _count(self.finishes, rows, cols)
         if batch.classes:
             cols, _ = self.class_names.columns(rows, batch.cls, batch.classes)
             _count(self.classes, rows, cols)
@@ -229,6 +235,8 @@ class Traffic:
             "sketch": self.sketch[:n].copy(),
             "errors": self.errors[:n].copy(),
             "error_names": [list(x) for x in self.error_names.names],
+            "finishes": self.finishes[:n].copy(),
+            "finish_names": [list(x) for x in self.finish_names.names],
             "classes": self.classes[:n].copy(),
             "class_names": [list(x) for x in self.class_names.names],
             "first_seen": self.first_seen[:n].copy(),
@@ -259,11 +267,12 @@ class Traffic:
             h.counts[:n] = counts
             h.sums[:n] = state[f"{name}_sums"]
         self.sketch[:n] = state["sketch"]
-        for names, counts, target in (
-            (self.error_names, state["errors"], self.errors),
-            (self.class_names, state["classes"], self.classes),
+        for names, counts, target, old in (
+            (self.error_names, state["errors"], self.errors, state["error_names"]),
+            (self.class_names, state["classes"], self.classes, state["class_names"]),
+            # A checkpoint from before finish reasons were counted has none.
+            (self.finish_names, state.get("finishes", self.finishes), self.finishes, state.get("finish_names", [])),
         ):
-            old = state["error_names" if names is self.error_names else "class_names"]
             for row, row_names in enumerate(old):
                 for src, col in enumerate(names.restore_row(row, row_names)):
                     target[row, col] += counts[row, src]
@@ -325,6 +334,8 @@ class TrafficCopy:
     histograms: dict[str, tuple[Ints, Floats]]
     errors: Ints
     error_names: list[list[str]]
+    finishes: Ints
+    finish_names: list[list[str]]
     classes: Ints
     class_names: list[list[str]]
     missing: Ints
@@ -342,6 +353,8 @@ def copy(t: Traffic, keys: list[Key]) -> TrafficCopy:
         {name: (h.counts[:n].copy(), h.sums[:n].copy()) for name, h in _histograms(t)},
         t.errors[:n].copy(),
         [list(x) for x in t.error_names.names],
+        t.finishes[:n].copy(),
+        [list(x) for x in t.finish_names.names],
         t.classes[:n].copy(),
         [list(x) for x in t.class_names.names],
         t.events[:n, None] - t.first_seen[:n] - t.present[:n],
@@ -372,6 +385,8 @@ def merge(copies: list[TrafficCopy]) -> TrafficCopy:
             },
             np.concatenate([c.errors for c in copies]),
             [x for c in copies for x in c.error_names],
+            np.concatenate([c.finishes for c in copies]),
+            [x for c in copies for x in c.finish_names],
             np.concatenate([c.classes for c in copies]),
             [x for c in copies for x in c.class_names],
             np.concatenate([c.missing for c in copies]),
@@ -394,6 +409,8 @@ def merge(copies: list[TrafficCopy]) -> TrafficCopy:
             {name: (c[keep], s[keep]) for name, (c, s) in out.histograms.items()},
             out.errors[keep],
             [out.error_names[i] for i in keep.tolist()],
+            out.finishes[keep],
+            [out.finish_names[i] for i in keep.tolist()],
             out.classes[keep],
             [out.class_names[i] for i in keep.tolist()],
             out.missing[keep],
@@ -410,7 +427,12 @@ def _fold(c: TrafficCopy, into: int, row: int) -> None:
     for counts, sums in c.histograms.values():
         counts[into] += counts[row]
         sums[into] += sums[row]
-    for counts, names in ((c.errors, c.error_names), (c.classes, c.class_names), (c.missing, c.feature_names)):
+    for counts, names in (
+        (c.errors, c.error_names),
+        (c.finishes, c.finish_names),
+        (c.classes, c.class_names),
+        (c.missing, c.feature_names),
+    ):
         for col, name in enumerate(names[row]):
             if name == FREE:
                 continue
@@ -427,6 +449,7 @@ def collect(c: TrafficCopy, key_sets: list[str], les: dict[str, list[str]], out:
     """The traffic families' samples; `key_sets[i]` is the label set of `c.keys[i]`."""
     out.samples("inferwatch_events", key_sets, c.events.tolist())
     out.labelled("inferwatch_errors", key_sets, "error_type", *_named(c.error_names, c.errors, True))
+    out.labelled("inferwatch_llm_finish_reasons", key_sets, "finish_reason", *_named(c.finish_names, c.finishes, True))
     for name, family in HISTOGRAMS:
         counts, sums = c.histograms[name]
         shown = np.ones(len(sums), dtype=np.bool_) if name == "latency" else (sums != 0) | counts.any(axis=1)

@@ -22,6 +22,8 @@ def test_time_per_output_token_and_tokens_per_second_are_taken_or_derived() -> N
             # An implausible latency is dropped first: nothing is derived from it.
             _record(3, latency_ms=1e308, ttft_ms=200.0, tokens_out=5),
             _record(4, queue_ms=30.0, decode_ms=700.0, tokens_in=100, finish_reason="length"),
+            _record(5, finish_reason="stop"),
+            _record(6, finish_reason="stop"),
         ],
     )
 
@@ -35,4 +37,7 @@ def test_time_per_output_token_and_tokens_per_second_are_taken_or_derived() -> N
     assert histogram("inferwatch_llm_prompt_length_tokens") == (1, 100)
     assert histogram("inferwatch_llm_output_length_tokens") == (4, 16)
     assert total(s, "inferwatch_values_out_of_range_total") == 1
-    assert total(s, "inferwatch_events_total") == 5
+    assert total(s, "inferwatch_events_total") == 7
+    finished = "inferwatch_llm_finish_reasons_total"
+    assert (total(s, finished, finish_reason="length"), total(s, finished, finish_reason="stop")) == (1, 2)
+    assert total(s, finished) == 3

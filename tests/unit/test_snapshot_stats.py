@@ -265,12 +265,12 @@ def test_traffic_restore_refuses_changed_buckets_and_a_used_partition() -> None:
         used.restore(state)
 
 
-def test_traffic_restore_of_a_checkpoint_from_before_the_llm_histograms() -> None:
+def test_traffic_restore_of_a_checkpoint_from_before_the_llm_metrics() -> None:
     f = run(traffic(5, n=100))
     state = through_codec(f.snapshot())["traffic"]
-    llm = ("tpot", "queue", "decode", "prompt_length", "output_length", "tokens_per_second")
+    llm = ("tpot", "queue", "decode", "prompt_length", "output_length", "tokens_per_second", "finish")
     older = {k: v for k, v in state.items() if not k.startswith(llm)}
-    assert len(older) == len(state) - 2 * len(llm)
+    assert len(older) == len(state) - 2 * len(llm)  # counts and sums; finish reasons' counts and names
     t = Traffic(MetricsConfig(), CAPS, Overflow())
     t.restore(older)
     assert t.latency.counts[: len(state["events"])].tolist() == state["latency_counts"].tolist()
