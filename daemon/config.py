@@ -384,12 +384,12 @@ class DriftConfig(_Section):
     # Pinned references neither grow nor are re-learned after a detection: the stream then holds
     # (state "drifted") until its reference is reset (POST /v1/drift/reference). Per stream by API.
     pin_references: bool = False
-    # Streams to watch. The LLM ones (time to first token, prompt and output length in tokens)
-    # exist for the keys whose events carry them.
+    # Streams to watch. The LLM ones (time to first token, time per output token, prompt and output
+    # length in tokens) exist for the keys whose events carry them.
     streams: Annotated[
-        tuple[Literal["features", "score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens"], ...],
+        tuple[Literal["features", "score", "latency", "errors", "ttft", "tpot", "prompt_tokens", "output_tokens"], ...],
         BeforeValidator(_csv),
-    ] = ("features", "score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens")
+    ] = ("features", "score", "latency", "errors", "ttft", "tpot", "prompt_tokens", "output_tokens")
 
     @model_validator(mode="after")
     def _detectors(self) -> DriftConfig:

@@ -70,9 +70,9 @@ STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", 
 Kind = Literal["numeric", "categorical", "binary"]
 # A key's streams that are not features, by their column of `Drift.fixed`: the numeric ones are
 # read from the batch's columns of the same name (NUMERIC_FIXED), errors from the labels' grading.
-FIXED = ("score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens")
+FIXED = ("score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens", "tpot")
 NUMERIC_FIXED = {"score": "score", "latency": "latency_ms", "ttft": "ttft_ms", "prompt_tokens": "tokens_in",
-                 "output_tokens": "tokens_out"}  # fmt: skip
+                 "output_tokens": "tokens_out", "tpot": "tpot_ms"}  # fmt: skip
 # A stream's kind is also its bank of values; as a code, its place here.
 KINDS: tuple[Kind, ...] = ("numeric", "categorical", "binary")
 

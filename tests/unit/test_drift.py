@@ -566,6 +566,7 @@ def test_llm_timings_and_lengths_are_streams_of_their_own() -> None:
             request_id=f"r{i}",
             model="llm",
             ttft_ms=rng.lognormvariate(math.log(200.0 if i < 3_000 else 400.0), 0.5),
+            tpot_ms=rng.lognormvariate(math.log(30.0), 0.2),
             tokens_in=rng.randint(50, 400),
             tokens_out=rng.randint(20, 300),
         )
@@ -574,7 +575,8 @@ def test_llm_timings_and_lengths_are_streams_of_their_own() -> None:
     f = Feeder(DriftConfig())
     alerts = cuts_feed(f, [*events, *x_events([0.0, 1.0])], every(700, 4_002))
     llm = ("llm", "unknown", "default")
-    assert {s.name for s in f.drift.streams if s.row == f.keys.index(llm)} == {"ttft", "prompt_tokens", "output_tokens"}
+    names = {"ttft", "tpot", "prompt_tokens", "output_tokens"}
+    assert {s.name for s in f.drift.streams if s.row == f.keys.index(llm)} == names
     assert {s.name for s in f.drift.streams if s.row == f.keys.index(KEY)} == {"feature:x"}
     (ttft,) = [a for a in alerts if a.stream == "ttft"]
     assert 3_000 <= ttft.index < 3_000 + 1_000  # the target: within 1,000 requests
