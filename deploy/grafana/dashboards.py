@@ -676,6 +676,46 @@ def model() -> Json:
                 ),
             ),
             row(
+                "LLM serving",
+                timeseries(
+                    "LLM time per output token",
+                    *quantiles("inferwatch_llm_time_per_output_token_seconds", sel, BY_KEY, KEY_LEGEND),
+                    unit="s",
+                    w=8,
+                    description="tpot_ms as logged, else (latency - TTFT) / (output tokens - 1).",
+                ),
+                timeseries(
+                    "LLM output tokens per second of a request",
+                    *quantiles("inferwatch_llm_output_tokens_per_second", sel, BY_KEY, KEY_LEGEND, (0.5, 0.05)),
+                    w=8,
+                    description="tokens_per_second as logged, else output tokens / latency. p5: the slow tail.",
+                ),
+                timeseries(
+                    "LLM finish reasons",
+                    target(
+                        rate(f"inferwatch_llm_finish_reasons_total{sel}", f"{BY_KEY}, finish_reason"),
+                        f"{{{{finish_reason}}}} {KEY_LEGEND}",
+                    ),
+                    unit="reqps",
+                    w=8,
+                ),
+                timeseries(
+                    "LLM prompt and output length",
+                    *quantiles("inferwatch_llm_prompt_length_tokens", sel, BY_KEY, f"prompt {KEY_LEGEND}", (0.5, 0.95)),
+                    *quantiles("inferwatch_llm_output_length_tokens", sel, BY_KEY, f"output {KEY_LEGEND}", (0.5, 0.95)),
+                    w=12,
+                    description="Tokens.",
+                ),
+                timeseries(
+                    "LLM queue and decode time",
+                    *quantiles("inferwatch_llm_queue_time_seconds", sel, BY_KEY, f"queue {KEY_LEGEND}", (0.5, 0.95)),
+                    *quantiles("inferwatch_llm_decode_time_seconds", sel, BY_KEY, f"decode {KEY_LEGEND}", (0.5, 0.95)),
+                    unit="s",
+                    w=12,
+                    description="Only for models that log queue_ms or decode_ms.",
+                ),
+            ),
+            row(
                 "Predictions",
                 heatmap(
                     "Prediction score distribution",
