@@ -67,7 +67,8 @@ def _traffic() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[st
 
 
 def _llm_events(n: int) -> list[dict[str, Any]]:
-    """A few LLM-serving events, so the TTFT and token panels have data."""
+    """A few LLM-serving events, so the LLM panels (TTFT, tokens, queue and decode time, finish
+    reasons) have data."""
     now = time.time()
     return [
         {
@@ -78,6 +79,9 @@ def _llm_events(n: int) -> list[dict[str, Any]]:
             "ttft_ms": 120.0 + i,
             "tokens_in": 200,
             "tokens_out": 50,
+            "queue_ms": 15.0 + i,
+            "decode_ms": 600.0 + i,
+            "finish_reason": "length" if i % 5 == 0 else "stop",
         }
         for i in range(n)
     ]

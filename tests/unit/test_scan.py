@@ -13,6 +13,7 @@ import pytest
 from scipy import special
 
 from detectors.scan import LOOK, WINDOW_LOOKS, CategoricalScan, NumericScan, ScanTest, threshold
+from detectors.scan_bank import Z_UNIT
 
 Maker = Callable[[np.random.Generator, int], Any]
 
@@ -164,3 +165,47 @@ def test_a_change_beyond_float32_is_described_without_nan() -> None:
     assert scan.finding["window_mean"] == pytest.approx(1e30, rel=1e-5)
     assert scan.finding["window_sd"] is None and scan.finding["sd_ratio"] is None
     json.dumps(scan.finding, allow_nan=False)
+
+
+def _as_kept_before(state: dict[str, Any], numeric: bool, cells: int) -> dict[str, Any]:
+    """A scan's state as the per-stream version kept it: the ring as float sums per look (Σz,
+    Σ(z² - 1), Σx, Σx², then the counts), the reference's cells unpadded, epochs as a list."""
+    n = int(state["n_epochs"])
+    if numeric:
+        ring = np.hstack([state["ring_z"] / Z_UNIT, state["ring_x"], state["ring_c"]])
+    else:
+        ring = state["ring_c"][:, :cells].astype(np.float64)
+    return {
+        "ref_cells": state["ref_cells"][:cells].astype(np.float64),
+        "looks": int(state["looks"]),
+        "seen": int(state["seen"]),
+        "ring": ring,
+        "ring_index": state["ring_index"],
+        "ring_time": state["ring_time"],
+        "epoch": state["epoch"][:cells].astype(np.float64),
+        "epochs": state["epochs"][:n, :cells].astype(np.float64),
+        "warned": [*state["warned"][:n].tolist(), bool(state["epoch_warned"])],
+        "evidence": float(state["evidence"]),
+    }
+
+
+@pytest.mark.parametrize("numeric", [True, False])
+def test_a_state_kept_by_the_per_stream_version_restores(numeric: bool) -> None:
+    rng = np.random.default_rng(9)
+    values: list[Any] = rng.standard_normal(6_000).tolist() if numeric else rng.choice(LEVELS, 6_000, p=SHARES).tolist()
+    scan: ScanTest = NumericScan(target_ert=1e6) if numeric else CategoricalScan(target_ert=1e6)
+    assert scan.update_many(values[:5_000]) == []
+    state = scan.state()
+    assert state["n_epochs"] >= 1 and state["looks"] == 80
+    reference = scan._reference_out()
+    assert reference is not None
+    twin: ScanTest = type(scan)(target_ert=1e6)
+    twin.prepare(np.array(reference) if numeric else reference)
+    twin.prepared = True
+    cells = int(scan.bank.n_cells[scan.slot])  # type: ignore[union-attr]
+    twin.restore_judged_state({"score": None, "p_value": None, **_as_kept_before(state, numeric, cells)})
+    after = twin.state()
+    assert all(np.array_equal(after[k], state[k], equal_nan=True) for k in state)
+    rest = values[5_000:]
+    assert twin.update_many(rest) == scan.update_many(rest)
+    assert twin.state()["looks"] == scan.state()["looks"]
