@@ -331,6 +331,11 @@ def rate(series: str, by: str) -> str:
     return f"sum by ({by}) (rate({series}[$__rate_interval]))"
 
 
+def by_label(counter: str, label: str) -> Json:
+    """A key's counter rate per value of one of its labels."""
+    return target(rate(counter, f"{BY_KEY}, {label}"), f"{{{{{label}}}}} {KEY_LEGEND}")
+
+
 def quantiles(
     histogram: str, selector: str, by: str, legend: str, qs: Sequence[float] = (0.5, 0.95, 0.99)
 ) -> list[Json]:
@@ -637,10 +642,7 @@ def model() -> Json:
                 timeseries("Events/s", target(rate(events, BY_KEY), KEY_LEGEND), unit="reqps", w=8),
                 timeseries(
                     "Errors/s by error type",
-                    target(
-                        rate(f"inferwatch_errors_total{sel}", f"{BY_KEY}, error_type"),
-                        f"{{{{error_type}}}} {KEY_LEGEND}",
-                    ),
+                    by_label(f"inferwatch_errors_total{sel}", "error_type"),
                     unit="reqps",
                     w=8,
                 ),
@@ -692,10 +694,7 @@ def model() -> Json:
                 ),
                 timeseries(
                     "LLM finish reasons",
-                    target(
-                        rate(f"inferwatch_llm_finish_reasons_total{sel}", f"{BY_KEY}, finish_reason"),
-                        f"{{{{finish_reason}}}} {KEY_LEGEND}",
-                    ),
+                    by_label(f"inferwatch_llm_finish_reasons_total{sel}", "finish_reason"),
                     unit="reqps",
                     w=8,
                 ),
