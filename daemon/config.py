@@ -413,6 +413,11 @@ class DriftConfig(_Section):
         return self
 
 
+CanaryMetric = Literal[
+    "error_rate", "latency", "latency_tail", "ttft", "ttft_tail", "tpot", "tpot_tail", "accuracy", "prediction_shift"
+]
+
+
 class CanaryConfig(_Section):
     """Always-valid canary verdicts: each variant of a model against its baseline."""
 
@@ -428,18 +433,22 @@ class CanaryConfig(_Section):
     # A model's comparisons are read after every this many of its requests, with the figures as
     # they stood at that request: verdicts do not depend on how polls cut the stream.
     look_every_requests: int = Field(100, ge=1)
-    # How much worse a candidate may be: relative for latency, absolute for the rest.
+    # How much worse a candidate may be: relative for latency, TTFT and time per output token
+    # (their means of logs), absolute for error rate, accuracy and the prediction shift.
     latency_tolerance: float = Field(0.05, ge=0)
     error_rate_tolerance: float = Field(0.002, ge=0)
-    tail_quantile: float = Field(0.95, gt=0.5, lt=1)
-    tail_tolerance: float = Field(0.02, ge=0)
+    # The tail tests: how far each arm's requests go past the baseline's `tail_quantile` (its
+    # first `min_requests` values, then frozen), as the mean of ln(value / line) over the ones
+    # past it. `tail_tolerance` is the relative slowdown those requests may have.
+    tail_quantile: float = Field(0.99, gt=0.5, lt=1)
+    tail_tolerance: float = Field(0.05, ge=0)
     accuracy_tolerance: float = Field(0.01, ge=0)
     prediction_shift_tolerance: float = Field(0.05, ge=0)
     # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.
-    critical: Annotated[
-        tuple[Literal["error_rate", "latency", "latency_tail", "accuracy", "prediction_shift"], ...],
-        BeforeValidator(_csv),
-    ] = ("error_rate",)
+    critical: Annotated[tuple[CanaryMetric, ...], BeforeValidator(_csv)] = ("error_rate",)
+    # Models that log TTFT or time per output token (LLMs): end-to-end latency and its tail grow
+    # with the answer's length, so they are reported but do not fail a verdict unless this is on.
+    llm_judge_e2e_latency: bool = False
 
 
 class TensorInput(_Section):

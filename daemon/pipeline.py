@@ -306,9 +306,9 @@ class Pipeline:
             for p in sorted(self.partitions):
                 state = self.partitions[p]
                 if state.canary is not None:
-                    for name, m in state.canary.models.items():
+                    for name in state.canary.models:
                         if name not in reports or self.router.home(name) is state:
-                            reports[name] = m.report()
+                            reports[name] = state.canary.report(name)
         if model is not None:
             return reports.get(model)
         return {"models": reports}

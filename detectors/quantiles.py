@@ -57,3 +57,32 @@ class LogBuckets:
             return math.nan
         rank = max(1, math.ceil(q * n))
         return self.value(int(np.searchsorted(np.cumsum(counts), rank)))
+
+    def edges(self, bucket: int) -> tuple[float, float]:
+        """The bucket's bounds: (γ^(k-1), γ^k] in value, before clamping."""
+        return math.exp(self._gamma_log * (bucket + self._offset - 1)), math.exp(
+            self._gamma_log * (bucket + self._offset)
+        )
+
+    def band(self, counts: Ints, q: float, alpha: float) -> tuple[float, float, float]:
+        """(estimate, lower, upper) of the q-quantile: a (1 − α) confidence sequence, valid at
+        every n at once (Howard & Ramdas, "Sequential estimation of quantiles", Bernoulli 2022,
+        the fixed-quantile bound with the stitched boundary of Howard et al. 2021): the order
+        statistics of ranks (q ∓ u_n)·n, with
+
+            u_n = 1.5 √(q(1 − q) ℓ_n / n) + 0.8 ℓ_n / n,  ℓ_n = 1.4 ln ln(2.1 n) + ln(10 / α),
+
+        widened to the edges of their buckets. Bounds past the data are 0 and inf."""
+        n = int(counts.sum())
+        if n == 0:
+            return math.nan, math.nan, math.nan
+        ell = 1.4 * math.log(math.log(2.1 * n)) + math.log(10.0 / alpha)
+        u = 1.5 * math.sqrt(q * (1.0 - q) * ell / n) + 0.8 * ell / n
+        cum = np.cumsum(counts)
+
+        def bucket(p: float) -> int:
+            return int(np.searchsorted(cum, max(1, math.ceil(p * n))))
+
+        lower = self.edges(bucket(q - u))[0] if q - u > 0 else 0.0
+        upper = self.edges(bucket(q + u))[1] if q + u < 1 else math.inf
+        return self.value(bucket(q)), lower, upper

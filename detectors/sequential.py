@@ -13,7 +13,9 @@ that stays valid however often it is read, and
 
     Δ̂ ± √( 2 s² (s² + τ²) / τ² · ln( √((s² + τ²) / s²) / α ) )
 
-is a (1 − α) confidence sequence. τ² = ρ²·V with GrowthBook's
+is a (1 − α) confidence sequence: it holds at every look at once, so the running intersection
+of its intervals holds too, and that is what a look reports (bounds that only narrow, so a
+verdict read from them does not flap at a bound). τ² = ρ²·V with GrowthBook's
 ρ² = (−2 ln α + ln(−2 ln α + 1)) / N*, which makes the interval narrowest near N* requests per
 arm (`PLANNED_REQUESTS`).
 """
@@ -63,7 +65,9 @@ class SequentialDifference:
     """An always-valid comparison of two means (or proportions), read after every batch.
 
     `theta0` is the null difference the p-value tests (a tolerance, for a test of "worse by
-    more than the tolerance"). The p-value is the running minimum of 1/Λ, so it never goes up.
+    more than the tolerance"). The p-value is the running minimum of 1/Λ, so it never goes up;
+    the bounds are the running intersection of the intervals (the current one, if the data
+    leave it empty: the arms did not stay alike).
     """
 
     def __init__(self, alpha: float, theta0: float = 0.0, planned: int = PLANNED_REQUESTS) -> None:
@@ -73,6 +77,7 @@ class SequentialDifference:
         self.theta0 = theta0
         self._rho2 = rho2(alpha, planned)
         self.p_value = 1.0
+        self.lower, self.upper = -math.inf, math.inf
 
     def look(self, n_a: int, mean_a: float, var_a: float, n_b: int, mean_b: float, var_b: float) -> Look | None:
         """Read the arms' current means and variances; None while either arm has no spread."""
@@ -87,7 +92,11 @@ class SequentialDifference:
         p = math.exp(-max(0.0, log_mixture_lr(effect, s2, tau2, self.theta0)))
         self.p_value = min(self.p_value, p)
         h = half_width(s2, tau2, self.alpha)
-        return Look(n_a, n_b, effect, effect - h, effect + h, self.p_value)
+        lower, upper = max(self.lower, effect - h), min(self.upper, effect + h)
+        if lower > upper:
+            lower, upper = effect - h, effect + h
+        self.lower, self.upper = lower, upper
+        return Look(n_a, n_b, effect, lower, upper, self.p_value)
 
     def snapshot(self) -> dict[str, Any]:
         """The test's state, JSON-ready: ρ² is kept as computed, so a restore needs no `planned`."""
@@ -96,6 +105,8 @@ class SequentialDifference:
             "theta0": _encode_float(self.theta0),
             "rho2": _encode_float(self._rho2),
             "p_value": _encode_float(self.p_value),
+            "lower": _encode_float(self.lower),
+            "upper": _encode_float(self.upper),
         }
 
     @classmethod
@@ -104,6 +115,9 @@ class SequentialDifference:
         test = cls(_decode_float(state["alpha"]), _decode_float(state["theta0"]))
         test._rho2 = _decode_float(state["rho2"])
         test.p_value = _decode_float(state["p_value"])
+        # Snapshots before the running intersection have none: it starts afresh.
+        test.lower = _decode_float(state.get("lower", "-inf"))
+        test.upper = _decode_float(state.get("upper", "inf"))
         return test
 
 

@@ -189,6 +189,21 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         "Upper bound of the (1 - alpha) confidence sequence of the effect.",
         CANARY_METRIC_LABELS,
     ),
+    "inferwatch_canary_quantile_effect": (
+        "gauge",
+        "Candidate's quantile over the baseline's, minus 1, per latency-like metric (latency, ttft, tpot).",
+        [*CANARY_LABELS, "metric", "quantile"],
+    ),
+    "inferwatch_canary_quantile_effect_lower": (
+        "gauge",
+        "Lower bound of the quantile effect, valid at every look (quantile confidence sequences).",
+        [*CANARY_LABELS, "metric", "quantile"],
+    ),
+    "inferwatch_canary_quantile_effect_upper": (
+        "gauge",
+        "Upper bound of the quantile effect, valid at every look (+Inf: unbounded yet).",
+        [*CANARY_LABELS, "metric", "quantile"],
+    ),
     "inferwatch_alertmanager_pushes": (
         "counter",
         "Pushes of the firing alerts to an Alertmanager (alertmanager_push), by outcome: ok, rejected, error.",

@@ -46,19 +46,34 @@ from daemon.export.families import Sink, labels
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import capacity, grown
 from daemon.monitors.names import OTHER
+from detectors.quantiles import LogBuckets
 from detectors.sequential import Look, SequentialDifference, benjamini_hochberg
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
-METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
-ERROR, LATENCY, TAIL, ACCURACY, SHIFT = range(5)
+# Latency-like measures, each with its batch column (ms): a mean-of-logs test and a tail test.
+LATENCY_LIKE = {"latency": "latency_ms", "ttft": "ttft_ms", "tpot": "tpot_ms"}
+METRICS = ("error_rate", *(m for name in LATENCY_LIKE for m in (name, f"{name}_tail")), "accuracy", "prediction_shift")
+ERROR, ACCURACY, SHIFT = (METRICS.index(m) for m in ("error_rate", "accuracy", "prediction_shift"))
+LOG = {name: METRICS.index(name) for name in LATENCY_LIKE}
+TAIL = {name: METRICS.index(f"{name}_tail") for name in LATENCY_LIKE}
+# What an LLM's answer length moves: reported, not judged, unless `llm_judge_e2e_latency`.
+E2E = ("latency", "latency_tail")
+# Per-quantile effects reported for every latency-like measure, with their confidence sequences.
+QUANTILES = (0.5, 0.9, 0.99)
+BUCKETS = LogBuckets(relative_accuracy=0.02, min_value=1e-3, max_value=1e7)  # ms
+# A line needs this many of the baseline's warm-up values.
+MIN_LINE_VALUES = 10
+# A tail test waits for this many requests past the line in each arm: before, its mean and
+# variance rest on a handful of values, and the normal approximation of the mSPRT fails.
+MIN_PAST_LINE = 10
 # A key's version in its arm: the arm's current one, one it had before (left out), or a new one.
 CURRENT, STALE, NEW = 0, 1, 2
 BASELINE_NAMES = ("control", "baseline", "stable", "primary")
 # Worse direction: +1 higher is worse, -1 lower is worse, 0 either way.
-WORSE = {"error_rate": 1, "latency": 1, "latency_tail": 1, "accuracy": -1, "prediction_shift": 0}
+WORSE = {**{m: 1 for m in METRICS}, "accuracy": -1, "prediction_shift": 0}
 
 
 @dataclass
@@ -66,11 +81,13 @@ class MetricReading:
     verdict: Verdict
     look: Look
     tolerance: float
+    judged: bool = True  # False: reported only (an LLM's end-to-end latency)
 
     def report(self) -> dict[str, Any]:
         lk = self.look
         return {
             "verdict": self.verdict,
+            "judged": self.judged,
             "effect": lk.effect,
             "lower": lk.lower,
             "upper": lk.upper,
@@ -93,6 +110,7 @@ class Comparison:
     reasons: list[str] = field(default_factory=list)
     requests: tuple[int, int] = (0, 0)
     reset: bool = True  # the next timeline entry says the comparison (re)started
+    failing: list[str] = field(default_factory=list)  # every metric that has failed since the start
 
     def report(self) -> dict[str, Any]:
         return {
@@ -130,8 +148,10 @@ class ModelCanary:
         self.model = model
         self.settings = settings
         self.baseline: str | None = settings.baselines.get(model)
-        self.tail_threshold: float | None = None
-        self.warmup: list[float] = []  # the baseline's latencies until the tail threshold is set
+        # The baseline's tail lines per latency-like measure (NaN: too few values), once set.
+        self.tail_lines: tuple[float, ...] | None = None
+        # The baseline's (latency, TTFT, TPOT) per timed request until the lines are set.
+        self.warmup: list[list[float]] = []
         self.comparisons: dict[str, Comparison] = {}
         self.requests = 0  # of every arm: looks come every look_every_requests of them
 
@@ -170,19 +190,24 @@ class ModelCanary:
     def _tests(self) -> dict[str, list[SequentialDifference]]:
         """Per metric, the mSPRT of "no worse than the tolerance" (both sides for a shift)."""
         alpha, planned = self.settings.alpha, self.settings.planned_requests
+        # A tail test sees only the requests past the line: its prior is planned for as many.
+        past = max(MIN_PAST_LINE, round(planned * (1.0 - self.settings.tail_quantile)))
         tests = {}
         for name in METRICS:
             tol = self._tolerance(name)
             sides = [WORSE[name]] if WORSE[name] else [1, -1]
-            tests[name] = [SequentialDifference(alpha, side * tol, planned) for side in sides]
+            n = past if name.endswith("_tail") else planned
+            tests[name] = [SequentialDifference(alpha, side * tol, n) for side in sides]
         return tests
 
     def _tolerance(self, name: str) -> float:
         s = self.settings
+        if name in LATENCY_LIKE:
+            return math.log1p(s.latency_tolerance)
+        if name.endswith("_tail"):  # the mean of ln(value / line) over the requests past the line
+            return math.log1p(s.tail_tolerance)
         return {
             "error_rate": s.error_rate_tolerance,
-            "latency": math.log1p(s.latency_tolerance),
-            "latency_tail": s.tail_tolerance,
             "accuracy": s.accuracy_tolerance,
             "prediction_shift": s.prediction_shift_tolerance,
         }[name]
@@ -194,9 +219,11 @@ class ModelCanary:
             comp.verdict, comp.score = "inconclusive", 50.0
             comp.reasons = [f"waiting for {s.min_requests} requests per arm"]
             return
+        base_f, cand_f = _figures(base, cand)
+        llm = any(base_f[LOG[name]][0] and cand_f[LOG[name]][0] for name in ("ttft", "tpot"))
         readings: dict[str, MetricReading] = {}
         p_values: dict[str, float] = {}
-        for name, (na, mean_a, var_a), (nb, mean_b, var_b) in zip(METRICS, base.figures(), cand.figures(), strict=True):
+        for name, (na, mean_a, var_a), (nb, mean_b, var_b) in zip(METRICS, base_f, cand_f, strict=True):
             if na < 2 or nb < 2:
                 continue
             looks = [t.look(na, mean_a, var_a, nb, mean_b, var_b) for t in comp.tests[name]]
@@ -215,28 +242,55 @@ class ModelCanary:
                 beyond = look.lower > tol or look.upper < -tol
                 within, worse_side = -tol <= look.lower and look.upper <= tol, abs(look.effect) > tol
             verdict: Verdict = "fail" if beyond else "pass" if within else "inconclusive"
-            readings[name] = MetricReading(verdict, look, tol)
+            judged = not (llm and name in E2E and not s.llm_judge_e2e_latency)
+            readings[name] = MetricReading(verdict, look, tol, judged)
             # p of "exactly at the tolerance" (two sides: Bonferroni); it speaks of "worse than the
             # tolerance" only when the estimate is past it.
             p = min(1.0, len(looks) * min(lk.p_value for lk in looks if lk is not None))
             p_values[name] = p if worse_side else 1.0
-        critical = [n for n in readings if n in s.critical]
-        others = [n for n in readings if n not in s.critical]
+        judged_names = [n for n in readings if readings[n].judged]
+        critical = [n for n in judged_names if n in s.critical]
+        others = [n for n in judged_names if n not in s.critical]
         failing: list[str] = [n for n in critical if readings[n].verdict == "fail"]
         rejected = benjamini_hochberg([p_values[n] for n in others], s.alpha) if others else []
         failing += [n for n, r in zip(others, rejected, strict=True) if r and readings[n].verdict != "pass"]
-        points = {"pass": 1.0, "inconclusive": 0.5, "fail": 0.0}
-        comp.score = 100.0 * sum(points[r.verdict] for r in readings.values()) / len(readings) if readings else 50.0
         comp.metrics = readings
-        if comp.verdict == "fail":
-            return  # a sequential test stops at its first rejection: fail stands until a reset
-        if failing:
-            comp.verdict = "fail"
-            comp.reasons = [_reason(n, readings[n]) for n in failing]
-        elif readings and all(r.verdict == "pass" for r in readings.values()):
+        if failing or comp.verdict == "fail":
+            # A sequential test stops at its first rejection: fail stands until a reset. Its
+            # reasons name every metric that has failed since, with the values of this look.
+            comp.failing = list(dict.fromkeys(comp.failing + failing))
+            comp.verdict, comp.score = "fail", 0.0
+            comp.reasons = [self._reason(n, readings[n]) for n in comp.failing if n in readings]
+            return
+        points = {"pass": 1.0, "inconclusive": 0.5, "fail": 0.0}
+        counted = [readings[n] for n in judged_names]
+        comp.score = 100.0 * sum(points[r.verdict] for r in counted) / len(counted) if counted else 50.0
+        # A tail whose line is set but with too few requests past it yet: no pass before it is read.
+        lines = self.tail_lines or (math.nan,) * len(LATENCY_LIKE)
+        waiting = [
+            name for name, line in zip(LATENCY_LIKE, lines, strict=True)
+            if not math.isnan(line) and base_f[LOG[name]][0] and cand_f[LOG[name]][0]
+            and f"{name}_tail" not in readings and not (llm and name == "latency" and not s.llm_judge_e2e_latency)
+        ]  # fmt: skip
+        if counted and not waiting and all(r.verdict == "pass" for r in counted):
             comp.verdict, comp.reasons = "pass", []
         else:
             comp.verdict, comp.reasons = "inconclusive", []
+
+    def _reason(self, name: str, r: MetricReading) -> str:
+        lk = r.look
+        if name in LATENCY_LIKE:  # on the log scale: relative changes
+            pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
+            return f"{name} {pct[0]:+.1f}% (CI {pct[1]:+.1f}%..{pct[2]:+.1f}%) beyond +{pct[3]:.1f}%"
+        if name.endswith("_tail"):
+            # The mean rise of ln(value / line) of the requests past the line: a relative slowdown.
+            pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
+            measure = name.removesuffix("_tail")
+            lines = self.tail_lines or ()
+            line = lines[list(LATENCY_LIKE).index(measure)] if lines else math.nan
+            where = f"past the baseline's p{100 * self.settings.tail_quantile:g} ({line:.4g} ms)"
+            return f"{name} {pct[0]:+.1f}% {where} (CI {pct[1]:+.1f}%..{pct[2]:+.1f}%) beyond +{pct[3]:.1f}%"
+        return f"{name} {lk.effect:+.4f} (CI {lk.lower:+.4f}..{lk.upper:+.4f}) beyond ±{r.tolerance:.4f}"
 
     def timeline_entry(self, comp: Comparison, index: int) -> dict[str, Any]:
         entry = {
@@ -261,14 +315,6 @@ class ModelCanary:
         }
 
 
-def _reason(name: str, r: MetricReading) -> str:
-    lk = r.look
-    if name == "latency":  # on the log scale: report relative changes
-        pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
-        return f"latency {pct[0]:+.1f}% (CI {pct[1]:+.1f}%..{pct[2]:+.1f}%) beyond +{pct[3]:.1f}%"
-    return f"{name} {lk.effect:+.4f} (CI {lk.lower:+.4f}..{lk.upper:+.4f}) beyond ±{r.tolerance:.4f}"
-
-
 class Canary:
     """The canaries of a partition's models: arm moments in arrays, verdicts per model."""
 
@@ -279,9 +325,10 @@ class Canary:
         self.models: dict[str, ModelCanary] = {}
         self._model_ids: dict[str, int] = {}
         self._model_names: list[str] = []
-        # Per model: its tail threshold (NaN: not set) and whether its state can change within a
-        # batch (no baseline yet, or a threshold still warming up): such models go event by event.
-        self.threshold = np.zeros(0, dtype=np.float64)
+        # Per model: its tail lines per latency-like measure (NaN: not set) and whether its state
+        # can change within a batch (no baseline yet, or lines still warming up): such models go
+        # event by event.
+        self.threshold = np.zeros((0, len(LATENCY_LIKE)), dtype=np.float64)
         self.unsettled = np.zeros(0, dtype=np.bool_)
         self.arm_count = np.zeros(0, dtype=np.int64)
         self.baseline_arm = np.zeros(0, dtype=np.int64)  # -1: no baseline yet
@@ -295,6 +342,8 @@ class Canary:
         self.arm_rows: list[list[int]] = []
         self.requests = np.zeros(0, dtype=np.int64)
         self.moments = np.zeros((0, len(METRICS), 3), dtype=np.float64)
+        # Per arm and latency-like measure: counts of values per log bucket, for quantile bands.
+        self.hist = np.zeros((0, len(LATENCY_LIKE), BUCKETS.n_buckets), dtype=np.int64)
         # Per key row: its arm (-1: none, the overflow key), and where its version stands there.
         self.row_arm = np.zeros(0, dtype=np.int64)
         self.row_state = np.zeros(0, dtype=np.int8)
@@ -345,10 +394,10 @@ class Canary:
     def _sync(self, m: ModelCanary) -> None:
         """The model's arrays after its baseline or tail threshold changed."""
         i = self._model_ids[m.model]
-        self.threshold[i] = math.nan if m.tail_threshold is None else m.tail_threshold
+        self.threshold[i] = math.nan if m.tail_lines is None else m.tail_lines
         # Without a baseline a look may pick the busiest arm (two or more); with one, the tail
-        # threshold may still be warming up.
-        self.unsettled[i] = self.arm_count[i] >= 2 if m.baseline is None else m.tail_threshold is None
+        # lines may still be warming up.
+        self.unsettled[i] = self.arm_count[i] >= 2 if m.baseline is None else m.tail_lines is None
         self.baseline_arm[i] = -1 if m.baseline is None else self._arm_ids.get((m.model, m.baseline), -1)
         self.warmup_len[i] = len(m.warmup)
 
@@ -359,6 +408,7 @@ class Canary:
             self.arm_model = grown(self.arm_model, cap, -1)
             self.requests = grown(self.requests, cap)
             self.moments = grown(self.moments, cap)
+            self.hist = grown(self.hist, cap)
         self.arm_model[arm] = self._model_ids[model]
         self.arm_variant.append(variant)
         self.arm_version.append(version)
@@ -383,9 +433,10 @@ class Canary:
         self.arm_versions[arm].add(version)
         self.requests[arm] = 0
         self.moments[arm] = 0.0
+        self.hist[arm] = 0
         m = self.models[model]
         if variant == m.baseline:
-            m.tail_threshold, m.warmup = None, []
+            m.tail_lines, m.warmup = None, []
             m.comparisons.clear()
             self._sync(m)
         else:
@@ -425,7 +476,7 @@ class Canary:
             per_arm = self.requests[: len(self.arm_variant)] + np.bincount(ev_arms, minlength=len(self.arm_variant))
             busiest = np.zeros(n_models, dtype=np.int64)
             np.maximum.at(busiest, self.arm_model[: len(self.arm_variant)], per_arm)
-            warming_model = (self.baseline_arm[:n_models] >= 0) & np.isnan(self.threshold[:n_models])
+            warming_model = (self.baseline_arm[:n_models] >= 0) & np.isnan(self.threshold[:n_models, 0])
             choosing = (self.baseline_arm[:n_models] < 0) & (self.arm_count[:n_models] >= 2)
             present = np.zeros(n_models, dtype=np.bool_)
             present[models] = True
@@ -434,7 +485,7 @@ class Canary:
             warming = np.flatnonzero(warming_model & (got > 0) & (got < need))
             for model in warming.tolist():
                 m = self.models[self._model_names[model]]
-                m.warmup.extend(lat[timed_base & (models == model)].tolist())
+                m.warmup.extend(_measures(batch, events[timed_base & (models == model)]).tolist())
                 self.warmup_len[model] = len(m.warmup)
         entries: list[dict[str, Any]] = []
         if slow:
@@ -463,7 +514,7 @@ class Canary:
             end = int(np.argmin(current)) if not current.all() else len(events)
             seg = events[:end]
             threshold = None
-            if m.baseline is not None and m.tail_threshold is None:
+            if m.baseline is not None and m.tail_lines is None:
                 seg, threshold = self._warm_up(m, rows, seg, batch)
             elif m.baseline is None:
                 looks = self._look_positions(self._model_ids[m.model], len(seg))
@@ -471,29 +522,33 @@ class Canary:
                     seg = seg[: looks[0] + 1]
             entries += self._segment(rows, seg, batch, accuracy)
             if threshold is not None:  # the requests after the one that completed it count against it
-                m.tail_threshold, m.warmup = threshold, []
+                m.tail_lines, m.warmup = threshold, []
                 self._sync(m)
             events = events[len(seg) :]
         return entries
 
-    def _warm_up(self, m: ModelCanary, rows: Ints, seg: Ints, batch: Batch) -> tuple[Ints, float | None]:
-        """Collect the baseline's latencies in `seg` for the tail threshold; when they complete it,
-        cut the segment after the event that did and return the threshold (the requests after it
-        count exceedances)."""
+    def _warm_up(self, m: ModelCanary, rows: Ints, seg: Ints, batch: Batch) -> tuple[Ints, tuple[float, ...] | None]:
+        """Collect the baseline's timed requests in `seg` for the tail lines; when they complete
+        them, cut the segment after the event that did and return the lines (the requests after
+        it count against them)."""
         arm = self._arm_ids.get((m.model, m.baseline or ""))
         lat = batch.latency_ms[seg]
         mine = (self.row_arm[rows[seg]] == arm) & (lat > 0)
         need = self.settings.min_requests - len(m.warmup)
         where = np.flatnonzero(mine)
         if len(where) < need:
-            m.warmup.extend(lat[where].tolist())
+            m.warmup.extend(_measures(batch, seg[where]).tolist())
             self.warmup_len[self._model_ids[m.model]] = len(m.warmup)
             return seg, None
         cut = int(where[need - 1]) + 1
-        m.warmup.extend(lat[where[:need]].tolist())
-        n = self.settings.min_requests
-        ordered = sorted(m.warmup[:n])
-        return seg[:cut], ordered[min(n - 1, math.ceil(self.settings.tail_quantile * n) - 1)]
+        m.warmup.extend(_measures(batch, seg[where[:need]]).tolist())
+        q = self.settings.tail_quantile
+        lines = []
+        for column in np.asarray(m.warmup[: self.settings.min_requests]).T:
+            ordered = np.sort(column[column > 0])  # NaN compares False
+            n = len(ordered)
+            lines.append(float(ordered[min(n - 1, math.ceil(q * n) - 1)]) if n >= MIN_LINE_VALUES else math.nan)
+        return seg[:cut], tuple(lines)
 
     def _look_positions(self, model: int, n: int) -> Ints:
         """Positions among the next n requests of `model` at which a look falls."""
@@ -510,12 +565,17 @@ class Canary:
         models = self.arm_model[arms]
         x = np.zeros((len(events), len(METRICS), 3))
         x[:, ERROR, :] = _moments(np.ones(len(events), dtype=np.bool_), batch.error[events].astype(np.float64))
-        lat = batch.latency_ms[events]
-        timed = lat > 0
-        x[:, LATENCY, :] = _moments(timed, np.log(np.where(timed, lat, 1.0)))
-        thresholds = self.threshold[models]
-        tail = timed & ~np.isnan(thresholds)
-        x[:, TAIL, :] = _moments(tail, (lat > thresholds).astype(np.float64))
+        lines = self.threshold[models]
+        for i, (name, column) in enumerate(LATENCY_LIKE.items()):
+            v = getattr(batch, column)[events]
+            timed = v > 0  # NaN compares False
+            ln = np.log(np.where(timed, v, 1.0))
+            x[:, LOG[name], :] = _moments(timed, ln)
+            # The requests past the baseline's line: how far, as ln(value / line).
+            excess = ln - np.log(np.where(np.isnan(lines[:, i]), np.inf, lines[:, i]))
+            x[:, TAIL[name], :] = _moments(timed & (excess > 0), excess)
+            flat = (arms[timed] * len(LATENCY_LIKE) + i) * BUCKETS.n_buckets + BUCKETS.index(v[timed])
+            np.add.at(self.hist.reshape(-1), flat, 1)
         x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
         right = accuracy[events]
         x[:, ACCURACY, :] = _moments(~np.isnan(right), np.nan_to_num(right))
@@ -578,9 +638,36 @@ class Canary:
     # -- reading ------------------------------------------------------------------------------
 
     def report(self, model: str | None = None) -> dict[str, Any]:
-        if model is not None:
-            return self.models[model].report()
-        return {"models": {name: m.report() for name, m in self.models.items()}}
+        if model is None:
+            return {"models": {name: self.report(name) for name in self.models}}
+        out = self.models[model].report()
+        for variant, comp in self.models[model].comparisons.items():
+            out["variants"][variant]["quantiles"] = self.quantiles(model, comp)
+        return out
+
+    def quantiles(self, model: str, comp: Comparison) -> dict[str, dict[str, dict[str, float | None]]]:
+        """Per latency-like measure both arms log, the candidate's p50, p90 and p99 relative to the
+        baseline's (candidate / baseline − 1), with a band valid at every look: each arm's quantile
+        confidence sequence at α/2, the band their worst ratios (None: unbounded)."""
+        base, cand = self._arm_ids[(model, comp.baseline)], self._arm_ids[(model, comp.variant)]
+        alpha = self.settings.alpha / 2
+        out: dict[str, dict[str, dict[str, float | None]]] = {}
+        for i, name in enumerate(LATENCY_LIKE):
+            hb, hc = self.hist[base, i], self.hist[cand, i]
+            if not (hb.any() and hc.any()):
+                continue
+            out[name] = {}
+            for q in QUANTILES:
+                b, b_lo, b_hi = BUCKETS.band(hb, q, alpha)
+                c, c_lo, c_hi = BUCKETS.band(hc, q, alpha)
+                out[name][f"p{100 * q:g}"] = {
+                    "baseline_ms": b,
+                    "candidate_ms": c,
+                    "effect": c / b - 1.0,
+                    "lower": c_lo / b_hi - 1.0 if math.isfinite(b_hi) else -1.0,
+                    "upper": c_hi / b_lo - 1.0 if b_lo > 0 and math.isfinite(c_hi) else None,
+                }
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """The models' state and the arms' moments (a partition's checkpoint part)."""
@@ -591,17 +678,29 @@ class Canary:
                 [self._model_names[int(self.arm_model[a])], self.arm_variant[a], self.arm_version[a]] for a in range(n)
             ],
             "requests": self.requests[:n].copy(),
+            "metrics": list(METRICS),  # the moments' columns
             "moments": self.moments[:n].copy(),
+            # The quantile histograms, sparse: flat positions in (arm, measure, bucket) and counts.
+            "hist": [np.flatnonzero(self.hist[:n]), self.hist[:n].ravel()[np.flatnonzero(self.hist[:n])]],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a snapshot into this empty canary (rows are added after it, by the partition)."""
+        # Before the LLM measures (issue 16) the columns were these, and the tail metric counted
+        # requests over the line: its figures and test start afresh.
+        columns = [_metric(name) for name in state.get("metrics", LEGACY_METRICS)]
+        dropped = () if "metrics" in state else ("latency_tail",)
         for ms in state["models"]:
             m = self.model(_str(ms["model"]))
-            _restore_model(m, ms)
+            _restore_model(m, ms, dropped)
             self._sync(m)
         if not len(state["arms"]) == len(state["requests"]) == len(state["moments"]):
             raise ValueError("canary snapshot: its arms and their figures differ in number")
+        moments = np.asarray(state["moments"], dtype=np.float64)
+        if moments.shape[1:] != (len(columns), 3):
+            raise ValueError(f"canary snapshot: moments of shape {moments.shape} for {len(columns)} metrics")
+        kept = [i for i, name in enumerate(columns) if name not in dropped]
+        where = [METRICS.index(columns[i]) for i in kept]
         seen: set[tuple[str, str]] = set()
         for a, (model, variant, version) in enumerate(state["arms"]):
             if (model, variant) in seen:
@@ -610,7 +709,38 @@ class Canary:
             self.model(model)
             arm = self._new_arm(model, variant, version)
             self.requests[arm] = state["requests"][a]
-            self.moments[arm] = state["moments"][a]
+            self.moments[arm, where] = moments[a, kept]
+        if "hist" in state:
+            n = len(state["arms"])
+            index, counts = (np.asarray(x, dtype=np.int64) for x in state["hist"])
+            if len(index) != len(counts) or (len(index) and not 0 <= index.min() <= index.max() < self.hist[:n].size):
+                raise ValueError("canary snapshot: quantile histograms out of range")
+            self.hist[:n].reshape(-1)[index] = counts
+
+
+Figures = list[tuple[int, float, float]]
+
+
+def _figures(base: ArmMoments, cand: ArmMoments) -> tuple[Figures, Figures]:
+    """Both arms' figures for the tests, with each tail metric's variance pooled over the arms (a
+    few large values make one arm's own variance unstable), and n = 0 (no test) until both arms
+    have `MIN_PAST_LINE` requests past the line."""
+    base_f, cand_f = base.figures(), cand.figures()
+    for name in LATENCY_LIKE:
+        i = TAIL[name]
+        (na, sa, ssa), (nb, sb, ssb) = base.moments[i].tolist(), cand.moments[i].tolist()
+        if min(na, nb) < MIN_PAST_LINE:
+            base_f[i] = cand_f[i] = (0, 0.0, 0.0)
+            continue
+        n, mean = na + nb, (sa + sb) / (na + nb)
+        pooled = max((ssa + ssb) / n - mean * mean, 0.0) * n / (n - 1)
+        base_f[i], cand_f[i] = (int(na), sa / na, pooled), (int(nb), sb / nb, pooled)
+    return base_f, cand_f
+
+
+def _measures(batch: Batch, events: Ints) -> Floats:
+    """Per event its latency-like measures (ms, NaN where not logged), one column each."""
+    return np.stack([getattr(batch, column)[events] for column in LATENCY_LIKE.values()], axis=1)
 
 
 def _moments(present: npt.NDArray[np.bool_], x: Floats) -> Floats:
@@ -627,8 +757,8 @@ def _model_state(m: ModelCanary) -> dict[str, Any]:
     return {
         "model": m.model,
         "baseline": m.baseline,
-        "tail_threshold": m.tail_threshold,
-        "warmup": list(m.warmup),
+        "tail_lines": None if m.tail_lines is None else list(m.tail_lines),
+        "warmup": np.asarray(m.warmup, dtype=np.float64).reshape(-1, len(LATENCY_LIKE)),
         "requests": m.requests,
         "comparisons": [
             {
@@ -640,10 +770,11 @@ def _model_state(m: ModelCanary) -> dict[str, Any]:
                 "score": c.score,
                 "metrics": [
                     [name, r.verdict, [r.look.n_a, r.look.n_b, r.look.effect, r.look.lower, r.look.upper,
-                                       r.look.p_value], r.tolerance]
+                                       r.look.p_value], r.tolerance, r.judged]
                     for name, r in c.metrics.items()
                 ],
                 "reasons": list(c.reasons),
+                "failing": list(c.failing),
                 "requests": list(c.requests),
                 "reset": c.reset,
             }
@@ -652,38 +783,63 @@ def _model_state(m: ModelCanary) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _restore_model(m: ModelCanary, state: dict[str, Any]) -> None:
+def _restore_model(m: ModelCanary, state: dict[str, Any], dropped: tuple[str, ...]) -> None:
+    """`dropped`: metrics of an older snapshot whose figures mean something else now: their
+    tests start afresh. A snapshot from before the LLM measures has one latency tail line."""
     try:
-        baseline, threshold = state["baseline"], state["tail_threshold"]
+        baseline = state["baseline"]
         m.baseline = None if baseline is None else _str(baseline)
-        m.tail_threshold = None if threshold is None else float(threshold)
-        m.warmup = [float(x) for x in state["warmup"]]
+        if "tail_lines" in state:
+            lines = state["tail_lines"]
+            m.tail_lines = None if lines is None else tuple(float(x) for x in lines)
+            warmup = np.asarray(state["warmup"], dtype=np.float64).reshape(-1, len(LATENCY_LIKE))
+        else:
+            threshold = state["tail_threshold"]
+            m.tail_lines = None if threshold is None else (float(threshold), math.nan, math.nan)
+            warmup = np.full((len(state["warmup"]), len(LATENCY_LIKE)), math.nan)
+            warmup[:, 0] = [float(x) for x in state["warmup"]]
+        if m.tail_lines is not None and len(m.tail_lines) != len(LATENCY_LIKE):
+            raise ValueError(f"canary snapshot: {len(m.tail_lines)} tail lines for {len(LATENCY_LIKE)} measures")
+        m.warmup = warmup.tolist()
         m.requests = _int(state["requests"])
+        fresh = m._tests()
         comparisons: dict[str, Comparison] = {}
         for c in state["comparisons"]:
             tests = c["tests"]
-            if not isinstance(tests, dict) or set(tests) != set(METRICS):
-                raise ValueError(f"canary snapshot: tests must name exactly the metrics {METRICS}")
+            if not isinstance(tests, dict) or not set(tests) <= set(METRICS):
+                raise ValueError(f"canary snapshot: tests must name metrics among {METRICS}")
             variant = _str(c["variant"])
             if variant in comparisons:
                 raise ValueError(f"canary snapshot: comparison {variant!r} appears twice")
             metrics = {
-                _metric(name): MetricReading(
-                    _verdict(verdict), Look(int(lk[0]), int(lk[1]), *map(float, lk[2:])), float(tol)
+                _metric(r[0]): MetricReading(
+                    _verdict(r[1]),
+                    Look(int(r[2][0]), int(r[2][1]), *map(float, r[2][2:])),
+                    float(r[3]),
+                    bool(r[4]) if len(r) > 4 else True,
                 )
-                for name, verdict, lk, tol in c["metrics"]
+                for r in c["metrics"]
+                if r[0] not in dropped
             }
+            reasons = [_str(r) for r in c["reasons"]]
             comparisons[variant] = Comparison(
                 variant,
                 _str(c["model_version"]),
                 _str(c["baseline"]),
-                {name: [SequentialDifference.from_snapshot(t) for t in tests[name]] for name in METRICS},
+                {
+                    name: [SequentialDifference.from_snapshot(t) for t in tests[name]]
+                    if name in tests and name not in dropped
+                    else fresh[name]
+                    for name in METRICS
+                },
                 _verdict(c["verdict"]),
                 float(c["score"]),
                 metrics,
-                [_str(r) for r in c["reasons"]],
+                reasons,
                 (_int(c["requests"][0]), _int(c["requests"][1])),
                 bool(c["reset"]),
+                # Older snapshots: the failing metrics are the reasons' first words.
+                [_metric(x) for x in c["failing"]] if "failing" in c else [r.split(" ", 1)[0] for r in reasons],
             )
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f"malformed canary snapshot of model {m.model!r}: {e!r}") from e
@@ -702,6 +858,10 @@ def _str(value: Any) -> str:
     return value
 
 
+# The moments' columns of a snapshot without a "metrics" list (before issue 16).
+LEGACY_METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
+
+
 def _metric(value: Any) -> str:
     if value not in METRICS:
         raise ValueError(f"snapshot: unknown metric {value!r}")
@@ -716,10 +876,15 @@ def _verdict(value: Any) -> Verdict:
 
 # -- the exposition: a copy under the lock, samples outside it ---------------------------------
 
-# (model, variant, baseline, verdict, score, requests, ((metric, verdict, p, effect, lower, upper), ...))
+# (model, variant, baseline, verdict, score, requests, ((metric, verdict, p, effect, lower, upper), ...),
+#  ((metric, quantile, effect, lower, upper), ...))
 CanaryCopy = list[
-    tuple[str, str, str, str, float, tuple[int, int], tuple[tuple[str, str, float, float, float, float], ...]]
-]
+    tuple[
+        str, str, str, str, float, tuple[int, int],
+        tuple[tuple[str, str, float, float, float, float], ...],
+        tuple[tuple[str, str, float, float, float], ...],
+    ]
+]  # fmt: skip
 
 
 def copy(c: Canary, models: Collection[str]) -> CanaryCopy:
@@ -731,11 +896,20 @@ def copy(c: Canary, models: Collection[str]) -> CanaryCopy:
                 (metric, r.verdict, r.look.p_value, r.look.effect, r.look.lower, r.look.upper)
                 for metric, r in comp.metrics.items()
             ),
+            tuple(
+                (metric, q[1:], cast(float, e["effect"]), cast(float, e["lower"]), _or_inf(e["upper"]))
+                for metric, per in c.quantiles(name, comp).items()
+                for q, e in per.items()
+            ),
         )
         for name, m in c.models.items()
         if name in models
         for variant, comp in m.comparisons.items()
     ]  # fmt: skip
+
+
+def _or_inf(x: float | None) -> float:
+    return math.inf if x is None else x
 
 
 def collect(c: CanaryCopy, out: Sink) -> None:
@@ -762,3 +936,16 @@ def collect(c: CanaryCopy, out: Sink) -> None:
         start=2,
     ):
         out.samples(family, metric_sets, [m[i] for m in readings])
+    quantile_sets = [
+        f'{s},metric="{q[0]}",quantile="{float(q[1]) / 100:g}"' for s, x in zip(sets, c, strict=True) for q in x[7]
+    ]
+    quantiles = [q for x in c for q in x[7]]
+    for i, family in enumerate(
+        (
+            "inferwatch_canary_quantile_effect",
+            "inferwatch_canary_quantile_effect_lower",
+            "inferwatch_canary_quantile_effect_upper",
+        ),
+        start=2,
+    ):
+        out.samples(family, quantile_sets, [q[i] for q in quantiles])

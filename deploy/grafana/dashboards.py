@@ -22,7 +22,9 @@ OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WIDTH = 24  # Grafana's grid is 24 columns wide
 # Mirrors daemon.monitors.canary.METRICS (a test checks).
-CANARY_METRICS = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
+CANARY_METRICS = (
+    "error_rate", "latency", "latency_tail", "ttft", "ttft_tail", "tpot", "tpot_tail", "accuracy", "prediction_shift"
+)  # fmt: skip
 CLASSIFICATION = "accuracy|precision|recall|f1"
 BUILTINS = {
     "__rate_interval": "1m",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from daemon.ingest.batch import Key, build
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.monitors.canary import Canary
-from daemon.runtime.app import Daemon
+from daemon.runtime.app import Daemon, build_pipeline
 from daemon.runtime.replay import replay
 from tests.integration.support import parse, total
 
@@ -263,3 +264,53 @@ def test_the_timeline_is_the_same_whatever_the_poll_sizes(tmp_path: Path, kind: 
     assert any(e["version"] == "3" and e["reset"] for e in reference)
     for cut in (333, 7):
         assert timeline(cut) == reference, f"polls of {cut} events"
+
+
+def llm_stream(path: Path, n: int, *, tpot: float = 1.0, tokens: float = 1.0, seed: int = 5) -> None:
+    """An LLM's control and canary: TTFT, output tokens and latency (time per output token is
+    derived from them); the canary's time per token ×tpot and answers ×tokens."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            canary = i % 2 == 1
+            ttft = rng.lognormvariate(5.7, 0.3)
+            out = max(2, round(rng.lognormvariate(5.3, 0.5) * (tokens if canary else 1.0)))
+            per_token = rng.lognormvariate(3.4, 0.2) * (tpot if canary else 1.0)
+            ev = {"request_id": f"r{i}", "model": "chat", "variant": "canary" if canary else "control"}
+            ev |= {"version": "2" if canary else "1", "ttft_ms": ttft, "tokens_out": out}
+            ev |= {"latency_ms": ttft + per_token * (out - 1)}
+            f.write(json.dumps(ev) + "\n")
+
+
+def test_an_llm_canary_slower_per_token_with_shorter_answers_fails_on_tpot(tmp_path: Path) -> None:
+    llm_stream(tmp_path / "events.jsonl", 6_000, tpot=1.3, tokens=0.8)
+    timeline = replay_canary(tmp_path)
+    fail = next(e for e in timeline if e["verdict"] == "fail")
+    assert [r.split(" ", 1)[0] for r in fail["reasons"]] == ["tpot"]
+    assert fail["score"] == 0.0  # below every pass line
+
+
+def test_an_llm_canary_as_fast_per_token_with_longer_answers_does_not_fail(tmp_path: Path) -> None:
+    llm_stream(tmp_path / "events.jsonl", 20_000, tokens=1.3)
+    records = [
+        RawRecord("events", 0, i, None, None, line.encode())
+        for i, line in enumerate((tmp_path / "events.jsonl").read_text().splitlines())
+    ]
+    timeline: list[dict[str, Any]] = []
+    pipeline = build_pipeline(from_mapping({"drift": {"enabled": False}}), canary_sink=timeline.extend)
+    pipeline.process(chunks_of(records))
+    assert timeline and all(e["verdict"] != "fail" for e in timeline)
+    report = pipeline.canary_report("chat")
+    assert report is not None
+    metrics = report["variants"]["canary"]["metrics"]
+    # End-to-end latency is about 30% worse, and shown so, but an LLM is not judged on it.
+    assert metrics["latency"]["lower"] > math.log(1.2) and metrics["latency"]["judged"] is False
+    assert metrics["tpot"]["judged"] is True and metrics["tpot"]["verdict"] != "fail"
+    assert report["variants"]["canary"]["quantiles"]["latency"]["p50"]["lower"] > 0.1
+
+
+def test_an_llm_is_judged_on_e2e_latency_when_configured(tmp_path: Path) -> None:
+    llm_stream(tmp_path / "events.jsonl", 6_000, tokens=1.3)
+    timeline = replay_canary(tmp_path, "canary: {llm_judge_e2e_latency: true}\n")
+    fail = next(e for e in timeline if e["verdict"] == "fail")
+    assert any(r.startswith("latency +") for r in fail["reasons"])

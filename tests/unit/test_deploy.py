@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import yaml
 
+from daemon.config import CanaryConfig
 from daemon.export.exposition import FAMILIES
+from daemon.monitors.canary import METRICS, ArmMoments, Comparison, ModelCanary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -27,10 +30,17 @@ CANARY_FAMILIES: dict[str, list[str]] = {
     "inferwatch_canary_metric_effect_lower": [*CANARY_KEY, "metric"],
     "inferwatch_canary_metric_effect_upper": [*CANARY_KEY, "metric"],
     "inferwatch_canary_requests": [*CANARY_KEY, "arm"],
+    "inferwatch_canary_quantile_effect": [*CANARY_KEY, "metric", "quantile"],
+    "inferwatch_canary_quantile_effect_lower": [*CANARY_KEY, "metric", "quantile"],
+    "inferwatch_canary_quantile_effect_upper": [*CANARY_KEY, "metric", "quantile"],
 }
 VERDICT_VALUES = {"pass": 1, "inconclusive": 0, "fail": -1}
 # The score is 100 x the mean over metrics of 1 (pass), 0.5 (inconclusive), 0 (fail).
 SCORE_UNDECIDED = 50.0
+# A fail scores this, whatever its metrics (daemon/monitors/canary.py).
+SCORE_FAIL = 0.0
+# canary.min_requests: the requests per arm a gate needs before it lets a canary through.
+MIN_REQUESTS = 500
 
 # A GET /v1/canary/{model} response, as documented.
 CANARY_RESPONSE: dict[str, Any] = {
@@ -165,7 +175,7 @@ def test_every_gate_file_is_checked() -> None:
 def test_flagger_metric_templates() -> None:
     docs = load("flagger/metric-template.yaml")
     names = [dig(d, "metadata.name") for d in docs]
-    assert len(names) == len(set(names)) == 2, names
+    assert len(names) == len(set(names)) == 3, names
     queried = set()
     for doc in docs:
         assert dig(doc, "spec.provider.type") == "prometheus"
@@ -173,7 +183,7 @@ def test_flagger_metric_templates() -> None:
         query = dig(doc, "spec.query")
         assert isinstance(query, str) and query.strip()
         queried |= set(METRIC_NAME.findall(query))
-    assert {"inferwatch_canary_verdict", "inferwatch_canary_score"} <= queried
+    assert {"inferwatch_canary_verdict", "inferwatch_canary_score", "inferwatch_canary_requests"} <= queried
 
 
 def test_flagger_canary_references_the_templates() -> None:
@@ -216,10 +226,32 @@ def test_flagger_thresholds_match_the_verdict_values() -> None:
             assert in_range(threshold, VERDICT_VALUES["inconclusive"]), "inconclusive must not count as failed"
         if "inferwatch_canary_score" in families:
             seen.add("score")
-            assert in_range(threshold, 100) and not in_range(threshold, 0), threshold
+            assert in_range(threshold, 100) and not in_range(threshold, SCORE_FAIL), threshold
             # 50 while every metric is inconclusive: a warm-up must not count as failed checks.
             assert in_range(threshold, SCORE_UNDECIDED), f"score {SCORE_UNDECIDED} (undecided) fails {threshold}"
-    assert seen == {"verdict", "score"}
+        if "inferwatch_canary_requests" in families:
+            seen.add("requests")
+            # Too little traffic to judge: a failed check, never a promotion.
+            assert not in_range(threshold, MIN_REQUESTS - 1) and in_range(threshold, MIN_REQUESTS), threshold
+    assert seen == {"verdict", "score", "requests"}
+
+
+def test_a_fail_scores_below_the_pass_line() -> None:
+    """Whatever its metrics, a failing comparison scores under the Flagger score threshold."""
+    comp = Comparison("canary", "2", "control", ModelCanary("m", CanaryConfig())._tests())
+    model = ModelCanary("m", CanaryConfig(min_requests=10))
+    # Many metrics pass, one critical one fails: the score is still SCORE_FAIL.
+    moments = np.zeros((len(METRICS), 3))
+    for name in ("latency", "prediction_shift", "accuracy"):
+        i = METRICS.index(name)
+        moments[i] = (1000, 1000 * 3.0, 1000 * (9.0 + 1e-4))
+    base, cand = moments.copy(), moments.copy()
+    e = METRICS.index("error_rate")
+    base[e], cand[e] = (1000, 10, 10), (1000, 200, 200)
+    model._judge(comp, ArmMoments(1000, base), ArmMoments(1000, cand))
+    assert comp.verdict == "fail" and comp.score == SCORE_FAIL
+    assert [r.split(" ", 1)[0] for r in comp.reasons] == ["error_rate"]
+    assert {m.verdict for n, m in comp.metrics.items() if n != "error_rate"} == {"pass"}
 
 
 def test_flagger_queries_are_scoped_by_template_variables() -> None:
@@ -242,8 +274,14 @@ def test_argo_metrics_have_conditions_and_declared_args(name: str) -> None:
 
 
 def test_argo_prometheus_template() -> None:
-    for metric in argo_metrics("argo/analysis-template-prometheus.yaml"):
+    metrics = argo_metrics("argo/analysis-template-prometheus.yaml")
+    assert [m["name"] for m in metrics] == ["canary-verdict", "canary-requests"]
+    verdict, requests = metrics
+    _check_requests_gate(requests, verdict, lambda n: [n])
+    assert "inferwatch_canary_requests" in METRIC_NAME.findall(dig(requests, "provider.prometheus.query"))
+    for metric in metrics:
         assert dig(metric, "provider.prometheus.address") == "http://prometheus.monitoring:9090"
+    for metric in [verdict]:
         assert "inferwatch_canary_verdict" in METRIC_NAME.findall(dig(metric, "provider.prometheus.query"))
         success, failure = condition(metric["successCondition"]), condition(metric["failureCondition"])
         # A Prometheus measurement is a vector: result[0] is the verdict.
@@ -252,10 +290,24 @@ def test_argo_prometheus_template() -> None:
         assert failure([-1]) and not success([-1])
 
 
+def _check_requests_gate(requests: dict[str, Any], verdict: dict[str, Any], reading: Callable[[int], Any]) -> None:
+    """Read once, after the verdict's last reading: fewer than MIN_REQUESTS fails the run."""
+    assert requests["count"] == 1 and requests["failureLimit"] == 0
+    minutes = {k: int(str(v).removesuffix("m")) for k, v in verdict.items() if k in ("initialDelay", "interval")}
+    last_verdict = minutes["initialDelay"] + minutes["interval"] * (verdict["count"] - 1)
+    assert int(requests["initialDelay"].removesuffix("m")) >= last_verdict
+    success, failure = condition(requests["successCondition"]), condition(requests["failureCondition"])
+    assert success(reading(MIN_REQUESTS)) and not failure(reading(MIN_REQUESTS))
+    assert failure(reading(MIN_REQUESTS - 1)) and not success(reading(MIN_REQUESTS - 1))
+
+
 def test_argo_web_template() -> None:
     args = argo_args("argo/analysis-template-web.yaml")
     assert "namespace" in args
-    for metric in argo_metrics("argo/analysis-template-web.yaml"):
+    metrics = argo_metrics("argo/analysis-template-web.yaml")
+    assert [m["name"] for m in metrics] == ["canary-verdict", "canary-requests"]
+    _check_requests_gate(metrics[1], metrics[0], lambda n: n)
+    for metric in metrics:
         url = dig(metric, "provider.web.url")
         assert TEMPLATE.findall(url) == ["args.namespace", "args.model"], url
         parts = urlsplit(rendered(url))
@@ -264,6 +316,8 @@ def test_argo_web_template() -> None:
         assert parts.path.startswith("/v1/canary/") and parts.path.count("/") == 3, url
         json_path = dig(metric, "provider.web.jsonPath")
         assert json_path.startswith("{$.variants."), json_path
+        if metric["name"] == "canary-requests":
+            continue
         success, failure = condition(metric["successCondition"]), condition(metric["failureCondition"])
         assert success("pass") and not failure("pass")
         assert failure("fail") and not success("fail")
@@ -273,8 +327,10 @@ def test_argo_web_template() -> None:
 
 
 def test_web_json_path_finds_the_verdict() -> None:
-    """The jsonPath, with the variant arg's default, picks the verdict out of a documented response."""
+    """The jsonPaths, with the variant arg's default, pick the verdict and the candidate's requests out
+    of a documented response."""
     args = argo_args("argo/analysis-template-web.yaml")
+    found = []
     for metric in argo_metrics("argo/analysis-template-web.yaml"):
         json_path = dig(metric, "provider.web.jsonPath")
         resolved = TEMPLATE.sub(lambda m: str(args[m.group(1).removeprefix("args.")]), json_path)
@@ -283,7 +339,8 @@ def test_web_json_path_finds_the_verdict() -> None:
         for key in resolved[3:-1].split("."):
             assert isinstance(node, dict) and key in node, f"{resolved}: no {key!r} in the response"
             node = node[key]
-        assert node in VERDICT_VALUES, f"{resolved} gives {node!r}, not a verdict"
+        found.append(node)
+    assert found == ["pass", CANARY_RESPONSE["variants"]["canary"]["requests"]["candidate"]]
 
 
 # --- metric names and labels -----------------------------------------------------------------

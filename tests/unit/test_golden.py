@@ -47,6 +47,13 @@ Changed on purpose by issue 16:
   per second derived from its latency; `inferwatch_values_out_of_range_total` lists the new
   timing fields (`tpot_ms`, `queue_ms`, `decode_ms`; 0 here).
 The report's counts and summary, and every other sample, are unchanged.
+Changed on purpose by issue 16:
+- the canary's tail test is how far the requests past the baseline's p99 go past it (the mean of
+  ln(value / line), from 10 such requests per arm), no longer the share of requests over its p95:
+  the canary (about 6% slower) no longer fails on the tail at 22394 but on latency at 26505, with
+  the reason in relative terms; a fail scores 0 (it scored 70, above the templates' pass line).
+  Confidence bounds are the running intersection of the looks' intervals (narrower bounds);
+  new: `inferwatch_canary_quantile_effect` (and `_lower`, `_upper`) for the latency's p50, p90, p99.
 """
 
 from __future__ import annotations

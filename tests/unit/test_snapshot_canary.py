@@ -8,6 +8,7 @@ the checkpoint codec, as a store keeps it.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -36,10 +37,12 @@ Poll = tuple[list[InferenceEvent], list[tuple[Key, bool]]]
 
 def polls(seed: int = 7) -> list[Poll]:
     """Model m (control v1; canary v2, then v3 from NEW_VERSION_AT; the canary 30% slower) and
-    model n (blue and green, alike; no variant named like a baseline: it is picked at a look).
+    model n (blue and green, alike; no variant named like a baseline: it is picked at a look; an
+    LLM, with TTFT, output tokens and time per output token).
     Each poll carries grades of some predictions of the poll before (late labels: a few are for
     a version that has gone by then, which the canary must drop)."""
     rng = random.Random(seed)
+    llm = random.Random(seed + 1)  # n's LLM measures: draws of their own, so m's stay as they were
     out: list[Poll] = []
     pending: list[tuple[Key, bool]] = []
     for start in range(0, N_EVENTS, BATCH):
@@ -53,6 +56,7 @@ def polls(seed: int = 7) -> list[Poll]:
             else:
                 model, variant, version, slow = "n", "blue" if rng.random() < 0.7 else "green", "1", 1.0
             error = rng.random() < 0.01
+            ttft, tokens = (llm.lognormvariate(5.0, 0.3), llm.randint(2, 400)) if model == "n" else (None, None)
             events.append(
                 InferenceEvent(
                     request_id=f"r{i}",
@@ -63,6 +67,9 @@ def polls(seed: int = 7) -> list[Poll]:
                     status="error" if error else "ok",
                     error_type="Timeout" if error else None,
                     score=rng.random(),
+                    ttft_ms=ttft,
+                    tokens_out=tokens,
+                    tpot_ms=None if tokens is None else llm.lognormvariate(3.0, 0.2),
                 )
             )
         out.append((events, pending))
@@ -146,7 +153,16 @@ def test_the_stream_exercises_what_a_snapshot_must_carry(
     last_m = [e for e in timeline if e["model"] == "m"][-1]
     assert any(r.startswith("latency +") for r in last_m["reasons"])
     metrics = report["models"]["m"]["variants"]["canary"]["metrics"]
-    assert set(metrics) == set(METRICS)
+    assert set(metrics) == set(METRICS) - {"ttft", "ttft_tail", "tpot", "tpot_tail"}
+    assert all(r["judged"] for r in metrics.values())
+    # n is an LLM: judged on TTFT and time per output token, its end-to-end latency only reported.
+    n_metrics = report["models"]["n"]["variants"]["green"]["metrics"]
+    assert {"ttft", "tpot", "latency"} <= set(n_metrics)
+    assert sorted(name for name, r in n_metrics.items() if not r["judged"]) == ["latency", "latency_tail"]
+    quantiles = report["models"]["n"]["variants"]["green"]["quantiles"]
+    assert set(quantiles) == {"latency", "ttft", "tpot"} and set(quantiles["ttft"]) == {"p50", "p90", "p99"}
+    p50 = quantiles["ttft"]["p50"]
+    assert p50["lower"] < p50["effect"] < p50["upper"] and p50["lower"] < 0 < p50["upper"]
     # n's baseline is picked at a look (the busier arm); its alike arms never fail.
     assert report["models"]["n"]["baseline"] == "blue"
     assert all(e["verdict"] != "fail" for e in timeline if e["model"] == "n")
@@ -243,7 +259,7 @@ CORRUPTIONS: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
     ("requests as text", lambda c: c["models"][0].update(requests="12")),
     ("unknown metric", lambda c: c["models"][0]["comparisons"][0]["metrics"][0].__setitem__(0, "speed")),
     ("a comparison twice", lambda c: c["models"][0]["comparisons"].append(c["models"][0]["comparisons"][0])),
-    ("tests of too few metrics", lambda c: c["models"][0]["comparisons"][0]["tests"].pop("latency")),
+    ("tests of an unknown metric", lambda c: c["models"][0]["comparisons"][0]["tests"].update(speed=[])),
 ]
 DUPLICATE_ARMS = [
     pytest.param(
@@ -302,8 +318,50 @@ def test_latency_tail_counts_only_requests_after_the_threshold_is_set(cut: int) 
     for start in range(0, len(events), cut):
         part.feed(events[start : start + cut])
     c = part.canary
-    # Control's 100th request (position 198) completes the warm-up; 400 control and 401 canary
-    # requests come after it.
-    assert c.models["m"].tail_threshold is not None
-    arms = dict(zip(c.arm_variant, range(len(c.arm_variant)), strict=True))
-    assert (c.moments[arms["control"], TAIL, 0], c.moments[arms["canary"], TAIL, 0]) == (400, 401)
+    # Control's 100th request (position 198) completes the warm-up: its line is control's p99 over
+    # those 100, and only the requests after it count, the ones past the line.
+    lines = c.models["m"].tail_lines
+    assert lines is not None
+    warmup = sorted(e.latency_ms for e in events[:199:2] if e.latency_ms is not None)
+    assert lines[0] == warmup[98] and all(math.isnan(x) for x in lines[1:])  # no TTFT, no TPOT
+    past = {v: sum(1 for e in events[199:] if e.variant == v and (e.latency_ms or 0) > lines[0]) for v in arms_of(c)}
+    assert past["control"] > 0 and past["canary"] > 0
+    arms = arms_of(c)
+    tail = TAIL["latency"]
+    assert (c.moments[arms["control"], tail, 0], c.moments[arms["canary"], tail, 0]) == (
+        past["control"],
+        past["canary"],
+    )
+
+
+def arms_of(c: Canary) -> dict[str, int]:
+    return dict(zip(c.arm_variant, range(len(c.arm_variant)), strict=True))
+
+
+def test_an_older_snapshot_restores_without_its_tail_counts(stream: list[Poll]) -> None:
+    """Before the LLM measures a snapshot had five metrics, one latency tail line and warm-up
+    latencies only, and its tail counted requests over the line: those figures start afresh."""
+    before = Partition(CanaryConfig())
+    before.run(stream[:20])
+    state = before.checkpoint()
+    part = state["canary"]
+    legacy = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
+    part["moments"] = part["moments"][:, [METRICS.index(name) for name in legacy]]
+    del part["metrics"], part["hist"]
+    for m in part["models"]:
+        lines = m.pop("tail_lines")
+        m["tail_threshold"] = None if lines is None else lines[0]
+        m["warmup"] = [row[0] for row in m["warmup"]]
+        for comp in m["comparisons"]:
+            comp["tests"] = {k: v for k, v in comp["tests"].items() if k in legacy}
+            comp["metrics"] = [r[:4] for r in comp["metrics"] if r[0] in legacy]
+            del comp["failing"]
+    after = Partition(CanaryConfig(), state)
+    c, old = after.canary, before.canary
+    for name in ("error_rate", "latency", "accuracy", "prediction_shift"):
+        assert np.array_equal(c.moments[:, METRICS.index(name)], old.moments[:, METRICS.index(name)])
+    assert not c.moments[:, TAIL["latency"]].any() and not c.hist.any()
+    lines, old_lines = c.models["m"].tail_lines, old.models["m"].tail_lines
+    assert lines is not None and old_lines is not None  # set by poll 20
+    assert lines[0] == old_lines[0] and math.isnan(lines[1]) and math.isnan(lines[2])
+    after.run(stream[20:])  # and it goes on
