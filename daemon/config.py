@@ -287,6 +287,35 @@ class MetricsConfig(_Section):
         return v
 
 
+class SloTargets(_Section):
+    """One model's objectives. Per request (unset: not an objective): an LLM request (one that
+    logs TTFT or output tokens) meets `ttft_ms`, `tpot_ms` and `e2e_ms` (its latency); any other
+    request meets `latency_ms`. Over requests: `goodput` of them are good (not an error, and
+    every per-request objective met), at most `error_rate` are errors, and the realized accuracy
+    is at least `accuracy`."""
+
+    latency_ms: float | None = Field(None, gt=0)
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+    goodput: float = Field(0.99, gt=0, lt=1)
+    error_rate: float | None = Field(None, gt=0, lt=1)
+    accuracy: float | None = Field(None, gt=0, lt=1)
+
+
+class SloConfig(_Section):
+    """Service-level objectives per model: counted per key (inferwatch_slo_*_requests_total) and
+    exported as gauges (inferwatch_slo_objective) for the alert rules to read."""
+
+    # Every model without an entry of its own in `models`.
+    default: SloTargets = SloTargets(latency_ms=250, error_rate=0.001, accuracy=0.9)
+    # model -> its objectives (the whole set: unset fields are not objectives, not the default's).
+    models: dict[str, SloTargets] = {}
+
+    def of(self, model: str) -> SloTargets:
+        return self.models.get(model, self.default)
+
+
 class LimitsConfig(_Section):
     """Cardinality caps. Past a cap, new values fold into `__other__` and a counter says so."""
 
@@ -414,8 +443,13 @@ class DriftConfig(_Section):
 
 
 CanaryMetric = Literal[
-    "error_rate", "latency", "latency_tail", "ttft", "ttft_tail", "tpot", "tpot_tail", "accuracy", "prediction_shift"
-]
+    "error_rate",
+    "latency", "latency_tail", "latency_tail_share",
+    "ttft", "ttft_tail", "ttft_tail_share",
+    "tpot", "tpot_tail", "tpot_tail_share",
+    "accuracy",
+    "prediction_shift",
+]  # fmt: skip
 
 
 class CanaryConfig(_Section):
@@ -437,11 +471,13 @@ class CanaryConfig(_Section):
     # (their means of logs), absolute for error rate, accuracy and the prediction shift.
     latency_tolerance: float = Field(0.05, ge=0)
     error_rate_tolerance: float = Field(0.002, ge=0)
-    # The tail tests: how far each arm's requests go past the baseline's `tail_quantile` (its
-    # first `min_requests` values, then frozen), as the mean of ln(value / line) over the ones
-    # past it. `tail_tolerance` is the relative slowdown those requests may have.
+    # The tail tests, against the baseline's `tail_quantile` (its first `min_requests` values,
+    # then frozen): how far the requests past it go (the mean of ln(value / line)), with
+    # `tail_tolerance` the relative slowdown they may have; and the share of requests past it,
+    # which may grow by `tail_share_tolerance` (absolute).
     tail_quantile: float = Field(0.99, gt=0.5, lt=1)
     tail_tolerance: float = Field(0.05, ge=0)
+    tail_share_tolerance: float = Field(0.01, ge=0)
     accuracy_tolerance: float = Field(0.01, ge=0)
     prediction_shift_tolerance: float = Field(0.05, ge=0)
     # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.
@@ -835,6 +871,7 @@ class Config(_Section):
     accuracy: AccuracyConfig = AccuracyConfig()
     drift: DriftConfig = DriftConfig()
     canary: CanaryConfig = CanaryConfig()
+    slo: SloConfig = SloConfig()
     shadow: ShadowConfig = ShadowConfig()
     retraining: RetrainingConfig = RetrainingConfig()
     receiver: ReceiverConfig = ReceiverConfig()

@@ -25,7 +25,7 @@ from daemon.config import MetricsConfig
 from daemon.export.families import FAMILIES, escape, key_labels
 from daemon.ingest.batch import Key
 from daemon.ingest.sources import TopicPartition
-from daemon.monitors import canary, drift, quality, traffic
+from daemon.monitors import canary, drift, quality, slo, traffic
 from daemon.monitors.drift import COLLECT, DRIFTED, HOLD, OFF, SEQUENTIAL, WINDOW
 from daemon.monitors.traffic import Histograms, histogram_bounds
 from daemon.pipeline import Pipeline
@@ -208,9 +208,11 @@ class MetricsExposition:
         with p.lock:  # copies only: formatting waits until the lock is released
             shown = {(id(s), row) for s, row in p.held()}
             traffic_copies, drift_copies, quality_rows, canary_copies = [], [], [], []
+            slo_copy = slo.SloCopy({}, {})
             for pn in sorted(p.partitions):
                 state = p.partitions[pn]
                 traffic_copies.append(traffic.copy(state.traffic, state.keys))
+                slo.copy(state.slo, state.keys, slo_copy)
                 key_sets = [self._key_set(k) if (id(state), row) in shown else None for row, k in enumerate(state.keys)]
                 if state.drift is not None:
                     drift_copies.append((drift.copy(state.drift), key_sets))
@@ -247,6 +249,7 @@ class MetricsExposition:
         for copied, key_sets in drift_copies:
             drift.collect(copied, key_sets, self._hold_s, now, out)
             phases += drift.state_counts(copied)
+        slo.collect(slo_copy, self._key_set, out)
         quality.collect(quality_rows, out)  # type: ignore[arg-type]
         canary.collect(canary_copies, out)
         _totals(out, totals, p.join_labels)

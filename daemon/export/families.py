@@ -22,6 +22,21 @@ SHADOW_PAIR_LABELS = ["model", "production"]
 FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     "inferwatch_build_info": ("gauge", "inferwatch build; always 1.", ["version", "python_version"]),
     "inferwatch_events": ("counter", "Valid inference events consumed.", KEY_LABELS),
+    "inferwatch_slo_requests": (
+        "counter",
+        "Requests judged against a service-level objective (slo: latency, ttft, tpot, e2e; goodput: every request).",
+        [*KEY_LABELS, "slo"],
+    ),
+    "inferwatch_slo_good_requests": (
+        "counter",
+        "Requests that met the objective (goodput: not an error, and every per-request objective met).",
+        [*KEY_LABELS, "slo"],
+    ),
+    "inferwatch_slo_objective": (
+        "gauge",
+        "A model's objective (config slo): latency, ttft, tpot, e2e in s; goodput, error_rate, accuracy as ratios.",
+        ["model", "slo"],
+    ),
     "inferwatch_events_invalid": (
         "counter",
         "Records that failed decoding or validation, by reason.",

@@ -55,12 +55,20 @@ Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
 # Latency-like measures, each with its batch column (ms): a mean-of-logs test and a tail test.
 LATENCY_LIKE = {"latency": "latency_ms", "ttft": "ttft_ms", "tpot": "tpot_ms"}
-METRICS = ("error_rate", *(m for name in LATENCY_LIKE for m in (name, f"{name}_tail")), "accuracy", "prediction_shift")
+METRICS = (
+    "error_rate",
+    *(m for name in LATENCY_LIKE for m in (name, f"{name}_tail", f"{name}_tail_share")),
+    "accuracy",
+    "prediction_shift",
+)
 ERROR, ACCURACY, SHIFT = (METRICS.index(m) for m in ("error_rate", "accuracy", "prediction_shift"))
 LOG = {name: METRICS.index(name) for name in LATENCY_LIKE}
 TAIL = {name: METRICS.index(f"{name}_tail") for name in LATENCY_LIKE}
+SHARE = {name: METRICS.index(f"{name}_tail_share") for name in LATENCY_LIKE}
+TAILS = {f"{name}_tail" for name in LATENCY_LIKE}
+SHARES = {f"{name}_tail_share" for name in LATENCY_LIKE}
 # What an LLM's answer length moves: reported, not judged, unless `llm_judge_e2e_latency`.
-E2E = ("latency", "latency_tail")
+E2E = ("latency", "latency_tail", "latency_tail_share")
 # Per-quantile effects reported for every latency-like measure, with their confidence sequences.
 QUANTILES = (0.5, 0.9, 0.99)
 BUCKETS = LogBuckets(relative_accuracy=0.02, min_value=1e-3, max_value=1e7)  # ms
@@ -196,7 +204,7 @@ class ModelCanary:
         for name in METRICS:
             tol = self._tolerance(name)
             sides = [WORSE[name]] if WORSE[name] else [1, -1]
-            n = past if name.endswith("_tail") else planned
+            n = past if name in TAILS else planned
             tests[name] = [SequentialDifference(alpha, side * tol, n) for side in sides]
         return tests
 
@@ -204,8 +212,10 @@ class ModelCanary:
         s = self.settings
         if name in LATENCY_LIKE:
             return math.log1p(s.latency_tolerance)
-        if name.endswith("_tail"):  # the mean of ln(value / line) over the requests past the line
+        if name in TAILS:  # the mean of ln(value / line) over the requests past the line
             return math.log1p(s.tail_tolerance)
+        if name in SHARES:
+            return s.tail_share_tolerance
         return {
             "error_rate": s.error_rate_tolerance,
             "accuracy": s.accuracy_tolerance,
@@ -270,7 +280,8 @@ class ModelCanary:
         waiting = [
             name for name, line in zip(LATENCY_LIKE, lines, strict=True)
             if not math.isnan(line) and base_f[LOG[name]][0] and cand_f[LOG[name]][0]
-            and f"{name}_tail" not in readings and not (llm and name == "latency" and not s.llm_judge_e2e_latency)
+            and not {f"{name}_tail", f"{name}_tail_share"} <= set(readings)
+            and not (llm and name == "latency" and not s.llm_judge_e2e_latency)
         ]  # fmt: skip
         if counted and not waiting and all(r.verdict == "pass" for r in counted):
             comp.verdict, comp.reasons = "pass", []
@@ -282,13 +293,16 @@ class ModelCanary:
         if name in LATENCY_LIKE:  # on the log scale: relative changes
             pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
             return f"{name} {pct[0]:+.1f}% (CI {pct[1]:+.1f}%..{pct[2]:+.1f}%) beyond +{pct[3]:.1f}%"
-        if name.endswith("_tail"):
-            # The mean rise of ln(value / line) of the requests past the line: a relative slowdown.
-            pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
-            measure = name.removesuffix("_tail")
+        if name in TAILS or name in SHARES:
+            measure = name.split("_tail", 1)[0]
             lines = self.tail_lines or ()
             line = lines[list(LATENCY_LIKE).index(measure)] if lines else math.nan
             where = f"past the baseline's p{100 * self.settings.tail_quantile:g} ({line:.4g} ms)"
+            if name in SHARES:  # a share of the requests: in points
+                pts = [100 * x for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
+                return f"{name} {pts[0]:+.2f} points {where} (CI {pts[1]:+.2f}..{pts[2]:+.2f}) beyond +{pts[3]:.2f}"
+            # The mean rise of ln(value / line) of the requests past the line: a relative slowdown.
+            pct = [100 * math.expm1(x) for x in (lk.effect, lk.lower, lk.upper, r.tolerance)]
             return f"{name} {pct[0]:+.1f}% {where} (CI {pct[1]:+.1f}%..{pct[2]:+.1f}%) beyond +{pct[3]:.1f}%"
         return f"{name} {lk.effect:+.4f} (CI {lk.lower:+.4f}..{lk.upper:+.4f}) beyond ±{r.tolerance:.4f}"
 
@@ -574,6 +588,7 @@ class Canary:
             # The requests past the baseline's line: how far, as ln(value / line).
             excess = ln - np.log(np.where(np.isnan(lines[:, i]), np.inf, lines[:, i]))
             x[:, TAIL[name], :] = _moments(timed & (excess > 0), excess)
+            x[:, SHARE[name], :] = _moments(timed & ~np.isnan(lines[:, i]), (excess > 0).astype(np.float64))
             flat = (arms[timed] * len(LATENCY_LIKE) + i) * BUCKETS.n_buckets + BUCKETS.index(v[timed])
             np.add.at(self.hist.reshape(-1), flat, 1)
         x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
@@ -686,21 +701,20 @@ class Canary:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take a snapshot into this empty canary (rows are added after it, by the partition)."""
-        # Before the LLM measures (issue 16) the columns were these, and the tail metric counted
-        # requests over the line: its figures and test start afresh.
-        columns = [_metric(name) for name in state.get("metrics", LEGACY_METRICS)]
-        dropped = () if "metrics" in state else ("latency_tail",)
+        # Before the LLM measures (issue 16) the columns were these, and latency_tail was the
+        # share of requests over the line, now latency_tail_share.
+        renamed = {} if "metrics" in state else {"latency_tail": "latency_tail_share"}
+        columns = [_metric(renamed.get(name, name)) for name in state.get("metrics", LEGACY_METRICS)]
         for ms in state["models"]:
             m = self.model(_str(ms["model"]))
-            _restore_model(m, ms, dropped)
+            _restore_model(m, ms, renamed)
             self._sync(m)
         if not len(state["arms"]) == len(state["requests"]) == len(state["moments"]):
             raise ValueError("canary snapshot: its arms and their figures differ in number")
         moments = np.asarray(state["moments"], dtype=np.float64)
         if moments.shape[1:] != (len(columns), 3):
             raise ValueError(f"canary snapshot: moments of shape {moments.shape} for {len(columns)} metrics")
-        kept = [i for i, name in enumerate(columns) if name not in dropped]
-        where = [METRICS.index(columns[i]) for i in kept]
+        where = [METRICS.index(name) for name in columns]
         seen: set[tuple[str, str]] = set()
         for a, (model, variant, version) in enumerate(state["arms"]):
             if (model, variant) in seen:
@@ -709,7 +723,7 @@ class Canary:
             self.model(model)
             arm = self._new_arm(model, variant, version)
             self.requests[arm] = state["requests"][a]
-            self.moments[arm, where] = moments[a, kept]
+            self.moments[arm, where] = moments[a]
         if "hist" in state:
             n = len(state["arms"])
             index, counts = (np.asarray(x, dtype=np.int64) for x in state["hist"])
@@ -722,19 +736,23 @@ Figures = list[tuple[int, float, float]]
 
 
 def _figures(base: ArmMoments, cand: ArmMoments) -> tuple[Figures, Figures]:
-    """Both arms' figures for the tests, with each tail metric's variance pooled over the arms (a
-    few large values make one arm's own variance unstable), and n = 0 (no test) until both arms
-    have `MIN_PAST_LINE` requests past the line."""
+    """Both arms' figures for the tests. A tail test (how far past the line) waits for
+    `MIN_PAST_LINE` requests past the line in each arm, a share test for twice as many in both
+    together: before, their means and variances rest on a handful of values and the normal
+    approximation of the mSPRT fails. Their variances are pooled over the arms, which a few
+    large values in one arm would otherwise make unstable."""
     base_f, cand_f = base.figures(), cand.figures()
     for name in LATENCY_LIKE:
-        i = TAIL[name]
-        (na, sa, ssa), (nb, sb, ssb) = base.moments[i].tolist(), cand.moments[i].tolist()
-        if min(na, nb) < MIN_PAST_LINE:
-            base_f[i] = cand_f[i] = (0, 0.0, 0.0)
-            continue
-        n, mean = na + nb, (sa + sb) / (na + nb)
-        pooled = max((ssa + ssb) / n - mean * mean, 0.0) * n / (n - 1)
-        base_f[i], cand_f[i] = (int(na), sa / na, pooled), (int(nb), sb / nb, pooled)
+        for i in (TAIL[name], SHARE[name]):
+            (na, sa, ssa), (nb, sb, ssb) = base.moments[i].tolist(), cand.moments[i].tolist()
+            # Requests past the line, per arm: a tail's n, a share's sum.
+            past = (na, nb) if i == TAIL[name] else (sa, sb)
+            if (min(past) if i == TAIL[name] else sum(past) / 2) < MIN_PAST_LINE:
+                base_f[i] = cand_f[i] = (0, 0.0, 0.0)
+                continue
+            n, mean = na + nb, (sa + sb) / (na + nb)
+            pooled = max((ssa + ssb) / n - mean * mean, 0.0) * n / (n - 1)
+            base_f[i], cand_f[i] = (int(na), sa / na, pooled), (int(nb), sb / nb, pooled)
     return base_f, cand_f
 
 
@@ -783,9 +801,9 @@ def _model_state(m: ModelCanary) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _restore_model(m: ModelCanary, state: dict[str, Any], dropped: tuple[str, ...]) -> None:
-    """`dropped`: metrics of an older snapshot whose figures mean something else now: their
-    tests start afresh. A snapshot from before the LLM measures has one latency tail line."""
+def _restore_model(m: ModelCanary, state: dict[str, Any], renamed: dict[str, str]) -> None:
+    """`renamed`: metrics of an older snapshot under their new names. A snapshot from before the
+    LLM measures has one latency tail line, and its warm-up has latencies only."""
     try:
         baseline = state["baseline"]
         m.baseline = None if baseline is None else _str(baseline)
@@ -812,24 +830,22 @@ def _restore_model(m: ModelCanary, state: dict[str, Any], dropped: tuple[str, ..
             if variant in comparisons:
                 raise ValueError(f"canary snapshot: comparison {variant!r} appears twice")
             metrics = {
-                _metric(r[0]): MetricReading(
+                _metric(renamed.get(r[0], r[0])): MetricReading(
                     _verdict(r[1]),
                     Look(int(r[2][0]), int(r[2][1]), *map(float, r[2][2:])),
                     float(r[3]),
                     bool(r[4]) if len(r) > 4 else True,
                 )
                 for r in c["metrics"]
-                if r[0] not in dropped
             }
+            tests = {renamed.get(k, k): v for k, v in tests.items()}
             reasons = [_str(r) for r in c["reasons"]]
             comparisons[variant] = Comparison(
                 variant,
                 _str(c["model_version"]),
                 _str(c["baseline"]),
                 {
-                    name: [SequentialDifference.from_snapshot(t) for t in tests[name]]
-                    if name in tests and name not in dropped
-                    else fresh[name]
+                    name: [SequentialDifference.from_snapshot(t) for t in tests[name]] if name in tests else fresh[name]
                     for name in METRICS
                 },
                 _verdict(c["verdict"]),
@@ -839,7 +855,9 @@ def _restore_model(m: ModelCanary, state: dict[str, Any], dropped: tuple[str, ..
                 (_int(c["requests"][0]), _int(c["requests"][1])),
                 bool(c["reset"]),
                 # Older snapshots: the failing metrics are the reasons' first words.
-                [_metric(x) for x in c["failing"]] if "failing" in c else [r.split(" ", 1)[0] for r in reasons],
+                [_metric(x) for x in c["failing"]]
+                if "failing" in c
+                else [renamed.get(r.split(" ", 1)[0], r.split(" ", 1)[0]) for r in reasons],
             )
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f"malformed canary snapshot of model {m.model!r}: {e!r}") from e

@@ -24,6 +24,7 @@ from daemon.monitors.labels import JoinedLabel, LabelJoin, PendingPrediction
 from daemon.monitors.names import Overflow
 from daemon.monitors.quality import KeyPerformance, graded
 from daemon.monitors.reservoir import Reservoir, Sample
+from daemon.monitors.slo import Slo
 from daemon.monitors.traffic import Traffic
 from daemon.state.routing import OTHER_KEY
 from daemon.state.totals import Totals
@@ -57,6 +58,7 @@ class PartitionState:
         self._rows: dict[Key, int] = {}
         self.admission = FeatureAdmission(c.limits)
         self.traffic = Traffic(c.metrics, c.limits, shared.overflow)
+        self.slo = Slo(c.slo, self.keys)
         self.quality: list[KeyPerformance | None] = []
         self.drift = (
             Drift(c.drift, shared.calibrator, c.limits.max_features, self.keys, shared.overflow, shared.references)
@@ -82,6 +84,7 @@ class PartitionState:
         n = len(keys)
         self.admission.add_rows(n)
         self.traffic.add_rows(n)
+        self.slo.add_rows(n)
         self.quality.extend(self._quality() if self.join is not None else None for _ in range(n))
         if self.drift is not None:
             self.drift.add_rows(n)
@@ -137,6 +140,7 @@ class PartitionState:
             if self.drift is not None:
                 self.drift.release(row, name)
         self.traffic.update(rows, rank, tracked)
+        self.slo.update(rows, batch)
         alerts = self.drift.update(rows, order, tracked) if self.drift is not None else []
         inline, joined = self._predictions(rows, order, batch, overflowed)
         timeline = []
@@ -272,6 +276,7 @@ class PartitionState:
             "keys": [list(k) for k in self.keys],
             "admission": self.admission.snapshot(),
             "traffic": self.traffic.snapshot(),
+            "slo": self.slo.snapshot(),
             "quality": [None if q is None else q.snapshot() for q in self.quality],
             "drift": None if self.drift is None else self.drift.snapshot(fresh),
             "canary": None if self.canary is None else self.canary.snapshot(),
@@ -297,6 +302,7 @@ class PartitionState:
         if "admission" in shard:  # shards written before admission: every feature was tracked at once
             state.admission.restore(shard["admission"])
         state.traffic.restore(shard["traffic"])
+        state.slo.restore(shard.get("slo"))  # shards written before the SLO counts have none
         for row, q in enumerate(shard["quality"]):
             if q is not None:
                 quality = state.quality[row] = state._quality()

@@ -23,7 +23,12 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WIDTH = 24  # Grafana's grid is 24 columns wide
 # Mirrors daemon.monitors.canary.METRICS (a test checks).
 CANARY_METRICS = (
-    "error_rate", "latency", "latency_tail", "ttft", "ttft_tail", "tpot", "tpot_tail", "accuracy", "prediction_shift"
+    "error_rate",
+    "latency", "latency_tail", "latency_tail_share",
+    "ttft", "ttft_tail", "ttft_tail_share",
+    "tpot", "tpot_tail", "tpot_tail_share",
+    "accuracy",
+    "prediction_shift",
 )  # fmt: skip
 CLASSIFICATION = "accuracy|precision|recall|f1"
 BUILTINS = {
@@ -701,6 +706,39 @@ def model() -> Json:
                     w=8,
                 ),
                 timeseries(
+                    "Goodput",
+                    target(
+                        f'sum by ({BY_KEY}) (rate(inferwatch_slo_good_requests_total{{{KEY}, slo="goodput"}}'
+                        "[$__rate_interval]))"
+                        f' / sum by ({BY_KEY}) (rate(inferwatch_slo_requests_total{{{KEY}, slo="goodput"}}'
+                        "[$__rate_interval]))",
+                        f"goodput {KEY_LEGEND}",
+                    ),
+                    target(
+                        'inferwatch_slo_objective{model=~"$model", slo="goodput"} * on (model) group_right ()'
+                        f' group by ({BY_KEY}) (inferwatch_slo_requests_total{{{KEY}, slo="goodput"}})',
+                        f"objective {KEY_LEGEND}",
+                    ),
+                    unit="percentunit",
+                    w=12,
+                    max=1,
+                    description="The share of requests that are good: not an error, and within every per-request"
+                    " objective of the model (config slo: latency, or TTFT, time per output token and e2e for LLM"
+                    ' requests). The objective: inferwatch_slo_objective{slo="goodput"}.',
+                ),
+                timeseries(
+                    "Requests within each objective",
+                    target(
+                        f"sum by ({BY_KEY}, slo) (rate(inferwatch_slo_good_requests_total{sel}[$__rate_interval]))"
+                        f" / sum by ({BY_KEY}, slo) (rate(inferwatch_slo_requests_total{sel}[$__rate_interval]))",
+                        f"{{{{slo}}}} {KEY_LEGEND}",
+                    ),
+                    unit="percentunit",
+                    w=12,
+                    max=1,
+                    description="Per objective, the share of the requests judged against it that met it.",
+                ),
+                timeseries(
                     "LLM prompt and output length",
                     *quantiles("inferwatch_llm_prompt_length_tokens", sel, BY_KEY, f"prompt {KEY_LEGEND}", (0.5, 0.95)),
                     *quantiles("inferwatch_llm_output_length_tokens", sel, BY_KEY, f"output {KEY_LEGEND}", (0.5, 0.95)),
@@ -895,7 +933,8 @@ def canary() -> Json:
                     min=0,
                     max=100,
                     thresholds=((None, "red"), (50, "yellow"), (75, "green")),
-                    description="100 x the mean over metrics of 1 (pass), 0.5 (inconclusive), 0 (fail).",
+                    description="100 x the mean over judged metrics of 1 (pass), 0.5 (inconclusive), 0 (fail);"
+                    " 0 for a fail verdict.",
                 ),
                 stat(
                     "Requests per arm",
@@ -950,6 +989,32 @@ def canary() -> Json:
                     min=0,
                     max=1,
                     description="Always-valid mSPRT p-value of 'difference = tolerance' (running minimum).",
+                ),
+            ),
+            row(
+                "Quantiles",
+                *(
+                    timeseries(
+                        f"Quantile effects: {measure}",
+                        *(
+                            target(
+                                f"max by ({by}, quantile) (inferwatch_canary_quantile_{family}"
+                                f'{{{sel}, metric="{measure}"}})',
+                                f"{label} p{{{{quantile}}}} {legend}",
+                            )
+                            for family, label in (
+                                ("effect", "effect"),
+                                ("effect_lower", "lower"),
+                                ("effect_upper", "upper"),
+                            )
+                        ),
+                        w=8,
+                        unit="percentunit",
+                        description="The candidate's p50, p90 and p99 over the baseline's, minus 1, with bands valid"
+                        " at every look (quantile confidence sequences; +Inf while unbounded).",
+                        overrides=[dashed("^(lower|upper) ")],
+                    )
+                    for measure in ("latency", "ttft", "tpot")
                 ),
             ),
         ],

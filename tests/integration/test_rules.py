@@ -170,7 +170,7 @@ def test_amtool_check_config() -> None:
         ({"alertname": "InferwatchDriftSustained", "severity": "ticket", "model": "m"}, "inferwatch,ticket"),
         ({"alertname": "InferwatchAccuracyBelowSLO", "severity": "ticket", "model": "m"}, "inferwatch,ticket"),
         ({"alertname": "InferwatchEstimatedAccuracyDrop", "severity": "ticket", "model": "m"}, "inferwatch,ticket"),
-        ({"alertname": "InferwatchLatencyBudgetBurnFast", "severity": "page", "model": "m"}, "pager"),
+        ({"alertname": "InferwatchGoodputBudgetBurnFast", "severity": "page", "model": "m"}, "pager"),
         ({"alertname": "InferwatchCanaryFail", "severity": "page", "model": "m"}, "pager"),
         ({"alertname": "InferwatchNoEvents", "severity": "ticket", "model": "m"}, "ticket"),
     ],

@@ -48,10 +48,12 @@ Changed on purpose by issue 16:
   timing fields (`tpot_ms`, `queue_ms`, `decode_ms`; 0 here).
 The report's counts and summary, and every other sample, are unchanged.
 Changed on purpose by issue 16:
-- the canary's tail test is how far the requests past the baseline's p99 go past it (the mean of
-  ln(value / line), from 10 such requests per arm), no longer the share of requests over its p95:
-  the canary (about 6% slower) no longer fails on the tail at 22394 but on latency at 26505, with
-  the reason in relative terms; a fail scores 0 (it scored 70, above the templates' pass line).
+- the canary's tail tests read the requests past the baseline's p99 (was: the share over its
+  p95): how far past it they go (`latency_tail`) and their share (`latency_tail_share`); the
+  canary (about 6% slower) now fails at 24567 (was 22394) on the share past the p99, 1% → 2.3%;
+  a fail scores 0 (it scored 70, above the templates' pass line).
+- new: `inferwatch_slo_requests_total`, `inferwatch_slo_good_requests_total` (per key: latency and
+  goodput against the default objectives, 250 ms and 99%) and `inferwatch_slo_objective`.
   Confidence bounds are the running intersection of the looks' intervals (narrower bounds);
   new: `inferwatch_canary_quantile_effect` (and `_lower`, `_upper`) for the latency's p50, p90, p99.
 """

@@ -153,12 +153,16 @@ def test_the_stream_exercises_what_a_snapshot_must_carry(
     last_m = [e for e in timeline if e["model"] == "m"][-1]
     assert any(r.startswith("latency +") for r in last_m["reasons"])
     metrics = report["models"]["m"]["variants"]["canary"]["metrics"]
-    assert set(metrics) == set(METRICS) - {"ttft", "ttft_tail", "tpot", "tpot_tail"}
+    assert set(metrics) == set(METRICS) - {m for m in METRICS if m.startswith(("ttft", "tpot"))}
     assert all(r["judged"] for r in metrics.values())
     # n is an LLM: judged on TTFT and time per output token, its end-to-end latency only reported.
     n_metrics = report["models"]["n"]["variants"]["green"]["metrics"]
     assert {"ttft", "tpot", "latency"} <= set(n_metrics)
-    assert sorted(name for name, r in n_metrics.items() if not r["judged"]) == ["latency", "latency_tail"]
+    assert sorted(name for name, r in n_metrics.items() if not r["judged"]) == [
+        "latency",
+        "latency_tail",
+        "latency_tail_share",
+    ]
     quantiles = report["models"]["n"]["variants"]["green"]["quantiles"]
     assert set(quantiles) == {"latency", "ttft", "tpot"} and set(quantiles["ttft"]) == {"p50", "p90", "p99"}
     p50 = quantiles["ttft"]["p50"]
@@ -338,29 +342,37 @@ def arms_of(c: Canary) -> dict[str, int]:
     return dict(zip(c.arm_variant, range(len(c.arm_variant)), strict=True))
 
 
-def test_an_older_snapshot_restores_without_its_tail_counts(stream: list[Poll]) -> None:
+def test_an_older_snapshot_restores_with_its_tail_share(stream: list[Poll]) -> None:
     """Before the LLM measures a snapshot had five metrics, one latency tail line and warm-up
-    latencies only, and its tail counted requests over the line: those figures start afresh."""
+    latencies only, and its latency_tail was the share of requests over the line: it comes back
+    as latency_tail_share; the new measures start empty."""
     before = Partition(CanaryConfig())
     before.run(stream[:20])
     state = before.checkpoint()
     part = state["canary"]
-    legacy = ("error_rate", "latency", "latency_tail", "accuracy", "prediction_shift")
+    legacy = ("error_rate", "latency", "latency_tail_share", "accuracy", "prediction_shift")
     part["moments"] = part["moments"][:, [METRICS.index(name) for name in legacy]]
     del part["metrics"], part["hist"]
+
+    def old_name(name: str) -> str:
+        return "latency_tail" if name == "latency_tail_share" else name
+
     for m in part["models"]:
         lines = m.pop("tail_lines")
         m["tail_threshold"] = None if lines is None else lines[0]
         m["warmup"] = [row[0] for row in m["warmup"]]
         for comp in m["comparisons"]:
-            comp["tests"] = {k: v for k, v in comp["tests"].items() if k in legacy}
-            comp["metrics"] = [r[:4] for r in comp["metrics"] if r[0] in legacy]
+            comp["tests"] = {old_name(k): v for k, v in comp["tests"].items() if k in legacy}
+            comp["metrics"] = [[old_name(r[0]), *r[1:4]] for r in comp["metrics"] if r[0] in legacy]
             del comp["failing"]
     after = Partition(CanaryConfig(), state)
     c, old = after.canary, before.canary
-    for name in ("error_rate", "latency", "accuracy", "prediction_shift"):
+    for name in legacy:
         assert np.array_equal(c.moments[:, METRICS.index(name)], old.moments[:, METRICS.index(name)])
     assert not c.moments[:, TAIL["latency"]].any() and not c.hist.any()
+    comp, old_comp = c.models["m"].comparisons["canary"], old.models["m"].comparisons["canary"]
+    assert comp.tests["latency_tail_share"][0].snapshot() == old_comp.tests["latency_tail_share"][0].snapshot()
+    assert set(comp.metrics) == set(old_comp.metrics) & set(legacy)
     lines, old_lines = c.models["m"].tail_lines, old.models["m"].tail_lines
     assert lines is not None and old_lines is not None  # set by poll 20
     assert lines[0] == old_lines[0] and math.isnan(lines[1]) and math.isnan(lines[2])
