@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded broker + synthetic traffic + the daemon")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--http-port", type=int, help="port for /metrics (default: a free one)")
-    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--rate", type=float, default=300.0, help="events per second, over 3 models (default 300)")
     p.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=cmd_demo)

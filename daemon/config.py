@@ -414,11 +414,19 @@ class DriftConfig(_Section):
     # (state "drifted") until its reference is reset (POST /v1/drift/reference). Per stream by API.
     pin_references: bool = False
     # Streams to watch. The LLM ones (time to first token, time per output token, prompt and output
-    # length in tokens) exist for the keys whose events carry them.
+    # length in tokens, the mix of finish reasons) exist for the keys whose events carry them.
     streams: Annotated[
-        tuple[Literal["features", "score", "latency", "errors", "ttft", "tpot", "prompt_tokens", "output_tokens"], ...],
+        tuple[
+            Literal[
+                "features", "score", "latency", "errors",
+                "ttft", "tpot", "prompt_tokens", "output_tokens", "finish_reason",
+            ],
+            ...,
+        ],
         BeforeValidator(_csv),
-    ] = ("features", "score", "latency", "errors", "ttft", "tpot", "prompt_tokens", "output_tokens")
+    ] = (
+        "features", "score", "latency", "errors", "ttft", "tpot", "prompt_tokens", "output_tokens", "finish_reason"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _detectors(self) -> DriftConfig:

@@ -17,12 +17,28 @@ from daemon.runtime.app import Daemon
 TOPIC = "inference-logs"
 LABELS_TOPIC = "inference-labels"
 DEAD_LETTER_TOPIC = "inference-logs-dead-letter"
-# The story the demo tells: the canary is 20% slower from the start; fraud-detector's f0
-# drifts by 1 sd from minute 3.
+# The story the demo tells: fraud-detector's canary is 20% slower from the start; the LLM's
+# canary is 30% slower per output token but writes 20% shorter answers (its end-to-end latency
+# hardly moves: judged on time per output token, it fails); fraud-detector's f0 drifts by 1 sd
+# from minute 3.
 CHANGES = (
     "after=0 model=fraud-detector variant=canary latency=+20%",
+    "after=0 model=chat-llm variant=canary tpot=+30% tokens=-20%",
     "after=3m model=fraud-detector feature=f0 shift=1",
 )
+MODELS = (
+    ("fraud-detector", ("control", "canary")),
+    ("recsys-ranker", ()),
+    ("chat-llm", ("control", "canary")),
+)
+LLM_MODELS = ("chat-llm",)
+# Objectives the demo's healthy keys meet, so that only the injected faults alert: the
+# generator's models err 1% of the time and are right 68-76% of the time; the LLM answers
+# in ~250 ms to its first token and ~30 ms per token after it.
+SLO = {
+    "default": {"latency_ms": 250, "goodput": 0.97, "error_rate": 0.02, "accuracy": 0.6},
+    "models": {"chat-llm": {"ttft_ms": 1000, "tpot_ms": 60, "goodput": 0.97, "error_rate": 0.02}},
+}
 # One malformed record in this many, to show that bad input costs only a counter.
 MALFORMED_EVERY = 500
 
@@ -34,6 +50,7 @@ def demo_config(bootstrap: str, http_port: int) -> Config:
             "dead_letter": {"topic": DEAD_LETTER_TOPIC},
             "labels": {"topic": LABELS_TOPIC},
             "http": {"host": "127.0.0.1", "port": http_port},
+            "slo": SLO,
         }
     )
 
@@ -53,7 +70,8 @@ def _produce(bootstrap: str, spec: TrafficSpec, stop: threading.Event) -> None:
                 value = value[: rng.randrange(1, len(value) - 1)]  # truncated JSON
             producer.send(TOPIC, key=key, value=value)
             now = time.monotonic()
-            due.append((now + LABEL_DELAY_S, *encode(gen.label(ev))))
+            if "score" in ev:  # an LLM's answers have no label
+                due.append((now + LABEL_DELAY_S, *encode(gen.label(ev))))
             while due and due[0][0] <= now:
                 _, k, v = due.popleft()
                 producer.send(LABELS_TOPIC, key=k, value=v)
@@ -102,6 +120,8 @@ def run_demo(duration_s: float | None, http_port: int | None, rate: float, every
         broker.create_topics([DEAD_LETTER_TOPIC])
         daemon = Daemon(demo_config(broker.bootstrap, http_port or free_port()))
         spec = TrafficSpec(
+            models=MODELS,
+            llm_models=LLM_MODELS,
             rate=rate,
             duration_s=duration_s + 60 if duration_s else 7 * 24 * 3600.0,
             seed=seed,

@@ -5,6 +5,7 @@ A change is written as space-separated key=value pairs, for example::
     after=3m model=fraud-detector feature=f0 shift=1     # f0 moves by 1 sd from minute 3
     after=0 model=fraud-detector variant=canary latency=+20%
     after=90s model=recsys-ranker error_rate=0.05
+    after=0 model=chat-llm variant=canary tpot=+30% tokens=-20%   # an LLM: slower per token, shorter
 
 Time is simulated: event i happens at start + i / rate, so a file and a live run agree.
 """
@@ -45,6 +46,9 @@ class Change:
     shift_sd: float = 0.0
     latency_factor: float = 1.0
     error_rate: float | None = None
+    # LLM models: time per output token and output length, as factors.
+    tpot_factor: float = 1.0
+    tokens_factor: float = 1.0
 
     def applies(self, t: float, model: str, variant: str) -> bool:
         return (
@@ -67,13 +71,14 @@ def parse_change(spec: str) -> Change:
             fields[k] = v
         elif k == "shift":
             fields["shift_sd"] = float(v.removesuffix("sd"))
-        elif k == "latency":
-            fields["latency_factor"] = 1 + float(v.rstrip("%")) / 100 if v.endswith("%") else float(v)
+        elif k in ("latency", "tpot", "tokens"):
+            fields[f"{k}_factor"] = 1 + float(v.rstrip("%")) / 100 if v.endswith("%") else float(v)
         elif k == "error_rate":
             fields["error_rate"] = float(v)
         else:
             raise ValueError(
-                f"change {spec!r}: unknown key {k!r}; use after, model, variant, feature, shift, latency, error_rate"
+                f"change {spec!r}: unknown key {k!r}; use after, model, variant, feature, shift, latency, "
+                "error_rate, tpot, tokens"
             )
     if "feature" in fields and "shift_sd" not in fields:
         raise ValueError(f"change {spec!r}: feature= needs shift=<sd>")
@@ -113,6 +118,9 @@ class TrafficSpec:
     start_time: float | None = None
     # Share of traffic that a variant named "canary" gets; other variants split the rest.
     canary_share: float = 0.25
+    # Models that serve an LLM: TTFT, prompt and output tokens, time per output token, finish
+    # reason; latency is TTFT + TPOT·(tokens − 1); no score, prediction or label.
+    llm_models: Sequence[str] = ()
 
     @property
     def n_events(self) -> int:
@@ -178,6 +186,9 @@ class TrafficGenerator:
                 feats["f3"] = None
             feats["f6"] = rng.choices(CATEGORIES, prof.cat_probs)[0]
             feats["f7"] = rng.random() < 0.3
+            if name in spec.llm_models:
+                yield self._llm_event(i, t, name, variant, feats, active, err_rate)
+                continue
             score = 1 / (1 + math.exp(-(z + rng.gauss(0, 0.5))))
             ev: dict[str, Any] = {
                 "request_id": f"{self.spec.seed}-{i}",
@@ -198,6 +209,37 @@ class TrafficGenerator:
                 ev["status"] = "error"
                 ev["error_type"] = ERROR_TYPES[rng.randrange(len(ERROR_TYPES))]
             yield ev
+
+    def _llm_event(
+        self, i: int, t: float, name: str, variant: str | None, feats: dict[str, Any], active: list[Change], err: float
+    ) -> dict[str, Any]:
+        """An LLM request: TTFT ~250 ms, ~30 ms per output token, ~150 output tokens, stopped by the
+        length cap (512) one time in a few hundred."""
+        rng = self._rng
+        tokens = min(
+            512, max(2, round(rng.lognormvariate(math.log(150), 0.6) * math.prod(c.tokens_factor for c in active)))
+        )
+        ttft = rng.lognormvariate(math.log(250), 0.3) * math.prod(c.latency_factor for c in active)
+        tpot = rng.lognormvariate(math.log(30), 0.2) * math.prod(c.tpot_factor for c in active)
+        ev: dict[str, Any] = {
+            "request_id": f"{self.spec.seed}-{i}",
+            "model": name,
+            "version": "2" if variant == "canary" else "1",
+            "timestamp": round(self.start_time + t, 3),
+            "latency_ms": round(ttft + tpot * (tokens - 1), 3),
+            "ttft_ms": round(ttft, 3),
+            "tokens_in": max(1, round(rng.lognormvariate(math.log(400), 0.5))),
+            "tokens_out": tokens,
+            "finish_reason": "length" if tokens == 512 else "stop",
+            "status": "ok",
+            "features": feats,
+        }
+        if variant is not None:
+            ev["variant"] = variant
+        if rng.random() < err:
+            ev["status"] = "error"
+            ev["error_type"] = ERROR_TYPES[rng.randrange(len(ERROR_TYPES))]
+        return ev
 
     def label(self, ev: dict[str, Any]) -> dict[str, Any]:
         """Ground truth for `ev`, as a labels topic would carry it LABEL_DELAY_S later.

@@ -70,7 +70,9 @@ STREAM_STATES: tuple[StreamState, ...] = ("reference", "calibrating", "active", 
 Kind = Literal["numeric", "categorical", "binary"]
 # A key's streams that are not features, by their column of `Drift.fixed`: the numeric ones are
 # read from the batch's columns of the same name (NUMERIC_FIXED), errors from the labels' grading.
-FIXED = ("score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens", "tpot")
+FIXED = ("score", "latency", "errors", "ttft", "prompt_tokens", "output_tokens", "tpot", "finish_reason")
+# The finish_reason stream's level table (`Drift.levels` is keyed by feature name otherwise).
+FINISH_LEVELS = "__finish_reason__"
 NUMERIC_FIXED = {"score": "score", "latency": "latency_ms", "ttft": "ttft_ms", "prompt_tokens": "tokens_in",
                  "output_tokens": "tokens_out", "tpot": "tpot_ms"}  # fmt: skip
 # A stream's kind is also its bank of values; as a code, its place here.
@@ -384,8 +386,18 @@ class Drift:
                 v = getattr(batch, column)[order]
                 has = ~np.isnan(v)
                 if has.any():
-                    sids = self._fixed_streams(srows, has, FIXED.index(name), name)
+                    sids = self._fixed_streams(srows, has, FIXED.index(name), name, "numeric")
                     numeric.append((sids[has], v[has], order[has]))
+        if self.watch["finish_reason"] and batch.finish_reasons:
+            codes = batch.finish_reason[order]
+            has = codes >= 0
+            if has.any():
+                sids = self._fixed_streams(srows, has, FIXED.index("finish_reason"), "finish_reason", "categorical")
+                table, folded = self._level_codes(FINISH_LEVELS, batch.finish_reasons)
+                mapped = codes[has]
+                if folded[mapped].any():
+                    self.overflow.add("feature_level", int(np.count_nonzero(folded[mapped])))
+                categorical.append((sids[has], table[mapped], order[has]))
         if self.watch["features"] and batch.features:
             self._features(srows, order, batch, numeric, categorical)
         for kind, triples in (("numeric", numeric), ("categorical", categorical)):
@@ -399,12 +411,13 @@ class Drift:
                 alerts += self._place(sids, values, batch.index[events], batch.time[events], kind)
         return alerts
 
-    def _fixed_streams(self, srows: Ints, has: npt.NDArray[np.bool_], slot: int, name: str) -> Ints:
+    def _fixed_streams(self, srows: Ints, has: npt.NDArray[np.bool_], slot: int, name: str, kind: Kind) -> Ints:
         sids: Ints = self.fixed[srows, slot]
         missing = has & (sids < 0)
         if missing.any():
+            feature = FINISH_LEVELS if kind == "categorical" else None
             for row in np.unique(srows[missing]).tolist():
-                self.fixed[row, slot] = self._stream(row, name, "numeric")
+                self.fixed[row, slot] = self._stream(row, name, kind, feature)
             sids = self.fixed[srows, slot]
         return sids
 

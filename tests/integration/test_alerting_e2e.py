@@ -7,6 +7,7 @@ The scenario (`run_scenario`) is shared with bench/alerting.py, which records it
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -67,24 +68,30 @@ def _traffic() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[st
 
 
 def _llm_events(n: int) -> list[dict[str, Any]]:
-    """A few LLM-serving events, so the LLM panels (TTFT, tokens, queue and decode time, finish
-    reasons) have data."""
+    """LLM-serving events of a control and a canary (alike), so the LLM panels (TTFT, tokens,
+    queue and decode time, finish reasons, goodput) and the canary's LLM panels (TTFT and time
+    per output token, their tails past the control's p90 line, quantile bands) have data."""
     now = time.time()
-    return [
-        {
-            "request_id": f"llm-{i}",
-            "model": "chat",
-            "timestamp": now,
-            "latency_ms": 800.0 + i,
-            "ttft_ms": 120.0 + i,
-            "tokens_in": 200,
-            "tokens_out": 50,
-            "queue_ms": 15.0 + i,
-            "decode_ms": 600.0 + i,
-            "finish_reason": "length" if i % 5 == 0 else "stop",
-        }
-        for i in range(n)
-    ]
+    rng = random.Random(16)
+    out = []
+    for i in range(n):
+        ttft, tpot, tokens = rng.lognormvariate(5.0, 0.3), rng.lognormvariate(3.4, 0.2), rng.randint(20, 80)
+        out.append(
+            {
+                "request_id": f"llm-{i}",
+                "model": "chat",
+                "variant": "canary" if i % 2 else "control",
+                "timestamp": now,
+                "latency_ms": ttft + tpot * (tokens - 1),
+                "ttft_ms": ttft,
+                "tokens_in": 200,
+                "tokens_out": tokens,
+                "queue_ms": 15.0 + i % 7,
+                "decode_ms": tpot * (tokens - 1),
+                "finish_reason": "length" if i % 5 == 0 else "stop",
+            }
+        )
+    return out
 
 
 def shadow_model(name: str, path: Path, role: str, **fields: Any) -> dict[str, Any]:
@@ -112,6 +119,8 @@ def _config(
         "dead_letter": {"topic": topics["dead_letter"]},
         "labels": {"topic": topics["labels"]},
         "accuracy": {"slice_features": ["f6"]},
+        # The LLM's tail tests need 10 requests past the line per arm: a p90 line gets them soon.
+        "canary": {"tail_quantile": 0.9},
         "shadow": {
             "enabled": True,
             "models": [
@@ -173,7 +182,7 @@ def run_scenario(tmp: Path, broker: TansuBroker) -> dict[str, Any]:
 
         produce(broker.bootstrap, topics["events"], [encode(ev) for ev in before])
         produce(broker.bootstrap, topics["labels"], [encode(lb) for lb in labels[: len(before)]])
-        produce(broker.bootstrap, topics["events"], [encode(ev) for ev in _llm_events(20)])
+        produce(broker.bootstrap, topics["events"], [encode(ev) for ev in _llm_events(1_600)])
         produce(broker.bootstrap, topics["events"], [(b"fraud-detector", b'{"request_id": "broken"')])
 
         def calibrated() -> bool:

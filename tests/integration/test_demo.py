@@ -1,4 +1,4 @@
-"""`inferwatch demo` headless: both models, both variants and the labels show up on /metrics."""
+"""`inferwatch demo` headless: every model, every variant and the labels show up on /metrics."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
             ("fraud-detector", "control"),
             ("fraud-detector", "canary"),
             ("recsys-ranker", "default"),
+            ("chat-llm", "control"),
+            ("chat-llm", "canary"),
         ):
             assert total(samples, "inferwatch_events_total", model=model, variant=variant) > 0, (model, variant)
             assert total(samples, "inferwatch_request_latency_seconds_count", model=model, variant=variant) > 0
@@ -44,6 +46,12 @@ def test_demo_runs_headless_and_exports_both_models_and_variants() -> None:
         assert "fraud-detector" in text and "canary" in text and "accuracy=" in text  # the live summary
         # The demo's canary is 20% slower: its verdict is printed, and fails on latency.
         assert "canary fraud-detector/canary vs control: fail" in text and "latency +" in text
+        # The LLM's canary is slower per token with shorter answers: it fails on time per token.
+        assert "canary chat-llm/canary vs control: fail" in text and "(tpot +" in text
+        # Its healthy keys meet their SLOs: goodput of the LLM's control well above its 97%.
+        good = total(samples, "inferwatch_slo_good_requests_total", model="chat-llm", variant="control", slo="goodput")
+        judged = total(samples, "inferwatch_slo_requests_total", model="chat-llm", variant="control", slo="goodput")
+        assert judged > 0 and good / judged > 0.97
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -582,3 +582,28 @@ def test_llm_timings_and_lengths_are_streams_of_their_own() -> None:
     assert 3_000 <= ttft.index < 3_000 + 1_000  # the target: within 1,000 requests
     assert ttft.details["window_mean"] > 1.5 * ttft.details["reference_mean"]
     assert [a.stream for a in alerts] == ["ttft"]
+
+
+def test_the_mix_of_finish_reasons_is_a_categorical_stream() -> None:
+    # An LLM stops on its length cap 5% of the time, then 25% from request 3,000 (answers cut
+    # short): the finish_reason stream, categorical, detects it; the level names reach the alert.
+    rng = random.Random(6)
+    events = [
+        InferenceEvent(
+            request_id=f"r{i}",
+            model="llm",
+            finish_reason="length" if rng.random() < (0.05 if i < 3_000 else 0.25) else "stop",
+        )
+        for i in range(4_000)
+    ]
+    f = Feeder(DriftConfig())
+    alerts = cuts_feed(f, [*events, *x_events([0.0, 1.0])], every(700, 4_002))
+    llm = ("llm", "unknown", "default")
+    (stream,) = [s for s in f.drift.streams if s.row == f.keys.index(llm)]
+    assert (stream.name, stream.kind) == ("finish_reason", "categorical")
+    (alert,) = [a for a in alerts if a.stream == "finish_reason"]
+    assert 3_000 <= alert.index < 3_000 + 1_000
+    assert [a.stream for a in alerts] == ["finish_reason"]
+    # Not watched when the config leaves it out.
+    quiet = Feeder(DriftConfig(streams=("features",)))
+    assert cuts_feed(quiet, events, every(700, 4_000)) == [] and not quiet.drift.streams

@@ -88,3 +88,34 @@ def test_labels_leave_the_events_unchanged_and_follow_the_score() -> None:
     scores = sum(ev["score"] for ev, _ in pairs) / len(pairs)
     truths = sum(lab["label"] for _, lab in pairs) / len(pairs)
     assert abs(scores - truths) < 0.015
+
+
+def test_an_llm_model_logs_ttft_tokens_and_finish_reasons_and_its_canary_changes_per_token() -> None:
+    spec = TrafficSpec(
+        models=(("chat", ("control", "canary")),),
+        llm_models=("chat",),
+        rate=1000,
+        duration_s=20,
+        start_time=0.0,
+        changes=(parse_change("after=0 model=chat variant=canary tpot=+30% tokens=-20%"),),
+    )
+    events = list(TrafficGenerator(spec).events())
+    assert all("score" not in e and "prediction" not in e for e in events)
+    assert {e["finish_reason"] for e in events} == {"stop", "length"}
+    assert all(e["finish_reason"] == ("length" if e["tokens_out"] == 512 else "stop") for e in events)
+
+    def med(variant: str, what: str) -> float:
+        if what == "tpot":
+            return statistics.median(
+                (e["latency_ms"] - e["ttft_ms"]) / (e["tokens_out"] - 1) for e in events if e["variant"] == variant
+            )
+        return statistics.median(e[what] for e in events if e["variant"] == variant)
+
+    assert med("canary", "tpot") / med("control", "tpot") == pytest.approx(1.3, abs=0.05)
+    assert med("canary", "tokens_out") / med("control", "tokens_out") == pytest.approx(0.8, abs=0.08)
+    assert med("canary", "ttft_ms") / med("control", "ttft_ms") == pytest.approx(1.0, abs=0.08)
+    # A classic model's stream is the same with or without an LLM model named (and not drawn).
+    classic = TrafficSpec(rate=100, duration_s=5, seed=3, start_time=1.0)
+    assert list(TrafficGenerator(classic).encoded()) == list(
+        TrafficGenerator(TrafficSpec(rate=100, duration_s=5, seed=3, start_time=1.0, llm_models=("chat",))).encoded()
+    )
