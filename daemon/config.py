@@ -34,14 +34,13 @@ ENV_PREFIX = "INFERWATCH__"
 SECRET_KEYS = frozenset({"password", "secret", "token"})
 
 # Prometheus client_python's default buckets, in seconds: familiar to every dashboard author.
-DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-# Time to first token is usually 50 ms - 5 s for hosted LLMs.
-DEFAULT_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DEFAULT_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-# LLM timings (time per output token, queue and decode time): 1-2-5 steps from 1 ms to 10 min.
+# Times (latency, TTFT, time per output token, queue and decode time): 1-2-5 steps from 1 ms to
+# 10 min, so that a classic model's milliseconds and an LLM's minutes both have buckets (18).
 DEFAULT_LLM_TIME_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 600.0,
 )  # fmt: skip
+DEFAULT_LATENCY_BUCKETS = DEFAULT_TTFT_BUCKETS = DEFAULT_LLM_TIME_BUCKETS
+DEFAULT_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # Prompt and output lengths, tokens: 1-2-5 steps from 1 to 200,000.
 DEFAULT_TOKEN_BUCKETS = (
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5,
@@ -262,29 +261,46 @@ class HttpConfig(_Section):
         return self
 
 
-class MetricsConfig(_Section):
-    latency_buckets_seconds: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
-    ttft_buckets_seconds: tuple[float, ...] = DEFAULT_TTFT_BUCKETS
-    score_buckets: tuple[float, ...] = DEFAULT_SCORE_BUCKETS
-    llm_time_buckets_seconds: tuple[float, ...] = DEFAULT_LLM_TIME_BUCKETS
-    token_buckets: tuple[float, ...] = DEFAULT_TOKEN_BUCKETS
-    tokens_per_second_buckets: tuple[float, ...] = DEFAULT_TOKENS_PER_SECOND_BUCKETS
-
-    @field_validator(
-        "latency_buckets_seconds",
-        "ttft_buckets_seconds",
-        "score_buckets",
-        "llm_time_buckets_seconds",
-        "token_buckets",
-        "tokens_per_second_buckets",
-    )
-    @classmethod
-    def _increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v:
-            raise ValueError("needs at least one bucket bound")
-        if any(b <= a for a, b in itertools.pairwise(v)):
-            raise ValueError("bucket bounds must be strictly increasing")
+def _increasing(v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    if v is None:
         return v
+    if not v:
+        raise ValueError("needs at least one bucket bound")
+    if any(b <= a for a, b in itertools.pairwise(v)):
+        raise ValueError("bucket bounds must be strictly increasing")
+    return v
+
+
+Buckets = Annotated[tuple[float, ...], AfterValidator(_increasing)]
+
+
+class ModelBuckets(_Section):
+    """A model's own bucket bounds for some histograms; unset: the global ones."""
+
+    latency_buckets_seconds: Buckets | None = None
+    ttft_buckets_seconds: Buckets | None = None
+    score_buckets: Buckets | None = None
+    llm_time_buckets_seconds: Buckets | None = None
+    token_buckets: Buckets | None = None
+    tokens_per_second_buckets: Buckets | None = None
+
+
+class MetricsConfig(_Section):
+    latency_buckets_seconds: Buckets = DEFAULT_LATENCY_BUCKETS
+    ttft_buckets_seconds: Buckets = DEFAULT_TTFT_BUCKETS
+    score_buckets: Buckets = DEFAULT_SCORE_BUCKETS
+    # Time per output token, queue and decode time.
+    llm_time_buckets_seconds: Buckets = DEFAULT_LLM_TIME_BUCKETS
+    token_buckets: Buckets = DEFAULT_TOKEN_BUCKETS
+    tokens_per_second_buckets: Buckets = DEFAULT_TOKENS_PER_SECOND_BUCKETS
+    # model -> bucket bounds of its own for any of the histograms above (the others stay global).
+    models: dict[str, ModelBuckets] = {}
+
+    def buckets(self, field: str, model: str | None = None) -> tuple[float, ...]:
+        """A histogram's bounds (`field`: one of the *_buckets fields) for `model`."""
+        own = self.models.get(model or "")
+        bounds: tuple[float, ...] | None = getattr(own, field) if own is not None else None
+        return bounds if bounds is not None else getattr(self, field)
 
 
 class SloTargets(_Section):

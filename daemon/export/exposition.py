@@ -27,7 +27,7 @@ from daemon.ingest.batch import Key
 from daemon.ingest.sources import TopicPartition
 from daemon.monitors import canary, drift, quality, slo, traffic
 from daemon.monitors.drift import COLLECT, DRIFTED, HOLD, OFF, SEQUENTIAL, WINDOW
-from daemon.monitors.traffic import Histograms, histogram_bounds
+from daemon.monitors.traffic import Histograms, bucket_sets
 from daemon.pipeline import Pipeline
 from daemon.state.totals import Totals
 
@@ -190,9 +190,10 @@ class MetricsExposition:
         self._pipeline = pipeline
         self._hold_s = pipeline.config.drift.hold_seconds
         self._loop_stats = loop_stats
+        sets = {name: bounds for name, (bounds, _) in bucket_sets(metrics).items()} | {"batch": [BATCH_BUCKETS]}
         self._les = {
-            name: [f'le="{b!r}"' for b in map(float, bounds)] + ['le="+Inf"']
-            for name, bounds in (*histogram_bounds(metrics).items(), ("batch", BATCH_BUCKETS))
+            name: [[f'le="{b!r}"' for b in map(float, bounds)] + ['le="+Inf"'] for bounds in of_name]
+            for name, of_name in sets.items()
         }
         self._key_sets: dict[Key, str] = {}
         self._templates: dict[Any, str] = {}
@@ -288,7 +289,7 @@ class MetricsExposition:
             )
         _loop_lines(out, loop)
         bd = loop.batch_duration
-        out.histograms("inferwatch_batch_duration_seconds", [""], bd.counts[:1], bd.sums[:1], self._les["batch"])
+        out.histograms("inferwatch_batch_duration_seconds", [""], bd.counts[:1], bd.sums[:1], self._les["batch"][0])
         return out.text()
 
 

@@ -43,12 +43,17 @@ class KeySummary:
 
 
 class Histograms:
-    """Prometheus histograms, one row per key: bucket i counts values ≤ bounds[i] (the last is +Inf)."""
+    """Prometheus histograms, one row per key: bucket i counts values ≤ bounds[i], then +Inf.
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = np.asarray(bounds, dtype=np.float64)
-        self.counts = np.zeros((0, len(bounds) + 1), dtype=np.int64)
+    Rows may have bounds of their own (`sets`: set 0 is the default, others are models' own,
+    `row_set` says which a row has): a row with k bounds uses its first k + 1 columns."""
+
+    def __init__(self, bounds: tuple[float, ...], *others: tuple[float, ...]) -> None:
+        self.sets = [np.asarray(b, dtype=np.float64) for b in (bounds, *others)]
+        self.bounds = self.sets[0]
+        self.counts = np.zeros((0, max(map(len, self.sets)) + 1), dtype=np.int64)
         self.sums = np.zeros(0, dtype=np.float64)
+        self.row_set = np.zeros(0, dtype=np.int64)
 
     @classmethod
     def single(cls, bounds: tuple[float, ...]) -> Histograms:
@@ -64,6 +69,7 @@ class Histograms:
     def resize(self, rows: int) -> None:
         self.counts = grown(self.counts, rows)
         self.sums = grown(self.sums, rows)
+        self.row_set = grown(self.row_set, rows)
 
     def observe(self, rows: Ints, values: Floats) -> None:
         """Values (NaN: none) of the events of `rows`."""
@@ -71,20 +77,29 @@ class Histograms:
         if not has.any():
             return
         r, v = rows[has], values[has]
-        np.add.at(self.counts, (r, np.searchsorted(self.bounds, v, side="left")), 1)
+        if len(self.sets) == 1:
+            bucket = np.searchsorted(self.bounds, v, side="left")
+        else:
+            which = self.row_set[r]
+            bucket = np.empty(len(r), dtype=np.int64)
+            for k in np.unique(which).tolist():
+                mine = which == k
+                bucket[mine] = np.searchsorted(self.sets[k], v[mine], side="left")
+        np.add.at(self.counts, (r, bucket), 1)
         np.add.at(self.sums, r, v)
 
 
 class Traffic:
     """Counters, histograms, latency sketch, classes, error types and feature completeness per key row."""
 
-    def __init__(self, metrics: MetricsConfig, limits: LimitsConfig, overflow: Overflow) -> None:
+    def __init__(self, metrics: MetricsConfig, limits: LimitsConfig, overflow: Overflow, keys: list[Key]) -> None:
         self.rows = 0
+        self.keys = keys
         self.events = np.zeros(0, dtype=np.int64)
         self.last_time = np.zeros(0, dtype=np.float64)
         self.tokens = np.zeros((0, 2), dtype=np.int64)  # in, out
-        bounds = histogram_bounds(metrics)
-        self.histograms = {name: Histograms(bounds[name]) for name, _ in HISTOGRAMS}
+        self.bucket_sets = bucket_sets(metrics)
+        self.histograms = {name: Histograms(*self.bucket_sets[name][0]) for name, _ in HISTOGRAMS}
         self.latency, self.ttft, self.score = (self.histograms[n] for n in ("latency", "ttft", "score"))
         self.sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
         self.error_names = RowNames(limits.max_error_types, "error_type", overflow)
@@ -100,11 +115,17 @@ class Traffic:
         self.present = np.zeros((0, limits.max_features), dtype=np.int64)
 
     def add_rows(self, n: int) -> None:
+        start = self.rows
         self.rows += n
         for names in (self.error_names, self.finish_names, self.class_names, self.feature_names):
             names.add_rows(n)
         if self.rows > len(self.events):
             self._resize(max(self.rows, 2 * len(self.events), 16))
+        for name, h in self.histograms.items():
+            of_model = self.bucket_sets[name][1]
+            if of_model:
+                for row in range(start, self.rows):
+                    h.row_set[row] = of_model.get(self.keys[row][0], 0)
 
     def _resize(self, capacity: int) -> None:
         self.events = grown(self.events, capacity)
@@ -232,6 +253,9 @@ class Traffic:
                 for name, h in self.histograms.items()
                 for part in ("counts", "sums")
             },
+            # Each histogram's bound sets, and which one each row has: a restore checks them.
+            "bucket_sets": {name: [s.tolist() for s in h.sets] for name, h in self.histograms.items()},
+            "bucket_rows": {name: h.row_set[:n].copy() for name, h in self.histograms.items()},
             "sketch": self.sketch[:n].copy(),
             "errors": self.errors[:n].copy(),
             "error_names": [list(x) for x in self.error_names.names],
@@ -259,10 +283,10 @@ class Traffic:
             if f"{name}_counts" not in state:
                 continue  # a checkpoint from before the LLM histograms: they start empty
             counts = state[f"{name}_counts"]
-            if counts.shape[1] != h.counts.shape[1]:
+            if counts.shape[1] != h.counts.shape[1] or _bounds_differ(state, name, h, n):
                 raise ValueError(
-                    f"the checkpoint's {name} histogram has {counts.shape[1]} buckets, this config "
-                    f"{h.counts.shape[1]} (metrics.*_buckets changed): start afresh"
+                    f"the checkpoint's {name} histogram has other buckets than this config "
+                    "(metrics.*_buckets or metrics.models changed): start afresh"
                 )
             h.counts[:n] = counts
             h.sums[:n] = state[f"{name}_sums"]
@@ -282,6 +306,16 @@ class Traffic:
                 if col < self.feature_names.cap:
                     self.first_seen[row, col] = state["first_seen"][row, src]
                     self.present[row, col] = state["present"][row, src]
+
+
+def _bounds_differ(state: dict[str, Any], name: str, h: Histograms, n: int) -> bool:
+    """Whether a row's bounds in the checkpoint differ from its bounds now (a checkpoint from
+    before per-model buckets: one set, the one its width was checked against)."""
+    if "bucket_sets" not in state:
+        return False
+    sets = [tuple(s) for s in state["bucket_sets"][name]]
+    old = state["bucket_rows"][name]
+    return any(sets[int(old[row])] != tuple(h.sets[int(h.row_set[row])].tolist()) for row in range(n))
 
 
 def _count(counts: Ints, rows: Ints, cols: Ints) -> None:
@@ -308,19 +342,35 @@ HISTOGRAMS = (
 )
 
 
-def histogram_bounds(metrics: MetricsConfig) -> dict[str, tuple[float, ...]]:
-    """Each histogram's bucket bounds, from the config."""
-    return {
-        "latency": metrics.latency_buckets_seconds,
-        "ttft": metrics.ttft_buckets_seconds,
-        "score": metrics.score_buckets,
-        "tpot": metrics.llm_time_buckets_seconds,
-        "queue": metrics.llm_time_buckets_seconds,
-        "decode": metrics.llm_time_buckets_seconds,
-        "prompt_length": metrics.token_buckets,
-        "output_length": metrics.token_buckets,
-        "tokens_per_second": metrics.tokens_per_second_buckets,
-    }
+# Each histogram's config field (metrics.<field>, or metrics.models.<model>.<field>).
+BUCKET_FIELDS = {
+    "latency": "latency_buckets_seconds",
+    "ttft": "ttft_buckets_seconds",
+    "score": "score_buckets",
+    "tpot": "llm_time_buckets_seconds",
+    "queue": "llm_time_buckets_seconds",
+    "decode": "llm_time_buckets_seconds",
+    "prompt_length": "token_buckets",
+    "output_length": "token_buckets",
+    "tokens_per_second": "tokens_per_second_buckets",
+}
+
+
+def bucket_sets(metrics: MetricsConfig) -> dict[str, tuple[list[tuple[float, ...]], dict[str, int]]]:
+    """Per histogram: its bound sets (the global one first, then the distinct ones models set) and
+    model -> its set (models without their own: set 0)."""
+    out = {}
+    for name, setting in BUCKET_FIELDS.items():
+        sets = [metrics.buckets(setting)]
+        of_model = {}
+        for model in metrics.models:
+            bounds = metrics.buckets(setting, model)
+            if bounds not in sets:
+                sets.append(bounds)
+            if bounds != sets[0]:
+                of_model[model] = sets.index(bounds)
+        out[name] = (sets, of_model)
+    return out
 
 
 @dataclass(slots=True)
@@ -331,7 +381,7 @@ class TrafficCopy:
     events: Ints
     last_time: Floats
     tokens: Ints
-    histograms: dict[str, tuple[Ints, Floats]]
+    histograms: dict[str, tuple[Ints, Floats, Ints]]  # counts, sums, each row's bound set
     errors: Ints
     error_names: list[list[str]]
     finishes: Ints
@@ -350,7 +400,7 @@ def copy(t: Traffic, keys: list[Key]) -> TrafficCopy:
         t.events[:n].copy(),
         t.last_time[:n].copy(),
         t.tokens[:n].copy(),
-        {name: (h.counts[:n].copy(), h.sums[:n].copy()) for name, h in _histograms(t)},
+        {name: (h.counts[:n].copy(), h.sums[:n].copy(), h.row_set[:n].copy()) for name, h in _histograms(t)},
         t.errors[:n].copy(),
         [list(x) for x in t.error_names.names],
         t.finishes[:n].copy(),
@@ -377,10 +427,7 @@ def merge(copies: list[TrafficCopy]) -> TrafficCopy:
             np.concatenate([c.last_time for c in copies]),
             np.concatenate([c.tokens for c in copies]),
             {
-                name: (
-                    np.concatenate([c.histograms[name][0] for c in copies]),
-                    np.concatenate([c.histograms[name][1] for c in copies]),
-                )
+                name: tuple(np.concatenate([c.histograms[name][i] for c in copies]) for i in range(3))  # type: ignore[misc]
                 for name in copies[0].histograms
             },
             np.concatenate([c.errors for c in copies]),
@@ -406,7 +453,7 @@ def merge(copies: list[TrafficCopy]) -> TrafficCopy:
             out.events[keep],
             out.last_time[keep],
             out.tokens[keep],
-            {name: (c[keep], s[keep]) for name, (c, s) in out.histograms.items()},
+            {name: (c[keep], s[keep], b[keep]) for name, (c, s, b) in out.histograms.items()},
             out.errors[keep],
             [out.error_names[i] for i in keep.tolist()],
             out.finishes[keep],
@@ -424,7 +471,7 @@ def _fold(c: TrafficCopy, into: int, row: int) -> None:
     c.events[into] += c.events[row]
     c.last_time[into] = np.fmax(c.last_time[into], c.last_time[row])
     c.tokens[into] += c.tokens[row]
-    for counts, sums in c.histograms.values():
+    for counts, sums, _ in c.histograms.values():  # the same key: the same model, the same bounds
         counts[into] += counts[row]
         sums[into] += sums[row]
     for counts, names in (
@@ -445,19 +492,23 @@ def _fold(c: TrafficCopy, into: int, row: int) -> None:
             counts[into, -1] += counts[row, -1]
 
 
-def collect(c: TrafficCopy, key_sets: list[str], les: dict[str, list[str]], out: Sink) -> None:
-    """The traffic families' samples; `key_sets[i]` is the label set of `c.keys[i]`."""
+def collect(c: TrafficCopy, key_sets: list[str], les: dict[str, list[list[str]]], out: Sink) -> None:
+    """The traffic families' samples; `key_sets[i]` is the label set of `c.keys[i]`; `les[name][k]`
+    the `le` labels of histogram `name`'s bound set k."""
     out.samples("inferwatch_events", key_sets, c.events.tolist())
     out.labelled("inferwatch_errors", key_sets, "error_type", *_named(c.error_names, c.errors, True))
     out.labelled("inferwatch_llm_finish_reasons", key_sets, "finish_reason", *_named(c.finish_names, c.finishes, True))
     for name, family in HISTOGRAMS:
-        counts, sums = c.histograms[name]
+        counts, sums, row_sets = c.histograms[name]
         shown = np.ones(len(sums), dtype=np.bool_) if name == "latency" else (sums != 0) | counts.any(axis=1)
-        if shown.all():
-            out.histograms(family, key_sets, counts, sums, les[name])
-        elif shown.any():
-            idx = np.flatnonzero(shown)
-            out.histograms(family, [key_sets[i] for i in idx.tolist()], counts[idx], sums[idx], les[name])
+        if shown.all() and len(les[name]) == 1:
+            out.histograms(family, key_sets, counts, sums, les[name][0])
+            continue
+        for k, le in enumerate(les[name]):
+            idx = np.flatnonzero(shown & (row_sets == k))
+            if len(idx):
+                width = len(le)
+                out.histograms(family, [key_sets[i] for i in idx.tolist()], counts[idx, :width], sums[idx], le)
     has_tokens = np.flatnonzero(c.tokens.any(axis=1)).tolist()
     if has_tokens:
         sets = [key_sets[i] for i in has_tokens]

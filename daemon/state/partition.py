@@ -57,7 +57,7 @@ class PartitionState:
         self.keys: list[Key] = []
         self._rows: dict[Key, int] = {}
         self.admission = FeatureAdmission(c.limits)
-        self.traffic = Traffic(c.metrics, c.limits, shared.overflow)
+        self.traffic = Traffic(c.metrics, c.limits, shared.overflow, self.keys)
         self.slo = Slo(c.slo, self.keys)
         self.quality: list[KeyPerformance | None] = []
         self.drift = (

@@ -22,7 +22,8 @@ class FedTraffic:
 
     def __init__(self, limits: LimitsConfig | None = None, metrics: MetricsConfig | None = None) -> None:
         self.overflow = Overflow()
-        self.traffic = Traffic(metrics or MetricsConfig(), limits or LimitsConfig(), self.overflow)
+        self.keys: list[Key] = []
+        self.traffic = Traffic(metrics or MetricsConfig(), limits or LimitsConfig(), self.overflow, self.keys)
         self.rows: dict[Key, int] = {}
 
     def update(self, events: list[InferenceEvent], times: list[float | None] | None = None) -> None:
@@ -31,6 +32,7 @@ class FedTraffic:
         for key in batch.keys:
             if key not in self.rows:
                 self.rows[key] = self.traffic.rows
+                self.keys.append(key)
                 self.traffic.add_rows(1)
         rows = [self.rows[batch.keys[k]] for k in batch.key.tolist()]
         seen: dict[int, int] = {}

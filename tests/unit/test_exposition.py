@@ -194,3 +194,35 @@ def test_drift_and_quality_families_follow_the_state(monkeypatch: pytest.MonkeyP
     s = parse(exposition.render().decode())
     assert total(s, "inferwatch_drift_detected", **drift) == 0
     assert total(s, "inferwatch_drift_events_total", **drift) == 1
+
+
+def test_a_model_with_buckets_of_its_own_exports_them_and_the_others_the_global_ones() -> None:
+    llm_buckets = [1.0, 10.0, 60.0, 600.0]
+    metrics = {"models": {"chat": {"latency_buckets_seconds": llm_buckets}}}
+    d = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}, "metrics": metrics}))
+    records = [
+        RawRecord(
+            "t", 0, 0, 1000.0, None, json.dumps({"request_id": "a", "model": "chat", "latency_ms": 45_000}).encode()
+        ),
+        RawRecord(
+            "t", 0, 1, 1000.0, None, json.dumps({"request_id": "b", "model": "clf", "latency_ms": 45_000}).encode()
+        ),
+    ]
+    d.pipeline.process(chunks_of(records))
+    s = scrape(d)
+
+    def buckets(model: str) -> dict[str, float]:
+        return {
+            dict(labels)["le"]: v
+            for (name, labels), v in s.items()
+            if name == "inferwatch_request_latency_seconds_bucket" and dict(labels)["model"] == model
+        }
+
+    assert buckets("chat") == {"1.0": 0, "10.0": 0, "60.0": 1, "600.0": 1, "+Inf": 1}
+    clf = buckets("clf")
+    assert len(clf) == 19 and clf["20.0"] == 0 and clf["50.0"] == 1  # 1 ms to 10 min, then +Inf
+    # A checkpoint of chat's counts does not restore where its buckets changed.
+    state = d.pipeline.snapshot(fresh=True)
+    other = Daemon(from_mapping({"http": {"host": "127.0.0.1", "port": 0}}))
+    with pytest.raises(ValueError, match="other buckets"):
+        other.pipeline.restore(state)

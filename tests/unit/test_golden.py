@@ -52,6 +52,8 @@ Changed on purpose by issue 16:
   p95): how far past it they go (`latency_tail`) and their share (`latency_tail_share`); the
   canary (about 6% slower) now fails at 24567 (was 22394) on the share past the p99, 1% → 2.3%;
   a fail scores 0 (it scored 70, above the templates' pass line).
+- the latency and TTFT histograms' default buckets are 1-2-5 steps from 1 ms to 10 min (were
+  5 ms to 10 s, TTFT 25 ms to 10 s): other `le` labels, the same counts and sums.
 - new: `inferwatch_slo_requests_total`, `inferwatch_slo_good_requests_total` (per key: latency and
   goodput against the default objectives, 250 ms and 99%) and `inferwatch_slo_objective`.
   Confidence bounds are the running intersection of the looks' intervals (narrower bounds);

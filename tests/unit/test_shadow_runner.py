@@ -141,16 +141,25 @@ def test_a_slower_model_under_the_same_name_is_a_regression_across_runs(tmp_path
     path = onnx_linear_classifier(tmp_path / "m.onnx", W, B)
     rows = {"src": samples(100, K, 6)}
     cfg = shadow(tmp_path, model("m", path), regression_min_runs=3)
-    flags = [by_name(run(cfg, rows))["m"]["regression"] for _ in range(3)]
-    assert [f["flagged"] for f in flags] == [False] * 3
+    # Runs until three were stable (a busy machine can make one unstable: it does not count).
+    flags: list[dict[str, Any]] = []
+    while len(flags) < 3 or _stable_runs(tmp_path) < 3:
+        assert len(flags) < 8, flags
+        flags.append(by_name(run(cfg, rows))["m"]["regression"])
+    assert not any(f["flagged"] for f in flags)
     assert "earlier stable runs" in flags[0]["reason"]
     onnx_linear_classifier(path, W, B, slow_repeats=40, hidden=512)  # same name, same answers, much slower
     again = by_name(run(cfg, rows))["m"]
     assert again["regression"]["flagged"], again["regression"]
-    assert again["regression"]["runs"] == 3  # judged against the three runs kept in the history file
+    assert again["regression"]["runs"] == 3  # judged against the three stable runs in the history file
     history = json.loads((tmp_path / "history.json").read_text())
     (per_hardware,) = history["runs"]["m"].values()
-    assert len(per_hardware) == 4
+    assert len(per_hardware) == len(flags) + 1
+
+
+def _stable_runs(tmp_path: Path) -> int:
+    history = json.loads((tmp_path / "history.json").read_text())
+    return sum(bool(e["stable"]) for entries in history["runs"]["m"].values() for e in entries)
 
 
 def test_the_runner_process_answers_and_validates(tmp_path: Path) -> None:
