@@ -1365,6 +1365,9 @@ def reference_values(batch: Batch, settings: DriftConfig, max_features: int) -> 
             if name in watch:
                 v = getattr(batch, column)[idx]
                 streams[name] = v[~np.isnan(v)].tolist()
+        if "finish_reason" in watch:
+            reasons = batch.finish_reason[idx]
+            streams["finish_reason"] = [batch.finish_reasons[c] for c in reasons[reasons >= 0].tolist()]
         if "features" in watch:
             for f in batch.features:
                 if sum(n.startswith("feature:") for n in streams) >= max_features:

@@ -24,7 +24,7 @@ from daemon.export.exposition import (
     MetricsExposition,
     RetrainingStats,
 )
-from daemon.ingest.batch import Key, build
+from daemon.ingest.batch import Key, build, derive_llm
 from daemon.ingest.consumer import ConsumerProcess
 from daemon.ingest.decode import DecodeFailure, EventDecoder
 from daemon.ingest.events import InferenceEvent
@@ -101,6 +101,7 @@ def load_references(config: Config) -> dict[Key, dict[str, list[Any]]]:
     if not events:
         return {}
     batch = build(events, [0] * len(events), list(range(len(events))), [None] * len(events))
+    derive_llm(batch)  # as the decoder does: time per output token from latency, TTFT and tokens
     return reference_values(batch, config.drift, config.limits.max_features)
 
 

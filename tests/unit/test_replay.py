@@ -156,3 +156,29 @@ def test_a_reference_file_sets_the_reference_and_a_bad_one_stops_start_up(
     cfg.write_text(f"drift:\n  reference_file: {ref}\n")
     assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 2
     assert "line 1 is not a valid event" in capsys.readouterr().err
+
+
+def test_a_reference_file_of_llm_events_sets_the_derived_and_categorical_references(tmp_path: Path) -> None:
+    # Time per output token is derived (not logged) in both files, and finish reasons are a
+    # categorical stream: both references come from the file, so a changed mix alerts at the
+    # first look instead of after a reference is learned from the shifted traffic.
+    rng = np.random.default_rng(7)
+
+    def lines(n: int, tpot: float, length_share: float) -> list[bytes]:
+        out = []
+        for i in range(n):
+            ttft, tokens = float(rng.lognormal(5.0, 0.2)), int(rng.integers(20, 200))
+            event = {"request_id": f"r{i}", "model": "chat", "ttft_ms": ttft, "tokens_out": tokens}
+            event |= {"latency_ms": ttft + float(rng.lognormal(np.log(tpot), 0.1)) * (tokens - 1)}
+            event |= {"finish_reason": "length" if rng.random() < length_share else "stop"}
+            out.append(json.dumps(event).encode())
+        return out
+
+    ref, src, cfg, out = (tmp_path / n for n in ("ref.jsonl", "events.jsonl", "c.yaml", "r.json"))
+    _write(ref, lines(1_000, 30.0, 0.05))
+    _write(src, lines(200, 60.0, 0.6))
+    cfg.write_text(f"drift:\n  reference_file: {ref}\n")
+    assert main(["replay", str(src), "--config", str(cfg), "--report", str(out)]) == 0
+    alerts = json.loads(out.read_text())["alerts"]
+    assert {"tpot", "finish_reason"} <= {a["stream"] for a in alerts}
+    assert all(a["index"] < 100 for a in alerts if a["stream"] in ("tpot", "finish_reason"))
