@@ -309,6 +309,21 @@ def quantile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q, method="inverted_cdf"))
 
 
+def _power_row(hits: list[float], reasons: Counter[str], cap: int, t0: float) -> tuple[float, dict[str, Any]]:
+    """The median requests per arm to the first fail (inf: a miss), and a scenario's row."""
+    med, p90 = quantile(hits, 50), quantile(hits, 90)
+    return med, {
+        "simulations": len(hits),
+        "cap_requests_per_arm": cap,
+        "detected": sum(math.isfinite(h) for h in hits),
+        "misses": sum(not math.isfinite(h) for h in hits),
+        "median_requests_per_arm": med if math.isfinite(med) else None,
+        "p90_requests_per_arm": p90 if math.isfinite(p90) else None,
+        "failing_metrics_at_first_fail": dict(reasons),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def power(size: dict[str, int]) -> dict[str, Any]:
     sims, n = size["power_sims"], size["max_n"]
     out: dict[str, Any] = {}
@@ -324,17 +339,7 @@ def power(size: dict[str, int]) -> dict[str, Any]:
             hits.append(BATCH * len(vs) if vs[-1] == "fail" else math.inf)
             for r in why:
                 reasons[r.split(" ", 1)[0]] += 1
-        med, p90 = quantile(hits, 50), quantile(hits, 90)
-        row: dict[str, Any] = {
-            "simulations": sims,
-            "cap_requests_per_arm": n,
-            "detected": sum(math.isfinite(h) for h in hits),
-            "misses": sum(not math.isfinite(h) for h in hits),
-            "median_requests_per_arm": med if math.isfinite(med) else None,
-            "p90_requests_per_arm": p90 if math.isfinite(p90) else None,
-            "failing_metrics_at_first_fail": dict(reasons),
-            "seconds": time.perf_counter() - t0,
-        }
+        med, row = _power_row(hits, reasons, n, t0)
         if scenario in TARGETS:
             row["target_median"] = TARGETS[scenario]
             row["pass"] = med <= TARGETS[scenario]
@@ -342,7 +347,7 @@ def power(size: dict[str, int]) -> dict[str, Any]:
     for i, scenario in enumerate((LLM_SLOWER, LLM_LONGER), start=10):
         t0 = time.perf_counter()
         hits = []
-        reasons = Counter()
+        reasons: Counter[str] = Counter()
         for sim in range(sims):
             rng = np.random.default_rng([SEED, i, sim])
             llm = llm_draws(rng, n, scenario)
@@ -351,18 +356,8 @@ def power(size: dict[str, int]) -> dict[str, Any]:
             hits.append(BATCH * len(vs) if vs[-1] == "fail" else math.inf)
             for r in why:
                 reasons[r.split(" ", 1)[0]] += 1
-        med, p90 = quantile(hits, 50), quantile(hits, 90)
-        no_fail = sum(not math.isfinite(h) for h in hits) / sims
-        row = {
-            "simulations": sims,
-            "cap_requests_per_arm": n,
-            "detected": sum(math.isfinite(h) for h in hits),
-            "misses": sum(not math.isfinite(h) for h in hits),
-            "median_requests_per_arm": med if math.isfinite(med) else None,
-            "p90_requests_per_arm": p90 if math.isfinite(p90) else None,
-            "failing_metrics_at_first_fail": dict(reasons),
-            "seconds": time.perf_counter() - t0,
-        }
+        med, row = _power_row(hits, reasons, n, t0)
+        no_fail = row["misses"] / sims
         if scenario == LLM_SLOWER:
             row |= {"target_median": LLM_SLOWER_TARGET, "pass": med <= LLM_SLOWER_TARGET}
         else:

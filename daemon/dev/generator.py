@@ -190,25 +190,9 @@ class TrafficGenerator:
                 yield self._llm_event(i, t, name, variant, feats, active, err_rate)
                 continue
             score = 1 / (1 + math.exp(-(z + rng.gauss(0, 0.5))))
-            ev: dict[str, Any] = {
-                "request_id": f"{self.spec.seed}-{i}",
-                "model": name,
-                "version": "2" if variant == "canary" else "1",
-                "timestamp": round(self.start_time + t, 3),
-                "latency_ms": round(
-                    rng.lognormvariate(math.log(prof.latency_median_ms), prof.latency_sigma) * lat_factor, 3
-                ),
-                "status": "ok",
-                "score": round(score, 5),
-                "prediction": int(score > 0.5),
-                "features": feats,
-            }
-            if variant is not None:
-                ev["variant"] = variant
-            if rng.random() < err_rate:
-                ev["status"] = "error"
-                ev["error_type"] = ERROR_TYPES[rng.randrange(len(ERROR_TYPES))]
-            yield ev
+            latency = rng.lognormvariate(math.log(prof.latency_median_ms), prof.latency_sigma) * lat_factor
+            fields = {"latency_ms": round(latency, 3), "score": round(score, 5), "prediction": int(score > 0.5)}
+            yield self._event(i, t, name, variant, fields | {"features": feats}, err_rate)
 
     def _llm_event(
         self, i: int, t: float, name: str, variant: str | None, feats: dict[str, Any], active: list[Change], err: float
@@ -221,24 +205,33 @@ class TrafficGenerator:
         )
         ttft = rng.lognormvariate(math.log(250), 0.3) * math.prod(c.latency_factor for c in active)
         tpot = rng.lognormvariate(math.log(30), 0.2) * math.prod(c.tpot_factor for c in active)
-        ev: dict[str, Any] = {
-            "request_id": f"{self.spec.seed}-{i}",
-            "model": name,
-            "version": "2" if variant == "canary" else "1",
-            "timestamp": round(self.start_time + t, 3),
+        fields = {
             "latency_ms": round(ttft + tpot * (tokens - 1), 3),
             "ttft_ms": round(ttft, 3),
             "tokens_in": max(1, round(rng.lognormvariate(math.log(400), 0.5))),
             "tokens_out": tokens,
             "finish_reason": "length" if tokens == 512 else "stop",
+        }
+        return self._event(i, t, name, variant, fields | {"features": feats}, err)
+
+    def _event(
+        self, i: int, t: float, name: str, variant: str | None, fields: dict[str, Any], err: float
+    ) -> dict[str, Any]:
+        """The event of request i at simulated time t: its key, `fields`, and an error with
+        probability `err` (drawn last)."""
+        ev: dict[str, Any] = {
+            "request_id": f"{self.spec.seed}-{i}",
+            "model": name,
+            "version": "2" if variant == "canary" else "1",
+            "timestamp": round(self.start_time + t, 3),
+            **fields,
             "status": "ok",
-            "features": feats,
         }
         if variant is not None:
             ev["variant"] = variant
-        if rng.random() < err:
+        if self._rng.random() < err:
             ev["status"] = "error"
-            ev["error_type"] = ERROR_TYPES[rng.randrange(len(ERROR_TYPES))]
+            ev["error_type"] = ERROR_TYPES[self._rng.randrange(len(ERROR_TYPES))]
         return ev
 
     def label(self, ev: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, from_mapping
 from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import Daemon
 from daemon.state import codec
+from tests.unit.test_exposition import scrape as exposition_scrape
 
 SLO = {
     "default": {"latency_ms": 100, "goodput": 0.99, "error_rate": 0.01},
@@ -45,17 +45,7 @@ RECORDS = [
 
 
 def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = d.exposition.render().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name.startswith("inferwatch_slo_")
-    }
-
-
-def k(model: str, slo: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({"model": model, "version": "1", "variant": "a", "slo": slo}.items()))
+    return {k: v for k, v in exposition_scrape(d).items() if k[0].startswith("inferwatch_slo_")}
 
 
 def test_each_objective_judges_its_requests_and_goodput_all_of_them() -> None:
