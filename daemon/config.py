@@ -471,6 +471,7 @@ CanaryMetric = Literal[
     "latency", "latency_tail", "latency_tail_share",
     "ttft", "ttft_tail", "ttft_tail_share",
     "tpot", "tpot_tail", "tpot_tail_share",
+    "goodput",
     "accuracy",
     "prediction_shift",
 ]  # fmt: skip
@@ -502,6 +503,8 @@ class CanaryConfig(_Section):
     tail_quantile: float = Field(0.99, gt=0.5, lt=1)
     tail_tolerance: float = Field(0.05, ge=0)
     tail_share_tolerance: float = Field(0.01, ge=0)
+    # Goodput (config slo: not an error, and every per-request objective met) may fall this much.
+    goodput_tolerance: float = Field(0.01, ge=0)
     accuracy_tolerance: float = Field(0.01, ge=0)
     prediction_shift_tolerance: float = Field(0.05, ge=0)
     # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.

@@ -41,11 +41,13 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from daemon.config import CanaryConfig
+from daemon.config import CanaryConfig, SloConfig
 from daemon.export.families import Sink, labels
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import capacity, grown
 from daemon.monitors.names import OTHER
+from daemon.monitors.slo import SLOS, judge
+from daemon.monitors.slo import limits as slo_limits
 from detectors.quantiles import LogBuckets
 from detectors.sequential import Look, SequentialDifference, benjamini_hochberg
 
@@ -58,10 +60,11 @@ LATENCY_LIKE = {"latency": "latency_ms", "ttft": "ttft_ms", "tpot": "tpot_ms"}
 METRICS = (
     "error_rate",
     *(m for name in LATENCY_LIKE for m in (name, f"{name}_tail", f"{name}_tail_share")),
+    "goodput",
     "accuracy",
     "prediction_shift",
 )
-ERROR, ACCURACY, SHIFT = (METRICS.index(m) for m in ("error_rate", "accuracy", "prediction_shift"))
+ERROR, GOODPUT, ACCURACY, SHIFT = (METRICS.index(m) for m in ("error_rate", "goodput", "accuracy", "prediction_shift"))
 LOG = {name: METRICS.index(name) for name in LATENCY_LIKE}
 TAIL = {name: METRICS.index(f"{name}_tail") for name in LATENCY_LIKE}
 SHARE = {name: METRICS.index(f"{name}_tail_share") for name in LATENCY_LIKE}
@@ -81,7 +84,7 @@ MIN_PAST_LINE = 10
 CURRENT, STALE, NEW = 0, 1, 2
 BASELINE_NAMES = ("control", "baseline", "stable", "primary")
 # Worse direction: +1 higher is worse, -1 lower is worse, 0 either way.
-WORSE = {**{m: 1 for m in METRICS}, "accuracy": -1, "prediction_shift": 0}
+WORSE = {**{m: 1 for m in METRICS}, "goodput": -1, "accuracy": -1, "prediction_shift": 0}
 
 
 @dataclass
@@ -218,6 +221,7 @@ class ModelCanary:
             return s.tail_share_tolerance
         return {
             "error_rate": s.error_rate_tolerance,
+            "goodput": s.goodput_tolerance,
             "accuracy": s.accuracy_tolerance,
             "prediction_shift": s.prediction_shift_tolerance,
         }[name]
@@ -332,9 +336,10 @@ class ModelCanary:
 class Canary:
     """The canaries of a partition's models: arm moments in arrays, verdicts per model."""
 
-    def __init__(self, settings: CanaryConfig, keys: list[Key]) -> None:
+    def __init__(self, settings: CanaryConfig, keys: list[Key], slo: SloConfig | None = None) -> None:
         self.settings = settings
         self.keys = keys
+        self.slo = slo or SloConfig()
         self.look_every = settings.look_every_requests
         self.models: dict[str, ModelCanary] = {}
         self._model_ids: dict[str, int] = {}
@@ -347,6 +352,7 @@ class Canary:
         self.arm_count = np.zeros(0, dtype=np.int64)
         self.baseline_arm = np.zeros(0, dtype=np.int64)  # -1: no baseline yet
         self.warmup_len = np.zeros(0, dtype=np.int64)
+        self.slo_limits = np.zeros((0, len(slo_limits(self.slo.default))), dtype=np.float64)  # per model, ms
         # Arms: (model, variant) -> id; per arm its model id, variant and current version.
         self._arm_ids: dict[tuple[str, str], int] = {}
         self.arm_model = np.zeros(0, dtype=np.int64)
@@ -402,6 +408,8 @@ class Canary:
                 self.arm_count = grown(self.arm_count, cap, 0)
                 self.baseline_arm = grown(self.baseline_arm, cap, -1)
                 self.warmup_len = grown(self.warmup_len, cap, 0)
+                self.slo_limits = grown(self.slo_limits, cap, np.inf)
+            self.slo_limits[i] = slo_limits(self.slo.of(name))
             self._sync(m)
         return m
 
@@ -592,6 +600,10 @@ class Canary:
             flat = (arms[timed] * len(LATENCY_LIKE) + i) * BUCKETS.n_buckets + BUCKETS.index(v[timed])
             np.add.at(self.hist.reshape(-1), flat, 1)
         x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
+        # Good: not an error, and within every per-request objective of the model (config slo).
+        _, good = judge(batch, events, self.slo_limits[models])
+        good_all = good[:, SLOS.index("goodput")].astype(np.float64)
+        x[:, GOODPUT, :] = _moments(np.ones(len(events), dtype=np.bool_), good_all)
         right = accuracy[events]
         x[:, ACCURACY, :] = _moments(~np.isnan(right), np.nan_to_num(right))
         entries = self._looks(events, arms, models, x, batch)

@@ -60,6 +60,21 @@ def objectives(targets: SloTargets) -> dict[str, float]:
     return out
 
 
+def judge(batch: Batch, events: Ints, lim: Floats) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per event of `events` (lim[i]: its model's per-request objectives, ms) and objective
+    (columns: SLOS), whether it was judged against it and whether it met it."""
+    llm = ~np.isnan(batch.ttft_ms[events]) | ~np.isnan(batch.tokens_out[events])
+    judged = np.zeros((len(events), len(SLOS)), dtype=np.bool_)
+    good = np.zeros_like(judged)
+    for i, (_, _, column, for_llm) in enumerate(PER_REQUEST):
+        values = getattr(batch, column)[events]
+        judged[:, i] = ~np.isnan(values) & (llm if for_llm else ~llm) & np.isfinite(lim[:, i])
+        good[:, i] = judged[:, i] & (values <= lim[:, i])
+    judged[:, GOODPUT] = True
+    good[:, GOODPUT] = ~batch.error[events] & ~(judged[:, :GOODPUT] & ~good[:, :GOODPUT]).any(axis=1)
+    return judged, good
+
+
 class Slo:
     """Per key row: requests judged against each objective, and the good ones (columns: SLOS)."""
 
@@ -82,16 +97,7 @@ class Slo:
             self.limits[row] = limits(self.config.of(self.keys[row][0]))
 
     def update(self, rows: Ints, batch: Batch) -> None:
-        llm = ~np.isnan(batch.ttft_ms) | ~np.isnan(batch.tokens_out)
-        lim = self.limits[rows]
-        judged = np.zeros((len(rows), len(SLOS)), dtype=np.bool_)
-        good = np.zeros_like(judged)
-        for i, (_, _, column, for_llm) in enumerate(PER_REQUEST):
-            values = getattr(batch, column)
-            judged[:, i] = ~np.isnan(values) & (llm if for_llm else ~llm) & np.isfinite(lim[:, i])
-            good[:, i] = judged[:, i] & (values <= lim[:, i])
-        judged[:, GOODPUT] = True
-        good[:, GOODPUT] = ~batch.error & ~(judged[:, :GOODPUT] & ~good[:, :GOODPUT]).any(axis=1)
+        judged, good = judge(batch, np.arange(len(rows)), self.limits[rows])
         np.add.at(self.requests, rows, judged.astype(np.int64))
         np.add.at(self.good, rows, good.astype(np.int64))
 

@@ -65,7 +65,7 @@ class PartitionState:
             if c.drift.enabled
             else None
         )
-        self.canary = Canary(c.canary, self.keys) if c.canary.enabled else None
+        self.canary = Canary(c.canary, self.keys, c.slo) if c.canary.enabled else None
         self.totals = Totals()
         self.join = (
             LabelJoin(c.labels.ttl_seconds, c.labels.max_entries, c.labels.hold_seconds, counts=self.totals.labels)

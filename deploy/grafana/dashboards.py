@@ -27,6 +27,7 @@ CANARY_METRICS = (
     "latency", "latency_tail", "latency_tail_share",
     "ttft", "ttft_tail", "ttft_tail_share",
     "tpot", "tpot_tail", "tpot_tail_share",
+    "goodput",
     "accuracy",
     "prediction_shift",
 )  # fmt: skip

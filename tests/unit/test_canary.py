@@ -314,3 +314,28 @@ def test_an_llm_is_judged_on_e2e_latency_when_configured(tmp_path: Path) -> None
     timeline = replay_canary(tmp_path, "canary: {llm_judge_e2e_latency: true}\n")
     fail = next(e for e in timeline if e["verdict"] == "fail")
     assert any(r.startswith("latency +") for r in fail["reasons"])
+
+
+def test_goodput_against_the_models_slo_is_a_canary_metric(tmp_path: Path) -> None:
+    # The canary misses the 100 ms objective for 8% of its requests (a slow mode), the control for
+    # under 1%: its goodput is worse beyond the 1-point tolerance.
+    rng = random.Random(21)
+    records = []
+    for i in range(8_000):
+        canary = i % 2 == 1
+        latency = rng.lognormvariate(3.5, 0.2) + (200.0 if canary and rng.random() < 0.08 else 0.0)
+        ev = {"request_id": f"r{i}", "model": "m", "variant": "canary" if canary else "control", "version": "1"}
+        records.append(RawRecord("events", 0, i, None, None, json.dumps(ev | {"latency_ms": latency}).encode()))
+    slo = {"default": {"latency_ms": 100, "goodput": 0.99}}
+    pipeline = build_pipeline(from_mapping({"drift": {"enabled": False}, "slo": slo}))
+    pipeline.process(chunks_of(records))
+    report = pipeline.canary_report("m")
+    assert report is not None
+    goodput = report["variants"]["canary"]["metrics"]["goodput"]
+    assert goodput["verdict"] == "fail" and goodput["upper"] < -0.05 < goodput["effect"] + 0.03
+    # Without a latency objective, goodput is only the errors: alike.
+    pipeline = build_pipeline(from_mapping({"drift": {"enabled": False}, "slo": {"default": {}}}))
+    pipeline.process(chunks_of(records))
+    report = pipeline.canary_report("m")
+    assert report is not None
+    assert report["variants"]["canary"]["metrics"].get("goodput", {}).get("verdict") != "fail"

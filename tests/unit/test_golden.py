@@ -51,7 +51,8 @@ Changed on purpose by issue 16:
 - the canary's tail tests read the requests past the baseline's p99 (was: the share over its
   p95): how far past it they go (`latency_tail`) and their share (`latency_tail_share`); the
   canary (about 6% slower) now fails at 24567 (was 22394) on the share past the p99, 1% → 2.3%;
-  a fail scores 0 (it scored 70, above the templates' pass line).
+  a fail scores 0 (it scored 70, above the templates' pass line); a `goodput` metric (the share
+  of requests within the model's SLOs).
 - the latency and TTFT histograms' default buckets are 1-2-5 steps from 1 ms to 10 min (were
   5 ms to 10 s, TTFT 25 ms to 10 s): other `le` labels, the same counts and sums.
 - new: `inferwatch_slo_requests_total`, `inferwatch_slo_good_requests_total` (per key: latency and
