@@ -207,17 +207,17 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
     "inferwatch_canary_quantile_effect": (
         "gauge",
         "Candidate's quantile over the baseline's, minus 1, per latency-like metric (latency, ttft, tpot).",
-        [*CANARY_LABELS, "metric", "quantile"],
+        [*CANARY_LABELS, "metric", "percentile"],
     ),
     "inferwatch_canary_quantile_effect_lower": (
         "gauge",
         "Lower bound of the quantile effect, valid at every look (quantile confidence sequences).",
-        [*CANARY_LABELS, "metric", "quantile"],
+        [*CANARY_LABELS, "metric", "percentile"],
     ),
     "inferwatch_canary_quantile_effect_upper": (
         "gauge",
         "Upper bound of the quantile effect, valid at every look (+Inf: unbounded yet).",
-        [*CANARY_LABELS, "metric", "quantile"],
+        [*CANARY_LABELS, "metric", "percentile"],
     ),
     "inferwatch_alertmanager_pushes": (
         "counter",

@@ -966,9 +966,7 @@ def collect(c: CanaryCopy, out: Sink) -> None:
         start=2,
     ):
         out.samples(family, metric_sets, [m[i] for m in readings])
-    quantile_sets = [
-        f'{s},metric="{q[0]}",quantile="{float(q[1]) / 100:g}"' for s, x in zip(sets, c, strict=True) for q in x[7]
-    ]
+    quantile_sets = [f'{s},metric="{q[0]}",percentile="p{q[1]}"' for s, x in zip(sets, c, strict=True) for q in x[7]]
     quantiles = [q for x in c for q in x[7]]
     for i, family in enumerate(
         (

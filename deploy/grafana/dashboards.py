@@ -999,9 +999,9 @@ def canary() -> Json:
                         f"Quantile effects: {measure}",
                         *(
                             target(
-                                f"max by ({by}, quantile) (inferwatch_canary_quantile_{family}"
+                                f"max by ({by}, percentile) (inferwatch_canary_quantile_{family}"
                                 f'{{{sel}, metric="{measure}"}})',
-                                f"{label} p{{{{quantile}}}} {legend}",
+                                f"{label} {{{{percentile}}}} {legend}",
                             )
                             for family, label in (
                                 ("effect", "effect"),

@@ -30,9 +30,9 @@ CANARY_FAMILIES: dict[str, list[str]] = {
     "inferwatch_canary_metric_effect_lower": [*CANARY_KEY, "metric"],
     "inferwatch_canary_metric_effect_upper": [*CANARY_KEY, "metric"],
     "inferwatch_canary_requests": [*CANARY_KEY, "arm"],
-    "inferwatch_canary_quantile_effect": [*CANARY_KEY, "metric", "quantile"],
-    "inferwatch_canary_quantile_effect_lower": [*CANARY_KEY, "metric", "quantile"],
-    "inferwatch_canary_quantile_effect_upper": [*CANARY_KEY, "metric", "quantile"],
+    "inferwatch_canary_quantile_effect": [*CANARY_KEY, "metric", "percentile"],
+    "inferwatch_canary_quantile_effect_lower": [*CANARY_KEY, "metric", "percentile"],
+    "inferwatch_canary_quantile_effect_upper": [*CANARY_KEY, "metric", "percentile"],
 }
 VERDICT_VALUES = {"pass": 1, "inconclusive": 0, "fail": -1}
 # The score is 100 x the mean over metrics of 1 (pass), 0.5 (inconclusive), 0 (fail).

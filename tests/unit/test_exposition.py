@@ -100,6 +100,9 @@ def test_metric_names_follow_conventions() -> None:
         assert "request_id" not in labels
         if kind == "histogram" and "latency" in name:
             assert name.endswith("_seconds")
+        # Prometheus reserves `quantile` for summaries and `le` for histograms (promtool check metrics).
+        assert kind == "summary" or "quantile" not in labels, name
+        assert kind == "histogram" or "le" not in labels, name
 
 
 def test_docs_list_every_family_and_no_other() -> None:
