@@ -58,7 +58,8 @@ Changed on purpose by issue 16:
 - new: `inferwatch_slo_requests_total`, `inferwatch_slo_good_requests_total` (per key: latency and
   goodput against the default objectives, 250 ms and 99%) and `inferwatch_slo_objective`.
   Confidence bounds are the running intersection of the looks' intervals (narrower bounds);
-  new: `inferwatch_canary_quantile_effect` (and `_lower`, `_upper`) for the latency's p50, p90, p99 (label `percentile`).
+  new: `inferwatch_canary_quantile_effect` (and `_lower`, `_upper`) for the latency's p50, p90,
+  p99 (label `percentile`).
 """
 
 from __future__ import annotations
