@@ -33,7 +33,6 @@ ENV_PREFIX = "INFERWATCH__"
 # Keys whose values are SecretStr: never echoed in an error message.
 SECRET_KEYS = frozenset({"password", "secret", "token"})
 
-# Prometheus client_python's default buckets, in seconds: familiar to every dashboard author.
 # Times (latency, TTFT, time per output token, queue and decode time): 1-2-5 steps from 1 ms to
 # 10 min, so that a classic model's milliseconds and an LLM's minutes both have buckets (18).
 DEFAULT_LLM_TIME_BUCKETS = (
@@ -261,9 +260,7 @@ class HttpConfig(_Section):
         return self
 
 
-def _increasing(v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-    if v is None:
-        return v
+def _increasing(v: tuple[float, ...]) -> tuple[float, ...]:
     if not v:
         raise ValueError("needs at least one bucket bound")
     if any(b <= a for a, b in itertools.pairwise(v)):

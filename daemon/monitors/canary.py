@@ -36,23 +36,22 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from daemon.config import CanaryConfig, SloConfig
+from daemon.config import CanaryConfig
 from daemon.export.families import Sink, labels
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import capacity, grown
 from daemon.monitors.names import OTHER
-from daemon.monitors.slo import SLOS, judge
-from daemon.monitors.slo import limits as slo_limits
 from detectors.quantiles import LogBuckets
 from detectors.sequential import Look, SequentialDifference, benjamini_hochberg
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 Verdict = Literal["pass", "fail", "inconclusive"]
 VERDICT_VALUE: dict[str, int] = {"pass": 1, "inconclusive": 0, "fail": -1}
 # Latency-like measures, each with its batch column (ms): a mean-of-logs test and a tail test.
@@ -132,6 +131,14 @@ class Comparison:
             "metrics": {name: m.report() for name, m in self.metrics.items()},
             "reasons": list(self.reasons),
         }
+
+
+class Outcomes(NamedTuple):
+    """What each event of a batch came to, beyond its columns: right (1), wrong (0) or not graded
+    (NaN) by a label it carries, and whether it met its model's SLOs."""
+
+    right: Floats
+    good: Bools
 
 
 class ArmMoments:
@@ -336,10 +343,9 @@ class ModelCanary:
 class Canary:
     """The canaries of a partition's models: arm moments in arrays, verdicts per model."""
 
-    def __init__(self, settings: CanaryConfig, keys: list[Key], slo: SloConfig | None = None) -> None:
+    def __init__(self, settings: CanaryConfig, keys: list[Key]) -> None:
         self.settings = settings
         self.keys = keys
-        self.slo = slo or SloConfig()
         self.look_every = settings.look_every_requests
         self.models: dict[str, ModelCanary] = {}
         self._model_ids: dict[str, int] = {}
@@ -352,7 +358,6 @@ class Canary:
         self.arm_count = np.zeros(0, dtype=np.int64)
         self.baseline_arm = np.zeros(0, dtype=np.int64)  # -1: no baseline yet
         self.warmup_len = np.zeros(0, dtype=np.int64)
-        self.slo_limits = np.zeros((0, len(slo_limits(self.slo.default))), dtype=np.float64)  # per model, ms
         # Arms: (model, variant) -> id; per arm its model id, variant and current version.
         self._arm_ids: dict[tuple[str, str], int] = {}
         self.arm_model = np.zeros(0, dtype=np.int64)
@@ -408,8 +413,6 @@ class Canary:
                 self.arm_count = grown(self.arm_count, cap, 0)
                 self.baseline_arm = grown(self.baseline_arm, cap, -1)
                 self.warmup_len = grown(self.warmup_len, cap, 0)
-                self.slo_limits = grown(self.slo_limits, cap, np.inf)
-            self.slo_limits[i] = slo_limits(self.slo.of(name))
             self._sync(m)
         return m
 
@@ -471,12 +474,16 @@ class Canary:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def update(self, rows: Ints, batch: Batch, accuracy: Floats | None = None) -> list[dict[str, Any]]:
+    def update(
+        self, rows: Ints, batch: Batch, accuracy: Floats | None = None, good: Bools | None = None
+    ) -> list[dict[str, Any]]:
         """Fold in a batch; return the timeline entries of the looks it held (changes of verdict).
         `accuracy[i]` is 1 (right) or 0 (wrong) for an event graded by the label it carries, NaN
-        otherwise: it counts at its request, like the others."""
-        if accuracy is None:
-            accuracy = np.full(len(rows), np.nan)
+        otherwise: it counts at its request, like the others. `good[i]`: the request met its
+        model's SLOs (`Slo.update`); without it, a request is good unless it is an error."""
+        outcomes = Outcomes(
+            np.full(len(rows), np.nan) if accuracy is None else accuracy, ~batch.error if good is None else good
+        )
         arms = self.row_arm[rows]
         events = np.flatnonzero((arms >= 0) & (self.row_state[rows] != STALE))
         if not len(events):
@@ -512,14 +519,14 @@ class Canary:
         entries: list[dict[str, Any]] = []
         if slow:
             fast = ~np.isin(models, list(slow))
-            entries += self._segment(rows, events[fast], batch, accuracy)
+            entries += self._segment(rows, events[fast], batch, outcomes)
             for model in sorted(slow):
-                entries += self._slow(rows, events[models == model], batch, accuracy)
+                entries += self._slow(rows, events[models == model], batch, outcomes)
         else:
-            entries += self._segment(rows, events, batch, accuracy)
+            entries += self._segment(rows, events, batch, outcomes)
         return entries
 
-    def _slow(self, rows: Ints, events: Ints, batch: Batch, accuracy: Floats) -> list[dict[str, Any]]:
+    def _slow(self, rows: Ints, events: Ints, batch: Batch, outcomes: Outcomes) -> list[dict[str, Any]]:
         """One model's events in segments within which nothing but the moments changes: a new
         version, the tail threshold set, a baseline chosen at a look."""
         entries: list[dict[str, Any]] = []
@@ -542,7 +549,7 @@ class Canary:
                 looks = self._look_positions(self._model_ids[m.model], len(seg))
                 if len(looks):
                     seg = seg[: looks[0] + 1]
-            entries += self._segment(rows, seg, batch, accuracy)
+            entries += self._segment(rows, seg, batch, outcomes)
             if threshold is not None:  # the requests after the one that completed it count against it
                 m.tail_lines, m.warmup = threshold, []
                 self._sync(m)
@@ -578,7 +585,7 @@ class Canary:
         first = (-done - 1) % self.look_every  # position of the next multiple of look_every
         return np.arange(first, n, self.look_every)
 
-    def _segment(self, rows: Ints, events: Ints, batch: Batch, accuracy: Floats) -> list[dict[str, Any]]:
+    def _segment(self, rows: Ints, events: Ints, batch: Batch, outcomes: Outcomes) -> list[dict[str, Any]]:
         """Events whose arms, versions, baselines and tail thresholds do not change: their moments
         added at once, looks read at the requests they fall on."""
         if not len(events):
@@ -600,11 +607,8 @@ class Canary:
             flat = (arms[timed] * len(LATENCY_LIKE) + i) * BUCKETS.n_buckets + BUCKETS.index(v[timed])
             np.add.at(self.hist.reshape(-1), flat, 1)
         x[:, SHIFT, :] = _moments(batch.score_given[events], np.nan_to_num(batch.score[events]))
-        # Good: not an error, and within every per-request objective of the model (config slo).
-        _, good = judge(batch, events, self.slo_limits[models])
-        good_all = good[:, SLOS.index("goodput")].astype(np.float64)
-        x[:, GOODPUT, :] = _moments(np.ones(len(events), dtype=np.bool_), good_all)
-        right = accuracy[events]
+        x[:, GOODPUT, :] = _moments(np.ones(len(events), dtype=np.bool_), outcomes.good[events].astype(np.float64))
+        right = outcomes.right[events]
         x[:, ACCURACY, :] = _moments(~np.isnan(right), np.nan_to_num(right))
         entries = self._looks(events, arms, models, x, batch)
         np.add.at(self.moments, arms, x)
@@ -755,11 +759,15 @@ def _figures(base: ArmMoments, cand: ArmMoments) -> tuple[Figures, Figures]:
     large values in one arm would otherwise make unstable."""
     base_f, cand_f = base.figures(), cand.figures()
     for name in LATENCY_LIKE:
-        for i in (TAIL[name], SHARE[name]):
+        tail, share = TAIL[name], SHARE[name]
+        # Requests past the line: a tail's n (the fewer of the arms'), a share's sum (their mean).
+        past = {
+            tail: min(base.moments[tail, 0], cand.moments[tail, 0]),
+            share: (base.moments[share, 1] + cand.moments[share, 1]) / 2,
+        }
+        for i, enough in past.items():
             (na, sa, ssa), (nb, sb, ssb) = base.moments[i].tolist(), cand.moments[i].tolist()
-            # Requests past the line, per arm: a tail's n, a share's sum.
-            past = (na, nb) if i == TAIL[name] else (sa, sb)
-            if (min(past) if i == TAIL[name] else sum(past) / 2) < MIN_PAST_LINE:
+            if enough < MIN_PAST_LINE:
                 base_f[i] = cand_f[i] = (0, 0.0, 0.0)
                 continue
             n, mean = na + nb, (sa + sb) / (na + nb)

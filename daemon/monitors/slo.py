@@ -60,18 +60,18 @@ def objectives(targets: SloTargets) -> dict[str, float]:
     return out
 
 
-def judge(batch: Batch, events: Ints, lim: Floats) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Per event of `events` (lim[i]: its model's per-request objectives, ms) and objective
-    (columns: SLOS), whether it was judged against it and whether it met it."""
-    llm = ~np.isnan(batch.ttft_ms[events]) | ~np.isnan(batch.tokens_out[events])
-    judged = np.zeros((len(events), len(SLOS)), dtype=np.bool_)
+def judge(batch: Batch, lim: Floats) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per event (lim[i]: its model's per-request objectives, ms) and objective (columns: SLOS),
+    whether it was judged against it and whether it met it."""
+    llm = ~np.isnan(batch.ttft_ms) | ~np.isnan(batch.tokens_out)
+    judged = np.zeros((len(lim), len(SLOS)), dtype=np.bool_)
     good = np.zeros_like(judged)
     for i, (_, _, column, for_llm) in enumerate(PER_REQUEST):
-        values = getattr(batch, column)[events]
+        values = getattr(batch, column)
         judged[:, i] = ~np.isnan(values) & (llm if for_llm else ~llm) & np.isfinite(lim[:, i])
         good[:, i] = judged[:, i] & (values <= lim[:, i])
     judged[:, GOODPUT] = True
-    good[:, GOODPUT] = ~batch.error[events] & ~(judged[:, :GOODPUT] & ~good[:, :GOODPUT]).any(axis=1)
+    good[:, GOODPUT] = ~batch.error & ~(judged[:, :GOODPUT] & ~good[:, :GOODPUT]).any(axis=1)
     return judged, good
 
 
@@ -96,10 +96,12 @@ class Slo:
         for row in range(start, self.rows):
             self.limits[row] = limits(self.config.of(self.keys[row][0]))
 
-    def update(self, rows: Ints, batch: Batch) -> None:
-        judged, good = judge(batch, np.arange(len(rows)), self.limits[rows])
+    def update(self, rows: Ints, batch: Batch) -> npt.NDArray[np.bool_]:
+        """Count the batch; return per event whether it was good (for the canary's goodput)."""
+        judged, good = judge(batch, self.limits[rows])
         np.add.at(self.requests, rows, judged.astype(np.int64))
         np.add.at(self.good, rows, good.astype(np.int64))
+        return good[:, GOODPUT]
 
     def snapshot(self) -> dict[str, Any]:
         n = self.rows

@@ -46,10 +46,14 @@ class Histograms:
     """Prometheus histograms, one row per key: bucket i counts values ≤ bounds[i], then +Inf.
 
     Rows may have bounds of their own (`sets`: set 0 is the default, others are models' own,
-    `row_set` says which a row has): a row with k bounds uses its first k + 1 columns."""
+    `of_model` says whose; `row_set` which a row has): a row with k bounds uses its first k + 1
+    columns."""
 
-    def __init__(self, bounds: tuple[float, ...], *others: tuple[float, ...]) -> None:
+    def __init__(
+        self, bounds: tuple[float, ...], *others: tuple[float, ...], of_model: dict[str, int] | None = None
+    ) -> None:
         self.sets = [np.asarray(b, dtype=np.float64) for b in (bounds, *others)]
+        self.of_model = of_model or {}
         self.bounds = self.sets[0]
         self.counts = np.zeros((0, max(map(len, self.sets)) + 1), dtype=np.int64)
         self.sums = np.zeros(0, dtype=np.float64)
@@ -98,8 +102,9 @@ class Traffic:
         self.events = np.zeros(0, dtype=np.int64)
         self.last_time = np.zeros(0, dtype=np.float64)
         self.tokens = np.zeros((0, 2), dtype=np.int64)  # in, out
-        self.bucket_sets = bucket_sets(metrics)
-        self.histograms = {name: Histograms(*self.bucket_sets[name][0]) for name, _ in HISTOGRAMS}
+        self.histograms = {
+            name: Histograms(*sets, of_model=of_model) for name, (sets, of_model) in bucket_sets(metrics).items()
+        }
         self.latency, self.ttft, self.score = (self.histograms[n] for n in ("latency", "ttft", "score"))
         self.sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
         self.error_names = RowNames(limits.max_error_types, "error_type", overflow)
@@ -121,11 +126,10 @@ class Traffic:
             names.add_rows(n)
         if self.rows > len(self.events):
             self._resize(max(self.rows, 2 * len(self.events), 16))
-        for name, h in self.histograms.items():
-            of_model = self.bucket_sets[name][1]
-            if of_model:
+        for h in self.histograms.values():
+            if h.of_model:
                 for row in range(start, self.rows):
-                    h.row_set[row] = of_model.get(self.keys[row][0], 0)
+                    h.row_set[row] = h.of_model.get(self.keys[row][0], 0)
 
     def _resize(self, capacity: int) -> None:
         self.events = grown(self.events, capacity)
@@ -329,38 +333,26 @@ def _finite(x: float) -> float | None:
 
 # -- the exposition: a copy under the lock, samples outside it ---------------------------------
 
+# Each histogram: its name, its family, and its config field (metrics.<field>, or
+# metrics.models.<model>.<field>).
 HISTOGRAMS = (
-    ("latency", "inferwatch_request_latency_seconds"),
-    ("ttft", "inferwatch_llm_time_to_first_token_seconds"),
-    ("score", "inferwatch_prediction_score"),
-    ("tpot", "inferwatch_llm_time_per_output_token_seconds"),
-    ("queue", "inferwatch_llm_queue_time_seconds"),
-    ("decode", "inferwatch_llm_decode_time_seconds"),
-    ("prompt_length", "inferwatch_llm_prompt_length_tokens"),
-    ("output_length", "inferwatch_llm_output_length_tokens"),
-    ("tokens_per_second", "inferwatch_llm_output_tokens_per_second"),
+    ("latency", "inferwatch_request_latency_seconds", "latency_buckets_seconds"),
+    ("ttft", "inferwatch_llm_time_to_first_token_seconds", "ttft_buckets_seconds"),
+    ("score", "inferwatch_prediction_score", "score_buckets"),
+    ("tpot", "inferwatch_llm_time_per_output_token_seconds", "llm_time_buckets_seconds"),
+    ("queue", "inferwatch_llm_queue_time_seconds", "llm_time_buckets_seconds"),
+    ("decode", "inferwatch_llm_decode_time_seconds", "llm_time_buckets_seconds"),
+    ("prompt_length", "inferwatch_llm_prompt_length_tokens", "token_buckets"),
+    ("output_length", "inferwatch_llm_output_length_tokens", "token_buckets"),
+    ("tokens_per_second", "inferwatch_llm_output_tokens_per_second", "tokens_per_second_buckets"),
 )
-
-
-# Each histogram's config field (metrics.<field>, or metrics.models.<model>.<field>).
-BUCKET_FIELDS = {
-    "latency": "latency_buckets_seconds",
-    "ttft": "ttft_buckets_seconds",
-    "score": "score_buckets",
-    "tpot": "llm_time_buckets_seconds",
-    "queue": "llm_time_buckets_seconds",
-    "decode": "llm_time_buckets_seconds",
-    "prompt_length": "token_buckets",
-    "output_length": "token_buckets",
-    "tokens_per_second": "tokens_per_second_buckets",
-}
 
 
 def bucket_sets(metrics: MetricsConfig) -> dict[str, tuple[list[tuple[float, ...]], dict[str, int]]]:
     """Per histogram: its bound sets (the global one first, then the distinct ones models set) and
     model -> its set (models without their own: set 0)."""
     out = {}
-    for name, setting in BUCKET_FIELDS.items():
+    for name, _, setting in HISTOGRAMS:
         sets = [metrics.buckets(setting)]
         of_model = {}
         for model in metrics.models:
@@ -498,7 +490,7 @@ def collect(c: TrafficCopy, key_sets: list[str], les: dict[str, list[list[str]]]
     out.samples("inferwatch_events", key_sets, c.events.tolist())
     out.labelled("inferwatch_errors", key_sets, "error_type", *_named(c.error_names, c.errors, True))
     out.labelled("inferwatch_llm_finish_reasons", key_sets, "finish_reason", *_named(c.finish_names, c.finishes, True))
-    for name, family in HISTOGRAMS:
+    for name, family, _ in HISTOGRAMS:
         counts, sums, row_sets = c.histograms[name]
         shown = np.ones(len(sums), dtype=np.bool_) if name == "latency" else (sums != 0) | counts.any(axis=1)
         if shown.all() and len(les[name]) == 1:

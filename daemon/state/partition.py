@@ -65,7 +65,7 @@ class PartitionState:
             if c.drift.enabled
             else None
         )
-        self.canary = Canary(c.canary, self.keys, c.slo) if c.canary.enabled else None
+        self.canary = Canary(c.canary, self.keys) if c.canary.enabled else None
         self.totals = Totals()
         self.join = (
             LabelJoin(c.labels.ttl_seconds, c.labels.max_entries, c.labels.hold_seconds, counts=self.totals.labels)
@@ -140,13 +140,13 @@ class PartitionState:
             if self.drift is not None:
                 self.drift.release(row, name)
         self.traffic.update(rows, rank, tracked)
-        self.slo.update(rows, batch)
+        good = self.slo.update(rows, batch)
         alerts = self.drift.update(rows, order, tracked) if self.drift is not None else []
         inline, joined = self._predictions(rows, order, batch, overflowed)
         timeline = []
         if self.canary is not None:
             timeline = self.canary.update(
-                rows, batch, _graded_inline(batch, self.shared.config.accuracy.positive_class)
+                rows, batch, _graded_inline(batch, self.shared.config.accuracy.positive_class), good
             )
         if self.reservoirs or self.shared.reservoir_models:
             self._sample(rows, batch)
