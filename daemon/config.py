@@ -503,6 +503,11 @@ class CanaryConfig(_Section):
     # Goodput (config slo: not an error, and every per-request objective met) may fall this much.
     goodput_tolerance: float = Field(0.01, ge=0)
     accuracy_tolerance: float = Field(0.01, ge=0)
+    # A label counts towards a canary's accuracy when its prediction's model has run this far past
+    # the prediction in event time; one that comes later, or is timed more than this after its
+    # prediction, is left out (`late_labels` in /v1/canary). So the labels a look counts depend on
+    # the events, not on when polls fetched them (docs/operations.md, "Canary verdicts").
+    label_wait_seconds: float = Field(300.0, gt=0)
     prediction_shift_tolerance: float = Field(0.05, ge=0)
     # Metrics whose failure fails the verdict at alpha, without waiting for BH across the others.
     critical: Annotated[tuple[CanaryMetric, ...], BeforeValidator(_csv)] = ("error_rate",)

@@ -106,13 +106,18 @@ class Pipeline:
         timeline: list[dict[str, Any]] = []
         with self.lock:
             batch = decoded.batch
-            if batch is not None:
-                # Before the join sees this batch's predictions: in replay the watermark is its clock.
-                if not np.isnan(batch.time).all():
-                    self.watermark = max(self.watermark, float(np.nanmax(batch.time)))
-                alerts, timeline = self._events(batch)
+            # Before the join sees this batch's predictions: in replay the watermark is its clock.
+            if batch is not None and not np.isnan(batch.time).all():
+                self.watermark = max(self.watermark, float(np.nanmax(batch.time)))
+            # Labels before events: a poll releases both in time order (daemon/ingest/align.py), so
+            # a label is in before any look of the canary past its time (daemon/monitors/graded.py).
             if decoded.labels:
                 alerts += self._labels(decoded.labels)
+            if batch is not None:
+                events_alerts, timeline = self._events(batch)
+                alerts += events_alerts
+            if decoded.labels:  # after the events: a label may be for a shadow sample of this poll
+                self._label_samples(r for _, r in decoded.labels)
             for chunk in chunks:
                 self.partition(chunk.partition).totals.records += len(chunk)
             for rec, failure in decoded.failures:
@@ -212,7 +217,6 @@ class Pipeline:
             state = self.partition(p)
             if state.join is not None:
                 alerts += self._grade(state, state.join.add_labels(records))
-        self._label_samples(r for _, r in labels)
         return alerts
 
     def add_labels(self, labels: Sequence[LabelRecord]) -> None:

@@ -34,7 +34,7 @@ array, which a batch updates at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, cast
 
@@ -45,6 +45,7 @@ from daemon.config import CanaryConfig
 from daemon.export.families import Sink, labels
 from daemon.ingest.batch import Batch, Key
 from daemon.monitors.arrays import capacity, grown
+from daemon.monitors.graded import PendingGrades
 from daemon.monitors.names import OTHER
 from detectors.quantiles import LogBuckets
 from detectors.sequential import Look, SequentialDifference, benjamini_hochberg
@@ -172,6 +173,7 @@ class ModelCanary:
         self.warmup: list[list[float]] = []
         self.comparisons: dict[str, Comparison] = {}
         self.requests = 0  # of every arm: looks come every look_every_requests of them
+        self.late_labels = 0  # labels too late for accuracy (daemon/monitors/graded.py)
 
     def evaluate(self, arms: dict[str, tuple[str, ArmMoments]]) -> list[Comparison]:
         """Judge every candidate against the baseline (arms: variant -> (version, figures));
@@ -336,6 +338,7 @@ class ModelCanary:
         return {
             "model": self.model,
             "baseline": self.baseline,
+            "late_labels": self.late_labels,
             "variants": {v: c.report() for v, c in self.comparisons.items()},
         }
 
@@ -358,6 +361,10 @@ class Canary:
         self.arm_count = np.zeros(0, dtype=np.int64)
         self.baseline_arm = np.zeros(0, dtype=np.int64)  # -1: no baseline yet
         self.warmup_len = np.zeros(0, dtype=np.int64)
+        # Per model its clock: the newest event time of its requests (-inf: none timed yet). Labels
+        # count towards accuracy by it, held until then in `pending` (daemon/monitors/graded.py).
+        self.clock = np.zeros(0, dtype=np.float64)
+        self.pending = PendingGrades(settings.label_wait_seconds)
         # Arms: (model, variant) -> id; per arm its model id, variant and current version.
         self._arm_ids: dict[tuple[str, str], int] = {}
         self.arm_model = np.zeros(0, dtype=np.int64)
@@ -413,6 +420,7 @@ class Canary:
                 self.arm_count = grown(self.arm_count, cap, 0)
                 self.baseline_arm = grown(self.baseline_arm, cap, -1)
                 self.warmup_len = grown(self.warmup_len, cap, 0)
+                self.clock = grown(self.clock, cap, -math.inf)
             self._sync(m)
         return m
 
@@ -459,6 +467,7 @@ class Canary:
         self.requests[arm] = 0
         self.moments[arm] = 0.0
         self.hist[arm] = 0
+        self.pending.drop(arm)
         m = self.models[model]
         if variant == m.baseline:
             m.tail_lines, m.warmup = None, []
@@ -524,6 +533,9 @@ class Canary:
                 entries += self._slow(rows, events[models == model], batch, outcomes)
         else:
             entries += self._segment(rows, events, batch, outcomes)
+        for arm in self.pending.arms():  # graded predictions whose time has come, for good
+            graded, right = self.pending.settle(arm, float(self.clock[self.arm_model[arm]]))
+            self.moments[arm, ACCURACY] += (graded, right, right)
         return entries
 
     def _slow(self, rows: Ints, events: Ints, batch: Batch, outcomes: Outcomes) -> list[dict[str, Any]]:
@@ -611,6 +623,7 @@ class Canary:
         right = outcomes.right[events]
         x[:, ACCURACY, :] = _moments(~np.isnan(right), np.nan_to_num(right))
         entries = self._looks(events, arms, models, x, batch)
+        np.fmax.at(self.clock, models, batch.time[events])
         np.add.at(self.moments, arms, x)
         np.add.at(self.requests, arms, 1)
         for model, n in zip(*np.unique(models, return_counts=True), strict=True):
@@ -623,12 +636,16 @@ class Canary:
         sorted_models = models[order]
         starts = np.flatnonzero(np.r_[True, sorted_models[1:] != sorted_models[:-1]])
         lengths = np.diff(np.r_[starts, len(order)])
-        looks: list[tuple[int, int]] = []  # (event position in `events`, model)
+        looks: list[tuple[int, int, float]] = []  # (event position in `events`, model, its clock)
         for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
             model = int(sorted_models[s])
             if self.arm_count[model] < 2:
                 continue  # one arm: nothing to compare, and its baseline needs no look
-            looks += [(int(order[s + k]), model) for k in self._look_positions(model, n).tolist()]
+            at = self._look_positions(model, n)
+            if len(at):
+                times = batch.time[events[order[s : s + n]]]
+                clocks = np.fmax.accumulate(np.r_[self.clock[model], times])[1:][at]
+                looks += zip(order[s + at].tolist(), [model] * len(at), clocks.tolist(), strict=True)
         if not looks:
             return []
         looks.sort()
@@ -641,11 +658,13 @@ class Canary:
         ends = np.r_[arm_starts[1:], len(by_arm)]
         end_of = dict(zip(arm_sorted[arm_starts].tolist(), ends.tolist(), strict=True))
         entries = []
-        for pos, model in looks:
+        for pos, model, clock in looks:
             m = self.models[self._model_names[model]]
             figures: dict[str, tuple[str, ArmMoments]] = {}
             for arm in self._arms_of(model):
                 moments, requests = self.moments[arm].copy(), int(self.requests[arm])
+                graded, right = self.pending.due(arm, clock)
+                moments[ACCURACY] += (graded, right, right)
                 a = first_of.get(arm)
                 if a is not None:
                     # This arm's events up to the look: positions in `by_arm` order are ascending.
@@ -659,12 +678,25 @@ class Canary:
             self._sync(m)
         return entries
 
-    def add_graded(self, row: int, wrong: npt.NDArray[np.bool_]) -> None:
-        """Labelled predictions of a key: right ones count towards its arm's accuracy."""
+    def add_graded(
+        self, row: int, wrong: Sequence[bool], times: Sequence[float | None], label_times: Sequence[float | None]
+    ) -> None:
+        """Labelled predictions of a key (wrong or not, the predictions' and the labels' times):
+        right ones count towards its arm's accuracy, by its model's clock (`PendingGrades`);
+        predictions without a time at once."""
         arm = int(self.row_arm[row])
-        if arm >= 0 and self.row_state[row] == CURRENT:
-            right = float(len(wrong) - np.count_nonzero(wrong))
-            self.moments[arm, ACCURACY] += (len(wrong), right, right)
+        if arm < 0 or self.row_state[row] != CURRENT:
+            return
+        # Predictions without a time (None, or NaN: NaN != NaN) count at once.
+        timed = [(t, at, w) for w, t, at in zip(wrong, times, label_times, strict=True) if t is not None and t == t]
+        if len(timed) < len(wrong):
+            untimed = [w for w, t in zip(wrong, times, strict=True) if t is None or t != t]
+            right = float(len(untimed) - sum(untimed))
+            self.moments[arm, ACCURACY] += (len(untimed), right, right)
+        if timed:
+            model = int(self.arm_model[arm])
+            clock = float(self.clock[model])
+            self.models[self._model_names[model]].late_labels += self.pending.add(arm, clock, timed)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -713,6 +745,9 @@ class Canary:
             "moments": self.moments[:n].copy(),
             # The quantile histograms, sparse: flat positions in (arm, measure, bucket) and counts.
             "hist": [np.flatnonzero(self.hist[:n]), self.hist[:n].ravel()[np.flatnonzero(self.hist[:n])]],
+            # The models' clocks (in the order of "models") and the graded predictions held by them.
+            "clocks": self.clock[: len(self.models)].copy(),
+            "pending": self.pending.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -746,6 +781,13 @@ class Canary:
             if len(index) != len(counts) or (len(index) and not 0 <= index.min() <= index.max() < self.hist[:n].size):
                 raise ValueError("canary snapshot: quantile histograms out of range")
             self.hist[:n].reshape(-1)[index] = counts
+        if "clocks" in state:  # before issue 16's part 4 labels counted at their arrival
+            clocks = np.asarray(state["clocks"], dtype=np.float64)
+            if len(clocks) != len(state["models"]):
+                raise ValueError("canary snapshot: its models and their clocks differ in number")
+            for ms, clock in zip(state["models"], clocks.tolist(), strict=True):
+                self.clock[self._model_ids[ms["model"]]] = clock
+            self.pending.restore(state["pending"], len(state["arms"]))
 
 
 Figures = list[tuple[int, float, float]]
@@ -798,6 +840,7 @@ def _model_state(m: ModelCanary) -> dict[str, Any]:
         "tail_lines": None if m.tail_lines is None else list(m.tail_lines),
         "warmup": np.asarray(m.warmup, dtype=np.float64).reshape(-1, len(LATENCY_LIKE)),
         "requests": m.requests,
+        "late_labels": m.late_labels,
         "comparisons": [
             {
                 "variant": c.variant,
@@ -840,6 +883,7 @@ def _restore_model(m: ModelCanary, state: dict[str, Any], renamed: dict[str, str
             raise ValueError(f"canary snapshot: {len(m.tail_lines)} tail lines for {len(LATENCY_LIKE)} measures")
         m.warmup = warmup.tolist()
         m.requests = _int(state["requests"])
+        m.late_labels = _int(state.get("late_labels", 0))
         fresh = m._tests()
         comparisons: dict[str, Comparison] = {}
         for c in state["comparisons"]:

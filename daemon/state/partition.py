@@ -227,7 +227,9 @@ class PartitionState:
         keep = [i for i, w in enumerate(wrong) if w is not None]
         flags = [bool(wrong[i]) for i in keep]
         if canary and self.canary is not None:
-            self.canary.add_graded(row, np.array(flags, dtype=np.bool_))
+            self.canary.add_graded(
+                row, flags, [items[i].prediction.timestamp for i in keep], [items[i].label_timestamp for i in keep]
+            )
         times = [graded_items[i].timestamp for i in keep]
         return (
             True,

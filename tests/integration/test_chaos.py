@@ -54,9 +54,9 @@ def _torn_checkpoints(bootstrap: str, topic: str) -> int:
 def _canary(d: DaemonProcess) -> Any:
     """The canary decisions: verdicts, request counts, and each metric's p-value and effect. They
     are read at event-count looks, so they do not depend on where polls cut the stream, killed or
-    not; the moments are sums, added in another order after a restart, hence the rounding. Not
-    yet accuracy's p-value: its observations come with the labels, and which of them a look sees
-    depends on when they arrived (issue 16, part 4)."""
+    not; the moments are sums, added in another order after a restart, hence the rounding. Labels
+    count towards accuracy by event time, not on arrival (daemon/monitors/graded.py), so its
+    p-value is compared too, and no label may have come too late."""
     models = json.loads(get(d.url + "/v1/canary")[1])["models"]
 
     def rounded(x: float | None) -> float | None:
@@ -66,10 +66,8 @@ def _canary(d: DaemonProcess) -> Any:
         (model, variant): (
             c["verdict"],
             c["requests"],
-            {
-                name: (m["verdict"], None if name == "accuracy" else rounded(m["p_value"]), rounded(m["effect"]))
-                for name, m in c["metrics"].items()
-            },
+            {name: (m["verdict"], rounded(m["p_value"]), rounded(m["effect"])) for name, m in c["metrics"].items()},
+            m["late_labels"],
         )
         for model, m in models.items()
         for variant, c in m["variants"].items()

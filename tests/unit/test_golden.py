@@ -60,6 +60,10 @@ Changed on purpose by issue 16:
   Confidence bounds are the running intersection of the looks' intervals (narrower bounds);
   new: `inferwatch_canary_quantile_effect` (and `_lower`, `_upper`) for the latency's p50, p90,
   p99 (label `percentile`).
+- labels from the labels file count towards the canary's accuracy by event time (a prediction
+  once its model is `canary.label_wait_seconds`, 300 s, past it), not as they arrive: the last
+  look reads the labels of the first 100 s only, so accuracy's lower bound and p-value differ
+  (-0.0734 and 0.968, were -0.0741 and 1.0); the verdicts are the same.
 """
 
 from __future__ import annotations

@@ -31,8 +31,16 @@ N_EVENTS = 12_000
 # The canary's version changes here, which restarts its comparison.
 NEW_VERSION_AT = 7_000
 
-# A poll: its events, and the grades (key, wrong?) of labelled predictions that arrive with it.
-Poll = tuple[list[InferenceEvent], list[tuple[Key, bool]]]
+# Events' times: 20 a second from T0, so a poll spans 12.5 s.
+T0 = 1_700_000_000.0
+# A label counts for the canary once its model is this far past its prediction (event time):
+# some three polls, so that graded predictions wait in every snapshot.
+LABEL_WAIT_S = 30.0
+SETTINGS = CanaryConfig(label_wait_seconds=LABEL_WAIT_S)
+# A grade: a labelled prediction's key, wrong?, its time, the label's time.
+Grade = tuple[Key, bool, float, float]
+# A poll: its events, and the grades of labelled predictions that arrive with it.
+Poll = tuple[list[InferenceEvent], list[Grade]]
 
 
 def polls(seed: int = 7) -> list[Poll]:
@@ -44,7 +52,7 @@ def polls(seed: int = 7) -> list[Poll]:
     rng = random.Random(seed)
     llm = random.Random(seed + 1)  # n's LLM measures: draws of their own, so m's stay as they were
     out: list[Poll] = []
-    pending: list[tuple[Key, bool]] = []
+    pending: list[Grade] = []
     for start in range(0, N_EVENTS, BATCH):
         events = []
         for i in range(start, start + BATCH):
@@ -70,11 +78,17 @@ def polls(seed: int = 7) -> list[Poll]:
                     ttft_ms=ttft,
                     tokens_out=tokens,
                     tpot_ms=None if tokens is None else llm.lognormvariate(3.0, 0.2),
+                    timestamp=T0 + i / 20,
                 )
             )
         out.append((events, pending))
-        pending = [((e.model, e.version, e.variant), rng.random() < 0.1) for e in events if rng.random() < 0.4]
+        pending = [_grade(e, rng.random() < 0.1) for e in events if rng.random() < 0.4]
     return out
+
+
+def _grade(e: InferenceEvent, wrong: bool, delay_s: float = 5.0) -> Grade:
+    assert isinstance(e.timestamp, float)
+    return (e.model, e.version, e.variant), wrong, e.timestamp, e.timestamp + delay_s
 
 
 class Partition:
@@ -97,19 +111,20 @@ class Partition:
             self.keys.append(key)
         self.canary.add_rows(len(keys))
 
-    def feed(self, events: list[InferenceEvent], graded: list[tuple[Key, bool]] | None = None) -> list[dict[str, Any]]:
+    def feed(self, events: list[InferenceEvent], graded: list[Grade] | None = None) -> list[dict[str, Any]]:
+        """Labels before events, as the pipeline folds a poll."""
+        by_key: dict[Key, list[Grade]] = {}
+        for g in graded or []:
+            by_key.setdefault(g[0], []).append(g)
+        for key, grades in by_key.items():
+            wrong, times, label_times = ([g[i] for g in grades] for i in (1, 2, 3))
+            self.canary.add_graded(self.rows[key], wrong, times, label_times)
         keys = [(e.model, e.version, e.variant) for e in events]
         self._add([k for k in dict.fromkeys(keys) if k not in self.rows])
         n = len(events)
         batch = build(events, [0] * n, list(range(self.position, self.position + n)), [None] * n)
         self.position += n
-        timeline = self.canary.update(np.array([self.rows[k] for k in keys], dtype=np.int64), batch)
-        wrong: dict[Key, list[bool]] = {}
-        for key, w in graded or []:
-            wrong.setdefault(key, []).append(w)
-        for key, flags in wrong.items():
-            self.canary.add_graded(self.rows[key], np.array(flags, dtype=np.bool_))
-        return timeline
+        return self.canary.update(np.array([self.rows[k] for k in keys], dtype=np.int64), batch)
 
     def run(self, stream: list[Poll]) -> list[dict[str, Any]]:
         timeline: list[dict[str, Any]] = []
@@ -131,7 +146,7 @@ def stream() -> list[Poll]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(stream: list[Poll]) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
-    part = Partition(CanaryConfig())
+    part = Partition(SETTINGS)
     timeline = part.run(stream)
     return timeline, part.canary.report(), plain(part.canary.snapshot())
 
@@ -195,11 +210,11 @@ def test_a_restore_continues_exactly_like_an_uninterrupted_run(
     split: int,
 ) -> None:
     timeline_a, report_a, snapshot_a = uninterrupted
-    before = Partition(CanaryConfig())
+    before = Partition(SETTINGS)
     timeline_b = before.run(stream[:split])
     checkpoint = before.checkpoint()
 
-    after = Partition(CanaryConfig(), checkpoint)
+    after = Partition(SETTINGS, checkpoint)
     assert plain(after.canary.snapshot()) == plain(before.canary.snapshot())
     assert after.canary.report() == before.canary.report()
     timeline_b += after.run(stream[split:])
@@ -209,10 +224,55 @@ def test_a_restore_continues_exactly_like_an_uninterrupted_run(
     assert plain(after.canary.snapshot()) == snapshot_a
 
 
+def _rearrived(stream: list[Poll], seed: int, late: float = 0.0) -> list[Poll]:
+    """The same events and grades, each grade moved to a random poll from the one after its
+    prediction's to the last still in time (before its model's clock, the newest event time, is
+    past its second + LABEL_WAIT_S: polls fold labels first); with probability `late`, later."""
+    rng = random.Random(seed)
+    out: list[Poll] = [(events, []) for events, _ in stream]
+    for i, (_, grades) in enumerate(stream):
+        for g in grades:
+            # The clock before poll j is the time of event j * BATCH - 1 (at most).
+            last = int((math.floor(g[2]) + LABEL_WAIT_S - T0) * 20 + 1) // BATCH
+            j = rng.randint(i, last) if rng.random() >= late else last + 1
+            if j < len(out):
+                out[j][1].append(g)
+    return out
+
+
+def test_labels_count_at_the_same_looks_whenever_they_arrive(
+    stream: list[Poll], uninterrupted: tuple[list[dict[str, Any]], dict[str, Any], Any]
+) -> None:
+    """Issue 16, part 4: accuracy's p-value does not depend on which poll brought a label, as long
+    as it came in time; one that did not is counted as late and left out."""
+    timeline, report, _ = uninterrupted
+    accuracy = report["models"]["m"]["variants"]["canary"]["metrics"]["accuracy"]
+    assert accuracy["lower"] < accuracy["effect"] < accuracy["upper"]  # read, with labels in
+    for seed in (1, 2):
+        part = Partition(SETTINGS)
+        assert part.run(_rearrived(stream, seed)) == timeline
+        assert part.canary.report() == report
+    assert report["models"]["m"]["late_labels"] == 0
+    part = Partition(SETTINGS)
+    part.run(_rearrived(stream, 3, late=0.05))
+    late = part.canary.report()["models"]["m"]
+    assert 0 < late["late_labels"] < 0.1 * sum(len(grades) for _, grades in stream)
+    assert late["variants"]["canary"]["metrics"]["accuracy"] != accuracy
+
+
+def test_a_label_timed_past_the_wait_is_late() -> None:
+    part = Partition(SETTINGS)
+    events = [InferenceEvent(request_id=f"r{i}", model="m", variant=v, timestamp=T0 + i) for i, v in enumerate("ab")]
+    part.feed(events)
+    part.feed([], [_grade(events[0], False, delay_s=LABEL_WAIT_S + 1), _grade(events[1], False)])
+    assert part.canary.models["m"].late_labels == 1
+    assert part.canary.pending.snapshot() == [[1, math.floor(T0 + 1), 1.0, 1.0]]
+
+
 def test_the_snapshot_is_a_copy(stream: list[Poll]) -> None:
     """A checkpoint is encoded on the store's writer thread while the loop goes on: later polls
     must not change a snapshot already taken."""
-    part = Partition(CanaryConfig())
+    part = Partition(SETTINGS)
     part.run(stream[:10])
     snapshot = part.canary.snapshot()
     frozen = plain(snapshot)
@@ -346,13 +406,13 @@ def test_an_older_snapshot_restores_with_its_tail_share(stream: list[Poll]) -> N
     """Before the LLM measures a snapshot had five metrics, one latency tail line and warm-up
     latencies only, and its latency_tail was the share of requests over the line: it comes back
     as latency_tail_share; the new measures start empty."""
-    before = Partition(CanaryConfig())
+    before = Partition(SETTINGS)
     before.run(stream[:20])
     state = before.checkpoint()
     part = state["canary"]
     legacy = ("error_rate", "latency", "latency_tail_share", "accuracy", "prediction_shift")
     part["moments"] = part["moments"][:, [METRICS.index(name) for name in legacy]]
-    del part["metrics"], part["hist"]
+    del part["metrics"], part["hist"], part["clocks"], part["pending"]
 
     def old_name(name: str) -> str:
         return "latency_tail" if name == "latency_tail_share" else name
@@ -361,11 +421,12 @@ def test_an_older_snapshot_restores_with_its_tail_share(stream: list[Poll]) -> N
         lines = m.pop("tail_lines")
         m["tail_threshold"] = None if lines is None else lines[0]
         m["warmup"] = [row[0] for row in m["warmup"]]
+        del m["late_labels"]
         for comp in m["comparisons"]:
             comp["tests"] = {old_name(k): v for k, v in comp["tests"].items() if k in legacy}
             comp["metrics"] = [[old_name(r[0]), *r[1:4]] for r in comp["metrics"] if r[0] in legacy]
             del comp["failing"]
-    after = Partition(CanaryConfig(), state)
+    after = Partition(SETTINGS, state)
     c, old = after.canary, before.canary
     for name in legacy:
         assert np.array_equal(c.moments[:, METRICS.index(name)], old.moments[:, METRICS.index(name)])
