@@ -120,7 +120,9 @@ def _config(
         "labels": {"topic": topics["labels"]},
         "accuracy": {"slice_features": ["f6"]},
         # The LLM's tail tests need 10 requests past the line per arm: a p90 line gets them soon.
-        "canary": {"tail_quantile": 0.9},
+        # Labels come 5 s after their events, and the traffic spans 60 s of event time: the
+        # canary's accuracy counts them 10 s on (the default waits 300 s).
+        "canary": {"tail_quantile": 0.9, "label_wait_seconds": 10},
         "shadow": {
             "enabled": True,
             "models": [
