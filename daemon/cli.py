@@ -11,13 +11,15 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load
+from daemon.ingest.formats import FORMATS
 from daemon.runtime.lifecycle import tune_gc
 from daemon.runtime.logs import configure
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, fmt: str | None = None) -> Config:
+    """The config, with `--format` (the input's log format, its mapping from the config)."""
     try:
-        return load(path)
+        return load(path, overrides=None if fmt is None else {"source": {"format": {"type": fmt}}})
     except ConfigError as exc:
         print(f"inferwatch: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -53,7 +55,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from daemon.runtime.replay import replay
 
-    config = _load(args.config)
+    config = _load(args.config, args.format)
     configure("warning", config.logging.format)
     if not Path(args.file).is_file():
         print(f"inferwatch: replay input {args.file} is not a file", file=sys.stderr)
@@ -119,7 +121,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     from daemon.shadow import oneshot
     from daemon.shadow.service import RunnerProcess, ShadowError
 
-    config = _load(args.config)
+    config = _load(args.config, args.format)
     configure("warning", config.logging.format)
     if not args.once:
         print("inferwatch shadow: pass --once (the daemon schedules runs itself when shadow.enabled)", file=sys.stderr)
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, help="where to write the JSON report")
     p.add_argument("--labels", help="JSONL file of label events (request_id, model, label, timestamp)")
     p.add_argument("--config")
+    p.add_argument("--format", choices=FORMATS, help="the file's log format (default: source.format; docs/formats.md)")
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("generate", help="seeded synthetic traffic, to Kafka or to a JSONL file")
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run once now and print a table")
     p.add_argument("--input", help="take the inputs from this JSONL file instead of the broker")
     p.add_argument("--max-events", type=int, default=100_000, help="newest records read from the broker")
+    p.add_argument("--format", choices=FORMATS, help="the records' log format (default: source.format)")
     p.add_argument("--json", help="also write the full report here")
     p.set_defaults(fn=cmd_shadow)
 

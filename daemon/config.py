@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.ingest import formats
+
 ENV_PREFIX = "INFERWATCH__"
 # Keys whose values are SecretStr: never echoed in an error message.
 SECRET_KEYS = frozenset({"password", "secret", "token"})
@@ -143,8 +145,44 @@ class KafkaConfig(_Section):
         return self
 
 
+class FormatConfig(_Section):
+    """How a topic's records become events (docs/formats.md): `native` (the schema), `mapped`
+    (any JSON, by `fields` and `features`) or `openai` (responses of OpenAI-compatible servers;
+    `fields` adds to and overrides its defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")  # constants keep their types
+    type: Literal["native", "mapped", "openai"] = "native"
+    # Schema field -> a path ("a.b[0].c"), {path | header | const, unit}, or a list tried in order.
+    fields: dict[str, Any] = {}
+    # A path to a map of features, or feature name -> path.
+    features: str | dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _builds(self) -> FormatConfig:
+        formats.build(self.type, self.fields, self.features)
+        return self
+
+
 class SourceConfig(_Section):
     kafka: KafkaConfig = KafkaConfig()
+    # The format of every input topic, unless `formats` names the topic's own.
+    format: FormatConfig = FormatConfig()
+    formats: dict[str, FormatConfig] = {}
+
+    @model_validator(mode="after")
+    def _formats(self) -> SourceConfig:
+        unknown = sorted(set(self.formats) - set(self.kafka.topics))
+        if unknown:
+            raise ValueError(
+                f"formats names {', '.join(unknown)}, not among kafka.topics ({', '.join(self.kafka.topics)}): "
+                "a format is for an input topic"
+            )
+        if self.kafka.repartition and any(f.type != "native" for f in (self.format, *self.formats.values())):
+            raise ValueError("kafka.repartition keys native events by model: it does not take other formats yet")
+        return self
+
+    def format_of(self, topic: str) -> FormatConfig:
+        return self.formats.get(topic, self.format)
 
 
 class DeadLetterConfig(_Section):
@@ -963,8 +1001,11 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load `path` (YAML; None means defaults), apply environment overrides, validate."""
+def load(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Load `path` (YAML; None means defaults), apply environment overrides, then `overrides`
+    (a command's flags), validate."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -978,4 +1019,4 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
     env = os.environ if environ is None else environ
-    return from_mapping(_merge(data, _env_overrides(env)))
+    return from_mapping(_merge(_merge(data, _env_overrides(env)), overrides or {}))

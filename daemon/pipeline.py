@@ -62,7 +62,9 @@ class Pipeline:
         references: dict[Key, dict[str, list[Any]]] | None = None,
     ) -> None:
         self.config = config
-        self.decoder = ChunkDecoder(config.limits.max_event_bytes, config.labels.topic, config.plausibility)
+        self.decoder = ChunkDecoder(
+            config.limits.max_event_bytes, config.labels.topic, config.plausibility, config.source
+        )
         self.overflow = Overflow()
         self.calibrator = calibrator or Calibrator()
         self.join_labels = bool(config.labels.topic or join_labels)

@@ -121,6 +121,7 @@ def _join(a: Chunk, b: Chunk) -> Chunk:
         None if a.timestamps is None or b.timestamps is None else [*a.timestamps, *b.timestamps],
         None if a.keys is None or b.keys is None else [*a.keys, *b.keys],
         [*a.values, *b.values],
+        headers=None if a.headers is None or b.headers is None else [*a.headers, *b.headers],
     )
 
 
@@ -134,4 +135,5 @@ def _slice(c: Chunk, i: int, j: int) -> Chunk:
         None if c.timestamps is None else c.timestamps[i:j],
         None if c.keys is None else c.keys[i:j],
         c.values[i:j],
+        headers=None if c.headers is None else c.headers[i:j],
     )

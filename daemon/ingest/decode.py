@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import islice, repeat
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
 
-from daemon.config import PlausibilityConfig
+from daemon.config import PlausibilityConfig, SourceConfig
+from daemon.ingest import formats
 from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
+from daemon.ingest.formats.mapped import MissingField
 from daemon.ingest.plausible import OutOfRange, enforce
-from daemon.ingest.sources import Chunk, RawRecord
+from daemon.ingest.sources import Chunk, Headers, RawRecord
 
 # (request_id, model, label, unix-second timestamp): one record of the labels topic.
 LabelRecord = tuple[str, str, Label, float | None]
@@ -62,25 +64,33 @@ class EventDecoder(Generic[T]):
         self.fast_decode: Callable[[bytes], T] = self._decoder.decode
 
     def decode(self, value: bytes | None) -> T | DecodeFailure:
-        if value is None:
-            return DecodeFailure("malformed_json", "record has no value (tombstone)")
-        if len(value) > self.max_bytes:
-            return DecodeFailure("oversize", f"{len(value)} bytes > limits.max_event_bytes={self.max_bytes}")
-        try:
-            event: T = self._decoder.decode(value)
-        except msgspec.ValidationError as exc:
-            return DecodeFailure(_classify(exc), str(exc)[:200])
-        except msgspec.DecodeError as exc:
-            return DecodeFailure("malformed_json", str(exc)[:200])
-        # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string it decodes and
-        # for nesting deeper than the recursion limit: bad input, not a bug of ours ("internal").
-        except (UnicodeDecodeError, RecursionError) as exc:
-            return DecodeFailure("malformed_json", f"{type(exc).__name__}: {exc}"[:200])
-        except Exception as exc:
-            return DecodeFailure("internal", f"{type(exc).__name__}: {exc}"[:200])
-        # Non-finite numbers cannot get here: JSON has no NaN/Infinity literals and msgspec
-        # rejects overflowing ones (1e400) as out of range.
-        return event
+        return decode_with(self._decoder.decode, value, None, self.max_bytes)
+
+
+def decode_with(
+    decode: Callable[..., Any], value: bytes | None, headers: Headers | None, max_bytes: int
+) -> Any | DecodeFailure:
+    """`decode(value)` (with `headers` when given), or why not: nothing raised gets out."""
+    if value is None:
+        return DecodeFailure("malformed_json", "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        return DecodeFailure("oversize", f"{len(value)} bytes > limits.max_event_bytes={max_bytes}")
+    try:
+        return decode(value) if headers is None else decode(value, headers)
+    except MissingField as exc:
+        return DecodeFailure("missing_field", str(exc)[:200])
+    except msgspec.ValidationError as exc:
+        return DecodeFailure(_classify(exc), str(exc)[:200])
+    except msgspec.DecodeError as exc:
+        return DecodeFailure("malformed_json", str(exc)[:200])
+    # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string it decodes and
+    # for nesting deeper than the recursion limit: bad input, not a bug of ours ("internal").
+    except (UnicodeDecodeError, RecursionError) as exc:
+        return DecodeFailure("malformed_json", f"{type(exc).__name__}: {exc}"[:200])
+    except Exception as exc:
+        return DecodeFailure("internal", f"{type(exc).__name__}: {exc}"[:200])
+    # Non-finite numbers cannot get here: JSON has no NaN/Infinity literals and msgspec
+    # rejects overflowing ones (1e400) as out of range.
 
 
 class Decoded(NamedTuple):
@@ -95,13 +105,25 @@ class Decoded(NamedTuple):
 
 
 class ChunkDecoder:
-    """A poll's chunks into a `Decoded`: the per-record loop of the hot path, and nothing else."""
+    """A poll's chunks into a `Decoded`: the per-record loop of the hot path, and nothing else.
+    Topics in another format than the native one (config `source.format`) decode record by
+    record through it (daemon/ingest/formats)."""
 
-    def __init__(self, max_bytes: int, labels_topic: str | None, bounds: PlausibilityConfig) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        labels_topic: str | None,
+        bounds: PlausibilityConfig,
+        source: SourceConfig | None = None,
+    ) -> None:
         self.bounds = bounds
         self.events = EventDecoder(max_bytes, InferenceEvent)
         self.labels = EventDecoder(max_bytes, LabelEvent)
         self.labels_topic = labels_topic
+        source = source or SourceConfig()
+        f = source.format
+        self.default_format = formats.build(f.type, f.fields, f.features)
+        self.formats = {topic: formats.build(f.type, f.fields, f.features) for topic, f in source.formats.items()}
 
     def decode(self, chunks: Sequence[Chunk]) -> Decoded:
         events: list[InferenceEvent] = []
@@ -110,7 +132,6 @@ class ChunkDecoder:
         times: list[float | None] = []
         labels: list[tuple[int, LabelRecord]] = []
         failures: list[tuple[RawRecord, DecodeFailure]] = []
-        fast_decode, slow_decode, max_bytes = self.events.fast_decode, self.events.decode, self.events.max_bytes
         for chunk in chunks:
             n = len(chunk)
             if not n:
@@ -118,27 +139,12 @@ class ChunkDecoder:
             if chunk.labels or chunk.topic == self.labels_topic:
                 self._labels(chunk, labels, failures)
                 continue
-            values = chunk.values
             bad: list[int] = []
-            # Fast path: sane sizes and valid JSON, decoded at C speed; a record that fails it goes
-            # to decode(), which says why, and the fast path resumes after it.
-            fast = None not in values and max(map(len, values)) <= max_bytes  # type: ignore[arg-type]
-            i = 0
-            while i < n:
-                if fast:
-                    before = len(events)
-                    try:
-                        events.extend(map(fast_decode, islice(values, i, None)))  # type: ignore[arg-type]
-                        break
-                    except Exception:  # extend kept the records before the one that failed
-                        i += len(events) - before
-                decoded = slow_decode(values[i])
-                if isinstance(decoded, DecodeFailure):
-                    failures.append((chunk.record(i), decoded))
-                    bad.append(i)
-                else:
-                    events.append(decoded)
-                i += 1
+            fmt = self.formats.get(chunk.topic, self.default_format)
+            if fmt is None:
+                self._native(chunk, events, failures, bad)
+            else:
+                self._formatted(fmt, chunk, events, failures, bad)
             taken = n - len(bad)
             partitions.extend(repeat(chunk.partition, taken))
             rejected = set(bad)
@@ -155,6 +161,54 @@ class ChunkDecoder:
             dropped = enforce(batch, np.array(times, dtype=np.float64), self.bounds)
             derive_llm(batch)
         return Decoded(batch, labels, failures, dropped)
+
+    def _native(
+        self,
+        chunk: Chunk,
+        events: list[InferenceEvent],
+        failures: list[tuple[RawRecord, DecodeFailure]],
+        bad: list[int],
+    ) -> None:
+        """Fast path: sane sizes and valid JSON, decoded at C speed; a record that fails it goes to
+        decode(), which says why, and the fast path resumes after it."""
+        fast_decode, slow_decode, max_bytes = self.events.fast_decode, self.events.decode, self.events.max_bytes
+        values = chunk.values
+        n = len(values)
+        fast = None not in values and max(map(len, values)) <= max_bytes  # type: ignore[arg-type]
+        i = 0
+        while i < n:
+            if fast:
+                before = len(events)
+                try:
+                    events.extend(map(fast_decode, islice(values, i, None)))  # type: ignore[arg-type]
+                    break
+                except Exception:  # extend kept the records before the one that failed
+                    i += len(events) - before
+            decoded = slow_decode(values[i])
+            if isinstance(decoded, DecodeFailure):
+                failures.append((chunk.record(i), decoded))
+                bad.append(i)
+            else:
+                events.append(decoded)
+            i += 1
+
+    def _formatted(
+        self,
+        fmt: formats.RecordFormat,
+        chunk: Chunk,
+        events: list[InferenceEvent],
+        failures: list[tuple[RawRecord, DecodeFailure]],
+        bad: list[int],
+    ) -> None:
+        """A chunk of another format, record by record; a failure says why, as a native one does."""
+        max_bytes, decode, headers = self.events.max_bytes, fmt.decode, chunk.headers
+        for i, value in enumerate(chunk.values):
+            decoded = decode_with(decode, value, () if headers is None else headers[i] or (), max_bytes)
+            if isinstance(decoded, DecodeFailure):
+                failures.append((chunk.record(i), decoded))
+                bad.append(i)
+            else:
+                events.append(decoded)
 
     def _labels(
         self, chunk: Chunk, labels: list[tuple[int, LabelRecord]], failures: list[tuple[RawRecord, DecodeFailure]]

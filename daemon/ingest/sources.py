@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, NamedTuple, Protocol
 
 TopicPartition = tuple[str, int]
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 class RawRecord(NamedTuple):
@@ -40,6 +41,8 @@ class Chunk(NamedTuple):
     # input (topic, partition, offset), or None; and whether they are labels.
     origins: Sequence[tuple[str, int, int] | None] | None = None
     labels: bool = False
+    # Each record's Kafka headers, (name, value) pairs; None when the source has none (a file).
+    headers: Sequence[Headers | None] | None = None
 
     def record(self, i: int) -> RawRecord:
         """Record i as the input had it (its origin, when it came through the repartition topic)."""

@@ -265,7 +265,9 @@ class ConfluentClient:
 
 def _chunks(messages: list[Message], sampled: SampledLog) -> list[Chunk]:
     """A consume() result as chunks: one per topic-partition, records in offset order."""
-    runs: dict[tuple[str, int], tuple[list[int], list[float | None], list[bytes | None], list[bytes | None]]] = {}
+    runs: dict[
+        tuple[str, int], tuple[list[int], list[float | None], list[bytes | None], list[bytes | None], list[Any]]
+    ] = {}
     for m in messages:
         err = m.error()
         if err is not None:
@@ -279,13 +281,14 @@ def _chunks(messages: list[Message], sampled: SampledLog) -> list[Chunk]:
         tp: Any = (m.topic(), m.partition())
         run = runs.get(tp)
         if run is None:
-            run = runs[tp] = ([], [], [], [])
+            run = runs[tp] = ([], [], [], [], [])
         kind, ms = m.timestamp()
         run[0].append(cast(int, m.offset()))
         run[1].append(ms / 1000.0 if kind and ms >= 0 else None)
         run[2].append(m.key())
         run[3].append(m.value())
-    return [Chunk(t, p, *cols) for (t, p), cols in runs.items()]
+        run[4].append(m.headers())
+    return [Chunk(t, p, *cols[:4], headers=cols[4]) for (t, p), cols in runs.items()]
 
 
 class _Logger:

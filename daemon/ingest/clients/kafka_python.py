@@ -118,6 +118,7 @@ def chunks(polled: Mapping[Any, Sequence[Any]]) -> list[Chunk]:
             [r.timestamp / 1000.0 if r.timestamp >= 0 else None for r in records],
             [r.key for r in records],
             [r.value for r in records],
+            headers=[r.headers for r in records],
         )
         for tp, records in polled.items()
         if records

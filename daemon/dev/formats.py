@@ -1,0 +1,119 @@
+"""Native events as other stacks log them, for the format tests and bench/formats.py.
+
+Each converter writes what the format's public definition says a record holds, so that a
+decoder that reads it back into the same events is right about the format, not about itself:
+
+- `openai`: a chat completion object (OpenAI API reference, "The chat completion object":
+  id, object, created, model, choices[].message / finish_reason, usage), with vLLM's per-request
+  `metrics` block for LLM requests; the variant and version ride in Kafka headers, as a gateway
+  would set them; an error becomes an OpenAI error object.
+- `mapped`: a made-up JSON shape with nesting, list indices, seconds for times and RFC 3339
+  timestamps, read back by `MAPPED` (the config a user would write for it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+# The mapping config that reads `mapped()` records back (config source.format).
+MAPPED: dict[str, Any] = {
+    "type": "mapped",
+    "fields": {
+        "request_id": "meta.trace.id",
+        "model": "meta.model.name",
+        "version": ["meta.model.version", {"const": "unknown"}],
+        "variant": {"header": "x-variant"},
+        "timestamp": "meta.at",
+        "latency_ms": {"path": "timing.total_s", "unit": "s"},
+        "ttft_ms": {"path": "timing.first_us", "unit": "us"},
+        "status": "outcome.status",
+        "error_type": "outcome.error",
+        "prediction": "result.outputs[0].label",
+        "score": "result.outputs[0].score",
+        "tokens_in": "llm.usage[0]",
+        "tokens_out": "llm.usage[1]",
+        "finish_reason": "llm.stop",
+    },
+    "features": "request.inputs",
+}
+# The openai config for `openai()` records: the variant and version from headers.
+OPENAI: dict[str, Any] = {
+    "type": "openai",
+    "fields": {"variant": {"header": "x-variant"}, "version": {"header": "x-model-version"}},
+}
+
+
+def _timestamp(ev: dict[str, Any]) -> float:
+    return float(ev["timestamp"])
+
+
+def mapped(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A native event as the `MAPPED` shape: (value, headers)."""
+    at = dt.datetime.fromtimestamp(_timestamp(ev), dt.UTC).isoformat(timespec="microseconds")
+    out: dict[str, Any] = {
+        "meta": {"trace": {"id": ev["request_id"]}, "model": {"name": ev["model"]}, "at": at},
+        "timing": {},
+        "outcome": {"status": ev.get("status", "ok")},
+        "request": {"inputs": ev.get("features")},
+        "noise": [{"deep": list(range(5))}, "x"],  # what the mapping does not read
+    }
+    if "version" in ev:
+        out["meta"]["model"]["version"] = ev["version"]
+    if "latency_ms" in ev:
+        out["timing"]["total_s"] = ev["latency_ms"] / 1e3
+    if "ttft_ms" in ev:
+        out["timing"]["first_us"] = ev["ttft_ms"] * 1e3
+    if ev.get("error_type"):
+        out["outcome"]["error"] = ev["error_type"]
+    if "prediction" in ev:
+        out["result"] = {"outputs": [{"label": ev["prediction"], "score": ev.get("score")}]}
+    if "tokens_out" in ev:
+        out["llm"] = {"usage": [ev["tokens_in"], ev["tokens_out"]], "stop": ev.get("finish_reason")}
+    return json.dumps(out).encode(), [("x-variant", ev.get("variant", "default").encode())]
+
+
+def openai(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A native LLM event as an OpenAI chat completion (or error) with vLLM's metrics: (value,
+    headers). Its latency is TTFT + generation time, which the format derives back."""
+    headers = [("x-variant", ev.get("variant", "default").encode()), ("x-model-version", ev["version"].encode())]
+    if ev.get("status") == "error":
+        body: dict[str, Any] = {
+            "id": ev["request_id"],
+            "model": ev["model"],
+            "created": int(_timestamp(ev)),
+            "error": {"message": "the model failed", "type": ev.get("error_type") or "server_error", "code": 500},
+        }
+        return json.dumps(body).encode(), headers
+    tokens = ev["tokens_out"]
+    ttft, latency = ev["ttft_ms"], ev["latency_ms"]
+    generation = latency - ttft
+    body = {
+        "id": ev["request_id"],
+        "object": "chat.completion",
+        "created": int(_timestamp(ev)),  # whole seconds, as the API has it
+        "model": ev["model"],
+        "system_fingerprint": "fp_inferwatch",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok " * min(tokens, 20)},
+                "logprobs": None,
+                "finish_reason": ev["finish_reason"],
+            }
+        ],
+        "usage": {
+            "prompt_tokens": ev["tokens_in"],
+            "completion_tokens": tokens,
+            "total_tokens": ev["tokens_in"] + tokens,
+        },
+        "metrics": {
+            "time_to_first_token_ms": ttft,
+            "mean_itl_ms": generation / (tokens - 1) if tokens > 1 else None,
+            "queue_time_ms": ev.get("queue_ms"),
+            "generation_time_ms": generation,
+            "tokens_per_second": tokens / (latency / 1e3) if latency > 0 else None,
+        },
+    }
+    return json.dumps(body).encode(), headers
