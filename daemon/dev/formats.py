@@ -28,6 +28,7 @@ MAPPED: dict[str, Any] = {
         "timestamp": "meta.at",
         "latency_ms": {"path": "timing.total_s", "unit": "s"},
         "ttft_ms": {"path": "timing.first_us", "unit": "us"},
+        "decode_ms": {"path": "timing.decode_ns", "unit": "ns"},
         "status": "outcome.status",
         "error_type": "outcome.error",
         "prediction": "result.outputs[0].label",
@@ -65,6 +66,8 @@ def mapped(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         out["timing"]["total_s"] = ev["latency_ms"] / 1e3
     if "ttft_ms" in ev:
         out["timing"]["first_us"] = ev["ttft_ms"] * 1e3
+    if "decode_ms" in ev:
+        out["timing"]["decode_ns"] = ev["decode_ms"] * 1e6
     if ev.get("error_type"):
         out["outcome"]["error"] = ev["error_type"]
     if "prediction" in ev:
@@ -72,6 +75,16 @@ def mapped(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
     if "tokens_out" in ev:
         out["llm"] = {"usage": [ev["tokens_in"], ev["tokens_out"]], "stop": ev.get("finish_reason")}
     return json.dumps(out).encode(), [("x-variant", ev.get("variant", "default").encode())]
+
+
+def openai_view(ev: dict[str, Any]) -> dict[str, Any]:
+    """The native event that `openai(ev)` stands for: whole-second time, no features; its generation
+    time is its latency after the first token; an error has no timing."""
+    if ev.get("status") == "error":
+        keep = ("request_id", "model", "version", "variant", "status", "error_type")
+        return {k: ev[k] for k in keep if k in ev} | {"timestamp": int(_timestamp(ev))}
+    out = {k: v for k, v in ev.items() if k != "features"} | {"timestamp": int(_timestamp(ev))}
+    return out | {"decode_ms": ev["latency_ms"] - ev["ttft_ms"]}
 
 
 def openai(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:

@@ -200,15 +200,31 @@ class ChunkDecoder:
         failures: list[tuple[RawRecord, DecodeFailure]],
         bad: list[int],
     ) -> None:
-        """A chunk of another format, record by record; a failure says why, as a native one does."""
-        max_bytes, decode, headers = self.events.max_bytes, fmt.decode, chunk.headers
-        for i, value in enumerate(chunk.values):
-            decoded = decode_with(decode, value, () if headers is None else headers[i] or (), max_bytes)
+        """A chunk of another format, record by record: a plain loop while records decode; one that
+        fails (or is too big) goes through decode_with(), which says why, and the loop resumes."""
+        max_bytes, decode, values = self.events.max_bytes, fmt.decode, chunk.values
+        headers: Sequence[Headers | None] = chunk.headers or [None] * len(values)
+        append = events.append
+        i, n = 0, len(values)
+        while i < n:
+            try:
+                while i < n:
+                    value = values[i]
+                    if value is None or len(value) > max_bytes:
+                        break
+                    append(decode(value, headers[i]))
+                    i += 1
+                else:
+                    return
+            except Exception:
+                pass
+            decoded = decode_with(decode, values[i], headers[i] or (), max_bytes)
             if isinstance(decoded, DecodeFailure):
                 failures.append((chunk.record(i), decoded))
                 bad.append(i)
-            else:
-                events.append(decoded)
+            else:  # not reached: what raised once raises again
+                append(decoded)
+            i += 1
 
     def _labels(
         self, chunk: Chunk, labels: list[tuple[int, LabelRecord]], failures: list[tuple[RawRecord, DecodeFailure]]

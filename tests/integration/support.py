@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -131,10 +132,17 @@ def running_daemon(tmp: Path, config: dict[str, Any]) -> Iterator[DaemonProcess]
         d.kill()
 
 
-def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> dict[int, int]:
-    """Send and wait for every ack; return the log end offset per partition that we wrote."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes]],
+    headers: Iterable[list[tuple[str, bytes]]] | None = None,
+) -> dict[int, int]:
+    """Send (with each record's `headers`, if given) and wait for every ack; return the log end
+    offset per partition that we wrote."""
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=10, acks="all")
-    futures = [producer.send(topic, key=k, value=v) for k, v in items]
+    hs = headers if headers is not None else itertools.repeat(None)
+    futures = [producer.send(topic, key=k, value=v, headers=h) for (k, v), h in zip(items, hs, strict=False)]
     producer.flush()
     ends: dict[int, int] = {}
     for f in futures:

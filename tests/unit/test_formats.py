@@ -9,10 +9,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, from_mapping
 from daemon.dev import formats as fixtures
-from daemon.dev.generator import TrafficGenerator, TrafficSpec
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change
+from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.ingest.decode import ChunkDecoder, DecodeFailure
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.formats import build
@@ -194,6 +196,7 @@ def test_topics_decode_in_their_own_format() -> None:
 
 
 def llm_events(n: int = 400) -> list[dict[str, Any]]:
+    """LLM requests of a control and a canary (5% errors), with their decode time."""
     spec = TrafficSpec(
         models=(("chat-llm", ("control", "canary")),),
         llm_models=("chat-llm",),
@@ -201,8 +204,9 @@ def llm_events(n: int = 400) -> list[dict[str, Any]]:
         duration_s=n / 50,
         seed=4,
         start_time=1_764_583_200.0,
+        changes=(parse_change("after=0 model=chat-llm error_rate=0.05"),),
     )
-    return list(TrafficGenerator(spec).events())
+    return [e | {"decode_ms": round(e["latency_ms"] - e["ttft_ms"], 3)} for e in TrafficGenerator(spec).events()]
 
 
 def test_openai_reads_a_chat_completion_with_vllm_metrics() -> None:
@@ -248,8 +252,9 @@ def test_a_replay_of_another_format_gives_the_native_figures(tmp_path: Path, nam
     version = evs[0]["version"]
     fields = {**fmt["fields"], "variant": {"const": "canary"}, "version": {"const": version}}
     config = {"drift": {"enabled": False}, "canary": {"enabled": False}}
+    logged = [fixtures.openai_view(e) if name == "openai" else e for e in evs]
     native = replay_state(
-        _write(tmp_path / "native.jsonl", [msgspec.json.encode(e) for e in evs]), from_mapping(config)
+        _write(tmp_path / "native.jsonl", [msgspec.json.encode(e) for e in logged]), from_mapping(config)
     )
     other = replay_state(
         _write(tmp_path / f"{name}.jsonl", [convert(e)[0] for e in evs]),
@@ -257,6 +262,18 @@ def test_a_replay_of_another_format_gives_the_native_figures(tmp_path: Path, nam
     )
     assert other[0]["invalid"] == 0 and other[0]["events"] == native[0]["events"] == len(evs)
     assert _rounded(other[0]["summary"]) == _rounded(native[0]["summary"])
+    assert _samples(other[1], config) == _samples(native[1], config)
+
+
+def _samples(pipeline: Any, config: dict[str, Any]) -> dict[str, float]:
+    """The pipeline's /metrics, rounded, without what depends on the machine."""
+    text = MetricsExposition(pipeline, from_mapping(config).metrics, LoopStats.idle).render().decode()
+    return {
+        f"{s.name}{sorted(s.labels.items())}": float(f"{s.value:.9g}")
+        for fam in text_string_to_metric_families(text)
+        if fam.name not in ("inferwatch_build_info", "inferwatch_batch_duration_seconds")
+        for s in fam.samples
+    }
 
 
 def _rounded(x: Any) -> Any:

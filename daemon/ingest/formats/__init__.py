@@ -31,7 +31,10 @@ def build(kind: str, fields: Mapping[str, Any], features: str | Mapping[str, str
             raise ValueError("fields and features map other formats: set type: mapped (or openai)")
         return None
     if kind == "openai":
-        return MappedFormat(sources({**openai.FIELDS, **fields}), _features(features), openai.finish)
+        merged = sources({**openai.FIELDS, **fields})
+        for name, expr in openai.DERIVED.items():
+            merged[name] = [*merged.get(name, []), Source(derived=expr)]
+        return MappedFormat(merged, _features(features))
     return MappedFormat(sources(fields), _features(features))
 
 

@@ -12,6 +12,7 @@ values are checked as the native format checks them; a few attribute reads then 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -50,16 +51,20 @@ def parse_path(text: str) -> Path:
 
 class Source(NamedTuple):
     """Where one schema field's value comes from: a path, a header or a constant; `scale`
-    converts a time from its unit."""
+    converts a time from its unit. `derived` (formats only, not config): a Python expression
+    over other schema fields, read after every other source."""
 
     path: Path | None = None
     header: str | None = None
     const: Any = None
     scale: float = 1.0
+    derived: str | None = None
 
     def describe(self) -> str:
         if self.path is not None:
             return "path " + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in self.path).lstrip(".")
+        if self.derived is not None:
+            return f"derived ({self.derived})"
         return f"header {self.header}" if self.header is not None else "constant"
 
 
@@ -99,16 +104,13 @@ class MappedFormat:
         self,
         fields: Mapping[str, Sequence[Source]],
         features: Path | Mapping[str, Path] | None = None,
-        finish: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """`finish`: a format's last word on the fields found (openai: errors, derived latency)."""
         for name in fields:
             if name not in FIELD_TYPES or name == "features":
                 raise ValueError(f"fields.{name}: not a schema field; one of {', '.join(FIELD_TYPES)} (features apart)")
         for name in REQUIRED:
             if not fields.get(name):
                 raise ValueError(f"fields.{name}: required; map it to a path, a header or a constant")
-        self._finish = finish
         root = _Node()
         for name, sources in fields.items():
             for s in sources:
@@ -120,52 +122,12 @@ class MappedFormat:
             for path in features.values():
                 _add(root, path, FeatureValue)
         # Not Optional at the top: a record is an object (null is `not_an_object`).
-        self._decoder = msgspec.json.Decoder(_struct(root, "Record").__args__[0])
-        # Per field its sources, and for those with a path the getter that reads it off a record.
-        self._fields = [
-            (name, list(sources), [None if s.path is None else _getter(root, s.path) for s in sources])
-            for name, sources in fields.items()
-        ]
-        self._features: Callable[[Any], Any] | list[tuple[str, Callable[[Any], Any]]] | None = None
-        if isinstance(features, tuple):
-            self._features = _getter(root, features)
-        elif features is not None:
-            self._features = [(name, _getter(root, path)) for name, path in features.items()]
-
-    def decode(self, value: bytes, headers: Headers | None) -> InferenceEvent:
-        """The record's event; raises msgspec's errors on bad JSON or values, MissingField when a
-        required field is nowhere (the decoder turns them into counted reasons)."""
-        record = self._decoder.decode(value)
-        out: dict[str, Any] = {}
-        for name, sources, getters in self._fields:
-            for source, get in zip(sources, getters, strict=True):
-                if get is not None:
-                    v = get(record)
-                elif source.header is not None:
-                    v = _header(headers, source.header)
-                    if v is not None:
-                        v = msgspec.convert(v, FIELD_TYPES[name], strict=False)
-                else:
-                    v = source.const
-                if v is not None:
-                    out[name] = v * source.scale if source.scale != 1.0 and isinstance(v, float | int) else v
-                    break
-        if self._finish is not None:
-            self._finish(out)
-        for name in REQUIRED:
-            if name not in out:
-                raise MissingField(f"{name}: {self._where(name)} not in the record")
-        features = self._features
-        if features is not None:
-            if isinstance(features, list):
-                named = {name: get(record) for name, get in features}
-                out["features"] = {k: v for k, v in named.items() if v is not None} or None
-            else:
-                out["features"] = features(record)
-        return InferenceEvent(**out)
-
-    def _where(self, field: str) -> str:
-        return " or ".join(s.describe() for name, ss, _ in self._fields if name == field for s in ss)
+        decoder = msgspec.json.Decoder(_struct(root, "Record").__args__[0])
+        # The record's event; raises msgspec's errors on bad JSON or values, MissingField when a
+        # required field is nowhere (the decoder turns them into counted reasons).
+        self.decode: Callable[[bytes, Headers | None], InferenceEvent] = _compile(
+            root, fields, features, decoder.decode
+        )
 
 
 class MissingField(ValueError):
@@ -204,32 +166,129 @@ def _struct(node: _Node, name: str) -> Any:
     return msgspec.defstruct(name, fields, rename=rename, gc=False) | None
 
 
-def _getter(root: _Node, path: Path) -> Callable[[Any], Any]:
-    """Reads `path` off a decoded record: attribute per key, index per list step; None if absent."""
-    steps: list[tuple[bool, str | int]] = []
-    node = root
-    for step in path:
-        child = node.keys[step]
-        steps.append((isinstance(step, int), step if isinstance(step, int) else child.name))
-        node = child
+def _compile(
+    root: _Node,
+    fields: Mapping[str, Sequence[Source]],
+    features: Path | Mapping[str, Path] | None,
+    decode: Callable[[bytes], Any],
+) -> Callable[[bytes, Headers | None], InferenceEvent]:
+    """The mapping as one generated function of (record value, headers): `decode`, straight-line attribute
+    reads into locals named as the fields, alternatives as `if field is None`, derived values last,
+    then the event. A loop over sources and getters cost four times as much."""
+    env: dict[str, Any] = {
+        "InferenceEvent": InferenceEvent, "MissingField": MissingField, "convert": msgspec.convert,
+        "T": FIELD_TYPES, "datetime": dt.datetime, "ValidationError": msgspec.ValidationError, "decode": decode,
+    }  # fmt: skip
+    body: list[str] = ["r = decode(value)"]
+    reader = _Reader(root)
+    if any(s.header is not None for sources in fields.values() for s in sources):
+        body.append("h = dict(reversed(headers)) if headers else {}")  # the first of a name wins
+    later: list[str] = []
+    for name, sources in fields.items():
+        for j, source in enumerate(sources):
+            block = [*_read(reader, source, name, env, f"c_{name}_{j}"), f"{name} = t"]
+            if j:
+                block = [f"if {name} is None:", *("    " + line for line in block)]
+            (later if source.derived is not None else body).extend(block)
+    body += later
+    if isinstance(features, tuple):
+        body += [*reader.path(features), "feats = t"]
+    elif features is not None:
+        body.append("feats = {}")
+        for name, path in features.items():
+            body += [*reader.path(path), f"if t is not None: feats[{name!r}] = t"]
+        body.append("feats = feats or None")
+    else:
+        body.append("feats = None")
+    for name in REQUIRED:
+        where = " or ".join(s.describe() for s in fields[name])
+        body.append(f"if {name} is None: raise MissingField({f'{name}: {where} not in the record'!r})")
+    # Positional, every field in the schema's order (a keyword call costs twice as much).
+    args = []
+    for f in msgspec.structs.fields(InferenceEvent):
+        if f.name == "features":
+            args.append("feats")
+        elif f.name not in fields:
+            args.append(repr(None if f.default is msgspec.NODEFAULT else f.default))
+        elif f.default is msgspec.NODEFAULT or f.default is None:
+            args.append(f.name)
+        else:
+            args.append(f"{f.name} if {f.name} is not None else {f.default!r}")
+    body.append(f"return InferenceEvent({', '.join(args)})")
+    # The objects and lists on the paths are read first, once each (reader.lines, filled above).
+    body[1:1] = reader.lines
+    code = "def extract(value, headers):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(code, "<mapping>", "exec"), env)
+    extract: Callable[[bytes, Headers | None], InferenceEvent] = env["extract"]
+    return extract
 
-    def get(record: Any) -> Any:
-        x = record
-        for is_index, step in steps:
-            if x is None:
-                return None
-            if is_index:
-                assert isinstance(step, int)
-                x = x[step] if step < len(x) else None
-            else:
-                x = getattr(x, step)  # type: ignore[arg-type]
-        return x
 
-    return get
+def _read(reader: _Reader, source: Source, name: str, env: dict[str, Any], const: str) -> list[str]:
+    """Statements that leave one source's value (or None) in `t`."""
+    if source.path is not None:
+        lines = reader.path(source.path)
+    elif source.header is not None:
+        lines = [f"t = h.get({source.header!r})", "if t is not None: t = t.decode('utf-8', 'replace')"]
+        bounds = _str_bounds(FIELD_TYPES[name])
+        if bounds is None:  # a number, a time: as the schema takes it
+            lines.append(f"if t is not None: t = convert(t, T[{name!r}], strict=False)")
+        else:  # a name: its length checked here (convert costs as much as the rest of the record)
+            lo, hi = bounds
+            message = f"Expected `str` of length {lo}..{hi} - at header `{source.header}`"
+            lines.append(f"if t is not None and not {lo} <= len(t) <= {hi}: raise ValidationError({message!r})")
+    elif source.derived is not None:
+        lines = [f"t = {source.derived}"]
+    else:
+        env[const] = source.const
+        lines = [f"t = {const}"]
+    if source.scale != 1.0:
+        lines.append(f"if t is not None and t.__class__ is not datetime: t = t * {source.scale!r}")
+    return lines
 
 
-def _header(headers: Headers | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace")
-    return None
+class _Reader:
+    """Reads paths off the decoded record `r`: each object or list on the way is read once into a
+    local (None where the record stops), and a path is one line off its parent's local."""
+
+    def __init__(self, root: _Node) -> None:
+        self.root = root
+        self.locals: dict[Path, str] = {(): "r"}
+        self.lines: list[str] = []
+
+    def parent(self, path: Path) -> str:
+        """The local holding the value at `path` (reading what it needs first)."""
+        if path not in self.locals:
+            read = self.step(path)  # its parents first
+            name = self.locals[path] = f"p{len(self.locals)}"
+            self.lines.append(f"{name} = {read}")
+        return self.locals[path]
+
+    def step(self, path: Path) -> str:
+        """An expression for the value at `path`, given its parent's local."""
+        up = self.parent(path[:-1])
+        node = self.root
+        for s in path:
+            node = node.keys[s]
+        last = path[-1]
+        read = f"{up}[{last}] if len({up}) > {last} else None" if isinstance(last, int) else f"{up}.{node.name}"
+        if not path[:-1]:  # the record itself is never None
+            return read
+        return f"({read}) if {up} is not None else None"
+
+    def path(self, path: Path) -> list[str]:
+        """Statements that leave the value at `path` (or None) in `t`."""
+        return [f"t = {self.step(path)}"]
+
+
+def _str_bounds(tp: Any) -> tuple[int, int] | None:
+    """(min, max) length of a string field's type (Annotated str with msgspec.Meta); None otherwise."""
+    args = getattr(tp, "__args__", ())
+    if getattr(tp, "__origin__", None) is not str or not args:
+        inner = [a for a in args if getattr(a, "__origin__", None) is str]
+        if len(inner) != 1:
+            return None
+        tp = inner[0]
+    meta = next((m for m in getattr(tp, "__metadata__", ()) if isinstance(m, msgspec.Meta)), None)
+    if meta is None:
+        return None
+    return meta.min_length or 0, meta.max_length if meta.max_length is not None else 2**31

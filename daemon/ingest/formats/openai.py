@@ -19,7 +19,7 @@ FIELDS: dict[str, Any] = {
     "tokens_in": "usage.prompt_tokens",
     "tokens_out": "usage.completion_tokens",
     "finish_reason": "choices[0].finish_reason",
-    "latency_ms": ["metrics.e2e_latency_ms", "metrics.latency_ms"],
+    "latency_ms": ["metrics.e2e_latency_ms", "metrics.latency_ms"],  # else derived: see DERIVED
     "ttft_ms": "metrics.time_to_first_token_ms",
     "tpot_ms": "metrics.mean_itl_ms",
     "queue_ms": "metrics.queue_time_ms",
@@ -28,11 +28,10 @@ FIELDS: dict[str, Any] = {
     "error_type": "error.type",
 }
 
-
-def finish(out: dict[str, Any]) -> None:
-    """An error response is an error; without a logged latency, it is TTFT + generation time
-    (vLLM's TTFT counts from arrival, queue included; generation runs from the first token on)."""
-    if "error_type" in out:
-        out["status"] = "error"
-    if "latency_ms" not in out and "ttft_ms" in out and "decode_ms" in out:
-        out["latency_ms"] = out["ttft_ms"] + out["decode_ms"]
+# Derived when the response has none, over the fields above: an error response is an error;
+# without a logged latency it is TTFT + generation time (vLLM's TTFT counts from arrival, queue
+# included; generation runs from the first token on).
+DERIVED = {
+    "status": "'error' if error_type is not None else None",
+    "latency_ms": "ttft_ms + decode_ms if ttft_ms is not None and decode_ms is not None else None",
+}

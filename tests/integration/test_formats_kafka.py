@@ -1,0 +1,79 @@
+"""Log formats on the real broker, with both clients: the same LLM requests logged natively, as
+OpenAI chat completions (variant and version in Kafka headers) and in a mapped JSON shape, each on
+its own topic, give the same metrics; each topic's bad records are counted by reason."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+
+from daemon.dev import formats as fixtures
+from daemon.dev.broker import TansuBroker
+from tests.integration.support import Samples, produce, running_daemon, total, wait_for
+from tests.unit.test_formats import llm_events
+
+N = 600
+BAD = {
+    "openai": [b'{"id": "x", "model": "m", "usage": {"prompt_tokens": "many"}}', b"{not json"],
+    "mapped": [b'{"meta": {"model": {"name": "m"}}}', b"[]"],
+}
+
+
+def _per_model(s: Samples, model: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of `model`'s keys, with the model label taken out."""
+    out = {}
+    for (name, labels), v in s.items():
+        d = dict(labels)
+        if d.get("model") == model and name.startswith("inferwatch_") and "partition" not in d:
+            out[(name, tuple(sorted((k, x) for k, x in d.items() if k != "model")))] = v
+    return out
+
+
+def test_each_format_gives_the_native_metrics(
+    broker: TansuBroker, tmp_path: Path, unique: str, kafka_client: str
+) -> None:
+    # Each format beside the native events it stands for (an OpenAI record tells less).
+    topics = {name: f"{name}-{unique}" for name in ("native-openai", "openai", "native-mapped", "mapped")}
+    broker.create_topics(list(topics.values()), partitions=1)
+    evs = llm_events(N)
+    for name, topic in topics.items():
+        model = f"llm-{name}"
+        mine = [{**e, "model": model} for e in evs]
+        if name == "native-openai":
+            mine = [fixtures.openai_view(e) for e in mine]
+        if name.startswith("native"):
+            produce(broker.bootstrap, topic, [(model.encode(), msgspec.json.encode(e)) for e in mine])
+            continue
+        convert = fixtures.openai if name == "openai" else fixtures.mapped
+        records = [convert(e) for e in mine]
+        produce(broker.bootstrap, topic, [(model.encode(), v) for v, _ in records], [h for _, h in records])
+        produce(broker.bootstrap, topic, [(model.encode(), v) for v in BAD[name]])
+    config = {
+        "source": {
+            "kafka": {
+                "bootstrap_servers": [broker.bootstrap],
+                "topics": list(topics.values()),
+                "group_id": f"g-{unique}",
+                "client": kafka_client,
+            },
+            "formats": {topics["openai"]: fixtures.OPENAI, topics["mapped"]: fixtures.MAPPED},
+        },
+        "drift": {"enabled": False},
+    }
+    with running_daemon(tmp_path, config) as d:
+        wait_for(lambda: total(d.scrape(), "inferwatch_events_total") >= 4 * N, 60, "every event")
+        wait_for(lambda: total(d.scrape(), "inferwatch_events_invalid_total") >= 4, 30, "the bad records")
+        s = d.scrape()
+    for name in ("openai", "mapped"):
+        native, other = _per_model(s, f"llm-native-{name}"), _per_model(s, f"llm-{name}")
+        assert any(n.startswith("inferwatch_llm") for n, _ in native)  # LLM histograms, TTFT, tokens
+        assert other.keys() == native.keys(), name
+        differ = {k: (v, native[k]) for k, v in other.items() if abs(v - native[k]) > 1e-6 * max(1.0, abs(v))}
+        assert differ == {}, name
+    invalid = {labels: v for (n, labels), v in s.items() if n == "inferwatch_events_invalid_total" and v}  # by reason
+    reasons = sorted(dict(labels)["reason"] for labels in invalid)
+    assert reasons == ["malformed_json", "missing_field", "not_an_object", "wrong_type"]
+    logs = d.logs()
+    assert re.search(r"request_id: path meta\.trace\.id not in the record", logs), logs[-2000:]
