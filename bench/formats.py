@@ -19,7 +19,6 @@ from _common import parse_args, pin_to_one_core, rate_stats, timed, verdict, wri
 
 from daemon.config import from_mapping
 from daemon.dev import formats as fixtures
-from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change
 from daemon.ingest.decode import ChunkDecoder
 from daemon.ingest.sources import Chunk
 from daemon.runtime.lifecycle import tune_gc
@@ -33,19 +32,6 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, help="events per format (default 500,000; 50,000 with --quick)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each (default 3)")
     p.add_argument("--cpu", type=int, help="CPU to pin to (default: the highest allowed)")
-
-
-def _events(n: int) -> list[dict[str, Any]]:
-    spec = TrafficSpec(
-        models=(("chat-llm", ("control", "canary")),),
-        llm_models=("chat-llm",),
-        rate=1000,
-        duration_s=n / 1000,
-        seed=17,
-        start_time=1_764_583_200.0,
-        changes=(parse_change("after=0 model=chat-llm error_rate=0.05"),),
-    )
-    return [e | {"decode_ms": round(e["latency_ms"] - e["ttft_ms"], 3)} for e in TrafficGenerator(spec).events()]
 
 
 def _polls(values: list[bytes], headers: list[Any] | None) -> list[Chunk]:
@@ -76,7 +62,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     cpu = pin_to_one_core(args.cpu)
     tune_gc()
-    evs = _events(n)
+    evs = fixtures.llm_events(n, seed=17, rate=1000.0)
     results: dict[str, Any] = {}
     lines = []
     ok_all = True

@@ -17,6 +17,8 @@ import datetime as dt
 import json
 from typing import Any
 
+from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change
+
 # The mapping config that reads `mapped()` records back (config source.format).
 MAPPED: dict[str, Any] = {
     "type": "mapped",
@@ -44,6 +46,21 @@ OPENAI: dict[str, Any] = {
     "type": "openai",
     "fields": {"variant": {"header": "x-variant"}, "version": {"header": "x-model-version"}},
 }
+
+
+def llm_events(n: int, seed: int = 4, rate: float = 50.0) -> list[dict[str, Any]]:
+    """`n` LLM requests of a control and a canary (5% errors), with their decode time: what every
+    format here can carry."""
+    spec = TrafficSpec(
+        models=(("chat-llm", ("control", "canary")),),
+        llm_models=("chat-llm",),
+        rate=rate,
+        duration_s=n / rate,
+        seed=seed,
+        start_time=1_764_583_200.0,
+        changes=(parse_change("after=0 model=chat-llm error_rate=0.05"),),
+    )
+    return [e | {"decode_ms": round(e["latency_ms"] - e["ttft_ms"], 3)} for e in TrafficGenerator(spec).events()]
 
 
 def _timestamp(ev: dict[str, Any]) -> float:

@@ -12,7 +12,6 @@ import msgspec
 from daemon.dev import formats as fixtures
 from daemon.dev.broker import TansuBroker
 from tests.integration.support import Samples, produce, running_daemon, total, wait_for
-from tests.unit.test_formats import llm_events
 
 N = 600
 BAD = {
@@ -37,7 +36,7 @@ def test_each_format_gives_the_native_metrics(
     # Each format beside the native events it stands for (an OpenAI record tells less).
     topics = {name: f"{name}-{unique}" for name in ("native-openai", "openai", "native-mapped", "mapped")}
     broker.create_topics(list(topics.values()), partitions=1)
-    evs = llm_events(N)
+    evs = fixtures.llm_events(N)
     for name, topic in topics.items():
         model = f"llm-{name}"
         mine = [{**e, "model": model} for e in evs]

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, from_mapping
 from daemon.dev import formats as fixtures
-from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change
 from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.ingest.decode import ChunkDecoder, DecodeFailure
 from daemon.ingest.events import InferenceEvent
@@ -195,22 +194,8 @@ def test_topics_decode_in_their_own_format() -> None:
 # -- openai ---------------------------------------------------------------------------------
 
 
-def llm_events(n: int = 400) -> list[dict[str, Any]]:
-    """LLM requests of a control and a canary (5% errors), with their decode time."""
-    spec = TrafficSpec(
-        models=(("chat-llm", ("control", "canary")),),
-        llm_models=("chat-llm",),
-        rate=50,
-        duration_s=n / 50,
-        seed=4,
-        start_time=1_764_583_200.0,
-        changes=(parse_change("after=0 model=chat-llm error_rate=0.05"),),
-    )
-    return [e | {"decode_ms": round(e["latency_ms"] - e["ttft_ms"], 3)} for e in TrafficGenerator(spec).events()]
-
-
 def test_openai_reads_a_chat_completion_with_vllm_metrics() -> None:
-    ev = llm_events(1)[0]
+    ev = fixtures.llm_events(1)[0]
     value, headers = fixtures.openai(ev)
     (e,) = events(fixtures.OPENAI, value, headers=[headers])
     body = json.loads(value)
@@ -223,7 +208,7 @@ def test_openai_reads_a_chat_completion_with_vllm_metrics() -> None:
 
 
 def test_an_openai_error_object_is_an_error() -> None:
-    ev = {**llm_events(1)[0], "status": "error", "error_type": "timeout"}
+    ev = {**fixtures.llm_events(1)[0], "status": "error", "error_type": "timeout"}
     value, headers = fixtures.openai(ev)
     (e,) = events(fixtures.OPENAI, value, headers=[headers])
     assert (e.status, e.error_type, e.latency_ms) == ("error", "timeout", None)
@@ -247,7 +232,7 @@ def _write(path: Path, lines: list[bytes]) -> Path:
 def test_a_replay_of_another_format_gives_the_native_figures(tmp_path: Path, name: str) -> None:
     """The same events, logged natively and in the format (variant and version in headers, which a
     file cannot carry: there, in the mapping as constants of one variant)."""
-    evs = [e for e in llm_events() if e["variant"] == "canary"]
+    evs = [e for e in fixtures.llm_events(400) if e["variant"] == "canary"]
     convert, fmt = (fixtures.openai, fixtures.OPENAI) if name == "openai" else (fixtures.mapped, fixtures.MAPPED)
     version = evs[0]["version"]
     fields = {**fmt["fields"], "variant": {"const": "canary"}, "version": {"const": version}}
@@ -293,7 +278,7 @@ def test_build_returns_no_format_for_native() -> None:
 def test_replay_takes_a_format_flag(tmp_path: Path) -> None:
     from daemon.cli import main
 
-    evs = llm_events(50)
+    evs = fixtures.llm_events(50)
     path = _write(tmp_path / "openai.jsonl", [fixtures.openai(e)[0] for e in evs] + [b'{"id": 1}'])
     report = tmp_path / "r.json"
     assert main(["replay", str(path), "--report", str(report), "--format", "openai"]) == 0
