@@ -5,12 +5,14 @@ and in each format (`daemon/dev/formats.py`: OpenAI chat completions with vLLM's
 headers; a nested JSON shape read by a mapping with units, list indices, a header and an RFC 3339
 time). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from bytes to the
 columnar batch the pipeline takes: the unit a poll costs. Native and format passes alternate.
-Target: each format >= 0.5x the native events/s.
+Target: each format >= 0.5x the native events/s. And 1M request halves whose responses never
+come leave the memory flat: RSS after them within 20 MB of the RSS after the first tenth.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -19,7 +21,9 @@ from _common import parse_args, pin_to_one_core, rate_stats, timed, verdict, wri
 
 from daemon.config import from_mapping
 from daemon.dev import formats as fixtures
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from daemon.ingest.decode import ChunkDecoder
+from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.sources import Chunk
 from daemon.runtime.lifecycle import tune_gc
 
@@ -56,6 +60,31 @@ def _pass(decoder: ChunkDecoder, polls: list[Chunk]) -> int:
     return n
 
 
+def _rss_mb() -> float:
+    """Resident memory now (not the peak: the decode-rate runs hold their records)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _unmatched(halves: int) -> dict[str, Any]:
+    """`halves` requests whose responses never come, through one cloudevents decoder in polls: the
+    memory they leave must not grow with them (the join holds join_max_pending per partition)."""
+    decoder = _decoder(fixtures.CLOUDEVENTS)
+    template = fixtures.kserve(fixtures.llm_events(1)[0] | {"prediction": 1}, "structured")[0][0]
+    head, tail = template.split(b'"id": "', 1)
+    tail = tail.split(b'"', 1)[1]
+    rss, unmatched = [], 0
+    for start in range(0, halves, POLL):
+        values = [head + b'"id": "u' + str(i).encode() + b'"' + tail for i in range(start, min(start + POLL, halves))]
+        out = decoder.decode([Chunk("t", 0, range(start, start + len(values)), None, None, values)])
+        unmatched += sum(f.reason == "unmatched" for _, f in out.failures)
+        if start // POLL in (halves // POLL // 10, halves // POLL - 1):
+            rss.append(_rss_mb())
+    fmt = decoder.default_format
+    assert isinstance(fmt, CloudEventsFormat)
+    return {"halves": halves, "unmatched": unmatched, "pending": fmt.pending(), "rss_mb": rss}
+
+
 def main() -> None:
     args = parse_args(__doc__, _add_args)
     n = args.events or (50_000 if args.quick else 500_000)
@@ -66,12 +95,16 @@ def main() -> None:
     results: dict[str, Any] = {}
     lines = []
     ok_all = True
-    for name, convert, view, fmt in (
-        ("openai", fixtures.openai, fixtures.openai_view, fixtures.OPENAI),
-        ("mapped", fixtures.mapped, lambda e: e, fixtures.MAPPED),
+    classic = [e for e in TrafficGenerator(TrafficSpec(rate=1000, duration_s=n / 1000, seed=17)).events()]
+    classic = [e for e in classic if e["status"] == "ok"][:n]
+    for name, events, convert, view, fmt in (
+        ("openai", evs, lambda e: [fixtures.openai(e)], fixtures.openai_view, fixtures.OPENAI),
+        ("mapped", evs, lambda e: [fixtures.mapped(e)], lambda e: e, fixtures.MAPPED),
+        ("cloudevents-inference", classic, fixtures.kserve, fixtures.kserve_view, fixtures.CLOUDEVENTS),
     ):
-        native = _polls([msgspec.json.encode(view(e)) for e in evs], None)
-        records = [convert(e) for e in evs]
+        n = len(events)
+        native = _polls([msgspec.json.encode(view(e)) for e in events], None)
+        records = [r for e in events for r in convert(e)]
         other = _polls([v for v, _ in records], [h for _, h in records])
         decoders = {"native": _decoder(None), name: _decoder(fmt)}
         rates: dict[str, list[float]] = {"native": [], name: []}
@@ -90,6 +123,15 @@ def main() -> None:
             f"{name} {ratio:.2f}x native ({stats[name]['median']:,.0f} vs {stats['native']['median']:,.0f} "
             f"events/s) vs >= {TARGET}x {verdict(ok)}"
         )
+    memory = _unmatched(100_000 if args.quick else 1_000_000)
+    grew = memory["rss_mb"][-1] - memory["rss_mb"][0]
+    flat = grew < 20.0 and memory["pending"] <= 10_000
+    ok_all &= flat
+    lines.append(
+        f"{memory['halves']:,} unmatched halves: {memory['pending']:,} held, RSS +{grew:.1f} MB after the "
+        f"first tenth vs < 20 MB {verdict(flat)}"
+    )
+    results["unmatched_halves"] = {**memory, "grew_mb": grew, "pass": flat}
     summary = f"{NAME}: " + " | ".join(lines) + (" [quick]" if args.quick else "")
     write_result(
         NAME,

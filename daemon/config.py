@@ -151,16 +151,33 @@ class FormatConfig(_Section):
     `fields` adds to and overrides its defaults)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")  # constants keep their types
-    type: Literal["native", "mapped", "openai"] = "native"
+    type: Literal["native", "mapped", "openai", "cloudevents-inference"] = "native"
     # Schema field -> a path ("a.b[0].c"), {path | header | const, unit}, or a list tried in order.
     fields: dict[str, Any] = {}
     # A path to a map of features, or feature name -> path.
     features: str | dict[str, str] | None = None
+    # cloudevents-inference: how long a request or response waits for its other half, and how
+    # many may wait per partition (the oldest out first, counted as unmatched); the names of the
+    # features of a list row (V1 instances, a V2 tensor of several values per row).
+    join_ttl_seconds: float = Field(60.0, gt=0)
+    join_max_pending: int = Field(10_000, ge=1)
+    feature_names: list[str] | None = None
 
     @model_validator(mode="after")
     def _builds(self) -> FormatConfig:
+        if self.type != "cloudevents-inference" and self.feature_names is not None:
+            raise ValueError("feature_names names list rows of cloudevents-inference; mapped names features itself")
         formats.build(self.type, self.fields, self.features)
         return self
+
+    def build(self) -> Any:
+        """This topic's decoder (None: native); a cloudevents one holds its topic's waiting halves."""
+        join = {
+            "ttl_s": self.join_ttl_seconds,
+            "max_pending": self.join_max_pending,
+            "feature_names": self.feature_names,
+        }
+        return formats.build(self.type, self.fields, self.features, join)
 
 
 class SourceConfig(_Section):

@@ -147,3 +147,78 @@ def openai(ev: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         },
     }
     return json.dumps(body).encode(), headers
+
+
+# -- cloudevents-inference: KServe's inference logger ------------------------------------------
+
+KSERVE_REQUEST = "org.kubeflow.serving.inference.request"
+KSERVE_RESPONSE = "org.kubeflow.serving.inference.response"
+CLOUDEVENTS: dict[str, Any] = {"type": "cloudevents-inference"}
+
+
+def _rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _pair_times(ev: dict[str, Any]) -> tuple[float, float]:
+    """The request's and the response's times as the events carry them (to the microsecond)."""
+    at = _timestamp(ev)
+    parse = dt.datetime.fromisoformat
+    t0 = parse(_rfc3339(at)).timestamp()
+    return t0, parse(_rfc3339(at + ev.get("latency_ms", 0.0) / 1e3)).timestamp()
+
+
+def kserve(
+    ev: dict[str, Any], mode: str = "binary", protocol: str = "v1"
+) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+    """A native event (one row) as KServe's logger writes it to Kafka: its request and its response
+    CloudEvents (KServe docs, "Inference Logger": type, id, time, source, and the extensions
+    inferenceservicename, namespace, component, endpoint), binary mode (attributes in ce_*
+    headers) or structured (an application/cloudevents+json envelope), V1 or V2 bodies."""
+    t0, t1 = _pair_times(ev)
+    feats = {k: v for k, v in (ev.get("features") or {}).items() if v is not None}
+    if protocol == "v1":
+        request: dict[str, Any] = {"instances": [feats]}
+        response: dict[str, Any] = {"predictions": [ev["prediction"]]}
+    else:
+        kinds = {bool: "BOOL", str: "BYTES", int: "INT64", float: "FP64"}
+        request = {
+            "inputs": [{"name": k, "shape": [1], "datatype": kinds[type(v)], "data": [v]} for k, v in feats.items()]
+        }
+        response = {
+            "model_name": ev["model"],
+            "model_version": ev["version"],
+            "outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [ev["prediction"]]}],
+        }
+    out = []
+    for kind, body, t in ((KSERVE_REQUEST, request, t0), (KSERVE_RESPONSE, response, t1)):
+        attrs = {
+            "specversion": "1.0",
+            "id": ev["request_id"],
+            "type": kind,
+            "source": "http://localhost:9081/",
+            "time": _rfc3339(t),
+            "inferenceservicename": ev["model"],
+            "namespace": "default",
+            "component": "predictor",
+            "endpoint": ev.get("variant", "default"),
+        }
+        if mode == "binary":
+            headers = [(f"ce_{k}", v.encode()) for k, v in attrs.items()] + [("content-type", b"application/json")]
+            out.append((json.dumps(body).encode(), headers))
+        else:
+            envelope = {**attrs, "datacontenttype": "application/json", "data": body}
+            out.append((json.dumps(envelope).encode(), [("content-type", b"application/cloudevents+json")]))
+    return out
+
+
+def kserve_view(ev: dict[str, Any], protocol: str = "v1") -> dict[str, Any]:
+    """The native event that `kserve(ev)` stands for: model namespace/name, the endpoint as the
+    variant, times to the microsecond, the prediction without its score (V1 has no version)."""
+    t0, t1 = _pair_times(ev)
+    out = {k: v for k, v in ev.items() if k not in ("score", "status", "error_type", "version")}
+    out |= {"model": f"default/{ev['model']}", "timestamp": t0, "latency_ms": (t1 - t0) * 1000.0}
+    out["features"] = {k: v for k, v in (ev.get("features") or {}).items() if v is not None}
+    if protocol == "v2":
+        out["version"] = ev["version"]
+    return out

@@ -4,51 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import islice, repeat
-from typing import Any, Final, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
 
 from daemon.config import PlausibilityConfig, SourceConfig
-from daemon.ingest import formats
 from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
+from daemon.ingest.failures import REASONS, DecodeFailure, classify
+from daemon.ingest.formats import RecordFormat
+from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import MissingField
 from daemon.ingest.plausible import OutOfRange, enforce
 from daemon.ingest.sources import Chunk, Headers, RawRecord
 
 # (request_id, model, label, unix-second timestamp): one record of the labels topic.
 LabelRecord = tuple[str, str, Label, float | None]
-
-# Bounded set of reasons: they become the `reason` label of inferwatch_events_invalid_total.
-REASONS: Final = (
-    "oversize",
-    "malformed_json",
-    "not_an_object",
-    "missing_field",
-    "wrong_type",
-    "out_of_range",
-    "internal",
-)
-
-
-class DecodeFailure(msgspec.Struct, frozen=True):
-    """Why a record was rejected; `detail` is for the sampled log line and the dead-letter header."""
-
-    reason: str
-    detail: str
-
-
-def _classify(exc: msgspec.ValidationError) -> str:
-    msg = str(exc)
-    if msg.startswith("Object missing required field"):
-        return "missing_field"
-    if msg.startswith("Expected `object`") and " - at " not in msg:
-        return "not_an_object"
-    if "out of range" in msg or ">=" in msg or "<=" in msg or "length" in msg or "Invalid enum" in msg:
-        return "out_of_range"
-    return "wrong_type"
-
+__all__ = ["REASONS", "ChunkDecoder", "DecodeFailure", "EventDecoder", "LabelRecord", "decode_with"]
 
 T = TypeVar("T", InferenceEvent, LabelEvent)
 
@@ -80,7 +53,7 @@ def decode_with(
     except MissingField as exc:
         return DecodeFailure("missing_field", str(exc)[:200])
     except msgspec.ValidationError as exc:
-        return DecodeFailure(_classify(exc), str(exc)[:200])
+        return DecodeFailure(classify(exc), str(exc)[:200])
     except msgspec.DecodeError as exc:
         return DecodeFailure("malformed_json", str(exc)[:200])
     # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string it decodes and
@@ -121,9 +94,9 @@ class ChunkDecoder:
         self.labels = EventDecoder(max_bytes, LabelEvent)
         self.labels_topic = labels_topic
         source = source or SourceConfig()
-        f = source.format
-        self.default_format = formats.build(f.type, f.fields, f.features)
-        self.formats = {topic: formats.build(f.type, f.fields, f.features) for topic, f in source.formats.items()}
+        # Per input topic its format, each a decoder of its own (a cloudevents one holds state).
+        self.formats = {topic: source.format_of(topic).build() for topic in source.kafka.topics}
+        self.default_format = source.format.build()  # a file's (replay), or a topic not configured
 
     def decode(self, chunks: Sequence[Chunk]) -> Decoded:
         events: list[InferenceEvent] = []
@@ -141,6 +114,14 @@ class ChunkDecoder:
                 continue
             bad: list[int] = []
             fmt = self.formats.get(chunk.topic, self.default_format)
+            if isinstance(fmt, CloudEventsFormat):  # pairs of records: its own events, offsets and times
+                joined = fmt.decode_chunk(chunk, self.events.max_bytes)
+                events += joined.events
+                partitions.extend(repeat(chunk.partition, len(joined.events)))
+                offsets += joined.offsets
+                times += joined.times
+                failures += joined.failures
+                continue
             if fmt is None:
                 self._native(chunk, events, failures, bad)
             else:
@@ -194,7 +175,7 @@ class ChunkDecoder:
 
     def _formatted(
         self,
-        fmt: formats.RecordFormat,
+        fmt: RecordFormat,
         chunk: Chunk,
         events: list[InferenceEvent],
         failures: list[tuple[RawRecord, DecodeFailure]],

@@ -12,11 +12,18 @@ import msgspec
 from daemon.dev import formats as fixtures
 from daemon.dev.broker import TansuBroker
 from tests.integration.support import Samples, produce, running_daemon, total, wait_for
+from tests.unit.test_formats import classic_events
 
 N = 600
 BAD = {
     "openai": [b'{"id": "x", "model": "m", "usage": {"prompt_tokens": "many"}}', b"{not json"],
     "mapped": [b'{"meta": {"model": {"name": "m"}}}', b"[]"],
+    "kserve": [b'{"specversion": "1.0", "id": "x", "type": "org.kubeflow.serving.inference.request"}', b"\x08garbage"],
+}
+CONVERT = {
+    "openai": lambda e: [fixtures.openai(e)],
+    "mapped": lambda e: [fixtures.mapped(e)],
+    "kserve": fixtures.kserve,
 }
 
 
@@ -34,19 +41,20 @@ def test_each_format_gives_the_native_metrics(
     broker: TansuBroker, tmp_path: Path, unique: str, kafka_client: str
 ) -> None:
     # Each format beside the native events it stands for (an OpenAI record tells less).
-    topics = {name: f"{name}-{unique}" for name in ("native-openai", "openai", "native-mapped", "mapped")}
+    names = ("native-openai", "openai", "native-mapped", "mapped", "native-kserve", "kserve")
+    topics = {name: f"{name}-{unique}" for name in names}
     broker.create_topics(list(topics.values()), partitions=1)
-    evs = fixtures.llm_events(N)
+    llm, classic = fixtures.llm_events(N), classic_events(N)
     for name, topic in topics.items():
-        model = f"llm-{name}"
-        mine = [{**e, "model": model} for e in evs]
-        if name == "native-openai":
-            mine = [fixtures.openai_view(e) for e in mine]
+        model = f"m-{name}"
+        mine = [{**e, "model": model} for e in (classic if name.endswith("kserve") else llm)]
         if name.startswith("native"):
-            produce(broker.bootstrap, topic, [(model.encode(), msgspec.json.encode(e)) for e in mine])
+            view = {"native-openai": fixtures.openai_view, "native-kserve": fixtures.kserve_view}.get(name, dict)
+            # A KServe event's model is namespace/name: the view's, here under the native topic's name.
+            logged = [view(e) | {"model": model} for e in mine]
+            produce(broker.bootstrap, topic, [(model.encode(), msgspec.json.encode(e)) for e in logged])
             continue
-        convert = fixtures.openai if name == "openai" else fixtures.mapped
-        records = [convert(e) for e in mine]
+        records = [r for e in mine for r in CONVERT[name](e)]
         produce(broker.bootstrap, topic, [(model.encode(), v) for v, _ in records], [h for _, h in records])
         produce(broker.bootstrap, topic, [(model.encode(), v) for v in BAD[name]])
     config = {
@@ -57,22 +65,28 @@ def test_each_format_gives_the_native_metrics(
                 "group_id": f"g-{unique}",
                 "client": kafka_client,
             },
-            "formats": {topics["openai"]: fixtures.OPENAI, topics["mapped"]: fixtures.MAPPED},
+            "formats": {
+                topics["openai"]: fixtures.OPENAI,
+                topics["mapped"]: fixtures.MAPPED,
+                topics["kserve"]: fixtures.CLOUDEVENTS,
+            },
         },
         "drift": {"enabled": False},
     }
     with running_daemon(tmp_path, config) as d:
-        wait_for(lambda: total(d.scrape(), "inferwatch_events_total") >= 4 * N, 60, "every event")
-        wait_for(lambda: total(d.scrape(), "inferwatch_events_invalid_total") >= 4, 30, "the bad records")
+        want = 4 * N + 2 * len(classic)
+        wait_for(lambda: total(d.scrape(), "inferwatch_events_total") >= want, 60, "every event")
+        wait_for(lambda: total(d.scrape(), "inferwatch_events_invalid_total") >= 6, 30, "the bad records")
         s = d.scrape()
-    for name in ("openai", "mapped"):
-        native, other = _per_model(s, f"llm-native-{name}"), _per_model(s, f"llm-{name}")
-        assert any(n.startswith("inferwatch_llm") for n, _ in native)  # LLM histograms, TTFT, tokens
+    for name in ("openai", "mapped", "kserve"):
+        native = _per_model(s, f"m-native-{name}")
+        other = _per_model(s, f"default/m-{name}" if name == "kserve" else f"m-{name}")
+        assert len(native) > 50 and any(n.startswith("inferwatch_llm") for n, _ in native) == (name != "kserve")
         assert other.keys() == native.keys(), name
         differ = {k: (v, native[k]) for k, v in other.items() if abs(v - native[k]) > 1e-6 * max(1.0, abs(v))}
         assert differ == {}, name
     invalid = {labels: v for (n, labels), v in s.items() if n == "inferwatch_events_invalid_total" and v}  # by reason
     reasons = sorted(dict(labels)["reason"] for labels in invalid)
-    assert reasons == ["malformed_json", "missing_field", "not_an_object", "wrong_type"]
+    assert reasons == ["malformed_json", "missing_field", "not_an_object", "wrong_type"]  # each of 3 formats
     logs = d.logs()
     assert re.search(r"request_id: path meta\.trace\.id not in the record", logs), logs[-2000:]

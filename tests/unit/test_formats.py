@@ -13,10 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ConfigError, from_mapping
 from daemon.dev import formats as fixtures
+from daemon.dev.generator import TrafficGenerator, TrafficSpec
 from daemon.export.exposition import LoopStats, MetricsExposition
 from daemon.ingest.decode import ChunkDecoder, DecodeFailure
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.formats import build
+from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import parse_path
 from daemon.ingest.sources import Chunk
 from daemon.runtime.replay import replay_state
@@ -157,7 +159,7 @@ def test_an_oversize_record_is_counted() -> None:
         ({"type": "mapped", "fields": {**FIELDS, "latency_ms": "a.b", "score": "a"}}, "both a value and goes on"),
         ({"type": "mapped", "fields": {**FIELDS, "latency_ms": "a[0]", "score": "a.b"}}, "both an object and a list"),
         ({"type": "mapped", "fields": FIELDS, "features": "x["}, "features: 'x[' is not a path"),
-        ({"type": "native", "fields": FIELDS}, "set type: mapped"),
+        ({"type": "native", "fields": FIELDS}, "map the mapped and openai formats, not native"),
     ],
 )
 def test_a_bad_mapping_fails_at_start_up_naming_the_field(fmt: dict[str, Any], message: str) -> None:
@@ -286,3 +288,193 @@ def test_replay_takes_a_format_flag(tmp_path: Path) -> None:
     assert (out["events"], out["invalid_by_reason"]) == (50, {"wrong_type": 1})
     assert main(["replay", str(path), "--report", str(report)]) == 0  # native: none of it is an event
     assert json.loads(report.read_text())["events"] == 0
+
+
+# -- cloudevents-inference ------------------------------------------------------------------
+
+
+def classic_events(n: int = 300) -> list[dict[str, Any]]:
+    """A classic model's requests (no errors: KServe's logger pairs answered requests)."""
+    spec = TrafficSpec(models=(("fraud", ("control", "canary")),), rate=50, duration_s=n / 50, seed=8)
+    return [e for e in TrafficGenerator(spec).events() if e["status"] == "ok"]
+
+
+def ce_chunks(records: list[tuple[bytes, list[Any]]], binary: bool = True) -> list[Chunk]:
+    values = [v for v, _ in records]
+    return [
+        Chunk("t", 0, list(range(len(values))), None, None, values, headers=[h for _, h in records] if binary else None)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol"), [("binary", "v1"), ("binary", "v2"), ("structured", "v1"), ("structured", "v2")]
+)
+def test_kserve_pairs_decode_into_the_native_events(mode: str, protocol: str) -> None:
+    evs = classic_events(40)
+    records = [r for e in evs for r in fixtures.kserve(e, mode, protocol)]
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks(records))
+    assert out.failures == []
+    want = [msgspec.convert(fixtures.kserve_view(e, protocol), InferenceEvent) for e in evs]
+    got = list(out.batch.events)
+    assert [e.request_id for e in got] == [e.request_id for e in want]
+    for g, w in zip(got, want, strict=True):
+        assert msgspec.structs.replace(g, latency_ms=None) == msgspec.structs.replace(w, latency_ms=None)
+        assert g.latency_ms == pytest.approx(w.latency_ms, abs=1e-6)
+    assert list(out.batch.index) == [2 * i + 1 for i in range(len(evs))]  # the response completes each
+
+
+def test_halves_join_in_either_order_across_polls() -> None:
+    ev = classic_events(1)[0]
+    request, response = fixtures.kserve(ev)
+    d = decoder(fixtures.CLOUDEVENTS)
+    first = d.decode(ce_chunks([response]))
+    assert first.batch is None and first.failures == []
+    (e,) = d.decode(ce_chunks([request])).batch.events
+    assert e.request_id == ev["request_id"] and e.prediction == ev["prediction"]
+
+
+def test_a_batched_request_becomes_one_event_per_row() -> None:
+    attrs = {"id": "b1", "inferenceservicename": "iris", "namespace": "ml", "endpoint": "canary"}
+    request = {
+        "inputs": [
+            {"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [[1, 2], [3, 4], [5, 6]]},
+            {"name": "country", "shape": [3], "datatype": "BYTES", "data": ["de", "fr", "de"]},
+        ]
+    }
+    response = {
+        "model_version": "7",
+        "outputs": [{"name": "p", "shape": [3, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.8, 0.2, 0.5, 0.5]}],
+    }
+    records = [
+        _ce(attrs | {"type": fixtures.KSERVE_REQUEST}, request),
+        _ce(attrs | {"type": fixtures.KSERVE_RESPONSE}, response),
+    ]
+    out = decoder(fixtures.CLOUDEVENTS | {"feature_names": ["length", "width"]}).decode(
+        ce_chunks(records, binary=False)
+    )
+    assert out.failures == []
+    events = out.batch.events
+    assert [(e.request_id, e.model, e.variant, e.version) for e in events] == [
+        (f"b1/{k}", "ml/iris", "canary", "7") for k in range(3)
+    ]
+    assert events[1].features == {"x_0": 3.0, "x_1": 4.0, "country": "fr"}  # two tensors: the names are the tensors'
+    assert events[1].probabilities == {"0": 0.8, "1": 0.2}
+
+
+def _ce(attrs: dict[str, Any], data: Any) -> tuple[bytes, list[Any]]:
+    return json.dumps({"specversion": "1.0", **attrs, "data": data}).encode(), []
+
+
+@pytest.mark.parametrize(
+    ("request_data", "response_data", "reason"),
+    [
+        ({"instances": [[1, 2], [3, 4]]}, {"predictions": [1]}, "bad_shape"),  # 2 rows, 1 prediction
+        (
+            {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]}]},
+            {"predictions": [1, 0]},
+            "bad_shape",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+                    {"name": "b", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]},
+                ]
+            },
+            {"predictions": [1, 0]},
+            "bad_shape",
+        ),
+        ({"instances": [[1, 2]]}, {"outputs": [{"name": "p", "shape": "2", "data": [1]}]}, "wrong_type"),
+        ({"rows": [[1, 2]]}, {"predictions": [1]}, "missing_field"),
+        ({"instances": [[1, 2]]}, ["not", "an", "object"], "not_an_object"),
+        ({"instances": [{"x": {"nested": 1}}]}, {"predictions": [1]}, "wrong_type"),
+    ],
+)
+def test_malformed_pairs_are_counted_by_reason(request_data: Any, response_data: Any, reason: str) -> None:
+    attrs = {"id": "r1", "inferenceservicename": "m"}
+    good = fixtures.kserve(classic_events(1)[0], "structured")
+    records = [
+        *good[:1],
+        _ce(attrs | {"type": fixtures.KSERVE_REQUEST}, request_data),
+        _ce(attrs | {"type": fixtures.KSERVE_RESPONSE}, response_data),
+        *good[1:],
+    ]
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks(records, binary=False))
+    assert len(out.batch.events) == 1  # the good pair around it
+    assert [f.reason for _, f in out.failures] == [reason]
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "reason"),
+    [
+        (
+            b"\x08\x96\x01garbage",
+            [("ce_type", fixtures.KSERVE_REQUEST.encode()), ("ce_id", b"x"), ("ce_inferenceservicename", b"m")],
+            "malformed_json",
+        ),
+        (
+            b'{"instances": [[1]]}',
+            [
+                ("ce_type", b"org.kubeflow.serving.inference.outlier"),
+                ("ce_id", b"x"),
+                ("ce_inferenceservicename", b"m"),
+            ],
+            "wrong_type",
+        ),
+        (
+            b'{"instances": [[1]]}',
+            [("ce_type", fixtures.KSERVE_REQUEST.encode()), ("ce_inferenceservicename", b"m")],
+            "missing_field",
+        ),
+        (b'{"specversion": "1.0", "type": "x"}', [], "missing_field"),
+        (b"[1]", [], "not_an_object"),
+        (
+            b'{"instances": [[1]]}',
+            [
+                ("ce_type", fixtures.KSERVE_REQUEST.encode()),
+                ("ce_id", b"x"),
+                ("ce_inferenceservicename", b"m"),
+                ("ce_time", b"yesterday"),
+            ],
+            "wrong_type",
+        ),
+    ],
+)
+def test_a_bad_half_is_counted_by_reason(value: bytes, headers: list[Any], reason: str) -> None:
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks([(value, headers)]))
+    assert out.batch is None or reason == "wrong_type"
+    assert [f.reason for _, f in out.failures] == [reason]
+
+
+def test_halves_without_their_pair_are_counted_and_never_held_without_bound() -> None:
+    now = [0.0]
+    d = decoder(fixtures.CLOUDEVENTS | {"join_ttl_seconds": 10, "join_max_pending": 100})
+    fmt = d.default_format
+    assert isinstance(fmt, CloudEventsFormat)
+    fmt.clock = lambda: now[0]
+    evs = classic_events(300)
+    requests = [fixtures.kserve(e)[0] for e in evs]
+    out = d.decode(ce_chunks(requests))
+    assert fmt.pending() == 100  # the oldest went when more waited
+    assert len(out.failures) == len(evs) - 100 and {f.reason for _, f in out.failures} == {"unmatched"}
+    assert out.failures[0][0].offset == 0  # the record itself: logged and dead-lettered as it came
+    now[0] = 10.0
+    later = d.decode(ce_chunks([fixtures.kserve(evs[-1])[1]]))  # the last one's response: still in time? no
+    assert fmt.pending() == 1 and len(later.failures) == 100 and later.batch is None
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_a_replay_of_kserve_events_gives_the_native_figures(tmp_path: Path, protocol: str) -> None:
+    """Structured mode (a file has no headers), with --format: the same /metrics as the events."""
+    evs = classic_events(400)
+    config = {"drift": {"enabled": False}}
+    native = replay_state(
+        _write(tmp_path / "native.jsonl", [msgspec.json.encode(fixtures.kserve_view(e, protocol)) for e in evs]),
+        from_mapping(config),
+    )
+    records = [v for e in evs for v, _ in fixtures.kserve(e, "structured", protocol)]
+    other = replay_state(
+        _write(tmp_path / "ce.jsonl", records), from_mapping({**config, "source": {"format": fixtures.CLOUDEVENTS}})
+    )
+    assert other[0]["invalid"] == 0 and other[0]["events"] == native[0]["events"] == len(evs)
+    assert _samples(other[1], config) == _samples(native[1], config)

@@ -11,10 +11,11 @@ import msgspec
 
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.formats import openai
+from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import FIELD_TYPES, MappedFormat, Source, parse_path, scale_of
 from daemon.ingest.sources import Headers
 
-FORMATS = ("native", "mapped", "openai")
+FORMATS = ("native", "mapped", "openai", "cloudevents-inference")
 
 
 class RecordFormat(Protocol):
@@ -23,13 +24,19 @@ class RecordFormat(Protocol):
         ...
 
 
-def build(kind: str, fields: Mapping[str, Any], features: str | Mapping[str, str] | None) -> RecordFormat | None:
+def build(
+    kind: str,
+    fields: Mapping[str, Any],
+    features: str | Mapping[str, str] | None,
+    join: Mapping[str, Any] | None = None,
+) -> RecordFormat | CloudEventsFormat | None:
     """The format of a config's `source.format` (None: native). Raises ValueError naming what is
-    wrong: a check-config error."""
-    if kind == "native":
+    wrong: a check-config error. `join`: cloudevents-inference's options (ttl_s, max_pending,
+    feature_names)."""
+    if kind == "native" or kind == "cloudevents-inference":
         if fields or features:
-            raise ValueError("fields and features map other formats: set type: mapped (or openai)")
-        return None
+            raise ValueError(f"fields and features map the mapped and openai formats, not {kind}")
+        return None if kind == "native" else CloudEventsFormat(**(join or {}))
     if kind == "openai":
         merged = sources({**openai.FIELDS, **fields})
         for name, expr in openai.DERIVED.items():
