@@ -41,6 +41,7 @@ from daemon.ingest.sources import Chunk, Headers, RawRecord
 
 REQUEST, RESPONSE = "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
 ATTRIBUTES = ("id", "type", "time", "inferenceservicename", "namespace", "endpoint")
+HEADERS = {f"ce_{name}": name for name in ATTRIBUTES}  # binary mode: header -> attribute
 
 
 class Bad(ValueError):
@@ -140,7 +141,11 @@ class CloudEventsFormat:
         out.failures.append((half.record, DecodeFailure("unmatched", detail)))
 
     def _read(self, value: bytes, headers: Headers | None, record: RawRecord, now: float) -> Half:
-        ce = {k[3:]: v.decode("utf-8", "replace") for k, v in headers or () if k.startswith("ce_") and v is not None}
+        ce = {}
+        for key, v in headers or ():
+            name = HEADERS.get(key)
+            if name is not None and v is not None:
+                ce[name] = v.decode("utf-8", "replace")
         if "type" in ce:  # binary mode: the attributes in headers, the body as the value
             body = self._json.decode(value)
         else:  # structured mode: one envelope
