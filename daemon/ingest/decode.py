@@ -14,8 +14,8 @@ from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
 from daemon.ingest.failures import REASONS, DecodeFailure, classify
 from daemon.ingest.formats import RecordFormat
-from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import MissingField
+from daemon.ingest.formats.pairs import PairedFormat
 from daemon.ingest.plausible import OutOfRange, enforce
 from daemon.ingest.sources import Chunk, Headers, RawRecord
 
@@ -114,7 +114,7 @@ class ChunkDecoder:
                 continue
             bad: list[int] = []
             fmt = self.formats.get(chunk.topic, self.default_format)
-            if isinstance(fmt, CloudEventsFormat):  # pairs of records: its own events, offsets and times
+            if isinstance(fmt, PairedFormat):  # pairs of records: its own events, offsets and times
                 joined = fmt.decode_chunk(chunk, self.events.max_bytes)
                 events += joined.events
                 partitions.extend(repeat(chunk.partition, len(joined.events)))

@@ -13,6 +13,7 @@ from daemon.ingest.events import InferenceEvent
 from daemon.ingest.formats import openai
 from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import FIELD_TYPES, MappedFormat, Source, parse_path, scale_of
+from daemon.ingest.formats.pairs import PairedFormat
 from daemon.ingest.sources import Headers
 
 FORMATS = ("native", "mapped", "openai", "cloudevents-inference")
@@ -29,7 +30,7 @@ def build(
     fields: Mapping[str, Any],
     features: str | Mapping[str, str] | None,
     join: Mapping[str, Any] | None = None,
-) -> RecordFormat | CloudEventsFormat | None:
+) -> RecordFormat | PairedFormat | None:
     """The format of a config's `source.format` (None: native). Raises ValueError naming what is
     wrong: a check-config error. `join`: cloudevents-inference's options (ttl_s, max_pending,
     feature_names)."""

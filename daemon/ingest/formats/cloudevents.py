@@ -7,9 +7,8 @@ KServe's logger sends each inference as two CloudEvents with the same `id`: one 
 On Kafka they come in binary mode (attributes in `ce_*` headers, the body as the value) or in
 structured mode (one JSON envelope with `data`). Both are read.
 
-The halves are joined by id per partition, in bounded memory: a half waits at most `ttl_s` (and
-at most `max_pending` wait per partition, the oldest out first); one that outlives that is
-counted as `unmatched`, logged and dead-lettered like any bad record. Bodies in either protocol:
+The halves are joined by id per partition (daemon/ingest/formats/pairs.py). Bodies in either
+protocol:
 
 - V1: request `{"instances": [...]}`, response `{"predictions": [...]}`;
 - Open Inference Protocol V2: request `{"inputs": [tensor, ...]}`, response `{"outputs": [...]}`,
@@ -28,153 +27,92 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import msgspec
 
 from daemon.ingest.events import InferenceEvent
-from daemon.ingest.failures import DecodeFailure, classify
-from daemon.ingest.sources import Chunk, Headers, RawRecord
+from daemon.ingest.formats.pairs import Bad, Half, PairedFormat
+from daemon.ingest.sources import Headers
 
 REQUEST, RESPONSE = "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
-ATTRIBUTES = ("id", "type", "time", "inferenceservicename", "namespace", "endpoint")
-HEADERS = {f"ce_{name}": name for name in ATTRIBUTES}  # binary mode: header -> attribute
+_HEADERS = ("ce_id", "ce_type", "ce_time", "ce_inferenceservicename", "ce_namespace", "ce_endpoint")
+_MISSING = (b"",) * len(_HEADERS)
 
 
-class Bad(ValueError):
-    """A half that cannot be read, or a pair whose halves disagree: (reason, detail)."""
+class Tensor(msgspec.Struct):
+    """An Open Inference Protocol V2 tensor (data flat in row-major order, or nested)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-class Half(NamedTuple):
-    """One event of a pair, read: its attributes, its rows, and the record it came in."""
-
-    attrs: dict[str, str]
-    rows: list[Any]  # request: feature dicts; response: (prediction, probabilities) per row
-    version: str | None  # a V2 response's model_version
-    at: float | None  # its `time`
-    record: RawRecord
-    arrived: float
+    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
+    data: list[Any]
+    name: str = "input"
+    datatype: str | None = None
 
 
-class Joined(NamedTuple):
-    """What a chunk came to: events with the offset and record time of the record that completed
-    each pair, and the failures (records of their own, and halves that never found their pair)."""
+class Body(msgspec.Struct):
+    """A request's or a response's data, V1 or V2: what is read of it."""
 
-    events: list[InferenceEvent]
-    offsets: list[int]
-    times: list[float | None]
-    failures: list[tuple[RawRecord, DecodeFailure]]
+    instances: list[Any] | None = None
+    inputs: list[Tensor] | None = None
+    predictions: list[Any] | None = None
+    outputs: list[Tensor] | None = None
+    model_version: str | None = None
 
 
-class CloudEventsFormat:
-    def __init__(
-        self,
-        ttl_s: float = 60.0,
-        max_pending: int = 10_000,
-        feature_names: Sequence[str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_pending = max_pending
+class Event(msgspec.Struct):
+    """A CloudEvent: the attributes read, and the data (a structured-mode envelope as it comes)."""
+
+    id: str | None = None
+    type: str | None = None
+    time: str | None = None
+    inferenceservicename: str | None = None
+    namespace: str | None = None
+    endpoint: str | None = None
+    data: Body | None = None
+
+
+class CloudEventsFormat(PairedFormat):
+    def __init__(self, feature_names: Sequence[str] | None = None, **join: Any) -> None:
+        super().__init__(**join)
         self.feature_names = list(feature_names) if feature_names else None
-        self.clock = clock
-        self._json = msgspec.json.Decoder()
-        # Per (topic, partition): id -> the half waiting for its pair, oldest first.
-        self._pending: dict[tuple[str, int], OrderedDict[str, Half]] = {}
+        self._body = msgspec.json.Decoder(Body)
+        self._envelope = msgspec.json.Decoder(Event)
 
-    def pending(self) -> int:
-        return sum(map(len, self._pending.values()))
-
-    def decode_chunk(self, chunk: Chunk, max_bytes: int) -> Joined:
-        out = Joined([], [], [], [])
-        now = self.clock()
-        store = self._pending.setdefault((chunk.topic, chunk.partition), OrderedDict())
-        while store:  # what outlived its wait
-            first = next(iter(store.values()))
-            if now - first.arrived < self.ttl_s:
-                break
-            self._unmatched(store, out, "waited ttl")
-        headers = chunk.headers
-        for i, value in enumerate(chunk.values):
-            record = chunk.record(i)
-            try:
-                if value is None:
-                    raise Bad("malformed_json", "record has no value (tombstone)")
-                if len(value) > max_bytes:
-                    raise Bad("oversize", f"{len(value)} bytes > limits.max_event_bytes={max_bytes}")
-                half = self._read(value, None if headers is None else headers[i], record, now)
-                other = store.pop(half.attrs["id"], None)
-                if other is None or other.attrs["type"] == half.attrs["type"]:
-                    if other is not None:  # the same half twice: the newer one waits
-                        why = f"a second {_kind(half)} for id {half.attrs['id']}"
-                        out.failures.append((other.record, DecodeFailure("unmatched", why)))
-                    store[half.attrs["id"]] = half
-                    while len(store) > self.max_pending:
-                        self._unmatched(store, out, f"over {self.max_pending} waiting")
-                    continue
-                request, response = (half, other) if half.attrs["type"] == REQUEST else (other, half)
-                events = _events(request, response)
-            except Bad as e:
-                out.failures.append((record, DecodeFailure(e.reason, str(e)[:200])))
-                continue
-            except msgspec.ValidationError as e:
-                out.failures.append((record, DecodeFailure(classify(e), str(e)[:200])))
-                continue
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
-                out.failures.append((record, DecodeFailure("malformed_json", str(e)[:200])))
-                continue
-            out.events.extend(events)
-            out.offsets.extend([record.offset] * len(events))
-            out.times.extend([record.timestamp] * len(events))
-        return out
-
-    def _unmatched(self, store: OrderedDict[str, Half], out: Joined, why: str) -> None:
-        _, half = store.popitem(last=False)
-        detail = f"{_kind(half)} {half.attrs['id']} without its pair ({why})"
-        out.failures.append((half.record, DecodeFailure("unmatched", detail)))
-
-    def _read(self, value: bytes, headers: Headers | None, record: RawRecord, now: float) -> Half:
-        ce = {}
-        for key, v in headers or ():
-            name = HEADERS.get(key)
-            if name is not None and v is not None:
-                ce[name] = v.decode("utf-8", "replace")
-        if "type" in ce:  # binary mode: the attributes in headers, the body as the value
-            body = self._json.decode(value)
+    def read(self, value: bytes, headers: Headers | None, topic: str) -> Half:
+        h = dict(headers) if headers else None
+        if h is not None and h.get("ce_type") is not None:  # binary mode: attributes in headers
+            try:  # "" where a header is missing
+                id_, type_, at, service, namespace, endpoint = map(bytes.decode, map(h.get, _HEADERS, _MISSING))
+            except TypeError:
+                raise Bad("wrong_type", "a ce_* header without a value") from None
+            ev = Event(id_, type_, at, service, namespace, endpoint, self._body.decode(value))
         else:  # structured mode: one envelope
-            envelope = self._json.decode(value)
-            if not isinstance(envelope, dict):
-                raise Bad("not_an_object", "a structured CloudEvent must be a JSON object")
-            ce = {k: str(v) for k, v in envelope.items() if k in ATTRIBUTES and v is not None}
-            body = envelope.get("data")
-        for name in ("id", "type", "inferenceservicename"):
-            if not ce.get(name):
-                raise Bad("missing_field", f"CloudEvent attribute {name} (ce_{name} in binary mode) not in the record")
-        if ce["type"] not in (REQUEST, RESPONSE):
-            raise Bad("wrong_type", f"CloudEvent type {ce['type']!r} is neither {REQUEST} nor {RESPONSE}")
-        if not isinstance(body, dict):
-            raise Bad("not_an_object", f"the {ce['type'].rsplit('.', 1)[1]}'s data is not a JSON object")
-        at = _time(ce.get("time"))
-        if ce["type"] == REQUEST:
-            return Half(ce, self._features(body), None, at, record, now)
-        version = body.get("model_version")
-        return Half(ce, _predictions(body), None if version is None else str(version), at, record, now)
+            try:
+                ev = self._envelope.decode(value)
+            except msgspec.ValidationError as e:
+                if str(e).startswith("Expected `object | null`") and str(e).endswith("at `$.data`"):
+                    raise Bad("not_an_object", "the CloudEvent's data is not a JSON object") from None
+                raise
+        if not ev.id or not ev.type or not ev.inferenceservicename:
+            name = "id" if not ev.id else "type" if not ev.type else "inferenceservicename"
+            raise Bad("missing_field", f"CloudEvent attribute {name} (ce_{name} in binary mode) not in the record")
+        if ev.type == REQUEST:
+            return Half(ev.id, True, (ev, self._features(ev.data), _time(ev.time)))
+        if ev.type == RESPONSE:
+            return Half(ev.id, False, (ev, _predictions(ev.data), _time(ev.time)))
+        raise Bad("wrong_type", f"CloudEvent type {ev.type!r} is neither {REQUEST} nor {RESPONSE}")
 
-    def _features(self, body: dict[str, Any]) -> list[Any]:
-        if "instances" in body:
-            rows = body["instances"]
-            if not isinstance(rows, list):
-                raise Bad("wrong_type", "instances must be a list (V1)")
+    def _features(self, body: Body | None) -> list[Any]:
+        if body is None:
+            raise Bad("not_an_object", "the request has no data")
+        rows = body.instances
+        if rows is not None:
+            if len(rows) == 1 and type(rows[0]) is dict:
+                return rows
             return [self._row(r) for r in rows]
-        if "inputs" in body:
-            return _tensor_rows(body["inputs"], self.feature_names)
+        if body.inputs is not None:
+            return _tensor_rows(body.inputs, self.feature_names)
         raise Bad("missing_field", "the request has neither instances (V1) nor inputs (V2)")
 
     def _row(self, row: Any) -> dict[str, Any]:
@@ -187,60 +125,82 @@ class CloudEventsFormat:
             return dict(zip(names, row, strict=True))
         return {"input": row}
 
+    def events(self, request: Half, response: Half) -> list[InferenceEvent]:
+        (attrs, features, at), (answer, predictions, until) = request.body, response.body
+        if len(features) != len(predictions):
+            detail = f"{len(features)} request rows but {len(predictions)} predictions for id {request.id}"
+            raise Bad("bad_shape", detail)
+        namespace = attrs.namespace
+        model = f"{namespace}/{attrs.inferenceservicename}" if namespace else attrs.inferenceservicename
+        latency = None if at is None or until is None else max(0.0, (until - at) * 1000.0)
+        fields: dict[str, Any] = {
+            "request_id": request.id,
+            "model": model,
+            "variant": attrs.endpoint or "default",
+            "timestamp": at,
+            "latency_ms": latency,
+        }
+        version = answer.data.model_version
+        if version:
+            fields["version"] = version
+        out = []
+        for k, (row, pred) in enumerate(zip(features, predictions, strict=True)):
+            one = {**fields, "features": row}
+            if len(features) > 1:
+                one["request_id"] = f"{request.id}/{k}"
+            if isinstance(pred, list):
+                one["probabilities"] = {str(c): p for c, p in enumerate(pred)}
+            else:
+                one["prediction"] = pred
+            out.append(msgspec.convert(one, InferenceEvent))
+        return out
 
-def _kind(half: Half) -> str:
-    return "request" if half.attrs["type"] == REQUEST else "response"
 
-
-def _predictions(body: dict[str, Any]) -> list[Any]:
-    if "predictions" in body:
-        rows = body["predictions"]
-        if not isinstance(rows, list):
-            raise Bad("wrong_type", "predictions must be a list (V1)")
-        return rows
-    if "outputs" in body:
-        outputs = body["outputs"]
-        if not isinstance(outputs, list) or not outputs:
+def _predictions(body: Body | None) -> list[Any]:
+    if body is None:
+        raise Bad("not_an_object", "the response has no data")
+    if body.predictions is not None:
+        return body.predictions
+    if body.outputs is not None:
+        if not body.outputs:
             raise Bad("wrong_type", "outputs must be a non-empty list of tensors (V2)")
-        n, per_row = _tensor(outputs[0])
+        n, per_row = _tensor(body.outputs[0])
         return per_row if n else []
     raise Bad("missing_field", "the response has neither predictions (V1) nor outputs (V2)")
 
 
-def _tensor(t: Any) -> tuple[int, list[Any]]:
+def _tensor(t: Tensor) -> tuple[int, list[Any]]:
     """A V2 tensor's rows: (rows, per row its value or its list of values)."""
-    if not isinstance(t, dict) or "data" not in t or "shape" not in t:
-        raise Bad("wrong_type", "a V2 tensor is an object with name, shape, datatype and data")
-    shape, data = t["shape"], t["data"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise Bad("wrong_type", f"tensor {t.get('name')!r}: shape must be a list of sizes, got {shape!r}")
-    flat = _flatten(data)
+    shape = t.shape
+    if not shape:
+        raise Bad("wrong_type", f"tensor {t.name!r}: shape must be a list of sizes, got {shape!r}")
+    flat = _flatten(t.data)
     width = math.prod(shape[1:])
     if len(flat) != shape[0] * width:
-        raise Bad("bad_shape", f"tensor {t.get('name')!r}: {len(flat)} values for shape {shape}")
+        raise Bad("bad_shape", f"tensor {t.name!r}: {len(flat)} values for shape {shape}")
     if len(shape) == 1:
         return shape[0], flat
     return shape[0], [flat[k * width : (k + 1) * width] for k in range(shape[0])]
 
 
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        raise Bad("wrong_type", "tensor data must be a list")
+def _flatten(data: list[Any]) -> list[Any]:
     if not data or not isinstance(data[0], list):
         return data
     out: list[Any] = []
     for x in data:
+        if not isinstance(x, list):
+            raise Bad("bad_shape", "tensor data nested unevenly")
         out.extend(_flatten(x))
     return out
 
 
-def _tensor_rows(inputs: Any, names: list[str] | None) -> list[dict[str, Any]]:
-    if not isinstance(inputs, list) or not inputs:
+def _tensor_rows(inputs: list[Tensor], names: list[str] | None) -> list[dict[str, Any]]:
+    if not inputs:
         raise Bad("wrong_type", "inputs must be a non-empty list of tensors (V2)")
     tensors = []
     for t in inputs:
         n, per_row = _tensor(t)
-        tensors.append((str(t.get("name", "input")), n, per_row))
+        tensors.append((t.name, n, per_row))
     sizes = {n for _, n, _ in tensors}
     if len(sizes) != 1:
         raise Bad("bad_shape", f"input tensors of different batch sizes: {sorted(sizes)}")
@@ -257,41 +217,12 @@ def _tensor_rows(inputs: Any, names: list[str] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _events(request: Half, response: Half) -> list[InferenceEvent]:
-    features, predictions = request.rows, response.rows
-    if len(features) != len(predictions):
-        detail = f"{len(features)} request rows but {len(predictions)} predictions for id {request.attrs['id']}"
-        raise Bad("bad_shape", detail)
-    attrs = request.attrs
-    namespace = attrs.get("namespace")
-    model = f"{namespace}/{attrs['inferenceservicename']}" if namespace else attrs["inferenceservicename"]
-    at, until = request.at, response.at
-    latency = None if at is None or until is None else max(0.0, (until - at) * 1000.0)
-    rid = attrs["id"]
-    out = []
-    for k, (row, pred) in enumerate(zip(features, predictions, strict=True)):
-        fields: dict[str, Any] = {
-            "request_id": rid if len(features) == 1 else f"{rid}/{k}",
-            "model": model,
-            "variant": attrs.get("endpoint") or "default",
-            "timestamp": at,
-            "latency_ms": latency,
-            "features": row,
-        }
-        if response.version:
-            fields["version"] = response.version
-        if isinstance(pred, list):
-            fields["probabilities"] = {str(c): p for c, p in enumerate(pred)}
-        else:
-            fields["prediction"] = pred
-        out.append(msgspec.convert(fields, InferenceEvent))
-    return out
-
-
 def _time(text: str | None) -> float | None:
+    """A CloudEvent's `time` (RFC 3339) in Unix seconds; one without an offset is UTC."""
     if not text:
         return None
     try:
-        return msgspec.convert(text, dt.datetime).timestamp()
-    except msgspec.ValidationError:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
         raise Bad("wrong_type", f"CloudEvent time {text!r} is not RFC 3339") from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()
