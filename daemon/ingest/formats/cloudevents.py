@@ -82,8 +82,9 @@ class CloudEventsFormat(PairedFormat):
     def read(self, value: bytes, headers: Headers | None, topic: str) -> Half:
         h = dict(headers) if headers else None
         if h is not None and h.get("ce_type") is not None:  # binary mode: attributes in headers
-            try:  # "" where a header is missing
-                id_, type_, at, service, namespace, endpoint = map(bytes.decode, map(h.get, _HEADERS, _MISSING))
+            values = map(h.get, _HEADERS, _MISSING)  # b"" where a header is missing
+            try:
+                id_, type_, at, service, namespace, endpoint = map(bytes.decode, values)  # type: ignore[arg-type]
             except TypeError:
                 raise Bad("wrong_type", "a ce_* header without a value") from None
             ev = Event(id_, type_, at, service, namespace, endpoint, self._body.decode(value))
