@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit integration bench tools clean
+.PHONY: demo test lint typecheck unit integration bench tools proto clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/alerting.py
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/soak.py
+
+# The seldon format's protobuf code, from the .proto written in this repo (a unit test checks it).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Idaemon/ingest/formats --python_out=daemon/ingest/formats \
+		--pyi_out=daemon/ingest/formats daemon/ingest/formats/oip.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -3,9 +3,12 @@
 N LLM requests (control and canary, 5% errors, features on the mapped shape) are written natively
 and in each format (`daemon/dev/formats.py`: OpenAI chat completions with vLLM's metrics and
 headers; a nested JSON shape read by a mapping with units, list indices, a header and an RFC 3339
-time). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from bytes to the
-columnar batch the pipeline takes: the unit a poll costs. Native and format passes alternate.
-Target: each format >= 0.5x the native events/s. And 1M request halves whose responses never
+time); N classic requests (8 features) as KServe's logger CloudEvents (binary mode, V1: two
+records an event, ten headers each) and as Seldon's protobuf messages (two records an event, a
+tensor per feature). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from
+bytes to the columnar batch the pipeline takes: the unit a poll costs. Native and format passes
+alternate. Target: each format >= 0.5x the native events/s (an event of a paired format is two
+records: its records/s are twice its events/s). And 1M request halves whose responses never
 come leave the memory flat: RSS after them within 20 MB of the RSS after the first tenth.
 """
 
@@ -44,6 +47,21 @@ def _polls(values: list[bytes], headers: list[Any] | None) -> list[Chunk]:
               headers=None if headers is None else headers[i : i + POLL])
         for i in range(0, len(values), POLL)
     ]  # fmt: skip
+
+
+def _seldon_polls(events: list[dict[str, Any]]) -> list[Chunk]:
+    """Seldon's records in polls of POLL records: a chunk of the inputs topic, one of the outputs
+    topic (keys and Kafka record times included)."""
+    records = [r for e in events for r in fixtures.seldon(e)]
+    out = []
+    for i in range(0, len(records), POLL):
+        for topic in dict.fromkeys(r.topic for r in records[i : i + POLL]):
+            mine = [(k, r) for k, r in enumerate(records[i : i + POLL], i) if r.topic == topic]
+            out.append(
+                Chunk(topic, 0, [k for k, _ in mine], [r.timestamp_ms / 1000 for _, r in mine],
+                      [r.key for _, r in mine], [r.value for _, r in mine])
+            )  # fmt: skip
+    return out
 
 
 def _decoder(fmt: dict[str, Any] | None) -> ChunkDecoder:
@@ -101,11 +119,15 @@ def main() -> None:
         ("openai", evs, lambda e: [fixtures.openai(e)], fixtures.openai_view, fixtures.OPENAI),
         ("mapped", evs, lambda e: [fixtures.mapped(e)], lambda e: e, fixtures.MAPPED),
         ("cloudevents-inference", classic, fixtures.kserve, fixtures.kserve_view, fixtures.CLOUDEVENTS),
+        ("seldon", classic, None, fixtures.seldon_view, fixtures.SELDON),
     ):
         n = len(events)
         native = _polls([msgspec.json.encode(view(e)) for e in events], None)
-        records = [r for e in events for r in convert(e)]
-        other = _polls([v for v, _ in records], [h for _, h in records])
+        if convert is None:
+            other = _seldon_polls(events)
+        else:
+            records = [r for e in events for r in convert(e)]
+            other = _polls([v for v, _ in records], [h for _, h in records])
         decoders = {"native": _decoder(None), name: _decoder(fmt)}
         rates: dict[str, list[float]] = {"native": [], name: []}
         for _ in range(repeats):

@@ -63,8 +63,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.labels is not None and not Path(args.labels).is_file():
         print(f"inferwatch: --labels {args.labels} is not a file", file=sys.stderr)
         return 2
+    if config.source.format.type == "seldon" and not args.records:
+        print(
+            "inferwatch: seldon records say what they are in their topic and key: replay a records file, "
+            "with --records (docs/formats.md)",
+            file=sys.stderr,
+        )
+        return 2
     tune_gc()
-    report = replay(args.file, config, labels=args.labels)
+    report = replay(args.file, config, labels=args.labels, records=args.records)
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(f"replayed {report['events']} events ({report['invalid']} invalid) → {args.report}")
     return 0
@@ -191,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="JSONL file of label events (request_id, model, label, timestamp)")
     p.add_argument("--config")
     p.add_argument("--format", choices=FORMATS, help="the file's log format (default: source.format; docs/formats.md)")
+    p.add_argument(
+        "--records",
+        action="store_true",
+        help="the file holds whole Kafka records (topic, key, headers, time, value in base64), not values",
+    )
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("generate", help="seeded synthetic traffic, to Kafka or to a JSONL file")

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from daemon.ingest import formats
+from daemon.ingest import topics as topic_entries
 
 ENV_PREFIX = "INFERWATCH__"
 # Keys whose values are SecretStr: never echoed in an error message.
@@ -73,6 +74,8 @@ class _Section(BaseModel):
 
 class KafkaConfig(_Section):
     bootstrap_servers: Csv = ("127.0.0.1:9092",)
+    # A name, or a regular expression starting with ^ for every topic it matches (seldon's model
+    # topics: '^seldon\.prod\.model\..+\.(inputs|outputs)$'); daemon/ingest/topics.py.
     topics: Csv = ("inference-logs",)
     group_id: str = "inferwatch"
     client_id: str = "inferwatch"
@@ -120,6 +123,12 @@ class KafkaConfig(_Section):
             raise ValueError("needs at least one entry")
         return v
 
+    @field_validator("topics")
+    @classmethod
+    def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        topic_entries.check(v)
+        return v
+
     @model_validator(mode="after")
     def _timeouts(self) -> KafkaConfig:
         # A polled batch must be processed before max_poll_interval_ms or the group evicts us.
@@ -147,31 +156,35 @@ class KafkaConfig(_Section):
 
 class FormatConfig(_Section):
     """How a topic's records become events (docs/formats.md): `native` (the schema), `mapped`
-    (any JSON, by `fields` and `features`) or `openai` (responses of OpenAI-compatible servers;
-    `fields` adds to and overrides its defaults)."""
+    (any JSON, by `fields` and `features`), `openai` (responses of OpenAI-compatible servers;
+    `fields` adds to and overrides its defaults), `cloudevents-inference` (KServe's logger) or
+    `seldon` (Seldon Core 2's model topics)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")  # constants keep their types
-    type: Literal["native", "mapped", "openai", "cloudevents-inference"] = "native"
+    type: Literal["native", "mapped", "openai", "cloudevents-inference", "seldon"] = "native"
     # Schema field -> a path ("a.b[0].c"), {path | header | const, unit}, or a list tried in order.
     fields: dict[str, Any] = {}
     # A path to a map of features, or feature name -> path.
     features: str | dict[str, str] | None = None
-    # cloudevents-inference: how long a request or response waits for its other half, and how
-    # many may wait per partition (the oldest out first, counted as unmatched); the names of the
-    # features of a list row (V1 instances, a V2 tensor of several values per row).
+    # cloudevents-inference and seldon: how long a request or response waits for its other half,
+    # and how many may wait per partition (seldon: per model), the oldest out first, counted as
+    # unmatched; the names of the features of a list row (V1 instances, a V2 tensor of several
+    # values per row).
     join_ttl_seconds: float = Field(60.0, gt=0)
     join_max_pending: int = Field(10_000, ge=1)
     feature_names: list[str] | None = None
 
     @model_validator(mode="after")
     def _builds(self) -> FormatConfig:
-        if self.type != "cloudevents-inference" and self.feature_names is not None:
-            raise ValueError("feature_names names list rows of cloudevents-inference; mapped names features itself")
+        if self.type not in formats.PAIRED and self.feature_names is not None:
+            raise ValueError(
+                "feature_names names list rows of cloudevents-inference and seldon; mapped names features itself"
+            )
         formats.build(self.type, self.fields, self.features)
         return self
 
     def build(self) -> Any:
-        """This topic's decoder (None: native); a cloudevents one holds its topic's waiting halves."""
+        """A decoder of this format (None: native); a paired one holds the halves that wait."""
         join = {
             "ttl_s": self.join_ttl_seconds,
             "max_pending": self.join_max_pending,
@@ -196,10 +209,16 @@ class SourceConfig(_Section):
             )
         if self.kafka.repartition and any(f.type != "native" for f in (self.format, *self.formats.values())):
             raise ValueError("kafka.repartition keys native events by model: it does not take other formats yet")
+        if self.kafka.repartition and any(map(topic_entries.is_pattern, self.kafka.topics)):
+            raise ValueError(
+                "kafka.repartition sizes its topic from the inputs' partitions: name the topics, not a pattern"
+            )
         return self
 
     def format_of(self, topic: str) -> FormatConfig:
-        return self.formats.get(topic, self.format)
+        """A topic's format: that of its entry in `formats` (a name, or a pattern matching it)."""
+        entry = topic_entries.entry_of(self.formats, topic)
+        return self.format if entry is None else self.formats[entry]
 
 
 class DeadLetterConfig(_Section):

@@ -9,13 +9,17 @@ decoder that reads it back into the same events is right about the format, not a
   would set them; an error becomes an OpenAI error object.
 - `mapped`: a made-up JSON shape with nesting, list indices, seconds for times and RFC 3339
   timestamps, read back by `MAPPED` (the config a user would write for it).
+- `kserve`: KServe's inference logger CloudEvents (binary and structured mode, V1 and V2).
+- `seldon`: Seldon Core 2's Open Inference Protocol protobuf messages on a model's topics.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 from daemon.dev.generator import TrafficGenerator, TrafficSpec, parse_change
 
@@ -217,8 +221,84 @@ def kserve_view(ev: dict[str, Any], protocol: str = "v1") -> dict[str, Any]:
     variant, times to the microsecond, the prediction without its score (V1 has no version)."""
     t0, t1 = _pair_times(ev)
     out = {k: v for k, v in ev.items() if k not in ("score", "status", "error_type", "version")}
-    out |= {"model": f"default/{ev['model']}", "timestamp": t0, "latency_ms": (t1 - t0) * 1000.0}
+    out |= {"model": f"default/{ev['model']}", "timestamp": t0, "latency_ms": round((t1 - t0) * 1000.0, 3)}
     out["features"] = {k: v for k, v in (ev.get("features") or {}).items() if v is not None}
     if protocol == "v2":
         out["version"] = ev["version"]
     return out
+
+
+# -- seldon: Seldon Core 2's model topics -------------------------------------------------------
+
+SELDON: dict[str, Any] = {"type": "seldon"}
+# The subscription that takes every model's topics in namespace `default` (source.kafka.topics).
+SELDON_TOPICS = r"^seldon\.default\.model\..+\.(inputs|outputs)$"
+
+
+class SeldonRecord(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
+def _seldon_times(ev: dict[str, Any]) -> tuple[int, int]:
+    """The request's and the response's Kafka timestamps: milliseconds, as Kafka keeps them."""
+    at = round(_timestamp(ev) * 1000)
+    return at, at + round(ev.get("latency_ms", 0.0))
+
+
+def seldon(ev: dict[str, Any], raw: bool = False, namespace: str = "default") -> list[SeldonRecord]:
+    """A native event (one row) as Seldon Core 2 writes it: a ModelInferRequest on the model's
+    inputs topic and a ModelInferResponse on its outputs topic (oip.proto, the Open Inference
+    Protocol's messages), both keyed by the request id, at the record times of `_seldon_times`.
+    A tensor per feature, shape [1], values in its typed contents, or with `raw` little-endian in
+    raw_input_contents (BYTES as a 4-byte length and the bytes)."""
+    from daemon.ingest.formats import oip_pb2
+
+    t0, t1 = _seldon_times(ev)
+    feats = {k: v for k, v in (ev.get("features") or {}).items() if v is not None}
+    kinds = {
+        bool: ("BOOL", "bool_contents", "<?"),
+        int: ("INT64", "int64_contents", "<q"),
+        float: ("FP64", "fp64_contents", "<d"),
+        str: ("BYTES", "bytes_contents", None),
+    }
+    request = oip_pb2.ModelInferRequest(model_name=ev["model"], id=ev["request_id"])
+    for name, v in feats.items():
+        datatype, field, code = kinds[type(v)]
+        t = request.inputs.add(name=name, datatype=datatype, shape=[1])
+        value = v.encode() if isinstance(v, str) else v
+        if not raw:
+            getattr(t.contents, field).append(value)
+        else:
+            request.raw_input_contents.append(
+                struct.pack("<I", len(value)) + value if code is None else struct.pack(code, value)
+            )
+    response = oip_pb2.ModelInferResponse(model_name=ev["model"], model_version=ev["version"], id=ev["request_id"])
+    out = response.outputs.add(name="predict", datatype="INT64", shape=[1])
+    out.contents.int64_contents.append(int(ev["prediction"]))
+    prefix = f"seldon.{namespace}.model.{ev['model']}"
+    key = ev["request_id"].encode()
+    return [
+        SeldonRecord(f"{prefix}.inputs", key, request.SerializeToString(), t0),
+        SeldonRecord(f"{prefix}.outputs", key, response.SerializeToString(), t1),
+    ]
+
+
+def seldon_view(ev: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+    """The native event that `seldon(ev)` stands for: model namespace/name, times to the
+    millisecond (Kafka's), the prediction without its score, no variant (Seldon's topics have none)."""
+    t0, t1 = _seldon_times(ev)
+    out = {k: v for k, v in ev.items() if k not in ("score", "status", "error_type", "variant")}
+    out |= {"model": f"{namespace}/{ev['model']}", "timestamp": t0 / 1000, "latency_ms": float(t1 - t0)}
+    out["features"] = {k: v for k, v in (ev.get("features") or {}).items() if v is not None}
+    return out
+
+
+def records_line(topic: str, value: bytes, key: bytes | None = None, timestamp_ms: float | None = None) -> bytes:
+    """A record as a line of a records file (`replay --records`, daemon.ingest.sources.RecordLine)."""
+    line = {"topic": topic, "value": base64.b64encode(value).decode(), "timestamp_ms": timestamp_ms}
+    if key is not None:
+        line["key"] = key.decode()
+    return json.dumps(line).encode()

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
+from daemon.ingest import topics as topic_entries
 from daemon.ingest.sources import Chunk, TopicPartition
 
 # How long a partition that has shown no record yet may hold the others back (Kafka Streams'
@@ -30,7 +31,8 @@ UNSEEN_WAIT_S = 5.0
 
 class TimeAligner:
     def __init__(self, topics: Collection[str], max_skew_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.topics = frozenset(topics)
+        self.entries = tuple(topics)  # names, or patterns (daemon/ingest/topics.py)
+        self._aligned: dict[str, bool] = {}
         self.max_skew_s = max_skew_s
         self._clock = clock
         # Newest record time read from each partition of `topics`.
@@ -46,7 +48,7 @@ class TimeAligner:
         """Buffer what a poll read from the aligned topics; return the rest, which passes at once."""
         out: list[Chunk] = []
         for c in chunks:
-            if c.topic not in self.topics:
+            if not self.aligned(c.topic):
                 out.append(c)
                 continue
             tp = (c.topic, c.partition)
@@ -58,6 +60,12 @@ class TimeAligner:
             held = self.buffered.get(tp)
             self.buffered[tp] = c if held is None else _join(held, c)
         return out
+
+    def aligned(self, topic: str) -> bool:
+        known = self._aligned.get(topic)
+        if known is None:
+            known = self._aligned[topic] = topic_entries.entry_of(self.entries, topic) is not None
+        return known
 
     def release(
         self, assigned: Iterable[TopicPartition], lag: Mapping[TopicPartition, int], held: Collection[TopicPartition]
@@ -90,7 +98,7 @@ class TimeAligner:
         now = self._clock()
         pending: dict[TopicPartition, float] = {}
         for tp in assigned:
-            if tp[0] not in self.topics or tp in held or tp in self.untimed:
+            if not self.aligned(tp[0]) or tp in held or tp in self.untimed:
                 continue
             if lag.get(tp, 1) == 0 and tp not in self.buffered:
                 continue  # caught up: its next records are live ones

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 
 from daemon.config import PlausibilityConfig, SourceConfig
+from daemon.ingest import topics as topic_entries
 from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
 from daemon.ingest.failures import REASONS, DecodeFailure, classify
@@ -93,10 +94,25 @@ class ChunkDecoder:
         self.events = EventDecoder(max_bytes, InferenceEvent)
         self.labels = EventDecoder(max_bytes, LabelEvent)
         self.labels_topic = labels_topic
-        source = source or SourceConfig()
-        # Per input topic its format, each a decoder of its own (a cloudevents one holds state).
-        self.formats = {topic: source.format_of(topic).build() for topic in source.kafka.topics}
-        self.default_format = source.format.build()  # a file's (replay), or a topic not configured
+        self.source = source or SourceConfig()
+        # A decoder per entry of source.formats (None: source.format, for a file and the topics no
+        # entry names), one for all the topics it stands for (a paired one joins across them).
+        self._built: dict[str | None, RecordFormat | PairedFormat | None] = {None: self.source.format.build()}
+        self.formats: dict[str, RecordFormat | PairedFormat | None] = {}  # per topic seen, its entry's
+
+    @property
+    def default_format(self) -> RecordFormat | PairedFormat | None:
+        return self._built[None]
+
+    def format_of(self, topic: str) -> RecordFormat | PairedFormat | None:
+        try:
+            return self.formats[topic]
+        except KeyError:
+            entry = topic_entries.entry_of(self.source.formats, topic)
+            if entry not in self._built:
+                self._built[entry] = self.source.formats[entry].build()  # type: ignore[index]
+            fmt = self.formats[topic] = self._built[entry]
+            return fmt
 
     def decode(self, chunks: Sequence[Chunk]) -> Decoded:
         events: list[InferenceEvent] = []
@@ -113,7 +129,7 @@ class ChunkDecoder:
                 self._labels(chunk, labels, failures)
                 continue
             bad: list[int] = []
-            fmt = self.formats.get(chunk.topic, self.default_format)
+            fmt = self.format_of(chunk.topic)
             if isinstance(fmt, PairedFormat):  # pairs of records: its own events, offsets and times
                 joined = fmt.decode_chunk(chunk, self.events.max_bytes)
                 events += joined.events

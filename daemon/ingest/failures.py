@@ -10,6 +10,7 @@ import msgspec
 REASONS: Final = (
     "oversize",
     "malformed_json",
+    "malformed_protobuf",  # a record that is not the protobuf message it should be (seldon)
     "not_an_object",
     "missing_field",
     "wrong_type",

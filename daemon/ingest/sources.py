@@ -1,11 +1,16 @@
-"""The Source protocol, a poll's records as columns (`Chunk`), and the JSONL file source of `replay`."""
+"""The Source protocol, a poll's records as columns (`Chunk`), and the file sources of `replay`:
+JSONL (a line a record's value) and records files (a line a whole Kafka record)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import IO, NamedTuple, Protocol
+
+import msgspec
 
 TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes | None]]
@@ -138,8 +143,10 @@ class JsonlSource:
             return []
         start = self._offset
         self._offset += len(lines)
-        values = [line.rstrip(b"\r\n") for line in lines]
-        return [Chunk(self.path.name, 0, range(start, self._offset), None, None, values)]
+        return self._chunks(start, [line.rstrip(b"\r\n") for line in lines])
+
+    def _chunks(self, start: int, values: list[bytes]) -> list[Chunk]:
+        return [Chunk(self.path.name, 0, range(start, start + len(values)), None, None, values)]
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         return True
@@ -151,3 +158,46 @@ class JsonlSource:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class RecordLine(msgspec.Struct, frozen=True):
+    """A Kafka record as one line of a records file (`replay --records`, docs/formats.md): for
+    formats whose records say what they are outside the value (seldon: the topic and the key;
+    cloudevents-inference's binary mode: the headers)."""
+
+    topic: str
+    value: str | None  # base64 of the value's bytes; null: a tombstone
+    partition: int = 0
+    timestamp_ms: float | None = None
+    key: str | None = None
+    headers: list[tuple[str, str | None]] = []
+
+
+class RecordsSource(JsonlSource):
+    """A records file: a line a Kafka record, in a chunk per topic-partition of each batch; the
+    offset of a record is its 0-based line number. A line that is no record goes on as a record of
+    the file's own (topic: the file's name), which its format then counts as invalid."""
+
+    _decode = msgspec.json.Decoder(RecordLine).decode
+
+    def _chunks(self, start: int, values: list[bytes]) -> list[Chunk]:
+        parts: dict[TopicPartition, list[tuple[int, RecordLine, bytes | None]]] = {}
+        for offset, line in enumerate(values, start):
+            try:
+                r = self._decode(line)
+                value = None if r.value is None else base64.b64decode(r.value, validate=True)
+            except (msgspec.DecodeError, binascii.Error):
+                r, value = RecordLine(self.path.name, None), line
+            parts.setdefault((r.topic, r.partition), []).append((offset, r, value))
+        return [
+            Chunk(
+                topic,
+                partition,
+                [offset for offset, _, _ in rows],
+                [None if r.timestamp_ms is None else r.timestamp_ms / 1000.0 for _, r, _ in rows],
+                [None if r.key is None else r.key.encode() for _, r, _ in rows],
+                [value for _, _, value in rows],
+                headers=[[(k, None if v is None else v.encode()) for k, v in r.headers] for _, r, _ in rows],
+            )
+            for (topic, partition), rows in parts.items()
+        ]

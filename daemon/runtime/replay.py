@@ -15,18 +15,21 @@ from typing import Any
 from daemon.config import Config
 from daemon.ingest.decode import DecodeFailure, LabelRecord
 from daemon.ingest.events import event_time
-from daemon.ingest.sources import JsonlSource
+from daemon.ingest.sources import JsonlSource, RecordsSource
 from daemon.monitors.drift import DriftAlert
 from daemon.pipeline import Pipeline
 from daemon.runtime.app import build_pipeline
 
 
-def replay(path: str | Path, config: Config, labels: str | Path | None = None) -> dict[str, Any]:
-    """Run the file through the pipeline; return the report (docs/operations.md, `replay`)."""
-    return replay_state(path, config, labels)[0]
+def replay(path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False) -> dict[str, Any]:
+    """Run the file through the pipeline; return the report (docs/operations.md, `replay`).
+    `records`: the file holds whole Kafka records, not values (daemon.ingest.sources.RecordLine)."""
+    return replay_state(path, config, labels, records)[0]
 
 
-def replay_state(path: str | Path, config: Config, labels: str | Path | None = None) -> tuple[dict[str, Any], Pipeline]:
+def replay_state(
+    path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False
+) -> tuple[dict[str, Any], Pipeline]:
     """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests)."""
     alerts: list[DriftAlert] = []
     canary: list[dict[str, Any]] = []
@@ -34,7 +37,7 @@ def replay_state(path: str | Path, config: Config, labels: str | Path | None = N
         config, join_labels=labels is not None, alert_sink=alerts.extend, canary_sink=canary.extend
     )
     feed = _LabelFeed(pipeline, labels) if labels is not None else None
-    source = JsonlSource(path, batch_size=config.source.kafka.max_poll_records)
+    source = (RecordsSource if records else JsonlSource)(path, batch_size=config.source.kafka.max_poll_records)
     try:
         while not source.exhausted:
             pipeline.process(source.poll())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
+from daemon.ingest import topics as topic_entries
 from daemon.ingest.sources import JsonlSource
 from daemon.monitors.reservoir import Sample
 from daemon.pipeline import Pipeline
@@ -61,7 +62,8 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
     )
     pipeline = _pipeline(config)
     try:
-        topics = [*kafka.topics, *([config.labels.topic] if config.labels.topic else [])]
+        wanted = [*kafka.topics, *([config.labels.topic] if config.labels.topic else [])]
+        topics = [t for t in sorted(consumer.topics()) if topic_entries.entry_of(wanted, t) is not None]
         parts = [KafkaTP(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         if not parts:
             return pipeline.shadow_samples()

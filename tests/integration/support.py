@@ -137,12 +137,17 @@ def produce(
     topic: str,
     items: Iterable[tuple[bytes | None, bytes]],
     headers: Iterable[list[tuple[str, bytes]]] | None = None,
+    timestamps_ms: Iterable[int] | None = None,
 ) -> dict[int, int]:
-    """Send (with each record's `headers`, if given) and wait for every ack; return the log end
-    offset per partition that we wrote."""
+    """Send (with each record's `headers` and time, if given) and wait for every ack; return the
+    log end offset per partition that we wrote."""
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=10, acks="all")
     hs = headers if headers is not None else itertools.repeat(None)
-    futures = [producer.send(topic, key=k, value=v, headers=h) for (k, v), h in zip(items, hs, strict=False)]
+    ts = timestamps_ms if timestamps_ms is not None else itertools.repeat(None)
+    futures = [
+        producer.send(topic, key=k, value=v, headers=h, timestamp_ms=t)
+        for (k, v), h, t in zip(items, hs, ts, strict=False)
+    ]
     producer.flush()
     ends: dict[int, int] = {}
     for f in futures:

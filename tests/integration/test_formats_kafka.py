@@ -1,6 +1,7 @@
-"""Log formats on the real broker, with both clients: the same LLM requests logged natively, as
-OpenAI chat completions (variant and version in Kafka headers) and in a mapped JSON shape, each on
-its own topic, give the same metrics; each topic's bad records are counted by reason."""
+"""Log formats on the real broker, with both clients: the same requests logged natively, as OpenAI
+chat completions (variant and version in Kafka headers), in a mapped JSON shape, as KServe's
+logger CloudEvents and as Seldon Core 2's protobuf messages on a model's two topics (subscribed
+by pattern), give the same metrics; each format's bad records are counted by reason."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ BAD = {
     "openai": [b'{"id": "x", "model": "m", "usage": {"prompt_tokens": "many"}}', b"{not json"],
     "mapped": [b'{"meta": {"model": {"name": "m"}}}', b"[]"],
     "kserve": [b'{"specversion": "1.0", "id": "x", "type": "org.kubeflow.serving.inference.request"}', b"\x08garbage"],
+    "seldon": [b"\x0a\xff\xff\xff\xff\x0f", b"\x0a\x04iris"],  # garbage; a request without inputs
 }
 CONVERT = {
     "openai": lambda e: [fixtures.openai(e)],
@@ -41,15 +43,17 @@ def test_each_format_gives_the_native_metrics(
     broker: TansuBroker, tmp_path: Path, unique: str, kafka_client: str
 ) -> None:
     # Each format beside the native events it stands for (an OpenAI record tells less).
-    names = ("native-openai", "openai", "native-mapped", "mapped", "native-kserve", "kserve")
+    names = ("native-openai", "openai", "native-mapped", "mapped", "native-kserve", "kserve", "native-seldon")
     topics = {name: f"{name}-{unique}" for name in names}
-    broker.create_topics(list(topics.values()), partitions=1)
+    seldon = {kind: f"seldon.ns-{unique}.model.m-seldon.{kind}" for kind in ("inputs", "outputs")}
+    broker.create_topics([*topics.values(), *seldon.values()], partitions=1)
     llm, classic = fixtures.llm_events(N), classic_events(N)
     for name, topic in topics.items():
         model = f"m-{name}"
-        mine = [{**e, "model": model} for e in (classic if name.endswith("kserve") else llm)]
+        mine = [{**e, "model": model} for e in (classic if name.endswith(("kserve", "seldon")) else llm)]
         if name.startswith("native"):
-            view = {"native-openai": fixtures.openai_view, "native-kserve": fixtures.kserve_view}.get(name, dict)
+            views = {"native-openai": fixtures.openai_view, "native-kserve": fixtures.kserve_view}
+            view = views.get(name, fixtures.seldon_view if name == "native-seldon" else dict)
             # A KServe event's model is namespace/name: the view's, here under the native topic's name.
             logged = [view(e) | {"model": model} for e in mine]
             produce(broker.bootstrap, topic, [(model.encode(), msgspec.json.encode(e)) for e in logged])
@@ -57,11 +61,17 @@ def test_each_format_gives_the_native_metrics(
         records = [r for e in mine for r in CONVERT[name](e)]
         produce(broker.bootstrap, topic, [(model.encode(), v) for v, _ in records], [h for _, h in records])
         produce(broker.bootstrap, topic, [(model.encode(), v) for v in BAD[name]])
+    halves = [r for e in classic for r in fixtures.seldon({**e, "model": "m-seldon"}, namespace=f"ns-{unique}")]
+    for topic in seldon.values():
+        mine = [r for r in halves if r.topic == topic]
+        produce(broker.bootstrap, topic, [(r.key, r.value) for r in mine], timestamps_ms=[r.timestamp_ms for r in mine])
+    produce(broker.bootstrap, seldon["inputs"], [(b"bad", v) for v in BAD["seldon"]])
+    pattern = rf"^seldon\.ns-{unique}\.model\..+\.(inputs|outputs)$"
     config = {
         "source": {
             "kafka": {
                 "bootstrap_servers": [broker.bootstrap],
-                "topics": list(topics.values()),
+                "topics": [*topics.values(), pattern],
                 "group_id": f"g-{unique}",
                 "client": kafka_client,
             },
@@ -69,24 +79,26 @@ def test_each_format_gives_the_native_metrics(
                 topics["openai"]: fixtures.OPENAI,
                 topics["mapped"]: fixtures.MAPPED,
                 topics["kserve"]: fixtures.CLOUDEVENTS,
+                pattern: fixtures.SELDON,
             },
         },
         "drift": {"enabled": False},
     }
     with running_daemon(tmp_path, config) as d:
-        want = 4 * N + 2 * len(classic)
+        want = 4 * N + 4 * len(classic)
         wait_for(lambda: total(d.scrape(), "inferwatch_events_total") >= want, 60, "every event")
-        wait_for(lambda: total(d.scrape(), "inferwatch_events_invalid_total") >= 6, 30, "the bad records")
+        wait_for(lambda: total(d.scrape(), "inferwatch_events_invalid_total") >= 8, 30, "the bad records")
         s = d.scrape()
-    for name in ("openai", "mapped", "kserve"):
+    others = {"kserve": "default/m-kserve", "seldon": f"ns-{unique}/m-seldon"}
+    for name in ("openai", "mapped", "kserve", "seldon"):
         native = _per_model(s, f"m-native-{name}")
-        other = _per_model(s, f"default/m-{name}" if name == "kserve" else f"m-{name}")
-        assert len(native) > 50 and any(n.startswith("inferwatch_llm") for n, _ in native) == (name != "kserve")
+        other = _per_model(s, others.get(name, f"m-{name}"))
+        assert len(native) > 50 and any(n.startswith("inferwatch_llm") for n, _ in native) == (name not in others)
         assert other.keys() == native.keys(), name
         differ = {k: (v, native[k]) for k, v in other.items() if abs(v - native[k]) > 1e-6 * max(1.0, abs(v))}
         assert differ == {}, name
     invalid = {labels: v for (n, labels), v in s.items() if n == "inferwatch_events_invalid_total" and v}  # by reason
     reasons = sorted(dict(labels)["reason"] for labels in invalid)
-    assert reasons == ["malformed_json", "missing_field", "not_an_object", "wrong_type"]  # each of 3 formats
+    assert reasons == ["malformed_json", "malformed_protobuf", "missing_field", "not_an_object", "wrong_type"]
     logs = d.logs()
     assert re.search(r"request_id: path meta\.trace\.id not in the record", logs), logs[-2000:]

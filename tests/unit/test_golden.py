@@ -65,8 +65,9 @@ Changed on purpose by issue 16:
   look reads the labels of the first 100 s only, so accuracy's lower bound and p-value differ
   (-0.0734 and 0.968, were -0.0741 and 1.0); the verdicts are the same.
 Changed on purpose by issue 17:
-- two new reasons of `inferwatch_events_invalid_total`, `bad_shape` and `unmatched` (other log
-  formats' tensors and request/response pairs), 0 here.
+- three new reasons of `inferwatch_events_invalid_total`, `bad_shape`, `unmatched` and
+  `malformed_protobuf` (other log formats' tensors, request/response pairs and protobuf
+  messages), 0 here.
 """
 
 from __future__ import annotations

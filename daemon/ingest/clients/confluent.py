@@ -98,6 +98,7 @@ class ConfluentClient:
             settings["group.instance.id"] = config.group_instance_id
         try:
             self._consumer = Consumer(settings)
+            # librdkafka takes entries starting with ^ as patterns itself (daemon/ingest/topics.py).
             self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lose)
         except (KafkaException, ValueError) as exc:
             raise _failed(exc) from None

@@ -13,6 +13,7 @@ from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
 from daemon.config import KafkaConfig
+from daemon.ingest import topics as topic_entries
 from daemon.ingest.clients import Assigned, Revoked
 from daemon.ingest.sources import Chunk, TopicPartition
 
@@ -64,7 +65,11 @@ class KafkaPythonClient:
             # also offers round robin, which does not): see open_client's co_partitioned.
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._consumer.subscribe(topics=list(topics), listener=_Listener(on_assigned, on_revoked))
+        listener = _Listener(on_assigned, on_revoked)
+        if any(map(topic_entries.is_pattern, topics)):  # names or one pattern, not both
+            self._consumer.subscribe(pattern=topic_entries.one_pattern(topics), listener=listener)
+        else:
+            self._consumer.subscribe(topics=list(topics), listener=listener)
 
     def poll(self, timeout_s: float) -> list[Chunk]:
         return chunks(self._consumer.poll(timeout_ms=int(timeout_s * 1000)))

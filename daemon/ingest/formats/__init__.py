@@ -1,6 +1,7 @@
 """Log formats: how a topic's records become inference events (config `source.format`,
 docs/formats.md). `native` is the schema itself, decoded by `daemon.ingest.decode`'s fast path;
-the others are `RecordFormat`s, one record at a time."""
+the others are `RecordFormat`s, one record at a time, or `PairedFormat`s, whose inference comes
+as a request record and a response record (daemon/ingest/formats/pairs.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from daemon.ingest.formats import openai
 from daemon.ingest.formats.cloudevents import CloudEventsFormat
 from daemon.ingest.formats.mapped import FIELD_TYPES, MappedFormat, Source, parse_path, scale_of
 from daemon.ingest.formats.pairs import PairedFormat
+from daemon.ingest.formats.seldon import SeldonFormat
 from daemon.ingest.sources import Headers
 
-FORMATS = ("native", "mapped", "openai", "cloudevents-inference")
+FORMATS = ("native", "mapped", "openai", "cloudevents-inference", "seldon")
+PAIRED = {"cloudevents-inference": CloudEventsFormat, "seldon": SeldonFormat}  # two records an inference
 
 
 class RecordFormat(Protocol):
@@ -32,12 +35,12 @@ def build(
     join: Mapping[str, Any] | None = None,
 ) -> RecordFormat | PairedFormat | None:
     """The format of a config's `source.format` (None: native). Raises ValueError naming what is
-    wrong: a check-config error. `join`: cloudevents-inference's options (ttl_s, max_pending,
-    feature_names)."""
-    if kind == "native" or kind == "cloudevents-inference":
+    wrong: a check-config error. `join`: the options of the formats that join two records
+    (ttl_s, max_pending, feature_names)."""
+    if kind == "native" or kind in PAIRED:
         if fields or features:
             raise ValueError(f"fields and features map the mapped and openai formats, not {kind}")
-        return None if kind == "native" else CloudEventsFormat(**(join or {}))
+        return None if kind == "native" else PAIRED[kind](**(join or {}))
     if kind == "openai":
         merged = sources({**openai.FIELDS, **fields})
         for name, expr in openai.DERIVED.items():

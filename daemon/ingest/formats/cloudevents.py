@@ -26,28 +26,20 @@ the endpoint, the version the V2 response's `model_version`. The event's time is
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
 from daemon.ingest.events import InferenceEvent
-from daemon.ingest.formats.pairs import Bad, Half, PairedFormat
-from daemon.ingest.sources import Headers
+from daemon.ingest.formats import tensors
+from daemon.ingest.formats.pairs import Bad, Half, PairedFormat, pair_events
+from daemon.ingest.formats.tensors import Tensor
+from daemon.ingest.sources import Chunk
 
 REQUEST, RESPONSE = "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
 _HEADERS = ("ce_id", "ce_type", "ce_time", "ce_inferenceservicename", "ce_namespace", "ce_endpoint")
 _MISSING = (b"",) * len(_HEADERS)
-
-
-class Tensor(msgspec.Struct):
-    """An Open Inference Protocol V2 tensor (data flat in row-major order, or nested)."""
-
-    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
-    data: list[Any]
-    name: str = "input"
-    datatype: str | None = None
 
 
 class Body(msgspec.Struct):
@@ -79,7 +71,9 @@ class CloudEventsFormat(PairedFormat):
         self._body = msgspec.json.Decoder(Body)
         self._envelope = msgspec.json.Decoder(Event)
 
-    def read(self, value: bytes, headers: Headers | None, topic: str) -> Half:
+    def read(self, chunk: Chunk, i: int) -> Half:
+        value, headers = chunk.values[i], None if chunk.headers is None else chunk.headers[i]
+        assert value is not None
         h = dict(headers) if headers else None
         if h is not None and h.get("ce_type") is not None:  # binary mode: attributes in headers
             values = map(h.get, _HEADERS, _MISSING)  # b"" where a header is missing
@@ -113,7 +107,7 @@ class CloudEventsFormat(PairedFormat):
                 return rows
             return [self._row(r) for r in rows]
         if body.inputs is not None:
-            return _tensor_rows(body.inputs, self.feature_names)
+            return tensors.rows(body.inputs, self.feature_names)
         raise Bad("missing_field", "the request has neither instances (V1) nor inputs (V2)")
 
     def _row(self, row: Any) -> dict[str, Any]:
@@ -128,33 +122,10 @@ class CloudEventsFormat(PairedFormat):
 
     def events(self, request: Half, response: Half) -> list[InferenceEvent]:
         (attrs, features, at), (answer, predictions, until) = request.body, response.body
-        if len(features) != len(predictions):
-            detail = f"{len(features)} request rows but {len(predictions)} predictions for id {request.id}"
-            raise Bad("bad_shape", detail)
         namespace = attrs.namespace
         model = f"{namespace}/{attrs.inferenceservicename}" if namespace else attrs.inferenceservicename
-        latency = None if at is None or until is None else max(0.0, (until - at) * 1000.0)
-        fields: dict[str, Any] = {
-            "request_id": request.id,
-            "model": model,
-            "variant": attrs.endpoint or "default",
-            "timestamp": at,
-            "latency_ms": latency,
-        }
-        version = answer.data.model_version
-        if version:
-            fields["version"] = version
-        out = []
-        for k, (row, pred) in enumerate(zip(features, predictions, strict=True)):
-            one = {**fields, "features": row}
-            if len(features) > 1:
-                one["request_id"] = f"{request.id}/{k}"
-            if isinstance(pred, list):
-                one["probabilities"] = {str(c): p for c, p in enumerate(pred)}
-            else:
-                one["prediction"] = pred
-            out.append(msgspec.convert(one, InferenceEvent))
-        return out
+        version = answer.data.model_version if answer.data is not None else None
+        return pair_events(request.id, model, attrs.endpoint, version, at, until, features, predictions)
 
 
 def _predictions(body: Body | None) -> list[Any]:
@@ -163,59 +134,8 @@ def _predictions(body: Body | None) -> list[Any]:
     if body.predictions is not None:
         return body.predictions
     if body.outputs is not None:
-        if not body.outputs:
-            raise Bad("wrong_type", "outputs must be a non-empty list of tensors (V2)")
-        n, per_row = _tensor(body.outputs[0])
-        return per_row if n else []
+        return tensors.predictions(body.outputs)
     raise Bad("missing_field", "the response has neither predictions (V1) nor outputs (V2)")
-
-
-def _tensor(t: Tensor) -> tuple[int, list[Any]]:
-    """A V2 tensor's rows: (rows, per row its value or its list of values)."""
-    shape = t.shape
-    if not shape:
-        raise Bad("wrong_type", f"tensor {t.name!r}: shape must be a list of sizes, got {shape!r}")
-    flat = _flatten(t.data)
-    width = math.prod(shape[1:])
-    if len(flat) != shape[0] * width:
-        raise Bad("bad_shape", f"tensor {t.name!r}: {len(flat)} values for shape {shape}")
-    if len(shape) == 1:
-        return shape[0], flat
-    return shape[0], [flat[k * width : (k + 1) * width] for k in range(shape[0])]
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    if not data or not isinstance(data[0], list):
-        return data
-    out: list[Any] = []
-    for x in data:
-        if not isinstance(x, list):
-            raise Bad("bad_shape", "tensor data nested unevenly")
-        out.extend(_flatten(x))
-    return out
-
-
-def _tensor_rows(inputs: list[Tensor], names: list[str] | None) -> list[dict[str, Any]]:
-    if not inputs:
-        raise Bad("wrong_type", "inputs must be a non-empty list of tensors (V2)")
-    tensors = []
-    for t in inputs:
-        n, per_row = _tensor(t)
-        tensors.append((t.name, n, per_row))
-    sizes = {n for _, n, _ in tensors}
-    if len(sizes) != 1:
-        raise Bad("bad_shape", f"input tensors of different batch sizes: {sorted(sizes)}")
-    (n,) = sizes
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, _, per_row in tensors:
-        for row, v in zip(rows, per_row, strict=True):
-            if not isinstance(v, list):
-                row[name] = v
-                continue
-            keys = names if names and len(tensors) == 1 and len(names) == len(v) else None
-            keys = keys or [f"{name}_{k}" for k in range(len(v))]
-            row.update(zip(keys, v, strict=True))
-    return rows
 
 
 def _time(text: str | None) -> float | None:

@@ -19,7 +19,7 @@ import msgspec
 
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.failures import DecodeFailure, classify
-from daemon.ingest.sources import Chunk, Headers, RawRecord
+from daemon.ingest.sources import Chunk, RawRecord
 
 
 class Bad(ValueError):
@@ -60,8 +60,9 @@ class PairedFormat:
         # Per join space: id -> the half waiting for its pair, oldest first.
         self._pending: dict[Hashable, OrderedDict[str, Half]] = {}
 
-    def read(self, value: bytes, headers: Headers | None, topic: str) -> Half:
-        """The record as a half (record and arrival left unset); raises Bad or msgspec's errors."""
+    def read(self, chunk: Chunk, i: int) -> Half:
+        """Record i of the chunk (its value neither None nor oversize) as a half, its record and
+        arrival left unset; raises Bad or msgspec's errors."""
         raise NotImplementedError
 
     def events(self, request: Half, response: Half) -> list[InferenceEvent]:
@@ -84,14 +85,14 @@ class PairedFormat:
             if now - first.arrived < self.ttl_s:
                 break
             self._unmatched(store, out, "waited ttl")
-        headers, topic, read = chunk.headers, chunk.topic, self.read
+        read = self.read
         for i, value in enumerate(chunk.values):
             try:
                 if value is None:
                     raise Bad("malformed_json", "record has no value (tombstone)")
                 if len(value) > max_bytes:
                     raise Bad("oversize", f"{len(value)} bytes > limits.max_event_bytes={max_bytes}")
-                half = read(value, None if headers is None else headers[i], topic)
+                half = read(chunk, i)
                 other = store.pop(half.id, None)
                 if other is None or other.request == half.request:
                     if other is not None:  # the same half twice: the newer one waits
@@ -130,3 +131,41 @@ class PairedFormat:
 
 def _kind(half: Half) -> str:
     return "request" if half.request else "response"
+
+
+def pair_events(
+    request_id: str,
+    model: str,
+    variant: str | None,
+    version: str | None,
+    at: float | None,
+    until: float | None,
+    features: list[Any],
+    predictions: list[Any],
+) -> list[InferenceEvent]:
+    """A pair's events, a row each: the request's time, the latency from it to the response's,
+    per row its features and its prediction (a list of numbers: class scores "0", "1", ...).
+    Raises Bad when the rows disagree, msgspec's errors when a value is not an event's."""
+    if len(features) != len(predictions):
+        raise Bad("bad_shape", f"{len(features)} request rows but {len(predictions)} predictions for id {request_id}")
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "model": model,
+        "variant": variant or "default",
+        "timestamp": at,
+        # To the microsecond, the finest the halves' times carry (Unix seconds lose the rest).
+        "latency_ms": None if at is None or until is None else round(max(0.0, (until - at) * 1000.0), 3),
+    }
+    if version:
+        fields["version"] = version
+    out = []
+    for k, (row, pred) in enumerate(zip(features, predictions, strict=True)):
+        one = {**fields, "features": row}
+        if len(features) > 1:
+            one["request_id"] = f"{request_id}/{k}"
+        if isinstance(pred, list):
+            one["probabilities"] = {str(c): p for c, p in enumerate(pred)}
+        else:
+            one["prediction"] = pred
+        out.append(msgspec.convert(one, InferenceEvent))
+    return out

@@ -1,0 +1,167 @@
+"""`seldon`: Seldon Core 2's model topics, request and response joined by request id.
+
+Seldon Core 2 writes each inference of model M in namespace N as two records: the request on
+`<prefix>.N.model.M.inputs` and the response on `<prefix>.N.model.M.outputs` (prefix `seldon` by
+default), both Open Inference Protocol V2 protobuf messages (`oip.proto`: ModelInferRequest,
+ModelInferResponse), both keyed by the request id (the gateway copies the request's key onto
+the response). Subscribe to them by pattern (a topic starting with `^` in `source.kafka.topics`).
+
+- The request id is the record key; else the message's `id`; else the `x-request-id` header.
+- The model is `N/M`, from the topic; the version the response's `model_version`.
+- Features come from the request's named input tensors, values in their typed contents or in
+  `raw_input_contents` (little-endian; BYTES as 4-byte length and bytes); a batch of N rows is
+  N events (`daemon/ingest/formats/tensors.py`, as cloudevents-inference's V2 bodies).
+- The prediction is the response's first output tensor per row (several values: class scores).
+- The protobuf messages carry no time: the event's time is the request record's Kafka
+  timestamp, its latency the response record's timestamp minus it (millisecond resolution, and
+  it includes the gateway's queueing: the time the caller saw, not the model's alone).
+
+The halves of one model join in one space (`daemon/ingest/formats/pairs.py`), whatever their
+partitions: with several replicas of inferwatch, the model's two topics need the same partition
+count (Seldon creates them so) for the range assignor to give a request and its response to one.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from daemon.ingest.events import InferenceEvent
+from daemon.ingest.formats import oip_pb2, tensors
+from daemon.ingest.formats.pairs import Bad, Half, PairedFormat, pair_events
+from daemon.ingest.formats.tensors import Tensor
+from daemon.ingest.sources import Chunk
+
+# <prefix>.<namespace>.model.<model>.inputs|outputs; the prefix may hold dots, the namespace not.
+TOPIC = re.compile(r"^(?:(?P<prefix>.+)\.)?(?P<namespace>[^.]+)\.model\.(?P<model>.+)\.(?P<kind>inputs|outputs)$")
+# Typed contents: the field of each datatype; raw contents: its little-endian numpy type.
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+RAW = {
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+class SeldonFormat(PairedFormat):
+    def __init__(self, feature_names: Sequence[str] | None = None, **join: Any) -> None:
+        super().__init__(**join)
+        self.feature_names = list(feature_names) if feature_names else None
+        self._topics: dict[str, tuple[str, bool]] = {}  # topic -> (model, whether it holds requests)
+
+    def space(self, chunk: Chunk) -> Hashable:
+        try:
+            return self._topic(chunk.topic)[0]
+        except Bad:
+            return chunk.topic  # its records fail one by one in read()
+
+    def read(self, chunk: Chunk, i: int) -> Half:
+        model, request = self._topic(chunk.topic)
+        message = oip_pb2.ModelInferRequest() if request else oip_pb2.ModelInferResponse()
+        try:
+            message.ParseFromString(chunk.values[i])
+        except DecodeError as e:
+            raise Bad("malformed_protobuf", f"not a {type(message).__name__}: {e}") from None
+        rid = _request_id(chunk, i, message.id)
+        at = None if chunk.timestamps is None else chunk.timestamps[i]
+        if request:
+            if not message.inputs:
+                raise Bad("missing_field", "the ModelInferRequest has no inputs")
+            given = _tensors(message.inputs, message.raw_input_contents, "raw_input_contents")
+            return Half(rid, True, (model, tensors.rows(given, self.feature_names), at))
+        if not message.outputs:
+            raise Bad("missing_field", "the ModelInferResponse has no outputs")
+        given = _tensors(message.outputs, message.raw_output_contents, "raw_output_contents")
+        return Half(rid, False, (message.model_version, tensors.predictions(given), at))
+
+    def events(self, request: Half, response: Half) -> list[InferenceEvent]:
+        (model, features, at), (version, predictions, until) = request.body, response.body
+        return pair_events(request.id, model, None, version, at, until, features, predictions)
+
+    def _topic(self, topic: str) -> tuple[str, bool]:
+        known = self._topics.get(topic)
+        if known is None:
+            m = TOPIC.match(topic)
+            if m is None:
+                raise Bad("wrong_type", f"topic {topic} is not <prefix>.<namespace>.model.<model>.inputs|outputs")
+            known = self._topics[topic] = (f"{m['namespace']}/{m['model']}", m["kind"] == "inputs")
+        return known
+
+
+def _request_id(chunk: Chunk, i: int, given: str) -> str:
+    key = None if chunk.keys is None else chunk.keys[i]
+    if key:
+        return key.decode("utf-8", "replace")
+    if given:
+        return given
+    for name, value in (chunk.headers[i] or ()) if chunk.headers is not None else ():
+        if name.lower() == "x-request-id" and value:
+            return value.decode("utf-8", "replace")
+    raise Bad("missing_field", "no request id: the record has no key, the message no id, no x-request-id header")
+
+
+def _tensors(given: Sequence[Any], raw: Sequence[bytes], field: str) -> list[Tensor]:
+    """The protobuf tensors as tensors.Tensor: typed contents, or raw bytes (one per tensor)."""
+    if raw and len(raw) != len(given):
+        raise Bad("bad_shape", f"{len(raw)} {field} for {len(given)} tensors")
+    out = []
+    for k, t in enumerate(given):
+        datatype = t.datatype.upper()
+        if raw:
+            data = _raw(t.name, datatype, raw[k])
+        elif datatype in CONTENTS:
+            data = list(getattr(t.contents, CONTENTS[datatype]))
+        else:
+            raise Bad("wrong_type", f"tensor {t.name!r}: datatype {t.datatype!r} has no contents (FP16 travels raw)")
+        if datatype == "BYTES":
+            data = [b.decode("utf-8", "replace") for b in data]
+        out.append(Tensor(list(t.shape), data, t.name or "input", datatype))
+    return out
+
+
+def _raw(name: str, datatype: str, raw: bytes) -> list[Any]:
+    if datatype == "BYTES":  # each value: its length (4 bytes, little-endian), then its bytes
+        out, at = [], 0
+        while at < len(raw):
+            if at + 4 > len(raw):
+                raise Bad("bad_shape", f"tensor {name!r}: raw BYTES cut short")
+            (n,) = struct.unpack_from("<I", raw, at)
+            if at + 4 + n > len(raw):
+                raise Bad("bad_shape", f"tensor {name!r}: raw BYTES cut short")
+            out.append(raw[at + 4 : at + 4 + n])
+            at += 4 + n
+        return out
+    dtype = RAW.get(datatype)
+    if dtype is None:
+        raise Bad("wrong_type", f"tensor {name!r}: unknown datatype {datatype!r}")
+    if len(raw) % np.dtype(dtype).itemsize:
+        raise Bad("bad_shape", f"tensor {name!r}: {len(raw)} raw bytes are not whole {datatype} values")
+    values: list[Any] = np.frombuffer(raw, dtype).tolist()
+    return values
