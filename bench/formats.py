@@ -41,26 +41,28 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", type=int, help="CPU to pin to (default: the highest allowed)")
 
 
-def _polls(values: list[bytes], headers: list[Any] | None) -> list[Chunk]:
+def _polls(values: list[bytes], headers: list[Any] | None) -> list[list[Chunk]]:
     return [
-        Chunk("t", 0, range(i, min(i + POLL, len(values))), None, None, values[i : i + POLL],
-              headers=None if headers is None else headers[i : i + POLL])
+        [Chunk("t", 0, range(i, min(i + POLL, len(values))), None, None, values[i : i + POLL],
+               headers=None if headers is None else headers[i : i + POLL])]
         for i in range(0, len(values), POLL)
     ]  # fmt: skip
 
 
-def _seldon_polls(events: list[dict[str, Any]]) -> list[Chunk]:
+def _seldon_polls(events: list[dict[str, Any]]) -> list[list[Chunk]]:
     """Seldon's records in polls of POLL records: a chunk of the inputs topic, one of the outputs
     topic (keys and Kafka record times included)."""
     records = [r for e in events for r in fixtures.seldon(e)]
     out = []
     for i in range(0, len(records), POLL):
+        poll = []
         for topic in dict.fromkeys(r.topic for r in records[i : i + POLL]):
             mine = [(k, r) for k, r in enumerate(records[i : i + POLL], i) if r.topic == topic]
-            out.append(
+            poll.append(
                 Chunk(topic, 0, [k for k, _ in mine], [r.timestamp_ms / 1000 for _, r in mine],
                       [r.key for _, r in mine], [r.value for _, r in mine])
             )  # fmt: skip
+        out.append(poll)
     return out
 
 
@@ -69,10 +71,10 @@ def _decoder(fmt: dict[str, Any] | None) -> ChunkDecoder:
     return ChunkDecoder(config.limits.max_event_bytes, None, config.plausibility, config.source)
 
 
-def _pass(decoder: ChunkDecoder, polls: list[Chunk]) -> int:
+def _pass(decoder: ChunkDecoder, polls: list[list[Chunk]]) -> int:
     n = 0
-    for chunk in polls:
-        out = decoder.decode([chunk])
+    for poll in polls:
+        out = decoder.decode(poll)
         assert not out.failures and out.batch is not None
         n += len(out.batch.events)
     return n

@@ -107,7 +107,7 @@ class CloudEventsFormat(PairedFormat):
                 return rows
             return [self._row(r) for r in rows]
         if body.inputs is not None:
-            return tensors.rows(body.inputs, self.feature_names)
+            return tensors.rows([tensors.tensor(t) for t in body.inputs], self.feature_names)
         raise Bad("missing_field", "the request has neither instances (V1) nor inputs (V2)")
 
     def _row(self, row: Any) -> dict[str, Any]:

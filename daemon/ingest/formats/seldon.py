@@ -34,7 +34,6 @@ from google.protobuf.message import DecodeError
 from daemon.ingest.events import InferenceEvent
 from daemon.ingest.formats import oip_pb2, tensors
 from daemon.ingest.formats.pairs import Bad, Half, PairedFormat, pair_events
-from daemon.ingest.formats.tensors import Tensor
 from daemon.ingest.sources import Chunk
 
 # <prefix>.<namespace>.model.<model>.inputs|outputs; the prefix may hold dots, the namespace not.
@@ -98,8 +97,8 @@ class SeldonFormat(PairedFormat):
             return Half(rid, True, (model, tensors.rows(given, self.feature_names), at))
         if not message.outputs:
             raise Bad("missing_field", "the ModelInferResponse has no outputs")
-        given = _tensors(message.outputs, message.raw_output_contents, "raw_output_contents")
-        return Half(rid, False, (message.model_version, tensors.predictions(given), at))
+        ((_, n, per_row),) = _tensors(message.outputs, message.raw_output_contents, "raw_output_contents", first=True)
+        return Half(rid, False, (message.model_version, per_row if n else [], at))
 
     def events(self, request: Half, response: Half) -> list[InferenceEvent]:
         (model, features, at), (version, predictions, until) = request.body, response.body
@@ -127,22 +126,23 @@ def _request_id(chunk: Chunk, i: int, given: str) -> str:
     raise Bad("missing_field", "no request id: the record has no key, the message no id, no x-request-id header")
 
 
-def _tensors(given: Sequence[Any], raw: Sequence[bytes], field: str) -> list[Tensor]:
-    """The protobuf tensors as tensors.Tensor: typed contents, or raw bytes (one per tensor)."""
+def _tensors(given: Sequence[Any], raw: Sequence[bytes], field: str, first: bool = False) -> list[tensors.Split]:
+    """The protobuf tensors (`first`: the first only) in rows: values from their typed contents,
+    or raw bytes (one each)."""
     if raw and len(raw) != len(given):
         raise Bad("bad_shape", f"{len(raw)} {field} for {len(given)} tensors")
     out = []
-    for k, t in enumerate(given):
-        datatype = t.datatype.upper()
+    for k, t in enumerate(given[:1] if first else given):
+        name, datatype = t.name or "input", t.datatype.upper()
         if raw:
-            data = _raw(t.name, datatype, raw[k])
+            data = _raw(name, datatype, raw[k])
         elif datatype in CONTENTS:
             data = list(getattr(t.contents, CONTENTS[datatype]))
         else:
-            raise Bad("wrong_type", f"tensor {t.name!r}: datatype {t.datatype!r} has no contents (FP16 travels raw)")
+            raise Bad("wrong_type", f"tensor {name!r}: datatype {t.datatype!r} has no contents (FP16 travels raw)")
         if datatype == "BYTES":
             data = [b.decode("utf-8", "replace") for b in data]
-        out.append(Tensor(list(t.shape), data, t.name or "input", datatype))
+        out.append(tensors.split(name, list(t.shape), data))
     return out
 
 

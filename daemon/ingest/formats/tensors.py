@@ -21,26 +21,35 @@ class Tensor(msgspec.Struct):
     datatype: str | None = None
 
 
+# A tensor split into rows: (its name, its rows, per row its value or its list of values).
+Split = tuple[str, int, list[Any]]
+
+
 def predictions(outputs: list[Tensor]) -> list[Any]:
     """Per row of the first output tensor its prediction: a value, or a list of class scores."""
     if not outputs:
         raise Bad("wrong_type", "outputs must be a non-empty list of tensors (V2)")
-    n, per_row = tensor(outputs[0])
+    _, n, per_row = tensor(outputs[0])
     return per_row if n else []
 
 
-def tensor(t: Tensor) -> tuple[int, list[Any]]:
-    """A V2 tensor's rows: (rows, per row its value or its list of values)."""
-    shape = t.shape
+def tensor(t: Tensor) -> Split:
+    """A JSON V2 tensor's rows (its data flat in row-major order, or nested)."""
+    return split(t.name, t.shape, flatten(t.data))
+
+
+def split(name: str, shape: list[int], flat: list[Any]) -> Split:
+    """A tensor's flat values (row-major) in rows of its shape."""
     if not shape or min(shape) < 0:
-        raise Bad("wrong_type", f"tensor {t.name!r}: shape must be a list of sizes, got {shape!r}")
-    flat = flatten(t.data)
+        raise Bad("wrong_type", f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
+    if len(shape) == 1:
+        if len(flat) != shape[0]:
+            raise Bad("bad_shape", f"tensor {name!r}: {len(flat)} values for shape {shape}")
+        return name, shape[0], flat
     width = math.prod(shape[1:])
     if len(flat) != shape[0] * width:
-        raise Bad("bad_shape", f"tensor {t.name!r}: {len(flat)} values for shape {shape}")
-    if len(shape) == 1:
-        return shape[0], flat
-    return shape[0], [flat[k * width : (k + 1) * width] for k in range(shape[0])]
+        raise Bad("bad_shape", f"tensor {name!r}: {len(flat)} values for shape {shape}")
+    return name, shape[0], [flat[k * width : (k + 1) * width] for k in range(shape[0])]
 
 
 def flatten(data: list[Any]) -> list[Any]:
@@ -54,24 +63,21 @@ def flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def rows(inputs: list[Tensor], names: list[str] | None) -> list[dict[str, Any]]:
+def rows(inputs: list[Split], names: list[str] | None) -> list[dict[str, Any]]:
+    """The features of each row of the input tensors: a tensor of one value per row is named
+    after it, a wider one takes `names` when it is the only one, else name_0, name_1, ..."""
     if not inputs:
         raise Bad("wrong_type", "inputs must be a non-empty list of tensors (V2)")
-    tensors = []
-    for t in inputs:
-        n, per_row = tensor(t)
-        tensors.append((t.name, n, per_row))
-    sizes = {n for _, n, _ in tensors}
-    if len(sizes) != 1:
-        raise Bad("bad_shape", f"input tensors of different batch sizes: {sorted(sizes)}")
-    (n,) = sizes
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, _, per_row in tensors:
-        for row, v in zip(rows, per_row, strict=True):
-            if not isinstance(v, list):
+    n = inputs[0][1]
+    if any(m != n for _, m, _ in inputs):
+        raise Bad("bad_shape", f"input tensors of different batch sizes: {sorted({m for _, m, _ in inputs})}")
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, _, per_row in inputs:
+        for row, v in zip(out, per_row, strict=True):
+            if type(v) is not list:
                 row[name] = v
                 continue
-            keys = names if names and len(tensors) == 1 and len(names) == len(v) else None
+            keys = names if names and len(inputs) == 1 and len(names) == len(v) else None
             keys = keys or [f"{name}_{k}" for k in range(len(v))]
             row.update(zip(keys, v, strict=True))
-    return rows
+    return out
