@@ -296,9 +296,17 @@ def seldon_view(ev: dict[str, Any], namespace: str = "default") -> dict[str, Any
     return out
 
 
-def records_line(topic: str, value: bytes, key: bytes | None = None, timestamp_ms: float | None = None) -> bytes:
+def records_line(
+    topic: str,
+    value: bytes,
+    key: bytes | None = None,
+    timestamp_ms: float | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> bytes:
     """A record as a line of a records file (`replay --records`, daemon.ingest.sources.RecordLine)."""
-    line = {"topic": topic, "value": base64.b64encode(value).decode(), "timestamp_ms": timestamp_ms}
+    line: dict[str, Any] = {"topic": topic, "value": base64.b64encode(value).decode(), "timestamp_ms": timestamp_ms}
     if key is not None:
         line["key"] = key.decode()
+    if headers:
+        line["headers"] = [[k, v.decode()] for k, v in headers]
     return json.dumps(line).encode()

@@ -463,18 +463,24 @@ def test_halves_without_their_pair_are_counted_and_never_held_without_bound() ->
     assert fmt.pending() == 1 and len(later.failures) == 100 and later.batch is None
 
 
-@pytest.mark.parametrize("protocol", ["v1", "v2"])
-def test_a_replay_of_kserve_events_gives_the_native_figures(tmp_path: Path, protocol: str) -> None:
-    """Structured mode (a file has no headers), with --format: the same /metrics as the events."""
+@pytest.mark.parametrize(("protocol", "mode"), [("v1", "structured"), ("v2", "structured"), ("v1", "binary")])
+def test_a_replay_of_kserve_events_gives_the_native_figures(tmp_path: Path, protocol: str, mode: str) -> None:
+    """With --format: the same /metrics as the events. Structured mode from a plain file; binary
+    mode from a records file (--records), whose lines carry each record's headers."""
     evs = classic_events(400)
     config = {"drift": {"enabled": False}}
     native = replay_state(
         _write(tmp_path / "native.jsonl", [msgspec.json.encode(fixtures.kserve_view(e, protocol)) for e in evs]),
         from_mapping(config),
     )
-    records = [v for e in evs for v, _ in fixtures.kserve(e, "structured", protocol)]
+    records = [r for e in evs for r in fixtures.kserve(e, mode, protocol)]
+    lines = [v for v, _ in records]
+    if mode == "binary":
+        lines = [fixtures.records_line("kserve", v, headers=h) for v, h in records]
     other = replay_state(
-        _write(tmp_path / "ce.jsonl", records), from_mapping({**config, "source": {"format": fixtures.CLOUDEVENTS}})
+        _write(tmp_path / "ce.jsonl", lines),
+        from_mapping({**config, "source": {"format": fixtures.CLOUDEVENTS}}),
+        records=mode == "binary",
     )
     assert other[0]["invalid"] == 0 and other[0]["events"] == native[0]["events"] == len(evs)
     assert _samples(other[1], config) == _samples(native[1], config)
