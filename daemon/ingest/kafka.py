@@ -17,6 +17,7 @@ from kafka.errors import KafkaError
 
 from daemon.config import KafkaConfig
 from daemon.ingest import repartition
+from daemon.ingest import topics as topic_entries
 from daemon.ingest.align import TimeAligner
 from daemon.ingest.clients import open_client
 from daemon.ingest.decode import DecodeFailure
@@ -65,10 +66,11 @@ class KafkaSource:
         self._paused: set[TopicPartition] = set()
         # State is kept per partition number: with one stateful topic (the repartition topic, or a
         # single input without labels) any assignor will do, else partition i of every topic must
-        # go to one member (the labels join, several inputs), which only range guarantees.
-        stateful_topics = 1 if self.repartition_topic else len(topics)
+        # go to one member (the labels join, several inputs, a pattern's topics), which only range
+        # guarantees.
+        single = self.repartition_topic is not None or (len(topics) == 1 and not topic_entries.is_pattern(topics[0]))
         self._client = open_client(
-            config, topics, self._on_assigned, self.on_revoked, cooperative=config.cooperative and stateful_topics == 1
+            config, topics, self._on_assigned, self.on_revoked, cooperative=config.cooperative and single
         )
 
     def _error(self, operation: str, exc: BaseException) -> None:

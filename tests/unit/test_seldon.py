@@ -241,3 +241,26 @@ def test_replay_of_seldon_needs_a_records_file(tmp_path: Path, capsys: pytest.Ca
     assert "--records" in capsys.readouterr().err and not report.exists()
     assert main(["replay", str(path), "--format", "seldon", "--records", "--report", str(report)]) == 0
     assert msgspec.json.decode(report.read_bytes())["events"] == 1
+
+
+@pytest.mark.parametrize(
+    ("topics", "labels", "cooperative"),
+    [(["logs"], (), True), (["logs"], ("labels",), False), ([fixtures.SELDON_TOPICS], (), False)],
+)
+def test_a_pattern_subscription_rebalances_eagerly(
+    monkeypatch: pytest.MonkeyPatch, topics: list[str], labels: tuple[str, ...], cooperative: bool
+) -> None:
+    """State is kept per partition number, so the topics a pattern stands for (a model's inputs
+    and outputs) must move together: range, not cooperative-sticky, even as one entry."""
+    from daemon.ingest import kafka
+    from daemon.runtime.logs import SampledLog
+
+    seen: dict[str, Any] = {}
+
+    def client(config: Any, topics: Any, on_assigned: Any, on_revoked: Any, *, cooperative: bool) -> None:
+        seen["cooperative"] = cooperative
+
+    monkeypatch.setattr(kafka, "open_client", client)
+    config = from_mapping({"source": {"kafka": {"topics": topics, "client": "confluent"}}}).source.kafka
+    kafka.KafkaSource(config, {}, SampledLog(1.0), labels)
+    assert seen == {"cooperative": cooperative}
