@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -52,6 +54,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable(path: str, flag: str, command: str) -> bool:
+    """Whether `path` can be written (its folder exists and takes files); else say why, on stderr:
+    checked before the work, so that a long run does not end in a traceback."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        print(f"inferwatch {command}: {flag} {path}: folder {folder} does not exist", file=sys.stderr)
+        return False
+    if Path(path).is_dir() or not os.access(folder, os.W_OK):
+        print(f"inferwatch {command}: {flag} {path}: cannot write a file there", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from daemon.runtime.replay import replay
 
@@ -62,6 +77,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     if args.labels is not None and not Path(args.labels).is_file():
         print(f"inferwatch: --labels {args.labels} is not a file", file=sys.stderr)
+        return 2
+    if not _writable(args.report, "--report", "replay"):
         return 2
     if config.source.format.type == "seldon" and not args.records:
         print(
@@ -125,11 +142,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
+    from kafka.errors import NoBrokersAvailable
+
     from daemon.shadow import oneshot
     from daemon.shadow.service import RunnerProcess, ShadowError
 
     config = _load(args.config, args.format)
     configure("warning", config.logging.format)
+    # kafka-python logs every failed connect; a one-shot command says what failed in one line.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     if not args.once:
         print("inferwatch shadow: pass --once (the daemon schedules runs itself when shadow.enabled)", file=sys.stderr)
         return 2
@@ -138,6 +159,8 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         return 2
     if args.input is not None and not Path(args.input).is_file():
         print(f"inferwatch shadow: --input {args.input} is not a file", file=sys.stderr)
+        return 2
+    if args.json is not None and not _writable(args.json, "--json", "shadow"):
         return 2
     runner = RunnerProcess(config.shadow, "warning", config.logging.format)
     try:
@@ -150,6 +173,11 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         else:
             samples = oneshot.from_kafka(config, args.max_events)
         report = runner.call("run", samples)
+    except NoBrokersAvailable:
+        servers = ", ".join(config.source.kafka.bootstrap_servers)
+        what = f"no Kafka broker answers at {servers} (source.kafka.bootstrap_servers)"
+        print(f"inferwatch shadow: {what}", file=sys.stderr)
+        return 2
     except ShadowError as exc:
         print(f"inferwatch shadow: {exc}", file=sys.stderr)
         return 1

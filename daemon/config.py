@@ -63,6 +63,16 @@ def _csv(v: Any) -> Any:
 Csv = Annotated[tuple[str, ...], BeforeValidator(_csv)]
 
 
+def _host_port(text: str) -> bool:
+    """host:port, the host a name, IPv4 or [IPv6] address, the port 1-65535 (no scheme, no path)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host or "/" in host:
+        return False
+    if host.startswith("["):
+        return host.endswith("]") and len(host) > 2
+    return ":" not in host and " " not in host
+
+
 class ConfigError(Exception):
     """Bad config: the message names each field, the bad value and what is allowed."""
 
@@ -127,6 +137,13 @@ class KafkaConfig(_Section):
     @classmethod
     def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         topic_entries.check(v)
+        return v
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(map(_host_port, v)):
+            raise ValueError("each entry is host:port, without a scheme or a path, such as kafka-0.kafka:9092")
         return v
 
     @model_validator(mode="after")
@@ -983,6 +1000,16 @@ class Config(_Section):
     lifecycle: LifecycleConfig = LifecycleConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    @model_validator(mode="after")
+    def _labels_topic(self) -> Config:
+        topic = self.labels.topic
+        if topic is not None and topic_entries.entry_of(self.source.kafka.topics, topic) is not None:
+            raise ValueError(
+                f"labels.topic {topic!r} is also an input topic of source.kafka.topics: labels need a topic of "
+                "their own (an inference record read as a label, or a label as an inference, is counted invalid)"
+            )
+        return self
+
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
@@ -1014,6 +1041,8 @@ def _is_section(t: Any) -> bool:
 
 
 def _describe(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    if not err["loc"]:  # a check across sections: its message names the fields
+        return str(err["msg"]).removeprefix("Value error, ")
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         parent: Any = Config

@@ -69,6 +69,20 @@ def test_config_is_frozen() -> None:
             ["source.kafka", "group_instance_id (static membership) needs client: confluent"],
         ),
         ({"source": {"kafka": {"client": "librdkafka"}}}, ["source.kafka.client", "'kafka-python' or 'confluent'"]),
+        (
+            {"source": {"kafka": {"bootstrap_servers": ["http://kafka:9092", "nohostport"]}}},
+            ["source.kafka.bootstrap_servers", "host:port, without a scheme", "nohostport"],
+        ),
+        ({"source": {"kafka": {"bootstrap_servers": "kafka:0"}}}, ["bootstrap_servers", "host:port"]),
+        ({"source": {"kafka": {"bootstrap_servers": "kafka:9092/x"}}}, ["bootstrap_servers", "host:port"]),
+        (
+            {"labels": {"topic": "logs"}, "source": {"kafka": {"topics": ["logs"]}}},
+            ["labels.topic 'logs' is also an input topic of source.kafka.topics"],
+        ),
+        (
+            {"labels": {"topic": "seldon.x.model.m.inputs"}, "source": {"kafka": {"topics": ["^seldon\\..+"]}}},
+            ["labels.topic 'seldon.x.model.m.inputs' is also an input topic"],
+        ),
     ],
 )
 def test_errors_name_field_value_and_fix(data: dict[str, object], expected: list[str]) -> None:
@@ -173,3 +187,8 @@ def test_secrets_come_from_files_and_never_show_in_errors(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         from_mapping({"retraining": {"endpoints": [endpoint | {"secret_file": None, "secret": "whsec_short"}]}})
     assert "whsec_short" not in str(err.value) and "value hidden" in str(err.value)
+
+
+@pytest.mark.parametrize("servers", [["kafka-0.kafka:9092", "10.0.0.7:9093"], ["[::1]:9092"], "a:1,b:2"])
+def test_bootstrap_servers_take_names_and_addresses(servers: object) -> None:
+    assert from_mapping({"source": {"kafka": {"bootstrap_servers": servers}}}).source.kafka.bootstrap_servers
