@@ -172,6 +172,11 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             samples = oneshot.from_file(config, args.input)
         else:
             samples = oneshot.from_kafka(config, args.max_events)
+        unseen = oneshot.unseen(config, samples)
+        if unseen:
+            lines = ["mappings name features the logs lack:", *unseen]
+            print("inferwatch shadow: " + "\n  ".join(lines), file=sys.stderr)
+            return 2
         report = runner.call("run", samples)
     except NoBrokersAvailable:
         servers = ", ".join(config.source.kafka.bootstrap_servers)

@@ -410,6 +410,7 @@ def _shadow_lines(f: TextSink, shadow: Mapping[str, Any]) -> None:
             add("inferwatch_shadow_cold_start_seconds", f'{lbl},phase="{phase.removesuffix("_seconds")}"', seconds)
         add("inferwatch_shadow_regression", lbl, int(m["regression"]["flagged"]))
         add("inferwatch_shadow_samples", lbl, m["samples"])
+        add("inferwatch_shadow_unseen_features", lbl, len(m.get("unseen_features", ())))
         for metric in ("accuracy", "mae"):
             add("inferwatch_shadow_quality", f'{lbl},metric="{metric}"', m["quality"].get(metric))
         if m["skew"] is not None:

@@ -311,6 +311,11 @@ FAMILIES: dict[str, tuple[str, str, list[str]]] = {
         SHADOW_LABELS,
     ),
     "inferwatch_shadow_samples": ("gauge", "Logged inputs replayed in the latest run.", SHADOW_LABELS),
+    "inferwatch_shadow_unseen_features": (
+        "gauge",
+        "Features the model's mapping names that no replayed sample carried (fed as missing_value).",
+        SHADOW_LABELS,
+    ),
     "inferwatch_shadow_quality": (
         "gauge",
         "Quality on the replayed samples that have labels (accuracy, or mae for regressors).",

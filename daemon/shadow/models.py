@@ -188,6 +188,17 @@ def unencoded_features(spec: ShadowModel, samples: Sequence[Sample]) -> list[str
     return sorted(found)
 
 
+def unseen_features(spec: ShadowModel, samples: Sequence[Sample]) -> list[str]:
+    """Features the mapping names that no sample carries a value for (fed as missing_value
+    throughout: a misspelt name, or a feature the logs do not have), sorted."""
+    wanted = {name for inp in spec.inputs for name in inp.features}
+    for sample in samples:
+        if not wanted:
+            break
+        wanted.difference_update([name for name in wanted if sample.features.get(name) is not None])
+    return sorted(wanted)
+
+
 def load_model(spec: ShadowModel, *, threads: int, allow_cuda: bool) -> LoadedModel:
     """Loads a model on its device with its thread settings and checks its input mapping; ModelError if it does not
     load or fit."""

@@ -83,6 +83,23 @@ def from_kafka(config: Config, max_events: int) -> dict[str, list[Sample]]:
     return pipeline.shadow_samples()
 
 
+def unseen(config: Config, samples: Mapping[str, Sequence[Sample]]) -> list[str]:
+    """Per model whose mapping names features no sample carries, one line saying so (--once
+    refuses to run on them: each would be fed as missing_value throughout)."""
+    from daemon.shadow.models import unseen_features
+
+    out = []
+    for spec in config.shadow.models:
+        rows = samples.get(spec.source_model, ())
+        names = unseen_features(spec, rows) if rows else []
+        if names:
+            out.append(
+                f"shadow model {spec.name!r}: features never seen in {len(rows)} sampled logs of "
+                f"{spec.source_model!r}: {', '.join(names)}; check shadow.models[].inputs[].features"
+            )
+    return out
+
+
 def table(report: Mapping[str, Any]) -> str:
     """The run as an aligned text table: one row per model, then one per comparison."""
     rows = [("model", "role", "status", "samples", "p50 ms", "p90 ms", "p99 ms", "stable", "best/s", "skew", "regr.")]
@@ -117,6 +134,10 @@ def table(report: Mapping[str, Any]) -> str:
                 (c["candidate"], c["production"], f"{r['ratio']:.3f}", f"{r['lower']:.3f}-{r['upper']:.3f}", agree)
             )
         lines += ["", *_align(pairs)]
+    for m in report["models"]:
+        if m.get("unencoded_features"):
+            names = ", ".join(m["unencoded_features"])
+            lines += ["", f"{m['name']}: string features without an encoding (fed as unknown_code): {names}"]
     env = report["environment"]
     lines += ["", f"on {env.get('cpu_model')} ({env.get('cpus_allowed')} CPUs), {report['threads']} thread(s)"]
     return "\n".join(lines)

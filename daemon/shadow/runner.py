@@ -23,7 +23,7 @@ from daemon.shadow.compare import accuracy, agreement, latency_ratio, skew
 from daemon.shadow.environment import EnergyMeter, collect_environment, cost_per_1k, hardware_key, model_bytes
 from daemon.shadow.history import History, regression
 from daemon.shadow.measure import Run, interleaved, offline, server, single_stream, warm_up
-from daemon.shadow.models import LoadedModel, load_model, unencoded_features
+from daemon.shadow.models import LoadedModel, load_model, unencoded_features, unseen_features
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +106,9 @@ def _measure(spec: ShadowModel, rows: Sequence[Sample], shadow: ShadowConfig) ->
             batches.append(offline(model.run, model.feed(batch), size, shadow.offline.duration_seconds).to_dict())
     srv = server(model.run, feeds, shadow.server).to_dict() if shadow.server.enabled else None
 
+    unseen = unseen_features(spec, rows)
+    if unseen:
+        log.warning("shadow_unseen_features", model=spec.name, features=unseen, samples=len(rows))
     predictions = _predict(model, rows)
     best = max((b["samples_per_second"] for b in batches), default=1.0 / single.mean if single.mean > 0 else None)
     entry = _entry(
@@ -123,6 +126,7 @@ def _measure(spec: ShadowModel, rows: Sequence[Sample], shadow: ShadowConfig) ->
         quality=accuracy(predictions, [s.label for s in rows], spec.task),
         skew=_skew(spec, rows, predictions, shadow) if spec.role == "production" else None,
         unencoded_features=unencoded_features(spec, rows),
+        unseen_features=unseen,
         economics={
             "model_bytes": model_bytes(spec.path),
             "cost_per_1k_inferences": cost_per_1k(shadow.hourly_price, best),

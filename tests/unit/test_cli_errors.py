@@ -44,3 +44,33 @@ def test_shadow_once_without_a_broker_says_so_in_one_line(tmp_path: Path) -> Non
         f"inferwatch shadow: no Kafka broker answers at {kafka['bootstrap_servers'][0]} "
         "(source.kafka.bootstrap_servers)"
     ]
+
+
+def _once(tmp_path: Path, events: list[dict[str, object]], features: list[str]) -> subprocess.CompletedProcess[str]:
+    prod = onnx_linear_classifier(tmp_path / "prod.onnx", W, B)
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    spec = model("prod", prod) | {"inputs": [{"name": "x", "features": features}]}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"shadow": {**FAST, "models": [spec], "history_file": str(tmp_path / "h.json")}}))
+    command = ["shadow", "--config", str(cfg), "--once", "--input", str(tmp_path / "events.jsonl")]
+    return subprocess.run([sys.executable, "-m", "daemon", *command], capture_output=True, text=True, timeout=120)
+
+
+def _events(n: int, **extra: object) -> list[dict[str, object]]:
+    return [
+        {"request_id": f"r{i}", "model": "src", "features": {"f0": i / n, "f1": 1.0, "f2": -1.0, **extra}}
+        for i in range(n)
+    ]
+
+
+def test_shadow_once_refuses_a_mapping_that_names_features_the_logs_lack(tmp_path: Path) -> None:
+    done = _once(tmp_path, _events(40), ["f0", "f1", "f2", "f3_typo"])
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "shadow model 'prod': features never seen in 40 sampled logs of 'src': f3_typo" in done.stderr
+    assert done.stdout == ""  # nothing ran
+
+
+def test_shadow_once_shows_string_features_without_an_encoding(tmp_path: Path) -> None:
+    done = _once(tmp_path, _events(40, f3="gold"), ["f0", "f1", "f2", "f3"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "prod: string features without an encoding (fed as unknown_code): f3" in done.stdout

@@ -13,7 +13,7 @@ import pytest
 from daemon.config import ShadowConfig, TensorInput
 from daemon.monitors.reservoir import Sample
 from daemon.shadow.environment import EnergyMeter, collect_environment, cost_per_1k, hardware_key, model_bytes
-from daemon.shadow.models import ModelError, load_model, tensor, unencoded_features, validate
+from daemon.shadow.models import ModelError, load_model, tensor, unencoded_features, unseen_features, validate
 from tests.unit.shadow_models import (
     onnx_label_classifier,
     onnx_linear_classifier,
@@ -128,6 +128,13 @@ def test_string_values_without_a_table_are_reported(tmp_path: Path) -> None:
     rows = [Sample("a", {"f0": "a", "f1": 1.0}), Sample("b", {"f0": "zzz", "f1": "oops"})]
     assert unencoded_features(m, rows) == ["f1"]
     assert unencoded_features(m, rows[:1]) == []
+
+
+def test_features_no_sample_carries_are_reported(tmp_path: Path) -> None:
+    m = spec(tmp_path / "m.onnx", 3, inputs=[{"name": "x", "features": ["f0", "f1", "typo"]}])
+    rows = [Sample("a", {"f0": 1.0, "f1": None}), Sample("b", {"f0": 2.0, "f1": "x"})]
+    assert unseen_features(m, rows) == ["typo"]
+    assert unseen_features(m, rows[:1]) == ["f1", "typo"]  # a None is not a value
 
 
 def test_feed_builds_each_input_by_name(tmp_path: Path) -> None:
