@@ -1111,6 +1111,12 @@ def shadow() -> Json:
                     mappings=[flag("1")],
                 ),
                 stat("Samples", target(gauge("inferwatch_shadow_samples"), legend), w=8),
+                stat(
+                    "Mapped features never seen",
+                    target(gauge("inferwatch_shadow_unseen_features"), legend),
+                    w=8,
+                    thresholds=[(None, "green"), (1, "red")],
+                ),
             ),
             row(
                 "Latency",
