@@ -1058,12 +1058,51 @@ def _describe(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     return f"{loc}: {err['msg']} (got {shown[:80]})"
 
 
+# Passes of validation, each without the values the last one refused, to find the errors behind
+# them: a section's cross-field checks run only once its fields are valid.
+MAX_PASSES = 5
+
+
 def from_mapping(data: Mapping[str, Any]) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        lines = [_describe(e, data) for e in exc.errors(include_url=False)]
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+    """The config, or a ConfigError listing every problem at once: after a pass that fails, the
+    refused values are taken out (their defaults stand in) and the rest validated again, so the
+    checks that wait for valid fields report too."""
+    lines: list[str] = []
+    current: Any = data
+    for _ in range(MAX_PASSES):
+        try:
+            config = Config.model_validate(current)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            lines += [line for line in (_describe(e, data) for e in errors) if line not in lines]
+            pruned = _without(current, [tuple(e["loc"]) for e in errors])
+            if pruned == current:
+                break
+            current = pruned
+            continue
+        if not lines:
+            return config
+        break
+    raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def _without(data: Any, locs: list[tuple[Any, ...]]) -> Any:
+    """`data` without the item at each location (a whole section for a section's own check)."""
+    if not locs or () in locs:
+        return {} if () in locs else data
+    if isinstance(data, Mapping):
+        return {
+            k: _without(v, [loc[1:] for loc in locs if loc and loc[0] == k])
+            for k, v in data.items()
+            if (k,) not in locs
+        }
+    if isinstance(data, list):
+        return [
+            _without(v, [loc[1:] for loc in locs if loc and loc[0] == i])
+            for i, v in enumerate(data)
+            if (i,) not in locs
+        ]
+    return data
 
 
 def load(

@@ -192,3 +192,22 @@ def test_secrets_come_from_files_and_never_show_in_errors(tmp_path: Path) -> Non
 @pytest.mark.parametrize("servers", [["kafka-0.kafka:9092", "10.0.0.7:9093"], ["[::1]:9092"], "a:1,b:2"])
 def test_bootstrap_servers_take_names_and_addresses(servers: object) -> None:
     assert from_mapping({"source": {"kafka": {"bootstrap_servers": servers}}}).source.kafka.bootstrap_servers
+
+
+def test_every_error_comes_at_once() -> None:
+    """A section's cross-field checks wait for its fields to be valid: the errors behind a field
+    error come in the same message, not after it is fixed."""
+    data = {
+        "source": {"kafka": {"max_poll_records": 0, "session_timeout_ms": 50000, "request_timeout_ms": 40000}},
+        "labels": {"topic": "inference-logs"},
+        "http": {"port": -1},
+    }
+    with pytest.raises(ConfigError) as info:
+        from_mapping(data)
+    lines = str(info.value).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "source.kafka.max_poll_records",
+        "http.port",
+        "source.kafka",  # request_timeout_ms must exceed session_timeout_ms: only once max_poll_records passed
+        "labels.topic 'inference-logs' is also an input topic of source.kafka.topics",
+    ]
