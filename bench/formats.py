@@ -5,7 +5,8 @@ and in each format (`daemon/dev/formats.py`: OpenAI chat completions with vLLM's
 headers; a nested JSON shape read by a mapping with units, list indices, a header and an RFC 3339
 time); N classic requests (8 features) as KServe's logger CloudEvents (binary mode, V1: two
 records an event, ten headers each) and as Seldon's protobuf messages (two records an event, a
-tensor per feature). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from
+tensor per feature as MLServer's pandas codec writes them; and, for the events whose six float
+features are all there, one [1, 6] FP64 tensor as a scikit-learn model takes them). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from
 bytes to the columnar batch the pipeline takes: the unit a poll costs. Native and format passes
 alternate. Target: each format >= 0.5x the native events/s (an event of a paired format is two
 records: its records/s are twice its events/s). And 1M request halves whose responses never
@@ -49,10 +50,9 @@ def _polls(values: list[bytes], headers: list[Any] | None) -> list[list[Chunk]]:
     ]  # fmt: skip
 
 
-def _seldon_polls(events: list[dict[str, Any]]) -> list[list[Chunk]]:
+def _seldon_polls(records: list[fixtures.SeldonRecord]) -> list[list[Chunk]]:
     """Seldon's records in polls of POLL records: a chunk of the inputs topic, one of the outputs
     topic (keys and Kafka record times included)."""
-    records = [r for e in events for r in fixtures.seldon(e)]
     out = []
     for i in range(0, len(records), POLL):
         poll = []
@@ -64,6 +64,29 @@ def _seldon_polls(events: list[dict[str, Any]]) -> list[list[Chunk]]:
             )  # fmt: skip
         out.append(poll)
     return out
+
+
+def _numeric(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events with their float features only, those that have all six (a dense tensor)."""
+    out = [e | {"features": {k: v for k, v in e["features"].items() if type(v) is float}} for e in events]
+    return [e for e in out if len(e["features"]) == 6]
+
+
+def _one_tensor(ev: dict[str, Any]) -> list[fixtures.SeldonRecord]:
+    """Seldon with the features as one FP64 tensor [1, 6] named predict (a scikit-learn model's
+    input as MLServer takes it), the response as fixtures.seldon writes it."""
+    from daemon.ingest.formats import oip_pb2
+
+    request, response = fixtures.seldon(ev)
+    message = oip_pb2.ModelInferRequest(model_name=ev["model"], id=ev["request_id"])
+    t = message.inputs.add(name="predict", datatype="FP64", shape=[1, 6])
+    t.contents.fp64_contents.extend(ev["features"].values())
+    return [request._replace(value=message.SerializeToString()), response]
+
+
+def _one_tensor_view(ev: dict[str, Any]) -> dict[str, Any]:
+    view = fixtures.seldon_view(ev)
+    return view | {"features": {f"predict_{j}": v for j, v in enumerate(ev["features"].values())}}
 
 
 def _decoder(fmt: dict[str, Any] | None) -> ChunkDecoder:
@@ -121,14 +144,15 @@ def main() -> None:
         ("openai", evs, lambda e: [fixtures.openai(e)], fixtures.openai_view, fixtures.OPENAI),
         ("mapped", evs, lambda e: [fixtures.mapped(e)], lambda e: e, fixtures.MAPPED),
         ("cloudevents-inference", classic, fixtures.kserve, fixtures.kserve_view, fixtures.CLOUDEVENTS),
-        ("seldon", classic, None, fixtures.seldon_view, fixtures.SELDON),
+        ("seldon", classic, fixtures.seldon, fixtures.seldon_view, fixtures.SELDON),
+        ("seldon, one tensor", _numeric(classic), _one_tensor, _one_tensor_view, fixtures.SELDON),
     ):
         n = len(events)
         native = _polls([msgspec.json.encode(view(e)) for e in events], None)
-        if convert is None:
-            other = _seldon_polls(events)
+        records = [r for e in events for r in convert(e)]
+        if isinstance(records[0], fixtures.SeldonRecord):
+            other = _seldon_polls(records)
         else:
-            records = [r for e in events for r in convert(e)]
             other = _polls([v for v, _ in records], [h for _, h in records])
         decoders = {"native": _decoder(None), name: _decoder(fmt)}
         rates: dict[str, list[float]] = {"native": [], name: []}
