@@ -6,8 +6,9 @@ headers; a nested JSON shape read by a mapping with units, list indices, a heade
 time); N classic requests (8 features) as KServe's logger CloudEvents (binary mode, V1: two
 records an event, ten headers each) and as Seldon's protobuf messages (two records an event, a
 tensor per feature as MLServer's pandas codec writes them; and, for the events whose six float
-features are all there, one [1, 6] FP64 tensor as a scikit-learn model takes them). Each goes through `ChunkDecoder.decode` in polls of 2,000 records, from
-bytes to the columnar batch the pipeline takes: the unit a poll costs. Native and format passes
+features are all there, one [1, 6] FP64 tensor as a scikit-learn model takes them). Each goes
+through `ChunkDecoder.decode` in polls of 2,000 records, from bytes to the columnar batch the
+pipeline takes: the unit a poll costs. Native and format passes
 alternate. Target: each format >= 0.5x the native events/s (an event of a paired format is two
 records: its records/s are twice its events/s). And 1M request halves whose responses never
 come leave the memory flat: RSS after them within 20 MB of the RSS after the first tenth.
