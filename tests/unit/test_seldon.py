@@ -264,3 +264,13 @@ def test_a_pattern_subscription_rebalances_eagerly(
     config = from_mapping({"source": {"kafka": {"topics": topics, "client": "confluent"}}}).source.kafka
     kafka.KafkaSource(config, {}, SampledLog(1.0), labels)
     assert seen == {"cooperative": cooperative}
+
+
+def test_an_unexpected_error_in_a_format_is_counted_not_raised() -> None:
+    """A key that is not bytes (no client gives one) fails inside read(): counted as internal,
+    and the good pair beside it still decodes."""
+    request, response = fixtures.seldon(classic_events(1)[0])
+    odd = Chunk(request.topic, 0, [0, 1], [1.0, 1.0], [5, request.key], [request.value, request.value])
+    out = decoder().decode([odd, *chunks([response])])
+    assert [f.reason for _, f in out.failures] == ["internal"]
+    assert len(out.batch.events) == 1

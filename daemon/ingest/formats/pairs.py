@@ -112,6 +112,10 @@ class PairedFormat:
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 out.failures.append((chunk.record(i), DecodeFailure("malformed_json", str(e)[:200])))
                 continue
+            except Exception as e:  # a bug of ours, not bad input: counted, never the loop's end
+                detail = f"{type(e).__name__}: {e}"[:200]
+                out.failures.append((chunk.record(i), DecodeFailure("internal", detail)))
+                continue
             offset, at = chunk.offsets[i], None if chunk.timestamps is None else chunk.timestamps[i]
             if len(events) == 1:
                 out.events.append(events[0])
