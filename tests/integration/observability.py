@@ -1,133 +1,26 @@
-"""Real Prometheus and Alertmanager (Debian's packages) as test processes, and a webhook receiver.
-
-Each server binds 127.0.0.1 on a free port, keeps its data under the test's tmp directory, runs
-in its own session and is killed on exit, whatever the test did.
-"""
+"""Real Prometheus and Alertmanager (Debian's packages, started by daemon.dev.observability, which
+the demo shares) as test processes, and a webhook receiver that records what it gets."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import signal
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import yaml
+from daemon.dev import observability
+from daemon.dev.observability import ROOT, Prometheus, prometheus
 
-from daemon.dev.broker import free_port
-from tests.integration.support import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
-
-
-def binary(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is missing: `make test` installs Debian's prometheus and prometheus-alertmanager"
-    return path
-
-
-def shrink_for(rules_file: Path, duration: str) -> str:
-    """The rule file with every alert's `for:` set to `duration`: the project's rules, on a test's clock."""
-    doc = yaml.safe_load(rules_file.read_text())
-    for group in doc["groups"]:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            if "alert" in rule:
-                rule["for"] = duration
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def _get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-@contextmanager
-def _process(argv: list[str], log: Path, ready_url: str, what: str) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"{what} exited {proc.returncode}: {log.read_text()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(ready_url, timeout=1) as r:
-                        return bool(r.status == 200)
-                except OSError:
-                    return False
-
-            wait_for(ready, 30, f"{what} ready")
-            yield proc
-        finally:
-            with suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-
-
-@dataclass
-class Prometheus:
-    url: str
-
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        params = {"query": expr, **({"time": str(at)} if at is not None else {})}
-        body = _get_json(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}")
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def alerts(self) -> list[dict[str, Any]]:
-        alerts: list[dict[str, Any]] = _get_json(f"{self.url}/api/v1/alerts")["data"]["alerts"]
-        return alerts
-
-
-@contextmanager
-def prometheus(
-    tmp: Path, targets: Sequence[str], alertmanager: str | None, for_: str = "2s", scrape: Mapping[str, Any] = {}
-) -> Iterator[Prometheus]:
-    """Scrapes `targets` every second (with `scrape`'s further scrape_config keys) and evaluates the
-    project's rules (every `for:` shrunk to `for_`)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    rule_files = []
-    for f in RULES:
-        copy = tmp / f.name
-        copy.write_text(shrink_for(f, for_))
-        rule_files.append(str(copy))
-    config: dict[str, Any] = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-        "rule_files": rule_files,
-        "scrape_configs": [{"job_name": "inferwatch", "static_configs": [{"targets": list(targets)}], **scrape}],
-    }
-    if alertmanager is not None:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [
-        binary("prometheus"),
-        f"--config.file={tmp / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with _process(argv, tmp / "prometheus.log", f"{url}/-/ready", "prometheus"):
-        yield Prometheus(url)
+__all__ = ["ROOT", "Delivery", "Prometheus", "WebhookReceiver", "alertmanager", "prometheus", "webhook_receiver"]
 
 
 @contextmanager
 def alertmanager(tmp: Path, receiver_url: str, token_file: Path, repeat: str = "4s") -> Iterator[str]:
     """Routes everything to `receiver_url` with a bearer token; re-sends every `repeat`. Yields host:port."""
-    tmp.mkdir(parents=True, exist_ok=True)
     config = {
         "route": {
             "receiver": "inferwatch",
@@ -149,18 +42,8 @@ def alertmanager(tmp: Path, receiver_url: str, token_file: Path, repeat: str = "
             }
         ],
     }
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [
-        binary("prometheus-alertmanager"),
-        f"--config.file={tmp / 'alertmanager.yml'}",
-        f"--storage.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-        "--log.level=warn",
-    ]
-    with _process(argv, tmp / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready", "alertmanager"):
-        yield f"127.0.0.1:{port}"
+    with observability.alertmanager(tmp, config) as address:
+        yield address
 
 
 @dataclass
