@@ -29,7 +29,7 @@ from typing import Any
 
 from _common import GENERATOR_START_TIME, fmt_rate, parse_args, peak_rss_mb, pin_to_one_core, verdict, write_result
 
-from daemon.dev.demo import CHANGES, LABELS_TOPIC, MALFORMED_EVERY, TOPIC, demo_config
+from daemon.dev.demo import LABELS_TOPIC, MALFORMED_EVERY, TOPIC, changes, demo_config
 from daemon.dev.generator import LABEL_DELAY_S, TrafficGenerator, TrafficSpec, encode, parse_change
 from daemon.ingest.sources import RawRecord, chunks_of
 from daemon.runtime.app import Daemon
@@ -61,7 +61,7 @@ def traffic(n: int) -> Iterator[tuple[int, RawRecord]]:
         duration_s=n / DEMO_RATE,
         seed=1,
         start_time=GENERATOR_START_TIME,
-        changes=tuple(parse_change(c) for c in CHANGES),
+        changes=tuple(parse_change(c) for c in changes()),
     )
     gen = TrafficGenerator(spec)
     offsets: dict[tuple[str, int], int] = {}
@@ -178,7 +178,7 @@ def main() -> None:
                 # glibc's malloc tunables change RSS here (docs/benchmarks.md, Soak).
                 "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
                 "config": "daemon.dev.demo.demo_config (labels join, drift, canary; defaults otherwise)",
-                "traffic": f"demo: rate {DEMO_RATE:g}/simulated s, changes {list(CHANGES)}, "
+                "traffic": f"demo: rate {DEMO_RATE:g}/simulated s, changes {list(changes())}, "
                 f"1 in {MALFORMED_EVERY} truncated, labels {LABEL_DELAY_S:g} simulated s later",
             },
             "rss_mb": {

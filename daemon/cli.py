@@ -193,16 +193,30 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.dev.demo import run_demo
+    from daemon.dev.demo import DemoOptions, run_demo
 
-    # The terminal summary tells the story; the daemon's own lines would drown it.
+    # The terminal view tells the story; the daemon's own lines would drown it.
     configure("error", "auto")
     tune_gc()
+    options = DemoOptions(
+        duration_s=args.duration,
+        http_port=args.http_port,
+        rate=args.rate,
+        every_s=args.summary_every,
+        seed=args.seed,
+        drift_after_s=args.drift_after,
+        shadow_every_s=args.shadow_every,
+        prometheus=not args.no_prometheus,
+        scrape_every_s=args.scrape_every,
+        alert_for_s=args.alert_for,
+    )
     try:
-        return run_demo(args.duration, args.http_port, args.rate, args.summary_every, args.seed)
-    except RuntimeError as exc:  # the embedded broker is missing or would not start
+        return run_demo(options)
+    except RuntimeError as exc:  # the embedded broker, a model or Prometheus is missing or would not start
         print(f"inferwatch demo: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting up: everything started has been stopped
+        return 130
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -261,12 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the full report here")
     p.set_defaults(fn=cmd_shadow)
 
-    p = sub.add_parser("demo", help="embedded broker + synthetic traffic + the daemon")
+    p = sub.add_parser(
+        "demo", help="embedded broker + synthetic traffic + the daemon + shadow runs + Prometheus and Alertmanager"
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--http-port", type=int, help="port for /metrics (default: a free one)")
     p.add_argument("--rate", type=float, default=300.0, help="events per second, over 3 models (default 300)")
-    p.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
+    p.add_argument("--summary-every", type=float, default=5.0, help="seconds between refreshes of the view")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--drift-after", type=float, default=180.0, help="seconds until fraud-detector's f0 drifts")
+    p.add_argument("--shadow-every", type=float, default=60.0, help="seconds between shadow runs (default 60)")
+    p.add_argument("--no-prometheus", action="store_true", help="start no Prometheus and Alertmanager")
+    p.add_argument(
+        "--scrape-every", type=float, default=5.0, help="Prometheus scrape and rule interval, Alertmanager group_wait"
+    )
+    p.add_argument("--alert-for", type=float, default=30.0, help="every alert rule's for:, in seconds (default 30)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("schema", help="print the event JSON Schema")

@@ -153,6 +153,13 @@ class TrafficGenerator:
             cat_probs=[0.4, 0.3, 0.2, 0.1],
         )
 
+    def logit(self, model: str) -> tuple[list[float], float]:
+        """`model`'s log-odds before their noise as weights and a bias over f0..f5: its score is
+        sigmoid(x @ weights + bias + N(0, 0.5)), its prediction whether the score passes 0.5."""
+        p = self._profiles[model]
+        weights = [w / sd for w, sd in zip(p.weights, p.sds, strict=True)]
+        return weights, -sum(w * m for w, m in zip(weights, p.means, strict=True))
+
     def _pick_variant(self, variants: tuple[str, ...]) -> str | None:
         if not variants:
             return None

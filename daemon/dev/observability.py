@@ -128,9 +128,8 @@ def prometheus(
         copy = tmp / f.name
         copy.write_text(shrink_for(f, for_, every))
         rule_files.append(str(copy))
-    seconds = float(every.removesuffix("s"))
     config: dict[str, Any] = {
-        "global": {"scrape_interval": every, "evaluation_interval": every, "scrape_timeout": f"{seconds * 0.9:g}s"},
+        "global": {"scrape_interval": every, "evaluation_interval": every, "scrape_timeout": every},
         "rule_files": rule_files,
         "scrape_configs": [{"job_name": "inferwatch", "static_configs": [{"targets": list(targets)}], **scrape}],
     }

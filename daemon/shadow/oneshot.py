@@ -124,7 +124,7 @@ def table(report: Mapping[str, Any]) -> str:
                 "REGRESSION" if m["regression"]["flagged"] else "no",
             )
         )
-    lines = _align(rows)
+    lines = align(rows)
     if report["comparisons"]:
         pairs = [("candidate", "production", "latency ratio", f"{_confidence(report)} CI", "agreement")]
         for c in report["comparisons"]:
@@ -133,7 +133,7 @@ def table(report: Mapping[str, Any]) -> str:
             pairs.append(
                 (c["candidate"], c["production"], f"{r['ratio']:.3f}", f"{r['lower']:.3f}-{r['upper']:.3f}", agree)
             )
-        lines += ["", *_align(pairs)]
+        lines += ["", *align(pairs)]
     for m in report["models"]:
         if m.get("unencoded_features"):
             names = ", ".join(m["unencoded_features"])
@@ -154,6 +154,7 @@ def _confidence(report: Mapping[str, Any]) -> str:
     return f"{c:.0%}"
 
 
-def _align(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def align(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]

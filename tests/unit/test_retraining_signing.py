@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from daemon.retraining.signing import headers, sign
+from daemon.retraining.signing import headers, sign, verify
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 BODY = b'{"type":"inferwatch.retraining.triggered","data":{"model":"fraud","note":"caf\xc3\xa9"}}'
@@ -56,3 +56,33 @@ def test_signature_covers_body_and_key() -> None:
     other = "whsec_" + base64.b64encode(bytes(range(1, 33))).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(BODY, h)
+
+
+OTHER_SECRET = "whsec_" + base64.b64encode(bytes(range(1, 33))).decode()
+
+
+@pytest.mark.parametrize(
+    ("secret", "body", "change"),
+    [
+        (SECRET, BODY, lambda h: h),
+        (SECRET, BODY, lambda h: {**h, "webhook-signature": "v1,bm90IGl0 " + h["webhook-signature"]}),
+        (OTHER_SECRET, BODY, lambda h: h),
+        (SECRET, BODY.replace(b"fraud", b"fraue"), lambda h: h),
+        (SECRET, BODY, lambda h: {**h, "webhook-id": "msg_other"}),
+        (SECRET, BODY, lambda h: {**h, "webhook-timestamp": str(int(h["webhook-timestamp"]) - 600)}),
+        (SECRET, BODY, lambda h: {k: v for k, v in h.items() if k != "webhook-signature"}),
+    ],
+)
+def test_verify_agrees_with_standardwebhooks(
+    secret: str, body: bytes, change: Callable[[dict[str, str]], dict[str, str]]
+) -> None:
+    """The demo's receiver verifies with `verify`: it accepts what the reference verifier accepts
+    (one good signature among several) and nothing else (another key, body, id, an old timestamp)."""
+    h = change(headers(SECRET, "msg_abc", int(time.time()), BODY))
+    try:
+        Webhook(secret).verify(body, h)
+        reference = True
+    except WebhookVerificationError:
+        reference = False
+    why = verify(secret, h, body, time.time())
+    assert (why is None) == reference, why
