@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Each sets up what it needs on a
-# fresh machine: the venv, the package, and (for tests) Debian's prometheus and alertmanager.
+# fresh machine: the venv, the package, and Debian's prometheus and alertmanager.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent]'
 	@touch $(STAMP)
 
+# The demo runs prometheus and prometheus-alertmanager; the tests also promtool and amtool.
 tools:
-	@command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || { \
+	@(for t in prometheus prometheus-alertmanager promtool amtool; do command -v $$t >/dev/null || exit 1; done) || { \
 		echo "installing Debian's prometheus and prometheus-alertmanager (promtool, amtool)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			prometheus prometheus-alertmanager >/dev/null; }
 
-demo: $(STAMP)
+demo: $(STAMP) tools
 	$(BIN)/inferwatch demo
 
 lint: $(STAMP)

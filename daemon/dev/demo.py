@@ -132,9 +132,9 @@ def demo_config(
         "compare_sessions": 2,
         "compare_queries": 200,
         "bootstrap_resamples": 500,
-        # The generator's predictions come with noise the model files lack: about 1 in 9 of them
-        # differs from the production model's (a real skew check wants them equal).
-        "skew_tolerance": 0.2,
+        # The generator's predictions come with noise the model files lack: about 1 in 5 of them
+        # (with the default seed) differs from the production model's; a real model's should not.
+        "skew_tolerance": 0.4,
         "history_file": str(tmp / "shadow-history.json"),
     }
     config["retraining"] = {
@@ -252,11 +252,13 @@ class _Alerting:
         except OSError as exc:
             self.note(f"alerts: cannot read Prometheus or Alertmanager: {exc}")
             return []
-        for row in rows:
-            state = f"{row[4]}, in Alertmanager: {row[5]}"
-            if self._states.get(row[:4]) != state:
-                self._states[row[:4]] = state
-                self.note(f"alert {' '.join(c for c in row[:4] if c)}: {state}")
+        states = {row[:4]: f"{row[4]}, in Alertmanager: {row[5]}" for row in rows}
+        for alert, state in states.items():
+            if self._states.get(alert) != state:
+                self.note(f"alert {' '.join(c for c in alert if c)}: {state}")
+        for alert in self._states.keys() - states.keys():
+            self.note(f"alert {' '.join(c for c in alert if c)}: no longer pending or firing")
+        self._states = states
         return rows
 
 
@@ -339,21 +341,28 @@ def _refresh(
         daemon.shutdown.wait(max(0.0, min(opts.every_s, end - time.time())))
 
 
+def alerting_skipped(opts: DemoOptions) -> str | None:
+    """Why the demo starts no Prometheus and Alertmanager, or None when it does."""
+    if not opts.prometheus:
+        return "--no-prometheus"
+    missing = observability.missing_binaries()
+    if missing:
+        return (
+            f"{' and '.join(missing)} not on PATH; `make tools` installs Debian's prometheus and "
+            "prometheus-alertmanager"
+        )
+    return None
+
+
 def _start_alerting(opts: DemoOptions, stack: ExitStack, tmp: Path, daemon: Daemon, view: View) -> _Alerting | None:
     """The daemon's URLs; Alertmanager (the project's config, pointed at the daemon) and Prometheus
     (the project's rules, every `for:` shortened) and theirs, or a line saying why not."""
     base = f"http://127.0.0.1:{daemon.http.port}"
     for path in ("/metrics", "/v1/status", "/v1/canary", "/v1/shadow"):
         view.note(f"  daemon      {base}{path}")
-    if not opts.prometheus:
-        view.note("skipped: Prometheus and Alertmanager (--no-prometheus): no alert, so no retraining webhook")
-        return None
-    missing = observability.missing_binaries()
-    if missing:
-        view.note(
-            f"skipped: Prometheus and Alertmanager ({', '.join(missing)} not on PATH; `make tools` installs "
-            "Debian's prometheus and prometheus-alertmanager): no alert, so no retraining webhook"
-        )
+    skipped = alerting_skipped(opts)
+    if skipped is not None:
+        view.note(f"skipped: Prometheus and Alertmanager ({skipped}): no alert, so no retraining webhook")
         return None
     every = _duration(opts.scrape_every_s)
     am_config = observability.project_alertmanager_config(f"{base}/v1/alertmanager", tmp / "receiver-token", every)
