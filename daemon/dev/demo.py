@@ -61,6 +61,8 @@ FEATURES = [f"f{j}" for j in range(6)]
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """The demo's flags (docs/operations.md, `demo`)."""
+
     duration_s: float | None = None
     http_port: int | None = None
     rate: float = 300.0
@@ -150,7 +152,10 @@ def demo_config(
 def build_models(tmp: Path, spec: TrafficSpec) -> None:
     """fraud-detector as the generator draws it, as an ONNX production model (its logit, without the
     generator's noise), and a TorchScript candidate with weights 10% off."""
-    try:
+    try:  # onnxruntime and torch run them, in the shadow runner's process
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+
         from daemon.dev.shadow_models import onnx_linear_classifier, torchscript_classifier
     except ImportError as exc:
         raise RuntimeError(

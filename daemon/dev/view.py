@@ -14,7 +14,7 @@ from daemon.shadow.oneshot import table as shadow_table
 
 KEY_COLUMNS = (
     "model", "ver", "variant", "events", "errors", "p50 ms", "p95 ms", "p99 ms",
-    "TTFT ms", "accuracy (est.)", "drift", "canary",
+    "mean TTFT ms", "accuracy (est.)", "drift", "canary",
 )  # fmt: skip
 ALERT_COLUMNS = ("alert", "model", "variant", "detail", "Prometheus", "Alertmanager")
 
@@ -32,6 +32,7 @@ class Snapshot:
 
 
 def key_rows(s: Snapshot) -> list[tuple[str, ...]]:
+    """One row per key, in KEY_COLUMNS' order; the canary column says fail, pass, inconclusive or baseline."""
     verdicts = {
         (model, variant): c["verdict"]
         for model, m in s.canaries.get("models", {}).items()
