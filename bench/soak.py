@@ -1,7 +1,8 @@
 """Soak (issue 7, Pressure): 10M events of the demo's traffic; RSS after warm-up must grow by <= 10%.
 
-The daemon as `inferwatch demo` builds it (`Daemon(demo_config(...))`: the label join, drift and
-canary on, calibration on its background thread), without Kafka: the demo's traffic (its 3 keys,
+The daemon as `inferwatch demo` builds it, less its shadow models and retraining webhooks
+(`Daemon(demo_config(...))`: the label join, drift and canary on, calibration on its background
+thread), without Kafka: the demo's traffic (its 3 keys,
 its change plan, one truncated event in 500, every event's label LABEL_DELAY_S later on the labels
 topic, keyed by model onto 3 partitions) goes to `Pipeline.process` in polls of max_poll_records,
 and `Pipeline.tick()` runs every commit_interval_ms, as the daemon's loop does. Traffic is
