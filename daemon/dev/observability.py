@@ -101,7 +101,8 @@ class Prometheus:
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": expr, **({"time": str(at)} if at is not None else {})}
         body = _get_json(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}")
-        assert body["status"] == "success", body
+        if body["status"] != "success":
+            raise RuntimeError(f"Prometheus refused {expr!r}: {body}")
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 

@@ -81,11 +81,11 @@ def headline(s: Snapshot) -> str:
 
 
 def shadow_text(s: Snapshot) -> str:
-    last = s.shadow.get("last_run")
+    runs, last, error = s.shadow.get("runs", {}), s.shadow.get("last_run"), s.shadow.get("last_error")
+    failed = f"the last round failed: {error}\n" if error else ""
     if last is None:
-        runs = s.shadow.get("runs", {})
-        return f"shadow: no run yet (runs ok {runs.get('ok', 0)}, failed {runs.get('failed', 0)})"
-    return shadow_table(last)
+        return f"{failed}no round finished yet (rounds failed: {runs.get('failed', 0)})"
+    return failed + shadow_table(last)
 
 
 def plain(s: Snapshot, with_shadow: bool) -> str:
@@ -108,17 +108,15 @@ class View(Protocol):
 
 
 class PlainView:
-    """Prints a block every update, with the shadow table when a new run has finished."""
+    """Prints a block every update, with the shadow section when a round has finished (or failed)."""
 
     def __init__(self) -> None:
-        self._shown_run: float | None = None
+        self._runs: Mapping[str, int] = {}
 
     def update(self, s: Snapshot) -> None:
-        last = s.shadow.get("last_run")
-        finished = None if last is None else last["started"]
-        new_run = last is not None and finished != self._shown_run
-        self._shown_run = finished
-        print("\n" + plain(s, with_shadow=new_run), flush=True)
+        runs = s.shadow.get("runs", {})
+        print("\n" + plain(s, with_shadow=runs != self._runs and any(runs.values())), flush=True)
+        self._runs = runs
 
     def note(self, line: str) -> None:
         print(line, flush=True)

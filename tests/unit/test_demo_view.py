@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ def _snapshot(run_started: float | None) -> Snapshot:
             ],
         },
         canaries={"models": {"fraud-detector": {"baseline": "control", "variants": {"canary": canary}}}},
-        shadow={"runs": {"ok": 0, "failed": 0}, "last_run": run},
+        shadow={"runs": {"ok": int(run is not None), "failed": 0}, "last_run": run, "last_error": None},
         ttft_ms={("chat-llm", "control"): 261.4},
         alerts=alert_rows([{"labels": DRIFT, "state": "firing"}], [{"labels": DRIFT, "status": {"state": "active"}}]),
     )
@@ -77,17 +78,19 @@ def test_plain_blocks_show_keys_canaries_alerts_and_each_shadow_run_once(capsys:
     assert "shadow run:" not in first
     view.update(_snapshot(100.0))
     assert "shadow run:" in capsys.readouterr().out
-    view.update(_snapshot(100.0))  # the same run: not printed again
+    view.update(_snapshot(100.0))  # the same round: not printed again
     assert "shadow run:" not in capsys.readouterr().out
+    shadow = {**_snapshot(100.0).shadow, "runs": {"ok": 1, "failed": 1}, "last_error": "ShadowError: boom"}
+    view.update(replace(_snapshot(100.0), shadow=shadow))
+    assert "shadow run:\n    the last round failed: ShadowError: boom" in capsys.readouterr().out
     view.note("retraining webhook msg_1: signature verified")
     assert capsys.readouterr().out == "retraining webhook msg_1: signature verified\n"
 
 
 def test_plain_blocks_say_when_no_alert_is_pending_or_firing(capsys: pytest.CaptureFixture[str]) -> None:
-    snapshot = _snapshot(None)
-    PlainView().update(Snapshot(**{**snapshot.__dict__, "alerts": []}))
+    PlainView().update(replace(_snapshot(None), alerts=[]))
     assert "alerts: none pending or firing" in capsys.readouterr().out
-    PlainView().update(Snapshot(**{**snapshot.__dict__, "alerts": None}))  # Prometheus off: no alerts section
+    PlainView().update(replace(_snapshot(None), alerts=None))  # Prometheus off: no alerts section
     assert "alerts" not in capsys.readouterr().out
 
 
