@@ -1,6 +1,6 @@
 """Shadow benchmarks (issue 5): isolation, precision and the harness's overhead, in one run.
 
-The model is an ONNX MLP-like chain built here (tests/unit/shadow_models.py): 32 features lifted
+The model is an ONNX MLP-like chain built here (daemon/dev/shadow_models.py): 32 features lifted
 to 256 columns, 8 identity MatMuls, projected back to 3 logits; ~tens of µs per inference on
 one thread. Its "2× slower" twin has more identity MatMuls (same predictions). Every shadow run
 goes through the real runner process (`RunnerProcess.call("run")`), as the daemon starts it.
