@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 
 import pytest
@@ -119,3 +120,18 @@ def test_an_llm_model_logs_ttft_tokens_and_finish_reasons_and_its_canary_changes
     assert list(TrafficGenerator(classic).encoded()) == list(
         TrafficGenerator(TrafficSpec(rate=100, duration_s=5, seed=3, start_time=1.0, llm_models=("chat",))).encoded()
     )
+
+
+def test_logit_is_the_score_before_its_noise() -> None:
+    """The demo's production shadow model is `logit`: a score's log-odds minus x @ weights + bias is
+    the generator's N(0, 0.5) noise alone, however the features drift."""
+    spec = TrafficSpec(rate=1000, duration_s=4, seed=2, changes=(parse_change("after=2s feature=f0 shift=2"),))
+    gen = TrafficGenerator(spec)
+    weights, bias = gen.logit("fraud-detector")
+    noise = [
+        math.log(e["score"] / (1 - e["score"])) - sum(w * e["features"][f"f{j}"] for j, w in enumerate(weights)) - bias
+        for e in gen.events()
+        if e["model"] == "fraud-detector" and 0 < e["score"] < 1 and e["features"]["f3"] is not None
+    ]
+    assert len(noise) > 1000
+    assert abs(statistics.fmean(noise)) < 0.05 and statistics.stdev(noise) == pytest.approx(0.5, abs=0.05)
