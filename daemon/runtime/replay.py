@@ -18,11 +18,12 @@ from daemon.ingest.events import event_time
 from daemon.ingest.sources import JsonlSource, RecordsSource
 from daemon.monitors.drift import DriftAlert
 from daemon.pipeline import Pipeline
+from daemon.report.series import SeriesRecorder
 from daemon.runtime.app import build_pipeline
 
 
 def replay(path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False) -> dict[str, Any]:
-    """Run the file through the pipeline; return the report (docs/operations.md, `replay`).
+    """Run the file through the pipeline; return the report (docs/replay-report.md).
     `records`: the file holds whole Kafka records, not values (daemon.ingest.sources.RecordLine)."""
     return replay_state(path, config, labels, records)[0]
 
@@ -38,13 +39,16 @@ def replay_state(
     )
     feed = _LabelFeed(pipeline, labels) if labels is not None else None
     source = (RecordsSource if records else JsonlSource)(path, batch_size=config.source.kafka.max_poll_records)
+    series = SeriesRecorder(pipeline)
     try:
         while not source.exhausted:
             pipeline.process(source.poll())
             if feed is not None:
                 feed.until(pipeline.watermark)
+            series.after_batch()
         if feed is not None:
             feed.until(None)
+        series.finish()
     finally:
         source.close()
     summary = pipeline.summary()
@@ -57,6 +61,7 @@ def replay_state(
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": sorted(canary, key=lambda e: e["index"]),
         "summary": summary,
+        "series": series.report(),
     }
     if feed is not None:
         report["labels"] = {**totals.labels, "invalid": feed.invalid}
