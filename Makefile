@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: 2.13.0 is the CPU build on this disk; the range in the shadow extra
 	@# then installs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent]'
+	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent,report]'
 	@touch $(STAMP)
 
 tools:
@@ -22,6 +22,11 @@ tools:
 		echo "installing Debian's prometheus and prometheus-alertmanager (promtool, amtool)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			prometheus prometheus-alertmanager >/dev/null; }
+	@# chromium: the replay report page is tested in a real headless browser.
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (the replay --html page's test)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			chromium >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/inferwatch demo

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.ingest.batch import Key
-from daemon.monitors.canary import LATENCY_LIKE, TAILS
+from daemon.monitors.canary import LATENCY_LIKE, TAILS, WORSE
 from daemon.monitors.traffic import SKETCH
 from daemon.pipeline import Pipeline
 from daemon.state.routing import OTHER_KEY
@@ -319,6 +319,8 @@ class SeriesRecorder:
                     # log: the effect is a mean of ln(candidate / baseline), exp(effect) - 1 the change.
                     "scale": "log" if metric in LATENCY_LIKE or metric in TAILS else "difference",
                     "tolerance": self.tolerance[(m, v, metric)],
+                    # The direction that fails: past +tolerance, below -tolerance, or either.
+                    "worse": {1: "higher", -1: "lower", 0: "either"}[WORSE[metric]],
                     **{f: _list(self.metrics[f].values[:n, col]) for f in ("effect", "lower", "upper")},
                     "verdict": _verdicts(self.metrics["verdict"].values[:n, verdict_col]),
                 }
