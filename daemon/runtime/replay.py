@@ -18,7 +18,7 @@ from daemon.ingest.events import event_time
 from daemon.ingest.sources import JsonlSource, RecordsSource
 from daemon.monitors.drift import DriftAlert
 from daemon.pipeline import Pipeline
-from daemon.report.series import SeriesRecorder
+from daemon.report.series import MAX_POINTS, SeriesRecorder
 from daemon.runtime.app import build_pipeline
 
 
@@ -29,9 +29,14 @@ def replay(path: str | Path, config: Config, labels: str | Path | None = None, r
 
 
 def replay_state(
-    path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False
+    path: str | Path,
+    config: Config,
+    labels: str | Path | None = None,
+    records: bool = False,
+    series_points: int = MAX_POINTS,
 ) -> tuple[dict[str, Any], Pipeline]:
-    """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests)."""
+    """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests); the
+    report's series have at most `series_points` points."""
     alerts: list[DriftAlert] = []
     canary: list[dict[str, Any]] = []
     pipeline = build_pipeline(
@@ -39,7 +44,7 @@ def replay_state(
     )
     feed = _LabelFeed(pipeline, labels) if labels is not None else None
     source = (RecordsSource if records else JsonlSource)(path, batch_size=config.source.kafka.max_poll_records)
-    series = SeriesRecorder(pipeline)
+    series = SeriesRecorder(pipeline, series_points)
     try:
         while not source.exhausted:
             pipeline.process(source.poll())
