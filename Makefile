@@ -1,5 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Each sets up what it needs on a
-# fresh machine: the venv, the package, and (for tests) Debian's prometheus and alertmanager.
+# fresh machine: the venv, the package, and (for tests) Debian's prometheus, alertmanager and chromium.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
