@@ -39,7 +39,7 @@ from daemon.state.totals import Totals
 log = structlog.get_logger(__name__)
 
 AlertSink = Callable[[list[DriftAlert]], None]
-# Receives canary timeline entries: one per change of verdict (docs/operations.md, `replay`).
+# Receives canary timeline entries: one per change of verdict (docs/replay-report.md).
 CanarySink = Callable[[list[dict[str, Any]]], None]
 
 

@@ -65,6 +65,7 @@ def replay_state(
         "out_of_range": {f: n for f, n in totals.out_of_range.items() if n},
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": sorted(canary, key=lambda e: e["index"]),
+        "canary_final": pipeline.canary_report()["models"],  # type: ignore[index]
         "summary": summary,
         "series": series.report(),
     }

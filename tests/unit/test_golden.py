@@ -70,7 +70,8 @@ Changed on purpose by issue 17:
   messages), 0 here.
 Changed on purpose by issue 18 (the report grows; nothing recorded before changed):
 - new: the report's `series` (per key and per canary comparison, over event time; see
-  docs/replay-report.md) and each alert's `distribution` (the reference's and the detecting
+  docs/replay-report.md), `canary_final` (the /v1/canary body at the end, which docs/operations.md
+  said the report showed), and each alert's `distribution` (the reference's and the detecting
   window's shares).
 """
 
