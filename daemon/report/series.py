@@ -2,13 +2,15 @@
 read from the pipeline's state between batches, at a bounded number of points.
 
 A point is read after a batch whose newest event time (the watermark) is at least `interval`
-past the last point. Points hold what happened since the one before (events, errors, the
+past the last point, once MIN_RECORDS_PER_KEY records per key have come since (so a point's
+per-key figures rest on more than a handful of events, and reading every key stays a small
+share of the replay). Points hold what happened since the one before (events, errors, the
 latency sketch's new counts) or where things stood (drift scores, thresholds, accuracy, canary
 effects). When `max_points` are held, neighbours merge pairwise and `interval` doubles, so a
-replay of any length ends with between half and all of `max_points`, and memory does not grow
-with its length. Drift scores are the highest any batch end saw within the point, so merging
-never hides a peak. Nothing runs per event: a batch costs a comparison, and a vectorised max
-over each partition's drift scores.
+replay of any length ends with at most `max_points` (at least half as many once it has had
+that many), and memory does not grow with its length. Drift scores are the highest any batch
+end saw within the point, so merging never hides a peak. Nothing runs per event: a batch costs
+a comparison, and a vectorised max over each partition's drift scores.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ import numpy.typing as npt
 
 from daemon.ingest.batch import Key
 from daemon.monitors.canary import LATENCY_LIKE, TAILS, WORSE
+from daemon.monitors.drift import DRIFTED, WINDOW
 from daemon.monitors.traffic import SKETCH
 from daemon.pipeline import Pipeline
 from daemon.state.routing import OTHER_KEY
 
 Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
 Rule = Literal["sum", "max", "last"]
 MAX_POINTS = 200
+# A point waits for this many records per key on average (with 1,000 keys, 50,000 records): fewer
+# would make per-key quantiles of a handful of events, and reading every key costs per point.
+MIN_RECORDS_PER_KEY = 50
 QUANTILES = (0.5, 0.95, 0.99)
 VERDICTS = ("pass", "inconclusive", "fail")
 
@@ -89,8 +96,11 @@ class _Partition:
         self.seen_errors = np.zeros(0, dtype=np.int64)
         self.seen_sketch = np.zeros((0, SKETCH.n_buckets), dtype=np.int64)
         self.peak: Floats = np.zeros(0)
-        # Per key row, per point: the latency sketch's new counts, sparse (buckets, counts).
-        self.latency: list[list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]] = []
+        # Per point: the latency sketch's new counts of every key, sparse: the cells (row * buckets +
+        # bucket, ascending) and their counts.
+        self.latency: list[tuple[Ints, Ints]] = []
+        # The streams whose detector is not a scan (their thresholds are read one by one).
+        self.scan: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
 
 
 class SeriesRecorder:
@@ -109,6 +119,7 @@ class SeriesRecorder:
         self.canary = {name: Table(max_points, "last") for name in ("verdict", "score")}
         self.metrics = {name: Table(max_points, "last") for name in ("effect", "lower", "upper", "verdict")}
         self.tolerance: dict[tuple[str, str, str], float] = {}
+        self.records = 0  # the pipeline's records at the last point
         self.baseline: dict[tuple[str, str], str] = {}
 
     def after_batch(self) -> None:
@@ -122,6 +133,9 @@ class SeriesRecorder:
                 np.fmax(part.peak[:n], state.drift.score[:n], out=part.peak[:n])
         if not math.isfinite(p.earliest):
             return  # no event with a time yet: nothing to place on the axis
+        keys = sum(state.traffic.rows for state in p.partitions.values())
+        if p.records - self.records < MIN_RECORDS_PER_KEY * keys:
+            return
         if self.n == 0 or p.watermark >= self.times[self.n - 1] + self.interval:
             self._record(p.watermark)
 
@@ -150,10 +164,8 @@ class SeriesRecorder:
         for table in self._tables():
             table.halve(n)
         for part in self.parts.values():
-            for points in part.latency:
-                points[:] = [_merged(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)] + (
-                    [points[-1]] if len(points) % 2 else []
-                )
+            points = part.latency
+            points[:] = [_merged(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)] + points[n - n % 2 :]
         self.times[: (n + 1) // 2] = np.r_[self.times[1:n:2], self.times[n - 1 : n] if n % 2 else []]
         self.times[(n + 1) // 2 :] = np.nan
         self.n = (n + 1) // 2
@@ -165,6 +177,7 @@ class SeriesRecorder:
         i = self.n
         self.times[i] = t
         p = self.pipeline
+        self.records = p.records
         for number, state in p.partitions.items():
             self._traffic(i, self._part(number), state)
             self._quality(i, self._part(number), state)
@@ -197,14 +210,10 @@ class SeriesRecorder:
         moved = np.flatnonzero(new)  # only keys with new events have new latencies
         delta = t.sketch[moved] - part.seen_sketch[moved]
         part.seen_sketch[moved] = t.sketch[moved]
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        while len(part.latency) < rows:
-            part.latency.append([empty] * i)
-        for points in part.latency:
-            points.append(empty)
-        for k, row in enumerate(moved.tolist()):
-            nz = np.flatnonzero(delta[k])
-            part.latency[row][i] = (nz, delta[k, nz])
+        k, bucket = np.nonzero(delta)
+        while len(part.latency) < i:  # a partition first seen now
+            part.latency.append(_EMPTY)
+        part.latency.append((moved[k] * SKETCH.n_buckets + bucket, delta[k, bucket]))
 
     def _quality(self, i: int, part: _Partition, state: Any) -> None:
         for row, q in enumerate(state.quality):
@@ -227,8 +236,13 @@ class SeriesRecorder:
         part.threshold.ensure(n)
         part.score.values[i, :n] = part.peak[:n]
         part.peak[:n] = np.nan
-        for sid, st in enumerate(d.streams):
-            part.threshold.values[i, sid] = _threshold(st)
+        if len(part.scan) < n:
+            part.scan = np.r_[part.scan, [st.scan for st in d.streams[len(part.scan) : n]]].astype(np.bool_)
+        # A scan fires at 1 while it has a detector (watching, or holding a pinned detection).
+        watching = np.isin(d.phase[:n], (WINDOW, DRIFTED))
+        part.threshold.values[i, :n] = np.where(part.scan & watching, 1.0, np.nan)
+        for sid in np.flatnonzero(~part.scan).tolist():
+            part.threshold.values[i, sid] = _threshold(d.streams[sid])
 
     def _canary(self, i: int, number: int, state: Any) -> None:
         router = self.pipeline.router
@@ -255,12 +269,15 @@ class SeriesRecorder:
         times = self.times[:n]
         start = self.pipeline.earliest
         durations = np.diff(np.r_[start, times]) if n else np.zeros(0)
+        # Per partition, every series as JSON lists by column (converted at once: 1,000 keys have
+        # 30,000 of them).
+        columns = {number: self._columns(part, durations) for number, part in self.parts.items() if n}
         keys = []
         for state, row in self.pipeline.held():
             part = self.parts.get(state.partition)
             if part is None or row >= part.events.values.shape[1]:
                 continue
-            keys.append(self._key(state, row, part, durations))
+            keys.append(self._key(state, row, part, columns[state.partition]))
         return {
             "points": n,
             "start": start if n else None,
@@ -270,39 +287,52 @@ class SeriesRecorder:
             "canary": self._comparisons(),
         }
 
-    def _key(self, state: Any, row: int, part: _Partition, durations: Floats) -> dict[str, Any]:
+    def _columns(self, part: _Partition, durations: Floats) -> dict[str, list[list[Any]]]:
+        n = self.n
+        rows = part.events.values.shape[1]
+        events = part.events.values[:n]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = events / durations[:, None]
+        rate[~(durations > 0)] = np.nan
+        quantiles = np.stack([_quantiles(point, rows) for point in part.latency[:n]])
+        out = {
+            "events": _lists(events, integer=True),
+            "errors": _lists(part.errors.values[:n], integer=True),
+            "events_per_second": _lists(rate),
+            "accuracy": _lists(_wide(part.accuracy, rows, n)),
+            "accuracy_estimated": _lists(_wide(part.estimate, rows, n)),
+            "score": _lists(part.score.values[:n]),
+            "threshold": _lists(part.threshold.values[:n]),
+        }
+        for j, q in enumerate(QUANTILES):
+            out[f"p{round(100 * q)}"] = _lists(quantiles[:, :, j])
+        return out
+
+    def _key(self, state: Any, row: int, part: _Partition, columns: dict[str, list[list[Any]]]) -> dict[str, Any]:
         n = self.n
         key: Key = state.keys[row]
-        events = part.events.values[:n, row]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rate = np.where(durations > 0, np.nan_to_num(events) / durations, np.nan)
-        rate[np.isnan(events)] = np.nan
-        latency: dict[str, list[float | None]] = {f"p{round(100 * q)}": [] for q in QUANTILES}
-        for buckets, counts in part.latency[row][:n] if row < len(part.latency) else []:
-            for q in QUANTILES:
-                latency[f"p{round(100 * q)}"].append(_quantile(buckets, counts, q))
         drift: dict[str, dict[str, list[float | None]]] = {}
         if state.drift is not None:
             streams: dict[str, list[int]] = {}
             for sid in state.drift.by_row[row]:
                 streams.setdefault(state.drift.streams[sid].name, []).append(sid)
             for name, sids in sorted(streams.items()):
+                if len(sids) == 1:
+                    drift[name] = {"score": columns["score"][sids[0]], "threshold": columns["threshold"][sids[0]]}
+                    continue
                 # A stream released and watched again later has two ids: one series.
                 drift[name] = {
-                    "score": _list(np.fmax.reduce(part.score.values[:n, sids], axis=1)),
-                    "threshold": _list(_last_of(part.threshold.values[:n, sids])),
+                    "score": _lists(np.fmax.reduce(part.score.values[:n, sids], axis=1)[:, None])[0],
+                    "threshold": _lists(_last_of(part.threshold.values[:n, sids])[:, None])[0],
                 }
         model, version, variant = key if key != OTHER_KEY else ("__other__", "", "")
         return {
             "model": model,
             "version": version,
             "variant": variant,
-            "events": _list(events, integer=True),
-            "errors": _list(part.errors.values[:n, row], integer=True),
-            "events_per_second": _list(rate),
-            "latency_seconds": latency,
-            "accuracy": _list(_column(part.accuracy, row, n)),
-            "accuracy_estimated": _list(_column(part.estimate, row, n)),
+            **{name: columns[name][row] for name in ("events", "errors", "events_per_second")},
+            "latency_seconds": {f"p{round(100 * q)}": columns[f"p{round(100 * q)}"][row] for q in QUANTILES},
+            **{name: columns[name][row] for name in ("accuracy", "accuracy_estimated")},
             "drift": drift,
         }
 
@@ -321,7 +351,7 @@ class SeriesRecorder:
                     "tolerance": self.tolerance[(m, v, metric)],
                     # The direction that fails: past +tolerance, below -tolerance, or either.
                     "worse": {1: "higher", -1: "lower", 0: "either"}[WORSE[metric]],
-                    **{f: _list(self.metrics[f].values[:n, col]) for f in ("effect", "lower", "upper")},
+                    **{f: _lists(self.metrics[f].values[:n, col : col + 1])[0] for f in ("effect", "lower", "upper")},
                     "verdict": _verdicts(self.metrics["verdict"].values[:n, verdict_col]),
                 }
             out.append(
@@ -330,7 +360,7 @@ class SeriesRecorder:
                     "variant": variant,
                     "baseline": self.baseline[(model, variant)],
                     "verdict": _verdicts(self.canary["verdict"].values[:n, c]),
-                    "score": _list(self.canary["score"].values[:n, self.canary["score"].names[(model, variant)]]),
+                    "score": _lists(self.canary["score"].values[:n, [self.canary["score"].names[(model, variant)]]])[0],
                     "metrics": metrics,
                 }
             )
@@ -349,28 +379,44 @@ def _threshold(st: Any) -> float:
     return float(threshold) if threshold is not None else math.nan
 
 
-def _merged(
-    a: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], b: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+_EMPTY: tuple[Ints, Ints] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def _merged(a: tuple[Ints, Ints], b: tuple[Ints, Ints]) -> tuple[Ints, Ints]:
+    """Two points' sparse sketch counts as one."""
     if not len(a[0]):
         return b
     if not len(b[0]):
         return a
-    buckets, inverse = np.unique(np.r_[a[0], b[0]], return_inverse=True)
-    return buckets, np.bincount(inverse, weights=np.r_[a[1], b[1]]).astype(np.int64)
+    cells, inverse = np.unique(np.r_[a[0], b[0]], return_inverse=True)
+    return cells, np.bincount(inverse, weights=np.r_[a[1], b[1]]).astype(np.int64)
 
 
-def _quantile(buckets: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], q: float) -> float | None:
-    """Nearest rank, as the sketch reads it (detectors.quantiles.LogBuckets.quantile), in seconds."""
-    n = int(counts.sum())
-    if n == 0:
-        return None
-    rank = max(1, math.ceil(q * n))
-    return _round(SKETCH.value(int(buckets[int(np.searchsorted(np.cumsum(counts), rank))])))
+def _quantiles(point: tuple[Ints, Ints], rows: int) -> Floats:
+    """Per key row (rows x QUANTILES), the latency quantiles of a point's events in seconds, by
+    nearest rank as the sketch reads them (detectors.quantiles.LogBuckets.quantile); NaN for none."""
+    out = np.full((rows, len(QUANTILES)), np.nan)
+    cells, counts = point
+    if not len(cells):
+        return out
+    row, bucket = np.divmod(cells, SKETCH.n_buckets)
+    keys, first = np.unique(row, return_index=True)
+    cum = np.cumsum(counts)
+    before = np.r_[0, cum][first]  # the counts of the keys before each key
+    n = np.add.reduceat(counts, first)
+    for j, q in enumerate(QUANTILES):
+        rank = np.maximum(1, np.ceil(q * n).astype(np.int64))
+        at = np.searchsorted(cum, before + rank)
+        out[keys, j] = SKETCH.values(bucket[at])
+    return out
 
 
-def _column(table: Table, col: int, n: int) -> Floats:
-    return table.values[:n, col] if col < table.values.shape[1] else np.full(n, np.nan)
+def _wide(table: Table, rows: int, n: int) -> Floats:
+    """A table's first `n` points with a column for each of `rows` (NaN where it has none)."""
+    out = np.full((n, rows), np.nan)
+    cols = min(rows, table.values.shape[1])
+    out[:, :cols] = table.values[:n, :cols]
+    return out
 
 
 def _last_of(values: Floats) -> Floats:
@@ -382,14 +428,18 @@ def _last_of(values: Floats) -> Floats:
     return out
 
 
-def _round(x: float) -> float:
-    return float(f"{x:.6g}")
-
-
-def _list(values: Floats, integer: bool = False) -> list[Any]:
+def _lists(values: Floats, integer: bool = False) -> list[list[Any]]:
+    """Each column as a JSON list: null for NaN; integers, or floats to six significant digits."""
+    finite = np.isfinite(values)
     if integer:
-        return [None if v != v else int(v) for v in values.tolist()]
-    return [None if not math.isfinite(v) else _round(v) for v in values.tolist()]
+        out = np.where(finite, values, 0).astype(np.int64).astype(object)
+    else:
+        x = np.where(finite, values, 0.0)
+        scale = 10.0 ** (5 - np.floor(np.log10(np.abs(np.where(x == 0, 1.0, x)))))
+        out = (np.round(x * scale) / scale).astype(object)
+    out[~finite] = None
+    columns: list[list[Any]] = out.T.tolist()
+    return columns
 
 
 def _verdicts(codes: Floats) -> list[str | None]:
