@@ -50,6 +50,7 @@ test: $(STAMP) tools lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/replay_throughput.py
+	$(BIN)/python bench/replay_html.py
 	$(BIN)/python bench/formats.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/kafka_e2e.py

@@ -21,6 +21,7 @@ from typing import Any
 MAX_KEYS = 20
 FIELDS = ("effect", "lower", "upper")
 MAX_DISTRIBUTIONS = 8  # before/after plots per key (its first alerts)
+NEAR = 0.8  # a stream whose score came this close to its threshold gets a panel of its own
 COLOURS = {"pass": "#2e7d32", "inconclusive": "#9e9e9e", "fail": "#c62828"}
 
 CSS = """
@@ -194,16 +195,22 @@ class _Page:
         svg = svg[svg.index("<svg") :]
         return f'<figure>{svg}<figcaption class="muted">{html.escape(caption)}</figcaption></figure>'
 
-    def _axes(self, rows: int = 1, cols: int = 1, height: float = 2.4) -> tuple[Any, Any]:
-        fig, ax = self.plt.subplots(rows, cols, figsize=(10, height * rows + 0.5), squeeze=False, sharex=True)
-        fig.subplots_adjust(
-            left=0.07,
-            right=0.93,
-            bottom=0.45 / (height * rows + 0.5),
-            top=1 - 0.3 / (height * rows + 0.5),
-            hspace=0.6,
-            wspace=0.15,
-        )
+    def _axes(self, rows: int = 1, cols: int = 1, height: float = 2.4, time: bool = True) -> tuple[Any, Any]:
+        """A figure of rows x cols axes over the time axis (`time`; ticks on the bottom row only).
+        Ticks are placed by hand, few of them: finding and laying them out is most of the cost."""
+        from matplotlib.ticker import MaxNLocator
+
+        fig, ax = self.plt.subplots(rows, cols, figsize=(10, height * rows + 0.5), squeeze=False)
+        end = max(self.times[-1], 1e-9) if self.times else 1.0
+        ticks = [t for t in MaxNLocator(8).tick_values(0, end) if 0 <= t <= end]
+        for r, row in enumerate(ax):
+            for a in row:
+                a.yaxis.set_major_locator(MaxNLocator(4))
+                if time:
+                    a.set_xlim(0, end)
+                    a.set_xticks(ticks if r == rows - 1 else [])
+        inches = height * rows + 0.5
+        fig.subplots_adjust(left=0.07, right=0.93, bottom=0.45 / inches, top=1 - 0.3 / inches, hspace=0.6, wspace=0.15)
         return fig, ax
 
     def _time_axis(self, a: Any) -> None:
@@ -228,20 +235,27 @@ class _Page:
         fig, ax = self._axes()
         a = ax[0][0]
         for q, colour in (("p50", "#1565c0"), ("p95", "#ef6c00"), ("p99", "#c62828")):
-            a.plot(
-                self.times, [None if v is None else 1000 * v for v in k["latency_seconds"][q]], label=q, color=colour
-            )
+            ms = [None if v is None else 1000 * v for v in k["latency_seconds"][q]]
+            a.plot(self.times, _nan(ms), label=q, color=colour)
         a.set_ylabel("ms")
         a.legend(loc="upper left")
         self._time_axis(a)
         return self._svg(fig, "Latency quantiles of the events of each point.")
 
     def _drift(self, k: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
-        names = list(k["drift"])
-        cols = 2 if len(names) > 1 else 1
-        rows = math.ceil(len(names) / cols)
+        """A panel per stream that alerted or came near its threshold; the quiet ones together,
+        each as its score over its threshold."""
+        fired = {a["stream"] for a in alerts}
+        near: list[str] = []
+        quiet: list[str] = []
+        for name, d in k["drift"].items():
+            ratios = [s / t for s, t in zip(d["score"], d["threshold"], strict=True) if s is not None and t]
+            (near if name in fired or max(ratios, default=0.0) >= NEAR else quiet).append(name)
+        panels = near + (["quiet"] if quiet else [])
+        cols = 2 if len(panels) > 1 else 1
+        rows = math.ceil(len(panels) / cols)
         fig, ax = self._axes(rows, cols, height=1.6)
-        for i, name in enumerate(names):
+        for i, name in enumerate(near):
             a = ax[i // cols][i % cols]
             d = k["drift"][name]
             a.plot(self.times, _nan(d["score"]), color="#1565c0", lw=1)
@@ -251,13 +265,24 @@ class _Page:
                     a.axvline(self._x(alert["timestamp"]), color="#c62828", alpha=0.6)
                     a.plot([self._x(alert["timestamp"])], [alert["score"] or 1.0], "v", color="#c62828")
             a.set_title(name, fontsize=9, loc="left")
-        for j in range(len(names), rows * cols):
+        if quiet:
+            a = ax[len(near) // cols][len(near) % cols]
+            for name in quiet:
+                d = k["drift"][name]
+                ratio = [
+                    s / t if s is not None and t else None for s, t in zip(d["score"], d["threshold"], strict=True)
+                ]
+                a.plot(self.times, _nan(ratio), color="#90a4ae", lw=0.8)
+            a.axhline(1.0, color="#c62828", ls="--", lw=1)
+            a.set_title(f"{len(quiet)} quiet streams (score / threshold)", fontsize=9, loc="left")
+        for j in range(len(panels), rows * cols):
             ax[j // cols][j % cols].set_visible(False)
         self._time_axis(ax[-1][0])
         return self._svg(
             fig,
             "Each stream's highest score at a batch end within the point (blue) and the score at which it "
-            "fires (dashed; 1 for the scans, whose score is statistic over threshold); red marks: alerts.",
+            "fires (dashed; 1 for the scans, whose score is statistic over threshold); red marks: alerts. "
+            f"Streams that never reached {NEAR:.0%} of their threshold share the last panel: " + ", ".join(quiet) + ".",
         )
 
     def _distribution(self, alert: dict[str, Any]) -> str:
@@ -269,7 +294,7 @@ class _Page:
             labels = [f"≤ {e[0]}"] if e else ["all"]
             labels += [f"{lo}–{hi}" for lo, hi in itertools.pairwise(e)]
             labels += [f"> {e[-1]}"] if e else []
-        fig, ax = self._axes(height=2.2)
+        fig, ax = self._axes(height=2.2, time=False)
         a = ax[0][0]
         x = list(range(len(labels)))
         a.bar([i - 0.2 for i in x], d["reference_share"], width=0.4, label="before (reference)", color="#90a4ae")
