@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import logging
@@ -101,6 +102,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.html is not None:
         from daemon.report.html import render
 
+        # What the replay left (its pipeline, by now garbage or the report) leaves the collector's
+        # walks: matplotlib allocates much, and each full collection would walk all of it.
+        gc.freeze()
         Path(args.html).write_text(render(report))
         print(f"report page → {args.html}")
     return 0
