@@ -132,3 +132,26 @@ def test_events_without_time_give_no_points(tmp_path: Path) -> None:
     src.write_text("".join(json.dumps({"request_id": f"r{i}", "model": "m"}) + "\n" for i in range(50)))
     report, _ = replay_state(src, from_mapping({}))
     assert report["series"]["points"] == 0 and report["series"]["keys"] == []
+
+
+def test_a_categorical_alert_carries_every_level_share(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(6_000):
+        levels, p = (["a", "b", "c"], [0.6, 0.3, 0.1]) if i < 4_000 else (["a", "b", "c"], [0.2, 0.2, 0.6])
+        event = {
+            "request_id": f"r{i}",
+            "model": "m",
+            "timestamp": 1_000.0 + i,
+            "features": {"k": rng.choice(levels, p=p)},
+        }
+        lines.append(json.dumps(event) + "\n")
+    src = tmp_path / "e.jsonl"
+    src.write_text("".join(lines))
+    report, _ = replay_state(src, from_mapping({}))
+    (alert,) = [a for a in report["alerts"] if a["stream"] == "feature:k"]
+    d = alert["distribution"]
+    shares = dict(zip(d["levels"], zip(d["reference_share"], d["window_share"], strict=True), strict=True))
+    assert {"a", "b", "c"} <= set(shares)
+    assert sum(d["reference_share"]) == pytest.approx(1.0) and sum(d["window_share"]) == pytest.approx(1.0)
+    assert shares["a"][0] > shares["a"][1] and shares["c"][1] > shares["c"][0]  # a gave way to c
