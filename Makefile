@@ -1,12 +1,12 @@
 # The two commands that matter: `make demo` and `make test`. Each sets up what it needs on a
-# fresh machine: the venv, the package, and Debian's prometheus and alertmanager.
+# fresh machine: the venv, the package, Debian's prometheus and alertmanager, and (for tests) chromium.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit integration bench tools proto clean
+.PHONY: demo test lint typecheck unit integration bench tools browser proto clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: 2.13.0 is the CPU build on this disk; the range in the shadow extra
 	@# then installs nothing more (an unpinned torch would pull a multi-GB CUDA build).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent]'
+	$(BIN)/python -m pip install -q -e '.[dev,demo,shadow,confluent,report]'
 	@touch $(STAMP)
 
 # The demo runs prometheus and prometheus-alertmanager; the tests also promtool and amtool.
@@ -24,7 +24,17 @@ tools:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			prometheus prometheus-alertmanager >/dev/null; }
 
-demo: $(STAMP) tools
+# chromium: the replay report page is tested in a real headless browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (the replay --html page's test)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			chromium >/dev/null; }
+
+# Without Prometheus and Alertmanager (no root to install them, say) the demo still runs, and says
+# what it skipped and why.
+demo: $(STAMP)
+	@$(MAKE) --no-print-directory tools || echo "make demo: could not install prometheus and prometheus-alertmanager"
 	$(BIN)/inferwatch demo
 
 lint: $(STAMP)
@@ -37,15 +47,16 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) tools
+integration: $(STAMP) tools browser
 	$(BIN)/pytest tests/integration
 
-test: $(STAMP) tools lint typecheck
+test: $(STAMP) tools browser lint typecheck
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/replay_throughput.py
+	$(BIN)/python bench/replay_html.py
 	$(BIN)/python bench/formats.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/kafka_e2e.py

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import logging
 import os
@@ -80,6 +82,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     if not _writable(args.report, "--report", "replay"):
         return 2
+    if args.html is not None:
+        if not _writable(args.html, "--html", "replay"):
+            return 2
+        if importlib.util.find_spec("matplotlib") is None:
+            print("inferwatch replay: --html needs matplotlib: pip install 'inferwatch[report]'", file=sys.stderr)
+            return 2
     if config.source.format.type == "seldon" and not args.records:
         print(
             "inferwatch: seldon records say what they are in their topic and key: replay a records file, "
@@ -91,6 +99,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     report = replay(args.file, config, labels=args.labels, records=args.records)
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(f"replayed {report['events']} events ({report['invalid']} invalid) → {args.report}")
+    if args.html is not None:
+        from daemon.report.html import render
+
+        # What the replay left (its pipeline, by now garbage or the report) leaves the collector's
+        # walks: matplotlib allocates much, and each full collection would walk all of it.
+        gc.freeze()
+        Path(args.html).write_text(render(report))
+        print(f"report page → {args.html}")
     return 0
 
 
@@ -242,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the pipeline over a JSONL file and write a JSON report")
     p.add_argument("file")
     p.add_argument("--report", required=True, help="where to write the JSON report")
+    p.add_argument("--html", help="also write the report as one self-contained HTML page (the report extra)")
     p.add_argument("--labels", help="JSONL file of label events (request_id, model, label, timestamp)")
     p.add_argument("--config")
     p.add_argument("--format", choices=FORMATS, help="the file's log format (default: source.format; docs/formats.md)")

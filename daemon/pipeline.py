@@ -13,6 +13,7 @@ copies (`copy()`, `snapshot()`); formatting and encoding happen outside it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from daemon.state.totals import Totals
 log = structlog.get_logger(__name__)
 
 AlertSink = Callable[[list[DriftAlert]], None]
-# Receives canary timeline entries: one per change of verdict (docs/operations.md, `replay`).
+# Receives canary timeline entries: one per change of verdict (docs/replay-report.md).
 CanarySink = Callable[[list[dict[str, Any]]], None]
 
 
@@ -87,8 +88,10 @@ class Pipeline:
         self.unkeyed: dict[str, int] = {}
         kafka = config.source.kafka
         self.repartition_topic = repartition.topic_name(kafka.group_id) if kafka.repartition else None
-        # Newest event time seen: the clock of a replay's label join.
+        # Newest event time seen: the clock of a replay's label join; and the oldest (the replay
+        # report's series start there).
         self.watermark = 0.0
+        self.earliest = math.inf
 
     def partition(self, p: int) -> PartitionState:
         state = self.partitions.get(p)
@@ -111,6 +114,7 @@ class Pipeline:
             # Before the join sees this batch's predictions: in replay the watermark is its clock.
             if batch is not None and not np.isnan(batch.time).all():
                 self.watermark = max(self.watermark, float(np.nanmax(batch.time)))
+                self.earliest = min(self.earliest, float(np.nanmin(batch.time)))
             # Labels before events: a poll releases both in time order (daemon/ingest/align.py), so
             # a label is in before any look of the canary past its time (daemon/monitors/graded.py).
             if decoded.labels:

@@ -49,6 +49,12 @@ class LogBuckets:
         gamma = math.exp(self._gamma_log)
         return 2 * gamma ** (bucket + self._offset) / (gamma + 1)
 
+    def values(self, buckets: Ints) -> npt.NDArray[np.float64]:
+        """`value` of each bucket."""
+        gamma = math.exp(self._gamma_log)
+        out: npt.NDArray[np.float64] = 2 * np.exp(self._gamma_log * (buckets + self._offset)) / (gamma + 1)
+        return out
+
     def quantile(self, counts: Ints, q: float) -> float:
         """The q-quantile (0 ≤ q ≤ 1) of a count vector by nearest rank, ⌈q·n⌉, as MLPerf reports
         tails; NaN when empty."""

@@ -116,6 +116,10 @@ class ScanTest(WindowedTest):
         """How the last detection fired: test, window, statistic and threshold, change point, change."""
         return None if self.bank is None else self.bank.findings[self.slot]
 
+    def take_distribution(self) -> dict[str, Any] | None:
+        """The before/after distribution of the last detection, once (see ScanBank.distributions)."""
+        return None if self.bank is None else self.bank.distributions.pop(self.slot, None)
+
     @property
     def reference_events(self) -> int:
         """Values in the reference (the first one and the epochs that joined it)."""

@@ -141,6 +141,8 @@ class ScanBank:
         self.slots = 0  # slots handed out (free ones included)
         self.free: list[int] = []
         self.findings: list[dict[str, Any] | None] = []
+        # The before/after distribution of each slot's last detection (the replay report's), until read.
+        self.distributions: dict[int, dict[str, Any]] = {}
         wide = look > 255
         self.layout: dict[str, tuple[tuple[int, ...], Any, Any]] = {
             # The state a checkpoint keeps, then (after "|") what follows from it or from prepare().
@@ -347,6 +349,7 @@ class ScanBank:
             "change_timestamp": None if math.isnan(at) else at,
             **self._describe(slot, window[jw], w),
         }
+        self.distributions[slot] = self._distribution(slot, window[jw], w)
 
     def _end_epoch(self, slot: int) -> None:
         """A finished epoch waits LAG_EPOCHS epochs; the oldest then joins the reference if no test
@@ -421,6 +424,10 @@ class ScanBank:
         raise NotImplementedError
 
     def _describe(self, slot: int, window: IntArray, w: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _distribution(self, slot: int, window: IntArray, w: int) -> dict[str, Any]:
+        """The reference's and the window's shares, in cells a plot can draw."""
         raise NotImplementedError
 
 
@@ -544,6 +551,18 @@ class NumericBank(ScanBank):
             **{k: float(f"{v:.6g}") if math.isfinite(v) else None for k, v in described.items()},
         }
 
+    def _distribution(self, slot: int, window: IntArray, w: int) -> dict[str, Any]:
+        """The shape bins (about equal shares of the reference) with their edges in the values' units."""
+        n_cells = int(self.n_cells[slot])
+        bins = self.shape_of[slot, :n_cells].astype(np.int64)
+        used = np.unique(bins)
+        change = np.flatnonzero(bins[1:] != bins[:-1])  # the fine edge after cell i closes a shape bin
+        return {
+            "edges": [float(e) for e in self.edges[slot, change].tolist()],
+            "reference_share": [float(x) for x in self.shape_p[slot, used].tolist()],
+            "window_share": [float(x) for x in (window[2 + used] / (w * self.look)).tolist()],
+        }
+
 
 class CategoricalBank(ScanBank):
     """Level counts against the reference's shares (a G test per window), thin cells pooled."""
@@ -623,4 +642,13 @@ class CategoricalBank(ScanBank):
             "levels": [
                 {"level": names[i], "reference_share": float(p[i]), "window_share": float(q[i])} for i in moved.tolist()
             ]
+        }
+
+    def _distribution(self, slot: int, window: IntArray, w: int) -> dict[str, Any]:
+        """Every cell (the reference's frequent levels, then the shared rare cell)."""
+        dims = int(self.n_cells[slot])
+        return {
+            "levels": list(self.names[slot][:dims]),
+            "reference_share": (self.ref_cells[slot, :dims] / self.n_ref[slot]).tolist(),
+            "window_share": (window[:dims] / (w * self.look)).tolist(),
         }

@@ -113,6 +113,8 @@ class DriftAlert:
     # How it drifted: the test, its statistic and threshold, the change (scan tests: see
     # detectors/scan.py), the estimated change point.
     details: dict[str, Any] | None = None
+    # The reference's and the detecting window's shares, in cells (scans only; the replay report's).
+    distribution: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
         model, version, variant = self.key
@@ -128,6 +130,7 @@ class DriftAlert:
             "score": self.score,
             "target_ert": self.target_ert,
             "details": self.details,
+            "distribution": self.distribution,
         }
 
 
@@ -786,9 +789,10 @@ class Drift:
         assert st.calibration is not None
         finding = getattr(st.tester, "finding", None)
         details = dict(finding) if finding else {"test": st.detector, "statistic": score}
+        distribution = st.tester.take_distribution() if st.scan else None
         alert = DriftAlert(
             index, None if math.isnan(at) else at, self.keys[st.row], st.name, st.detector,
-            None if score is None else float(score), st.calibration.target_ert, details,
+            None if score is None else float(score), st.calibration.target_ert, details, distribution,
         )  # fmt: skip
         since = details.get("change_index")
         self.since_index[sid] = index if since is None else since

@@ -18,19 +18,25 @@ from daemon.ingest.events import event_time
 from daemon.ingest.sources import JsonlSource, RecordsSource
 from daemon.monitors.drift import DriftAlert
 from daemon.pipeline import Pipeline
+from daemon.report.series import MAX_POINTS, SeriesRecorder
 from daemon.runtime.app import build_pipeline
 
 
 def replay(path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False) -> dict[str, Any]:
-    """Run the file through the pipeline; return the report (docs/operations.md, `replay`).
+    """Run the file through the pipeline; return the report (docs/replay-report.md).
     `records`: the file holds whole Kafka records, not values (daemon.ingest.sources.RecordLine)."""
     return replay_state(path, config, labels, records)[0]
 
 
 def replay_state(
-    path: str | Path, config: Config, labels: str | Path | None = None, records: bool = False
+    path: str | Path,
+    config: Config,
+    labels: str | Path | None = None,
+    records: bool = False,
+    series_points: int = MAX_POINTS,
 ) -> tuple[dict[str, Any], Pipeline]:
-    """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests)."""
+    """`replay()`'s report and the pipeline it leaves (its state, for /metrics in tests); the
+    report's series have at most `series_points` points."""
     alerts: list[DriftAlert] = []
     canary: list[dict[str, Any]] = []
     pipeline = build_pipeline(
@@ -38,13 +44,16 @@ def replay_state(
     )
     feed = _LabelFeed(pipeline, labels) if labels is not None else None
     source = (RecordsSource if records else JsonlSource)(path, batch_size=config.source.kafka.max_poll_records)
+    series = SeriesRecorder(pipeline, series_points)
     try:
         while not source.exhausted:
             pipeline.process(source.poll())
             if feed is not None:
                 feed.until(pipeline.watermark)
+            series.after_batch()
         if feed is not None:
             feed.until(None)
+        series.finish()
     finally:
         source.close()
     summary = pipeline.summary()
@@ -56,7 +65,9 @@ def replay_state(
         "out_of_range": {f: n for f, n in totals.out_of_range.items() if n},
         "alerts": [a.report() for a in sorted(alerts, key=lambda a: a.index)],
         "canary": sorted(canary, key=lambda e: e["index"]),
+        "canary_final": pipeline.canary_report()["models"],  # type: ignore[index]
         "summary": summary,
+        "series": series.report(),
     }
     if feed is not None:
         report["labels"] = {**totals.labels, "invalid": feed.invalid}

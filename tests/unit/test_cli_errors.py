@@ -27,6 +27,22 @@ def test_replay_checks_its_report_path_before_reading(tmp_path: Path, capsys: py
     assert main(["replay", str(events), "--report", str(tmp_path / "r.json")]) == 0
 
 
+def test_replay_checks_its_html_path_and_matplotlib_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events, report = tmp_path / "e.jsonl", tmp_path / "r.json"
+    events.write_text('{"request_id": "r", "model": "m"}\n')
+    assert main(["replay", str(events), "--report", str(report), "--html", str(tmp_path / "nope" / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--html" in err and "does not exist" in err
+    assert not report.exists()  # refused before the replay
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the report extra were not installed
+    assert main(["replay", str(events), "--report", str(report), "--html", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inferwatch[report]" in err
+    assert not report.exists()
+
+
 def test_shadow_once_without_a_broker_says_so_in_one_line(tmp_path: Path) -> None:
     prod = onnx_linear_classifier(tmp_path / "prod.onnx", W, B)
     cfg = tmp_path / "c.yaml"

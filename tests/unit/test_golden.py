@@ -68,6 +68,11 @@ Changed on purpose by issue 17:
 - three new reasons of `inferwatch_events_invalid_total`, `bad_shape`, `unmatched` and
   `malformed_protobuf` (other log formats' tensors, request/response pairs and protobuf
   messages), 0 here.
+Changed on purpose by issue 18 (the report grows; nothing recorded before changed):
+- new: the report's `series` (per key and per canary comparison, over event time; see
+  docs/replay-report.md), `canary_final` (the /v1/canary body at the end, which docs/operations.md
+  said the report showed), and each alert's `distribution` (the reference's and the detecting
+  window's shares).
 """
 
 from __future__ import annotations
