@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from daemon.ingest.formats.pairs import Bad
+from daemon.ingest.failures import Bad
 
 
 class Tensor(msgspec.Struct):
