@@ -90,25 +90,25 @@ class CloudEventsFormat(PairedFormat):
             columns = list(map(list, zip(*map(_ATTRIBUTES, evs), strict=True)))
             bodies = [ev.data for ev in evs]
         ids, types, times, services, namespaces, endpoints = columns
-        parts: list[Any] = []
-        for id_, type_, service, body in zip(ids, types, services, bodies, strict=True):
+        out: list[Half] = []
+        rows = zip(ids, types, services, namespaces, endpoints, _times(times), bodies, strict=True)
+        for id_, type_, service, namespace, endpoint, at, body in rows:
             if not id_ or not type_ or not service:
                 name = "id" if not id_ else "type" if not type_ else "inferenceservicename"
                 raise Bad("missing_field", f"CloudEvent attribute {name} (ce_{name} in binary mode) not in the record")
             if type_ == REQUEST:
-                parts.append(self._features(body))
+                features = self._features(body)
+                if type(at) is Bad:
+                    raise at
+                model = f"{namespace}/{service}" if namespace else service
+                out.append((id_, True, (model, endpoint, at, features)))
             elif type_ == RESPONSE:
-                parts.append(_predictions(body))
+                predictions = _predictions(body)
+                if type(at) is Bad:
+                    raise at
+                out.append((id_, False, (None if body is None else body.model_version, at, predictions)))
             else:
                 raise Bad("wrong_type", f"CloudEvent type {type_!r} is neither {REQUEST} nor {RESPONSE}")
-        out: list[Half] = []
-        rows = zip(ids, types, services, namespaces, endpoints, _times(times), parts, bodies, strict=True)
-        for id_, type_, service, namespace, endpoint, at, part, body in rows:
-            if type_ == REQUEST:
-                model = f"{namespace}/{service}" if namespace else service
-                out.append((id_, True, (model, endpoint, at, part)))
-            else:
-                out.append((id_, False, (None if body is None else body.model_version, at, part)))
         return out
 
     def _event(self, value: bytes, headers: Headers | None) -> Event:
@@ -171,9 +171,9 @@ def _binary(headers: Sequence[Headers | None]) -> list[list[Any]] | None:
         return None
 
 
-def _times(texts: Sequence[str | None]) -> list[float | None]:
-    """CloudEvents' `time`s in Unix seconds: in C passes when all are there and have an offset,
-    else one by one."""
+def _times(texts: Sequence[str | None]) -> list[float | Bad | None]:
+    """CloudEvents' `time`s in Unix seconds (Bad for one that is not RFC 3339, raised once the rest
+    of its record is read): in C passes when all are there and have an offset, else one by one."""
     if all(texts):
         try:
             at = list(map(dt.datetime.fromisoformat, texts))  # type: ignore[arg-type]
@@ -185,12 +185,12 @@ def _times(texts: Sequence[str | None]) -> list[float | None]:
     return list(map(_time, texts))
 
 
-def _time(text: str | None) -> float | None:
+def _time(text: str | None) -> float | Bad | None:
     """A CloudEvent's `time` (RFC 3339) in Unix seconds; one without an offset is UTC."""
     if not text:
         return None
     try:
         at = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise Bad("wrong_type", f"CloudEvent time {text!r} is not RFC 3339") from None
+        return Bad("wrong_type", f"CloudEvent time {text!r} is not RFC 3339")
     return (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()

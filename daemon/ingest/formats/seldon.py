@@ -149,13 +149,18 @@ def _tensors(given: Sequence[Any], raw: Sequence[bytes], field: str, first: bool
         name, datatype = name or "input", given_type.upper()
         if raw:
             data = _raw(name, datatype, raw[k])
-        elif datatype in CONTENTS:
-            data = getattr(contents, CONTENTS[datatype])[:]
         else:
-            raise Bad("wrong_type", f"tensor {name!r}: datatype {given_type!r} has no contents (FP16 travels raw)")
+            where = CONTENTS.get(datatype)
+            if where is None:
+                raise Bad("wrong_type", f"tensor {name!r}: datatype {given_type!r} has no contents (FP16 travels raw)")
+            data = getattr(contents, where)[:]
         if datatype == "BYTES":
             data = [b.decode("utf-8", "replace") for b in data]
-        out.append(tensors.split(name, shape[:], data))
+        shape = shape[:]
+        if len(shape) == 1 and len(data) == shape[0]:  # a value a row, most tensors: no more checks
+            out.append((name, shape[0], data))
+        else:
+            out.append(tensors.split(name, shape, data))
     return out
 
 
