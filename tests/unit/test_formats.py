@@ -501,7 +501,7 @@ def test_a_bad_record_among_good_binary_pairs_is_the_only_one_counted() -> None:
 
 def test_a_half_that_waits_across_polls_keeps_its_own_record() -> None:
     """A half matched in its own poll makes no record; one still waiting when the poll ends keeps
-    its own, and is dead-lettered as it came when it never finds its pair."""
+    its own, and is dead-lettered as it came (its headers too) when it never finds its pair."""
     now = [0.0]
     d = decoder(fixtures.CLOUDEVENTS | {"join_ttl_seconds": 10})
     fmt = d.default_format
@@ -514,4 +514,4 @@ def test_a_half_that_waits_across_polls_keeps_its_own_record() -> None:
     now[0] = 10.0
     later = d.decode([Chunk("t", 0, [7, 8], None, None, [v for v, _ in pairs[2]], headers=[h for _, h in pairs[2]])])
     ((raw, failure),) = later.failures
-    assert failure.reason == "unmatched" and (raw.offset, raw.value) == (0, pairs[0][0][0])
+    assert failure.reason == "unmatched" and (raw.offset, raw.value, raw.headers) == (0, *pairs[0][0])
