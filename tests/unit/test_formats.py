@@ -515,3 +515,17 @@ def test_a_half_that_waits_across_polls_keeps_its_own_record() -> None:
     later = d.decode([Chunk("t", 0, [7, 8], None, None, [v for v, _ in pairs[2]], headers=[h for _, h in pairs[2]])])
     ((raw, failure),) = later.failures
     assert failure.reason == "unmatched" and (raw.offset, raw.value, raw.headers) == (0, *pairs[0][0])
+
+
+def test_each_event_of_a_batch_takes_the_offset_of_the_record_that_completed_its_pair() -> None:
+    """An empty batch makes no event, a batch of two makes two: both at the second pair's response."""
+    attrs = {"inferenceservicename": "m"}
+    records = [
+        _ce(attrs | {"id": "empty", "type": fixtures.KSERVE_REQUEST}, {"instances": []}),
+        _ce(attrs | {"id": "empty", "type": fixtures.KSERVE_RESPONSE}, {"predictions": []}),
+        _ce(attrs | {"id": "two", "type": fixtures.KSERVE_REQUEST}, {"instances": [[1], [2]]}),
+        _ce(attrs | {"id": "two", "type": fixtures.KSERVE_RESPONSE}, {"predictions": [0, 1]}),
+    ]
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks(records, binary=False))
+    assert out.failures == [] and [e.request_id for e in out.batch.events] == ["two/0", "two/1"]
+    assert list(out.batch.index) == [3, 3]

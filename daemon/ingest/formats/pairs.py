@@ -178,14 +178,10 @@ class PairedFormat:
         except Exception:  # a pair whose values are not an event's: pair by pair, to know which
             events = self._one_by_one(chunk, rows, owners, counts, out.failures)
         out.events.extend(events)
-        offsets = [chunk.offsets[i] for i in owners]
-        times = [None] * len(owners) if chunk.timestamps is None else [chunk.timestamps[i] for i in owners]
-        if len(events) == len(owners):  # a row a pair
-            out.offsets.extend(offsets)
-            out.times.extend(times)
-        else:
-            out.offsets.extend(chain.from_iterable(map(repeat, offsets, counts)))
-            out.times.extend(chain.from_iterable(map(repeat, times, counts)))
+        # Each event the offset and record time of the record that completed its pair.
+        out.offsets.extend(chain.from_iterable(map(repeat, [chunk.offsets[i] for i in owners], counts)))
+        times = repeat(None) if chunk.timestamps is None else [chunk.timestamps[i] for i in owners]
+        out.times.extend(chain.from_iterable(map(repeat, times, counts)))
 
     @staticmethod
     def _one_by_one(
