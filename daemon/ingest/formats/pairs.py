@@ -7,7 +7,7 @@ outlives that is counted as `unmatched`, logged and dead-lettered like any bad r
 says how a chunk's records become halves (`read`); this module does the rest.
 
 A poll is decoded in passes over all its records, not record by record: the format reads the
-halves in one pass (on a bad record, again one by one, to know which), the join is one loop of
+halves in one pass (on a bad record, again in halves, down to the bad one), the join is one loop of
 dict lookups, and the pairs' events are converted in one msgspec call (again pair by pair when
 one fails). A waiting half keeps its record, for the dead letter should it never be matched;
 one matched within its own poll never makes one.
@@ -99,19 +99,25 @@ class PairedFormat:
                     idx.append(i)
                 else:
                     failures.append((chunk.record(i), failure))
+        return self._read(chunk, idx, failures)
+
+    def _read(
+        self, chunk: Chunk, idx: Sequence[int], failures: list[tuple[RawRecord, DecodeFailure]]
+    ) -> tuple[Sequence[int], list[Half]]:
+        """Records `idx` read as halves in one pass; when one is bad, each half of them again (a bad
+        record costs a few passes over ever fewer records), down to the bad one: a failure."""
+        if not idx:
+            return [], []
         try:
             return idx, self.read(chunk, idx)
-        except Exception:  # a bad record among them: one by one, to know which
-            pass
-        good, halves = [], []
-        for i in idx:
-            try:
-                halves += self.read(chunk, [i])
-            except Exception as e:
-                failures.append((chunk.record(i), failure_of(e)))
-                continue
-            good.append(i)
-        return good, halves
+        except Exception as e:
+            if len(idx) == 1:
+                failures.append((chunk.record(idx[0]), failure_of(e)))
+                return [], []
+        mid = len(idx) // 2
+        good, halves = self._read(chunk, list(idx[:mid]), failures)
+        more, later = self._read(chunk, list(idx[mid:]), failures)
+        return [*good, *more], halves + later
 
     def _join(
         self,
