@@ -185,9 +185,14 @@ class PairedFormat:
             events = self._one_by_one(chunk, rows, owners, counts, out.failures)
         out.events.extend(events)
         # Each event the offset and record time of the record that completed its pair.
-        out.offsets.extend(chain.from_iterable(map(repeat, [chunk.offsets[i] for i in owners], counts)))
-        times = repeat(None) if chunk.timestamps is None else [chunk.timestamps[i] for i in owners]
-        out.times.extend(chain.from_iterable(map(repeat, times, counts)))
+        offsets = [chunk.offsets[i] for i in owners]
+        times = [None] * len(owners) if chunk.timestamps is None else [chunk.timestamps[i] for i in owners]
+        if counts.count(1) == len(counts):  # a row a pair, most polls
+            out.offsets.extend(offsets)
+            out.times.extend(times)
+        else:
+            out.offsets.extend(chain.from_iterable(map(repeat, offsets, counts)))
+            out.times.extend(chain.from_iterable(map(repeat, times, counts)))
 
     @staticmethod
     def _one_by_one(
