@@ -13,9 +13,8 @@ from daemon.config import PlausibilityConfig, SourceConfig
 from daemon.ingest import topics as topic_entries
 from daemon.ingest.batch import Batch, build, derive_llm
 from daemon.ingest.events import InferenceEvent, Label, LabelEvent, event_time
-from daemon.ingest.failures import REASONS, DecodeFailure, classify
+from daemon.ingest.failures import REASONS, DecodeFailure, failure_of, unreadable
 from daemon.ingest.formats import RecordFormat
-from daemon.ingest.formats.mapped import MissingField
 from daemon.ingest.formats.pairs import PairedFormat
 from daemon.ingest.plausible import OutOfRange, enforce
 from daemon.ingest.sources import Chunk, Headers, RawRecord
@@ -45,24 +44,13 @@ def decode_with(
     decode: Callable[..., Any], value: bytes | None, headers: Headers | None, max_bytes: int
 ) -> Any | DecodeFailure:
     """`decode(value)` (with `headers` when given), or why not: nothing raised gets out."""
-    if value is None:
-        return DecodeFailure("malformed_json", "record has no value (tombstone)")
-    if len(value) > max_bytes:
-        return DecodeFailure("oversize", f"{len(value)} bytes > limits.max_event_bytes={max_bytes}")
+    failure = unreadable(value, max_bytes)
+    if failure is not None:
+        return failure
     try:
         return decode(value) if headers is None else decode(value, headers)
-    except MissingField as exc:
-        return DecodeFailure("missing_field", str(exc)[:200])
-    except msgspec.ValidationError as exc:
-        return DecodeFailure(classify(exc), str(exc)[:200])
-    except msgspec.DecodeError as exc:
-        return DecodeFailure("malformed_json", str(exc)[:200])
-    # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string it decodes and
-    # for nesting deeper than the recursion limit: bad input, not a bug of ours ("internal").
-    except (UnicodeDecodeError, RecursionError) as exc:
-        return DecodeFailure("malformed_json", f"{type(exc).__name__}: {exc}"[:200])
     except Exception as exc:
-        return DecodeFailure("internal", f"{type(exc).__name__}: {exc}"[:200])
+        return failure_of(exc)
     # Non-finite numbers cannot get here: JSON has no NaN/Infinity literals and msgspec
     # rejects overflowing ones (1e400) as out of range.
 

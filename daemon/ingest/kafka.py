@@ -193,7 +193,7 @@ CONGESTED_WAIT_S = 1.0
 
 
 class KafkaDeadLetter:
-    """Copies invalid records to a topic with Kafka Connect's error headers.
+    """Copies invalid records, with their headers, to a topic with Kafka Connect's error headers.
 
     At most `max_buffered_bytes` of record values wait for the broker's acknowledgement at once
     (kafka-python ignores buffer_memory). At the cap the loop waits up to CONGESTED_WAIT_S for the
@@ -226,7 +226,10 @@ class KafkaDeadLetter:
                 self._congested = False
 
     def send(self, record: RawRecord, failure: DecodeFailure) -> None:
-        size = len(record.value or b"") + len(record.key or b"")
+        # The record's own headers first, as Kafka Connect's dead-letter queue keeps them (one
+        # without a value cannot be written by this producer: it is left out).
+        own = [(k, v) for k, v in record.headers or () if isinstance(k, str) and isinstance(v, bytes)]
+        size = len(record.value or b"") + len(record.key or b"") + sum(len(k) + len(v) for k, v in own)
         if self.buffered_bytes + size > self.max_buffered_bytes and not self._congested:
             with contextlib.suppress(KafkaError):  # a burst: let the broker catch up
                 self._producer.flush(timeout=CONGESTED_WAIT_S)
@@ -237,6 +240,7 @@ class KafkaDeadLetter:
                 return
             self.buffered_bytes += size
         headers = [
+            *own,
             ("__connect.errors.topic", record.topic.encode()),
             ("__connect.errors.partition", str(record.partition).encode()),
             ("__connect.errors.offset", str(record.offset).encode()),

@@ -26,6 +26,8 @@ class RawRecord(NamedTuple):
     timestamp: float | None
     key: bytes | None
     value: bytes | None
+    # Its Kafka headers, (name, value) pairs; None when the source has none (a file).
+    headers: Headers | None = None
 
 
 class Chunk(NamedTuple):
@@ -53,10 +55,11 @@ class Chunk(NamedTuple):
         """Record i as the input had it (its origin, when it came through the repartition topic)."""
         ts = self.timestamps[i] if self.timestamps is not None else None
         key = self.keys[i] if self.keys is not None else None
+        headers = self.headers[i] if self.headers is not None else None
         o = self.origins[i] if self.origins is not None else None
         if o is not None:
-            return RawRecord(o[0], o[1], o[2], ts, key, self.values[i])
-        return RawRecord(self.topic, self.partition, self.offsets[i], ts, key, self.values[i])
+            return RawRecord(o[0], o[1], o[2], ts, key, self.values[i], headers)
+        return RawRecord(self.topic, self.partition, self.offsets[i], ts, key, self.values[i], headers)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -84,6 +87,7 @@ def _chunk(run: list[RawRecord]) -> Chunk:
         [r.timestamp for r in run],
         [r.key for r in run],
         [r.value for r in run],
+        headers=[r.headers for r in run] if any(r.headers is not None for r in run) else None,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.dev.broker import free_port
@@ -155,3 +155,23 @@ def produce(
         ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
     producer.close()
     return ends
+
+
+def consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list[Any]:
+    """The first `n` records of `topic` (fewer if they do not come within `timeout_s`)."""
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=[bootstrap],
+        group_id=f"reader-{time.time()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    got: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(got) < n and time.monotonic() < deadline:
+            for records in c.poll(timeout_ms=500).values():
+                got.extend(records)
+    finally:
+        c.close()
+    return got

@@ -12,7 +12,7 @@ import msgspec
 
 from daemon.dev import formats as fixtures
 from daemon.dev.broker import TansuBroker
-from tests.integration.support import Samples, produce, running_daemon, total, wait_for
+from tests.integration.support import Samples, consume, produce, running_daemon, total, wait_for
 from tests.unit.test_formats import classic_events
 
 N = 600
@@ -46,7 +46,8 @@ def test_each_format_gives_the_native_metrics(
     names = ("native-openai", "openai", "native-mapped", "mapped", "native-kserve", "kserve", "native-seldon")
     topics = {name: f"{name}-{unique}" for name in names}
     seldon = {kind: f"seldon.ns-{unique}.model.m-seldon.{kind}" for kind in ("inputs", "outputs")}
-    broker.create_topics([*topics.values(), *seldon.values()], partitions=1)
+    dead_letter = f"dlq-{unique}"
+    broker.create_topics([*topics.values(), *seldon.values(), dead_letter], partitions=1)
     llm, classic = fixtures.llm_events(N), classic_events(N)
     for name, topic in topics.items():
         model = f"m-{name}"
@@ -60,12 +61,12 @@ def test_each_format_gives_the_native_metrics(
             continue
         records = [r for e in mine for r in CONVERT[name](e)]
         produce(broker.bootstrap, topic, [(model.encode(), v) for v, _ in records], [h for _, h in records])
-        produce(broker.bootstrap, topic, [(model.encode(), v) for v in BAD[name]])
+        produce(broker.bootstrap, topic, [(model.encode(), v) for v in BAD[name]], [[("x-trace", b"t")]] * 2)
     halves = [r for e in classic for r in fixtures.seldon({**e, "model": "m-seldon"}, namespace=f"ns-{unique}")]
     for topic in seldon.values():
         mine = [r for r in halves if r.topic == topic]
         produce(broker.bootstrap, topic, [(r.key, r.value) for r in mine], timestamps_ms=[r.timestamp_ms for r in mine])
-    produce(broker.bootstrap, seldon["inputs"], [(b"bad", v) for v in BAD["seldon"]])
+    produce(broker.bootstrap, seldon["inputs"], [(b"bad", v) for v in BAD["seldon"]], [[("x-trace", b"t")]] * 2)
     pattern = rf"^seldon\.ns-{unique}\.model\..+\.(inputs|outputs)$"
     config = {
         "source": {
@@ -83,6 +84,7 @@ def test_each_format_gives_the_native_metrics(
             },
         },
         "drift": {"enabled": False},
+        "dead_letter": {"topic": dead_letter},
     }
     with running_daemon(tmp_path, config) as d:
         want = 4 * N + 4 * len(classic)
@@ -100,5 +102,9 @@ def test_each_format_gives_the_native_metrics(
     invalid = {labels: v for (n, labels), v in s.items() if n == "inferwatch_events_invalid_total" and v}  # by reason
     reasons = sorted(dict(labels)["reason"] for labels in invalid)
     assert reasons == ["malformed_json", "malformed_protobuf", "missing_field", "not_an_object", "wrong_type"]
+    # Dead-letter copies keep the record's own headers, then Kafka Connect's.
+    copies = consume(broker.bootstrap, dead_letter, 8)
+    assert len(copies) == 8
+    assert all([k for k, _ in r.headers][:2] == ["x-trace", "__connect.errors.topic"] for r in copies)
     logs = d.logs()
     assert re.search(r"request_id: path meta\.trace\.id not in the record", logs), logs[-2000:]

@@ -18,7 +18,7 @@ from kafka.structs import TopicPartition
 
 from daemon.dev.broker import TansuBroker
 from daemon.dev.generator import TrafficGenerator, TrafficSpec
-from tests.integration.support import DaemonProcess, Samples, produce, total, wait_for
+from tests.integration.support import DaemonProcess, Samples, consume, produce, total, wait_for
 
 PARTITIONS = 3
 MAX_EVENT_BYTES = 4096
@@ -165,21 +165,7 @@ def test_sigterm_exits_zero_with_everything_committed(first_run: FirstRun) -> No
 
 
 def test_dead_letter_copies_carry_connect_headers(first_run: FirstRun, broker: TansuBroker) -> None:
-    c = KafkaConsumer(
-        first_run.dead_letter_topic,
-        bootstrap_servers=[broker.bootstrap],
-        group_id=f"dlq-reader-{time.time()}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    got: list[Any] = []
-    try:
-        deadline = time.monotonic() + 30
-        while len(got) < sum(first_run.bad.values()) and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=500).values():
-                got.extend(recs)
-    finally:
-        c.close()
+    got = consume(broker.bootstrap, first_run.dead_letter_topic, sum(first_run.bad.values()))
     assert len(got) == sum(first_run.bad.values())
     headers = dict(got[0].headers)
     assert headers["__connect.errors.topic"] == first_run.topic.encode()

@@ -484,3 +484,48 @@ def test_a_replay_of_kserve_events_gives_the_native_figures(tmp_path: Path, prot
     )
     assert other[0]["invalid"] == 0 and other[0]["events"] == native[0]["events"] == len(evs)
     assert _samples(other[1], config) == _samples(native[1], config)
+
+
+def test_a_bad_record_among_good_binary_pairs_is_the_only_one_counted() -> None:
+    """A poll is read in one pass; a bad record in it sends the poll through again one record at a
+    time: the bad one is counted with its own reason and offset, every pair around it decodes."""
+    evs = classic_events(20)
+    records = [r for e in evs for r in fixtures.kserve(e)]
+    value, headers = records[11]  # a response, its time not RFC 3339
+    records[11] = (value, [(k, b"yesterday" if k == "ce_time" else v) for k, v in headers])
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks(records))
+    ((raw, failure),) = out.failures
+    assert (raw.offset, failure.reason) == (11, "wrong_type") and "yesterday" in failure.detail
+    assert [e.request_id for e in out.batch.events] == [e["request_id"] for k, e in enumerate(evs) if k != 5]
+
+
+def test_a_half_that_waits_across_polls_keeps_its_own_record() -> None:
+    """A half matched in its own poll makes no record; one still waiting when the poll ends keeps
+    its own, and is dead-lettered as it came (its headers too) when it never finds its pair."""
+    now = [0.0]
+    d = decoder(fixtures.CLOUDEVENTS | {"join_ttl_seconds": 10})
+    fmt = d.default_format
+    assert isinstance(fmt, CloudEventsFormat)
+    fmt.clock = lambda: now[0]
+    evs = classic_events(3)
+    pairs = [fixtures.kserve(e) for e in evs]
+    first = [pairs[0][0], pairs[1][0], pairs[1][1]]  # the first request waits; the second pair is whole
+    assert len(d.decode(ce_chunks(first)).batch.events) == 1 and fmt.pending() == 1
+    now[0] = 10.0
+    later = d.decode([Chunk("t", 0, [7, 8], None, None, [v for v, _ in pairs[2]], headers=[h for _, h in pairs[2]])])
+    ((raw, failure),) = later.failures
+    assert failure.reason == "unmatched" and (raw.offset, raw.value, raw.headers) == (0, *pairs[0][0])
+
+
+def test_each_event_of_a_batch_takes_the_offset_of_the_record_that_completed_its_pair() -> None:
+    """An empty batch makes no event, a batch of two makes two: both at the second pair's response."""
+    attrs = {"inferenceservicename": "m"}
+    records = [
+        _ce(attrs | {"id": "empty", "type": fixtures.KSERVE_REQUEST}, {"instances": []}),
+        _ce(attrs | {"id": "empty", "type": fixtures.KSERVE_RESPONSE}, {"predictions": []}),
+        _ce(attrs | {"id": "two", "type": fixtures.KSERVE_REQUEST}, {"instances": [[1], [2]]}),
+        _ce(attrs | {"id": "two", "type": fixtures.KSERVE_RESPONSE}, {"predictions": [0, 1]}),
+    ]
+    out = decoder(fixtures.CLOUDEVENTS).decode(ce_chunks(records, binary=False))
+    assert out.failures == [] and [e.request_id for e in out.batch.events] == ["two/0", "two/1"]
+    assert list(out.batch.index) == [3, 3]

@@ -274,3 +274,8 @@ def test_an_unexpected_error_in_a_format_is_counted_not_raised() -> None:
     out = decoder().decode([odd, *chunks([response])])
     assert [f.reason for _, f in out.failures] == ["internal"]
     assert len(out.batch.events) == 1
+
+
+def test_a_tombstone_on_a_topic_not_seldons_is_counted_once() -> None:
+    out = decoder().decode([Chunk("seldon.oops", 0, [0], [1.0], [b"y"], [None])])
+    assert [f.reason for _, f in out.failures] == ["malformed_json"] and out.batch is None

@@ -27,19 +27,24 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
 
-from daemon.ingest.events import InferenceEvent
+from daemon.ingest.failures import Bad
 from daemon.ingest.formats import tensors
-from daemon.ingest.formats.pairs import Bad, Half, PairedFormat, pair_events
+from daemon.ingest.formats.pairs import Half, PairedFormat
 from daemon.ingest.formats.tensors import Tensor
-from daemon.ingest.sources import Chunk
+from daemon.ingest.sources import Chunk, Headers
 
 REQUEST, RESPONSE = "org.kubeflow.serving.inference.request", "org.kubeflow.serving.inference.response"
 _HEADERS = ("ce_id", "ce_type", "ce_time", "ce_inferenceservicename", "ce_namespace", "ce_endpoint")
 _MISSING = (b"",) * len(_HEADERS)
+_TZINFO = attrgetter("tzinfo")
+_HEADER_VALUES = itemgetter(*_HEADERS)
+_ATTRIBUTES = attrgetter("id", "type", "time", "inferenceservicename", "namespace", "endpoint")
 
 
 class Body(msgspec.Struct):
@@ -71,9 +76,43 @@ class CloudEventsFormat(PairedFormat):
         self._body = msgspec.json.Decoder(Body)
         self._envelope = msgspec.json.Decoder(Event)
 
-    def read(self, chunk: Chunk, i: int) -> Half:
-        value, headers = chunk.values[i], None if chunk.headers is None else chunk.headers[i]
-        assert value is not None
+    def read(self, chunk: Chunk, idx: Sequence[int]) -> list[Half]:
+        values, headers = chunk.values, chunk.headers
+        if not isinstance(idx, range):
+            values, headers = [values[i] for i in idx], None if headers is None else [headers[i] for i in idx]
+        if not values:
+            return []
+        columns = None if headers is None else _binary(headers)
+        if columns is not None:  # all in binary mode, every attribute there: in C passes
+            bodies: list[Body | None] = list(map(self._body.decode, values))  # type: ignore[arg-type]
+        else:
+            evs = list(map(self._event, values, repeat(None) if headers is None else headers))  # type: ignore[arg-type]
+            columns = list(map(list, zip(*map(_ATTRIBUTES, evs), strict=True)))
+            bodies = [ev.data for ev in evs]
+        ids, types, times, services, namespaces, endpoints = columns
+        out: list[Half] = []
+        rows = zip(ids, types, services, namespaces, endpoints, _times(times), bodies, strict=True)
+        for id_, type_, service, namespace, endpoint, at, body in rows:
+            if not id_ or not type_ or not service:
+                name = "id" if not id_ else "type" if not type_ else "inferenceservicename"
+                raise Bad("missing_field", f"CloudEvent attribute {name} (ce_{name} in binary mode) not in the record")
+            if type_ == REQUEST:
+                features = self._features(body)
+                if type(at) is Bad:
+                    raise at
+                model = f"{namespace}/{service}" if namespace else service
+                out.append((id_, True, (model, endpoint, at, features)))
+            elif type_ == RESPONSE:
+                predictions = _predictions(body)
+                if type(at) is Bad:
+                    raise at
+                out.append((id_, False, (None if body is None else body.model_version, at, predictions)))
+            else:
+                raise Bad("wrong_type", f"CloudEvent type {type_!r} is neither {REQUEST} nor {RESPONSE}")
+        return out
+
+    def _event(self, value: bytes, headers: Headers | None) -> Event:
+        """A record's CloudEvent, from its headers and value (binary mode) or its value alone."""
         h = dict(headers) if headers else None
         if h is not None and h.get("ce_type") is not None:  # binary mode: attributes in headers
             values = map(h.get, _HEADERS, _MISSING)  # b"" where a header is missing
@@ -81,22 +120,13 @@ class CloudEventsFormat(PairedFormat):
                 id_, type_, at, service, namespace, endpoint = map(bytes.decode, values)  # type: ignore[arg-type]
             except TypeError:
                 raise Bad("wrong_type", "a ce_* header without a value") from None
-            ev = Event(id_, type_, at, service, namespace, endpoint, self._body.decode(value))
-        else:  # structured mode: one envelope
-            try:
-                ev = self._envelope.decode(value)
-            except msgspec.ValidationError as e:
-                if str(e).startswith("Expected `object | null`") and str(e).endswith("at `$.data`"):
-                    raise Bad("not_an_object", "the CloudEvent's data is not a JSON object") from None
-                raise
-        if not ev.id or not ev.type or not ev.inferenceservicename:
-            name = "id" if not ev.id else "type" if not ev.type else "inferenceservicename"
-            raise Bad("missing_field", f"CloudEvent attribute {name} (ce_{name} in binary mode) not in the record")
-        if ev.type == REQUEST:
-            return Half(ev.id, True, (ev, self._features(ev.data), _time(ev.time)))
-        if ev.type == RESPONSE:
-            return Half(ev.id, False, (ev, _predictions(ev.data), _time(ev.time)))
-        raise Bad("wrong_type", f"CloudEvent type {ev.type!r} is neither {REQUEST} nor {RESPONSE}")
+            return Event(id_, type_, at, service, namespace, endpoint, self._body.decode(value))
+        try:  # structured mode: one envelope
+            return self._envelope.decode(value)
+        except msgspec.ValidationError as e:
+            if str(e).startswith("Expected `object | null`") and str(e).endswith("at `$.data`"):
+                raise Bad("not_an_object", "the CloudEvent's data is not a JSON object") from None
+            raise
 
     def _features(self, body: Body | None) -> list[Any]:
         if body is None:
@@ -120,13 +150,6 @@ class CloudEventsFormat(PairedFormat):
             return dict(zip(names, row, strict=True))
         return {"input": row}
 
-    def events(self, request: Half, response: Half) -> list[InferenceEvent]:
-        (attrs, features, at), (answer, predictions, until) = request.body, response.body
-        namespace = attrs.namespace
-        model = f"{namespace}/{attrs.inferenceservicename}" if namespace else attrs.inferenceservicename
-        version = answer.data.model_version if answer.data is not None else None
-        return pair_events(request.id, model, attrs.endpoint, version, at, until, features, predictions)
-
 
 def _predictions(body: Body | None) -> list[Any]:
     if body is None:
@@ -138,12 +161,36 @@ def _predictions(body: Body | None) -> list[Any]:
     raise Bad("missing_field", "the response has neither predictions (V1) nor outputs (V2)")
 
 
-def _time(text: str | None) -> float | None:
+def _binary(headers: Sequence[Headers | None]) -> list[list[Any]] | None:
+    """The attributes of records all in binary mode with every ce_* header there, as columns (ids,
+    types, times, ...); None when one is not so (then each record's is read on its own)."""
+    try:
+        rows = map(_HEADER_VALUES, map(dict, headers))  # type: ignore[arg-type]
+        return [list(map(bytes.decode, column)) for column in zip(*rows, strict=True)]
+    except (KeyError, TypeError):  # one without a header, or without a value
+        return None
+
+
+def _times(texts: Sequence[str | None]) -> list[float | Bad | None]:
+    """CloudEvents' `time`s in Unix seconds (Bad for one that is not RFC 3339, raised once the rest
+    of its record is read): in C passes when all are there and have an offset, else one by one."""
+    if all(texts):
+        try:
+            at = list(map(dt.datetime.fromisoformat, texts))  # type: ignore[arg-type]
+        except ValueError:
+            pass
+        else:
+            if None not in map(_TZINFO, at):
+                return list(map(dt.datetime.timestamp, at))
+    return list(map(_time, texts))
+
+
+def _time(text: str | None) -> float | Bad | None:
     """A CloudEvent's `time` (RFC 3339) in Unix seconds; one without an offset is UTC."""
     if not text:
         return None
     try:
         at = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise Bad("wrong_type", f"CloudEvent time {text!r} is not RFC 3339") from None
+        return Bad("wrong_type", f"CloudEvent time {text!r} is not RFC 3339")
     return (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()

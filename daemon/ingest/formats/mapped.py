@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from daemon.ingest.events import FeatureValue, InferenceEvent
+from daemon.ingest.failures import Bad
 from daemon.ingest.sources import Headers
 
 Path = tuple[str | int, ...]
@@ -130,8 +131,11 @@ class MappedFormat:
         )
 
 
-class MissingField(ValueError):
+class MissingField(Bad):
     """A required field's sources are all absent from a record: its detail names them."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("missing_field", detail)
 
 
 def _add(root: _Node, path: Path, leaf: Any) -> None:

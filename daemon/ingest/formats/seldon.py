@@ -26,14 +26,15 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Hashable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from daemon.ingest.events import InferenceEvent
+from daemon.ingest.failures import Bad
 from daemon.ingest.formats import oip_pb2, tensors
-from daemon.ingest.formats.pairs import Bad, Half, PairedFormat, pair_events
+from daemon.ingest.formats.pairs import Half, PairedFormat
 from daemon.ingest.sources import Chunk
 
 # <prefix>.<namespace>.model.<model>.inputs|outputs; the prefix may hold dots, the namespace not.
@@ -53,6 +54,7 @@ CONTENTS = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+_TENSOR = attrgetter("name", "datatype", "shape", "contents")
 RAW = {
     "BOOL": "?",
     "INT8": "<i1",
@@ -81,28 +83,32 @@ class SeldonFormat(PairedFormat):
         except Bad:
             return chunk.topic  # its records fail one by one in read()
 
-    def read(self, chunk: Chunk, i: int) -> Half:
+    def read(self, chunk: Chunk, idx: Sequence[int]) -> list[Half]:
         model, request = self._topic(chunk.topic)
-        message = oip_pb2.ModelInferRequest() if request else oip_pb2.ModelInferResponse()
-        try:
-            message.ParseFromString(chunk.values[i])
-        except DecodeError as e:
-            raise Bad("malformed_protobuf", f"not a {type(message).__name__}: {e}") from None
-        rid = _request_id(chunk, i, message.id)
-        at = None if chunk.timestamps is None else chunk.timestamps[i]
-        if request:
-            if not message.inputs:
-                raise Bad("missing_field", "the ModelInferRequest has no inputs")
-            given = _tensors(message.inputs, message.raw_input_contents, "raw_input_contents")
-            return Half(rid, True, (model, tensors.rows(given, self.feature_names), at))
-        if not message.outputs:
-            raise Bad("missing_field", "the ModelInferResponse has no outputs")
-        ((_, n, per_row),) = _tensors(message.outputs, message.raw_output_contents, "raw_output_contents", first=True)
-        return Half(rid, False, (message.model_version, per_row if n else [], at))
-
-    def events(self, request: Half, response: Half) -> list[InferenceEvent]:
-        (model, features, at), (version, predictions, until) = request.body, response.body
-        return pair_events(request.id, model, None, version, at, until, features, predictions)
+        kind = oip_pb2.ModelInferRequest if request else oip_pb2.ModelInferResponse
+        values = chunk.values if isinstance(idx, range) else [chunk.values[i] for i in idx]
+        times = [None] * len(idx) if chunk.timestamps is None else [chunk.timestamps[i] for i in idx]
+        keys = _keys(chunk, idx)
+        names = self.feature_names
+        out: list[Half] = []
+        # A message at a time, dropped once read: thousands alive at once cost more than reading them.
+        for k, (i, value, at) in enumerate(zip(idx, values, times, strict=True)):
+            try:
+                message = kind.FromString(value)
+            except DecodeError as e:
+                raise Bad("malformed_protobuf", f"not a {kind.__name__}: {e}") from None
+            rid = _request_id(chunk, i, message.id) if keys is None else keys[k]
+            if request:
+                if not message.inputs:
+                    raise Bad("missing_field", "the ModelInferRequest has no inputs")
+                given = _tensors(message.inputs, message.raw_input_contents, "raw_input_contents")
+                out.append((rid, True, (model, None, at, tensors.rows(given, names))))
+                continue
+            if not message.outputs:
+                raise Bad("missing_field", "the ModelInferResponse has no outputs")
+            ((_, n, per_row),) = _tensors(message.outputs, message.raw_output_contents, "raw_output_contents", True)
+            out.append((rid, False, (message.model_version, at, per_row if n else [])))
+        return out
 
     def _topic(self, topic: str) -> tuple[str, bool]:
         known = self._topics.get(topic)
@@ -112,6 +118,17 @@ class SeldonFormat(PairedFormat):
                 raise Bad("wrong_type", f"topic {topic} is not <prefix>.<namespace>.model.<model>.inputs|outputs")
             known = self._topics[topic] = (f"{m['namespace']}/{m['model']}", m["kind"] == "inputs")
         return known
+
+
+def _keys(chunk: Chunk, idx: Sequence[int]) -> list[str] | None:
+    """The records' keys as request ids, when every record has one (else each finds its own)."""
+    keys = None if chunk.keys is None else [chunk.keys[i] for i in idx]
+    if keys is None or not all(keys):
+        return None
+    try:
+        return [key.decode("utf-8", "replace") for key in keys]  # type: ignore[union-attr]
+    except AttributeError:  # not bytes: _request_id says so, record by record
+        return None
 
 
 def _request_id(chunk: Chunk, i: int, given: str) -> str:
@@ -132,17 +149,22 @@ def _tensors(given: Sequence[Any], raw: Sequence[bytes], field: str, first: bool
     if raw and len(raw) != len(given):
         raise Bad("bad_shape", f"{len(raw)} {field} for {len(given)} tensors")
     out = []
-    for k, t in enumerate(given[:1] if first else given):
-        name, datatype = t.name or "input", t.datatype.upper()
+    for k, (name, given_type, shape, contents) in enumerate(map(_TENSOR, given[:1] if first else given)):
+        name, datatype = name or "input", given_type.upper()
         if raw:
             data = _raw(name, datatype, raw[k])
-        elif datatype in CONTENTS:
-            data = list(getattr(t.contents, CONTENTS[datatype]))
         else:
-            raise Bad("wrong_type", f"tensor {name!r}: datatype {t.datatype!r} has no contents (FP16 travels raw)")
+            where = CONTENTS.get(datatype)
+            if where is None:
+                raise Bad("wrong_type", f"tensor {name!r}: datatype {given_type!r} has no contents (FP16 travels raw)")
+            data = getattr(contents, where)[:]
         if datatype == "BYTES":
             data = [b.decode("utf-8", "replace") for b in data]
-        out.append(tensors.split(name, list(t.shape), data))
+        shape = shape[:]
+        if len(shape) == 1 and len(data) == shape[0]:  # a value a row, most tensors: no more checks
+            out.append((name, shape[0], data))
+        else:
+            out.append(tensors.split(name, shape, data))
     return out
 
 

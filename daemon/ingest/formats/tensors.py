@@ -4,12 +4,13 @@ protobuf ones). A tensor of shape [N, ...] holds N rows; a batch of N rows becom
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any
 
 import msgspec
 
-from daemon.ingest.formats.pairs import Bad
+from daemon.ingest.failures import Bad
 
 
 class Tensor(msgspec.Struct):
@@ -49,6 +50,8 @@ def split(name: str, shape: list[int], flat: list[Any]) -> Split:
     width = math.prod(shape[1:])
     if len(flat) != shape[0] * width:
         raise Bad("bad_shape", f"tensor {name!r}: {len(flat)} values for shape {shape}")
+    if shape[0] == 1:
+        return name, 1, [flat]
     return name, shape[0], [flat[k * width : (k + 1) * width] for k in range(shape[0])]
 
 
@@ -69,15 +72,20 @@ def rows(inputs: list[Split], names: list[str] | None) -> list[dict[str, Any]]:
     if not inputs:
         raise Bad("wrong_type", "inputs must be a non-empty list of tensors (V2)")
     n = inputs[0][1]
-    if any(m != n for _, m, _ in inputs):
+    if len(inputs) > 1 and any(m != n for _, m, _ in inputs):
         raise Bad("bad_shape", f"input tensors of different batch sizes: {sorted({m for _, m, _ in inputs})}")
+    names = names if names and len(inputs) == 1 else None
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for name, _, per_row in inputs:
-        for row, v in zip(out, per_row, strict=True):
+        for row, v in ((out[0], per_row[0]),) if n == 1 else zip(out, per_row, strict=True):  # most have one row
             if type(v) is not list:
                 row[name] = v
-                continue
-            keys = names if names and len(inputs) == 1 and len(names) == len(v) else None
-            keys = keys or [f"{name}_{k}" for k in range(len(v))]
-            row.update(zip(keys, v, strict=True))
+            else:
+                row.update(zip(names if names and len(names) == len(v) else _wide(name, len(v)), v, strict=True))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _wide(name: str, width: int) -> tuple[str, ...]:
+    """The names of a wide tensor's values: name_0, name_1, ..."""
+    return tuple(f"{name}_{k}" for k in range(width))
